@@ -1,11 +1,26 @@
 //! Understudy controller.
 //!
 //! A controller node is one member of a 3- or 5-node Raft group (openraft, with its
-//! log and state machine durable in redb). The replicated state is the inventory of
-//! pairs and each pair's state (`state`). The leader also keeps, in memory only,
-//! the live view of every agent (`liveness`), serves the agent sessions
-//! (`agents`), the operator API (`operator`) and decides what each pair's state
-//! should be (`observe`).
+//! log and state machine durable in redb). Modules, from the bottom up:
+//!
+//! - `state`: the replicated data (inventory of pairs, each pair's state and
+//!   history) and its pure `apply`;
+//! - `raft`: openraft type configuration, redb storage, gRPC transport;
+//! - `liveness`: the leader's in-memory view of agents (never written to Raft);
+//! - `observe`: the pure function from (pair, agent views) to state changes and alerts;
+//! - `agents`, `operator`: the agent-session and operator gRPC services;
+//! - `node`: wiring, cluster bootstrap and the leader's duties;
+//! - `config`, `error`: the TOML configuration and the error type.
 
+pub mod agents;
+pub mod config;
+pub mod error;
+pub mod liveness;
+pub mod node;
+pub mod observe;
+pub mod operator;
 pub mod raft;
 pub mod state;
+
+pub use config::ControllerConfig;
+pub use error::ControllerError;

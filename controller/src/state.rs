@@ -46,6 +46,7 @@ impl fmt::Display for PairState {
 
 /// One server of a pair, as configured.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServerSpec {
     pub id: String,
     /// Management address of the host (informational; agents dial the controller).
@@ -58,6 +59,7 @@ pub struct ServerSpec {
 
 /// A pair as configured by the operator (the inventory).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PairSpec {
     pub id: String,
     /// DRBD resource name replicated between the two servers.

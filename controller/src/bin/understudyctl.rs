@@ -1,1 +1,250 @@
-fn main() {}
+//! `understudyctl`: the operator CLI.
+//!
+//! Every read goes to the Raft leader (linearizable): the CLI tries the given
+//! controllers in turn and follows a follower's redirect to the leader.
+//!
+//! Exit codes: 0 success, 1 no controller could answer, 2 bad usage.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use understudy_controller::operator::LEADER_METADATA;
+use understudy_controller::raft::network::channel;
+use understudy_proto::operator_service_client::OperatorServiceClient;
+use understudy_proto::{GetStatusRequest, GetStatusResponse};
+
+/// Operate an Understudy cluster.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// Controller gRPC addresses (host:port), comma-separated; any of them will do.
+    #[arg(
+        long,
+        short,
+        env = "UNDERSTUDY_CONTROLLERS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103"
+    )]
+    controllers: Vec<String>,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = Output::Table, global = true)]
+    output: Output,
+    /// Give up on a controller after this many milliseconds.
+    #[arg(long, default_value_t = 3000, global = true)]
+    timeout_ms: u64,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Pairs, servers, DRBD state, the Raft leader and members.
+    Status,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CtlError {
+    #[error("no controller answered ({0}); check the --controllers addresses and that a majority of controllers runs")]
+    NoController(String),
+}
+
+async fn get_status(args: &Args) -> Result<GetStatusResponse, CtlError> {
+    let mut tried = Vec::new();
+    let mut queue: Vec<String> = args.controllers.clone();
+    let mut hops = 0;
+    while let Some(addr) = (!queue.is_empty()).then(|| queue.remove(0)) {
+        let timeout = Duration::from_millis(args.timeout_ms);
+        let ch = match channel(&addr, timeout) {
+            Ok(c) => c,
+            Err(e) => {
+                tried.push(format!("{addr}: {e}"));
+                continue;
+            }
+        };
+        let mut client = OperatorServiceClient::new(ch);
+        match tokio::time::timeout(timeout, client.get_status(GetStatusRequest {})).await {
+            Ok(Ok(r)) => return Ok(r.into_inner()),
+            Ok(Err(st)) => {
+                tried.push(format!("{addr}: {}", st.message()));
+                if let Some(leader) = st
+                    .metadata()
+                    .get(LEADER_METADATA)
+                    .and_then(|v| v.to_str().ok())
+                {
+                    if hops < 3 {
+                        hops += 1;
+                        queue.insert(0, leader.to_owned());
+                    }
+                }
+            }
+            Err(_) => tried.push(format!("{addr}: no answer within {timeout:?}")),
+        }
+    }
+    Err(CtlError::NoController(tried.join("; ")))
+}
+
+fn fmt_opt<T: std::fmt::Display>(v: Option<T>, unit: &str) -> String {
+    v.map(|v| format!("{v}{unit}"))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn print_table(s: &GetStatusResponse) {
+    if let Some(c) = &s.cluster {
+        println!(
+            "controller leader: {} ({})  term {}  applied index {}  answered by {}",
+            fmt_opt(c.leader_id, ""),
+            c.leader_addr,
+            c.term,
+            c.last_applied_index,
+            c.answered_by
+        );
+        for m in &c.members {
+            println!(
+                "  member {:>2} {:<22} {:<8} {}",
+                m.id,
+                m.addr,
+                if m.leader {
+                    "leader"
+                } else if m.voter {
+                    "voter"
+                } else {
+                    "learner"
+                },
+                fmt_opt(m.matched_index, "").replace('-', "")
+            );
+        }
+    }
+    for p in &s.pairs {
+        println!();
+        println!(
+            "pair {}  state {}  epoch {}  resource {}  client ip {}  zone {}",
+            p.id, p.state, p.epoch, p.resource, p.client_ip, p.zone
+        );
+        if !p.state_reason.is_empty() {
+            println!("  reason: {}", p.state_reason);
+        }
+        println!(
+            "  {:<12} {:<8} {:<6} {:<10} {:<12} {:<12} {:<12} {:<10} {:>7} {:>10} {:>9}",
+            "SERVER",
+            "ROLE",
+            "AGENT",
+            "DRBD-ROLE",
+            "DISK",
+            "CONNECTION",
+            "REPLICATION",
+            "PEER-DISK",
+            "SYNC",
+            "OOS",
+            "REPORTED"
+        );
+        for sv in &p.servers {
+            let d = sv.drbd.clone().unwrap_or_default();
+            let sync = match d.done_percent {
+                Some(p) => format!("{p:.1}%"),
+                None if d.replication == "Established" && d.out_of_sync_bytes == Some(0) => {
+                    "100%".into()
+                }
+                None => "-".into(),
+            };
+            let dash = |s: &str| {
+                if s.is_empty() {
+                    "-".to_string()
+                } else {
+                    s.to_string()
+                }
+            };
+            println!(
+                "  {:<12} {:<8} {:<6} {:<10} {:<12} {:<12} {:<12} {:<10} {:>7} {:>10} {:>9}",
+                sv.id,
+                sv.configured_role,
+                if sv.connected { "up" } else { "down" },
+                dash(&d.role),
+                dash(&d.disk),
+                dash(&d.connection),
+                dash(&d.replication),
+                dash(&d.peer_disk),
+                sync,
+                fmt_opt(d.out_of_sync_bytes, "B"),
+                fmt_opt(sv.last_report_age_ms, "ms ago"),
+            );
+        }
+        for a in &p.alerts {
+            println!("  ALERT: {a}");
+        }
+    }
+}
+
+fn status_json(s: &GetStatusResponse) -> serde_json::Value {
+    use serde_json::json;
+    let drbd = |d: &Option<understudy_proto::DrbdSummary>| {
+        d.as_ref().map(|d| {
+            json!({
+                "role": d.role, "disk": d.disk, "peer_role": d.peer_role,
+                "connection": d.connection, "replication": d.replication,
+                "peer_disk": d.peer_disk, "done_percent": d.done_percent,
+                "eta_seconds": d.eta_seconds, "out_of_sync_bytes": d.out_of_sync_bytes,
+                "quorum": d.quorum,
+            })
+        })
+    };
+    json!({
+        "cluster": s.cluster.as_ref().map(|c| json!({
+            "answered_by": c.answered_by, "leader_id": c.leader_id, "leader_addr": c.leader_addr,
+            "term": c.term, "last_applied_index": c.last_applied_index,
+            "members": c.members.iter().map(|m| json!({
+                "id": m.id, "addr": m.addr, "voter": m.voter, "leader": m.leader,
+                "matched_index": m.matched_index,
+            })).collect::<Vec<_>>(),
+        })),
+        "pairs": s.pairs.iter().map(|p| json!({
+            "id": p.id, "state": p.state, "state_reason": p.state_reason, "epoch": p.epoch,
+            "resource": p.resource, "client_ip": p.client_ip, "zone": p.zone, "alerts": p.alerts,
+            "servers": p.servers.iter().map(|sv| json!({
+                "id": sv.id, "configured_role": sv.configured_role, "address": sv.address,
+                "zone": sv.zone, "connected": sv.connected,
+                "last_report_age_ms": sv.last_report_age_ms, "drbd": drbd(&sv.drbd),
+                "unknown": sv.unknown, "observer_error": sv.observer_error,
+                "host": sv.host.as_ref().map(|h| json!({
+                    "mounted": h.mounted, "exports": h.exports,
+                    "client_ip_present": h.client_ip_present,
+                    "self_checks": h.self_checks.iter().map(|c| json!({
+                        "name": c.name, "ok": c.ok, "detail": c.detail,
+                    })).collect::<Vec<_>>(),
+                })),
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match &args.cmd {
+        Cmd::Status => match rt.block_on(get_status(&args)) {
+            Ok(s) => {
+                match args.output {
+                    Output::Json => println!(
+                        "{}",
+                        serde_json::to_string_pretty(&status_json(&s)).expect("json")
+                    ),
+                    Output::Table => print_table(&s),
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("understudyctl: {e}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}

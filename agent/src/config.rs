@@ -1,0 +1,142 @@
+//! Agent configuration, read from a TOML file.
+//!
+//! ```toml
+//! server_id = "fs1-a"
+//! pair_id = "fs1"
+//! role = "primary"                 # or "backup": as in the controller inventory
+//! controllers = ["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"]
+//! state_dir = "/var/lib/understudy/agent"
+//!
+//! [drbd]
+//! resource = "r0"
+//! drbdsetup = "/usr/sbin/drbdsetup"   # any executable with the drbdsetup contract
+//! drbdadm = "/usr/sbin/drbdadm"
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::AgentError;
+
+/// The role this server has in its pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Primary,
+    Backup,
+}
+
+/// How the agent reaches DRBD.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrbdConfig {
+    /// The DRBD resource of the pair.
+    pub resource: String,
+    #[serde(default = "default_drbdsetup")]
+    pub drbdsetup: PathBuf,
+    #[serde(default = "default_drbdadm")]
+    pub drbdadm: PathBuf,
+    /// Arguments of the long-running observer. Without `--now`, drbdsetup prints
+    /// the current state as `exists` lines, then `exists -`, then every change.
+    #[serde(default = "default_events_args")]
+    pub events_args: Vec<String>,
+    /// Wait this long before restarting a dead observer (doubles up to 10x).
+    #[serde(default = "default_restart_ms")]
+    pub restart_backoff_ms: u64,
+}
+
+fn default_drbdsetup() -> PathBuf {
+    "/usr/sbin/drbdsetup".into()
+}
+fn default_drbdadm() -> PathBuf {
+    "/usr/sbin/drbdadm".into()
+}
+fn default_events_args() -> Vec<String> {
+    ["events2", "--timestamps", "--statistics", "all"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_restart_ms() -> u64 {
+    200
+}
+fn default_heartbeat_ms() -> u64 {
+    200
+}
+
+/// The whole agent configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub server_id: String,
+    pub pair_id: String,
+    pub role: Role,
+    /// Controller gRPC addresses (`host:port`); the agent finds the leader.
+    pub controllers: Vec<String>,
+    /// Where the agent keeps what must survive a restart (the highest epoch seen).
+    pub state_dir: PathBuf,
+    /// Heartbeat period until the controller asks for another.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    pub drbd: DrbdConfig,
+}
+
+impl AgentConfig {
+    /// Read and validate a configuration file.
+    pub fn load(path: &Path) -> Result<Self, AgentError> {
+        let text = std::fs::read_to_string(path).map_err(|e| AgentError::Config {
+            path: path.to_owned(),
+            reason: format!("cannot read it: {e}"),
+        })?;
+        Self::parse(&text).map_err(|reason| AgentError::Config {
+            path: path.to_owned(),
+            reason,
+        })
+    }
+
+    /// Parse and validate configuration text; the error says what to fix.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let c: AgentConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        if c.controllers.is_empty() {
+            return Err("controllers is empty; list the controller gRPC addresses".into());
+        }
+        if c.server_id.is_empty() || c.pair_id.is_empty() {
+            return Err("server_id and pair_id must not be empty".into());
+        }
+        if c.heartbeat_ms == 0 {
+            return Err("heartbeat_ms must be above 0".into());
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_with_defaults_and_rejects_typos() {
+        let good = r#"
+server_id = "fs1-a"
+pair_id = "fs1"
+role = "primary"
+controllers = ["127.0.0.1:7101"]
+state_dir = "/tmp/a"
+[drbd]
+resource = "r0"
+"#;
+        let c = AgentConfig::parse(good).unwrap();
+        assert_eq!(c.role, Role::Primary);
+        assert_eq!(c.drbd.events_args[0], "events2");
+        assert!(!c.drbd.events_args.contains(&"--now".to_string()));
+        let err = AgentConfig::parse(&good.replace("role", "rol")).unwrap_err();
+        assert!(
+            err.contains("unknown field") || err.contains("missing field"),
+            "{err}"
+        );
+        let err = AgentConfig::parse(&good.replace("[\"127.0.0.1:7101\"]", "[]")).unwrap_err();
+        assert!(err.contains("controllers is empty"), "{err}");
+        let err = AgentConfig::parse(&good.replace("\"primary\"", "\"boss\"")).unwrap_err();
+        assert!(err.contains("unknown variant"), "{err}");
+    }
+}

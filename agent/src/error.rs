@@ -1,0 +1,45 @@
+//! Errors of the agent, each worded so an operator knows what to do next.
+
+use std::path::PathBuf;
+
+/// Everything that can stop the agent or one of its parts.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("configuration {path}: {reason}")]
+    Config { path: PathBuf, reason: String },
+
+    #[error("cannot use state directory {path}: {source}; create it or fix its permissions")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error(
+        "cannot start {program}: {source}; check the drbdsetup path in the agent configuration"
+    )]
+    Spawn {
+        program: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("{program} exited ({status}){}", stderr_hint(.stderr))]
+    ObserverExited {
+        program: PathBuf,
+        status: String,
+        stderr: String,
+    },
+
+    #[error("controller {addr}: {reason}")]
+    Controller { addr: String, reason: String },
+
+    #[error("the controller refused this agent: {0}; fix the agent or controller configuration")]
+    Refused(String),
+}
+
+fn stderr_hint(s: &str) -> String {
+    if s.trim().is_empty() {
+        String::new()
+    } else {
+        format!(": {}", s.trim())
+    }
+}

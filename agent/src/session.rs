@@ -1,0 +1,214 @@
+//! The agent's session with the controller leader.
+//!
+//! The agent dials the configured controllers in turn, says `Hello`, and follows a
+//! `Redirect` straight to the leader. While the session lasts it sends a `Report`
+//! whenever what it observes changes and a `Heartbeat` every interval the leader
+//! asked for. A broken stream (leader killed), a silent one (leader frozen: HTTP/2
+//! keepalive notices within about 2 s) or a redirect (leadership moved) ends the
+//! session and the agent dials again at once.
+//!
+//! Losing the controller changes nothing locally (S6): the agent keeps its DRBD
+//! role and service as they are.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+use understudy_proto::agent_message::Msg;
+use understudy_proto::agent_service_client::AgentServiceClient;
+use understudy_proto::controller_message::Msg as In;
+use understudy_proto::{
+    AgentMessage, CommandResult, DrbdStatus, Heartbeat, Hello, HostStatus, Report, ServerRole,
+};
+
+use crate::config::{AgentConfig, Role};
+use crate::error::AgentError;
+
+/// How a session ended.
+enum Ended {
+    /// Go to this leader (or wait: none known yet).
+    Redirect(Option<String>),
+    /// The controller said no; retrying soon will not help.
+    Refused(String),
+    /// Transport trouble; try the next controller.
+    Broken(AgentError),
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Keep a session open with the current leader, forever.
+pub async fn run(cfg: AgentConfig, drbd: watch::Receiver<DrbdStatus>, highest_epoch: u64) {
+    let mut next = 0usize;
+    let mut redirect_to: Option<String> = None;
+    let mut redirects_in_a_row = 0u32;
+    loop {
+        let addr = match redirect_to.take() {
+            Some(a) => a,
+            None => {
+                let a = cfg.controllers[next % cfg.controllers.len()].clone();
+                next += 1;
+                a
+            }
+        };
+        match session(&cfg, &addr, drbd.clone(), highest_epoch).await {
+            Ended::Redirect(Some(leader)) if redirects_in_a_row < 5 => {
+                tracing::info!(from = %addr, to = %leader, "following the controller leader");
+                redirects_in_a_row += 1;
+                redirect_to = Some(leader);
+            }
+            Ended::Redirect(_) => {
+                redirects_in_a_row = 0;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ended::Refused(why) => {
+                tracing::error!(controller = %addr, reason = %why, "controller refused this agent");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            Ended::Broken(e) => {
+                redirects_in_a_row = 0;
+                tracing::debug!(error = %e, "controller session ended");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn session(
+    cfg: &AgentConfig,
+    addr: &str,
+    mut drbd: watch::Receiver<DrbdStatus>,
+    highest_epoch: u64,
+) -> Ended {
+    let broken = |reason: String| {
+        Ended::Broken(AgentError::Controller {
+            addr: addr.to_owned(),
+            reason,
+        })
+    };
+    let endpoint = match Endpoint::from_shared(format!("http://{addr}")) {
+        Ok(e) => e
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_millis(500))
+            .keep_alive_timeout(Duration::from_millis(1500))
+            .keep_alive_while_idle(true),
+        Err(e) => return Ended::Refused(format!("bad controller address {addr:?}: {e}")),
+    };
+    let channel = match endpoint.connect().await {
+        Ok(c) => c,
+        Err(e) => return broken(format!("connect: {e}")),
+    };
+    let mut client = AgentServiceClient::new(channel);
+    let (tx, rx) = mpsc::channel::<AgentMessage>(32);
+    let hello = Hello {
+        server_id: cfg.server_id.clone(),
+        pair_id: cfg.pair_id.clone(),
+        role: match cfg.role {
+            Role::Primary => ServerRole::Primary,
+            Role::Backup => ServerRole::Backup,
+        } as i32,
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        highest_epoch,
+    };
+    let _ = tx
+        .send(AgentMessage {
+            msg: Some(Msg::Hello(hello)),
+        })
+        .await;
+    let mut inbound = match tokio::time::timeout(
+        Duration::from_secs(2),
+        client.session(ReceiverStream::new(rx)),
+    )
+    .await
+    {
+        Err(_) => return broken("no answer to Hello within 2 s".into()),
+        Ok(Err(st)) if st.code() == tonic::Code::PermissionDenied => {
+            return Ended::Refused(st.message().to_owned())
+        }
+        Ok(Err(st)) => return broken(st.message().to_owned()),
+        Ok(Ok(r)) => r.into_inner(),
+    };
+    let welcome = match tokio::time::timeout(Duration::from_secs(2), inbound.message()).await {
+        Err(_) => return broken("no Welcome within 2 s".into()),
+        Ok(Err(st)) if st.code() == tonic::Code::PermissionDenied => {
+            return Ended::Refused(st.message().to_owned())
+        }
+        Ok(Err(st)) => return broken(st.message().to_owned()),
+        Ok(Ok(None)) => return broken("stream closed before Welcome".into()),
+        Ok(Ok(Some(m))) => match m.msg {
+            Some(In::Welcome(w)) => w,
+            Some(In::Redirect(r)) => {
+                return Ended::Redirect((!r.leader_addr.is_empty()).then_some(r.leader_addr))
+            }
+            _ => return broken("unexpected first message from the controller".into()),
+        },
+    };
+    tracing::info!(controller = %addr, node = welcome.node_id, term = welcome.raft_term, "session open with the controller leader");
+    let period = Duration::from_millis(if welcome.heartbeat_interval_ms > 0 {
+        welcome.heartbeat_interval_ms
+    } else {
+        cfg.heartbeat_ms
+    });
+    let mut beat = tokio::time::interval(period);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0u64;
+    let report = |seq: u64, d: &DrbdStatus| AgentMessage {
+        msg: Some(Msg::Report(Report {
+            seq,
+            observed_at_unix_ms: unix_ms(),
+            drbd: Some(d.clone()),
+            host: Some(HostStatus::default()),
+        })),
+    };
+    let first = report(seq, &drbd.borrow_and_update());
+    if tx.send(first).await.is_err() {
+        return broken("stream closed".into());
+    }
+    loop {
+        tokio::select! {
+            m = inbound.message() => match m {
+                Ok(Some(m)) => match m.msg {
+                    Some(In::Redirect(r)) => {
+                        return Ended::Redirect((!r.leader_addr.is_empty()).then_some(r.leader_addr))
+                    }
+                    Some(In::Command(c)) => {
+                        // No command is defined for this version of the agent yet;
+                        // answer so the controller never waits on it.
+                        let _ = tx.send(AgentMessage { msg: Some(Msg::CommandResult(CommandResult {
+                            command_id: c.command_id,
+                            ok: false,
+                            error: "this agent version executes no commands".into(),
+                            duration_ms: 0,
+                        }))}).await;
+                    }
+                    _ => {}
+                },
+                Ok(None) => return broken("the controller closed the session".into()),
+                Err(st) => return broken(st.message().to_owned()),
+            },
+            r = drbd.changed() => {
+                if r.is_err() {
+                    return broken("DRBD observer stopped".into());
+                }
+                seq += 1;
+                let msg = report(seq, &drbd.borrow_and_update());
+                if tx.send(msg).await.is_err() {
+                    return broken("stream closed".into());
+                }
+            }
+            _ = beat.tick() => {
+                seq += 1;
+                let hb = AgentMessage { msg: Some(Msg::Heartbeat(Heartbeat { seq, sent_at_unix_ms: unix_ms() })) };
+                if tx.send(hb).await.is_err() {
+                    return broken("stream closed".into());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! `AgentService`: the long-lived bidirectional session each agent opens.
+//!
+//! The agent sends `Hello` first. A node that is not the Raft leader answers
+//! `Redirect` with the leader's address (or none yet) and ends the stream; the
+//! agent follows it. The leader answers `Welcome`, then records every heartbeat and
+//! report in [`Liveness`]. When this node loses leadership, every open session gets
+//! a `Redirect` and is closed, so agents always talk to the current leader.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use understudy_proto::agent_message::Msg;
+use understudy_proto::agent_service_server::AgentService;
+use understudy_proto::controller_message::Msg as Out;
+use understudy_proto::{AgentMessage, ControllerMessage, Hello, Redirect, ServerRole, Welcome};
+
+use crate::liveness::Liveness;
+use crate::node::LeaderView;
+use crate::raft::store::SharedState;
+
+/// How long a new session may take to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The agent-facing gRPC service of one controller node.
+pub struct AgentGrpc {
+    pub node_id: u64,
+    pub leader: watch::Receiver<LeaderView>,
+    pub liveness: Arc<Liveness>,
+    pub state: SharedState,
+    pub heartbeat_ms: u64,
+    next_session: AtomicU64,
+}
+
+impl AgentGrpc {
+    pub fn new(
+        node_id: u64,
+        leader: watch::Receiver<LeaderView>,
+        liveness: Arc<Liveness>,
+        state: SharedState,
+        heartbeat_ms: u64,
+    ) -> Self {
+        Self {
+            node_id,
+            leader,
+            liveness,
+            state,
+            heartbeat_ms,
+            next_session: AtomicU64::new(1),
+        }
+    }
+
+    /// Check that the hello names a server of the inventory, in the role it has there.
+    fn check_hello(&self, h: &Hello) -> Result<(), Status> {
+        let data = self.state.snapshot();
+        let Some(pair) = data.state.pairs.get(&h.pair_id) else {
+            return Err(Status::permission_denied(format!(
+                "pair {:?} is not in the controller inventory; add it under [[pairs]] in the controller configuration",
+                h.pair_id
+            )));
+        };
+        let spec = &pair.spec;
+        let expected = if spec.primary.id == h.server_id {
+            ServerRole::Primary
+        } else if spec.backup.id == h.server_id {
+            ServerRole::Backup
+        } else {
+            return Err(Status::permission_denied(format!(
+                "server {:?} is not a member of pair {:?} (members: {}, {})",
+                h.server_id, h.pair_id, spec.primary.id, spec.backup.id
+            )));
+        };
+        if h.role() != expected {
+            return Err(Status::permission_denied(format!(
+                "server {:?} says it is {:?} of pair {:?} but the inventory has it as {:?}; fix the agent configuration",
+                h.server_id,
+                h.role(),
+                h.pair_id,
+                expected
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The redirect to send when this node is not (or no longer) the leader.
+pub fn redirect(view: &LeaderView, reason: &str) -> ControllerMessage {
+    ControllerMessage {
+        msg: Some(Out::Redirect(Redirect {
+            leader_id: view.leader_id,
+            leader_addr: view.leader_addr.clone().unwrap_or_default(),
+            reason: reason.into(),
+        })),
+    }
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentGrpc {
+    type SessionStream = ReceiverStream<Result<ControllerMessage, Status>>;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello within 5 s"))??;
+        let hello = match first.and_then(|m| m.msg) {
+            Some(Msg::Hello(h)) => h,
+            _ => return Err(Status::invalid_argument("the first message must be Hello")),
+        };
+        let (tx, rx) = mpsc::channel(64);
+        let view = self.leader.borrow().clone();
+        if !view.is_leader {
+            let _ = tx
+                .send(Ok(redirect(&view, "this controller is not the leader")))
+                .await;
+            return Ok(Response::new(ReceiverStream::new(rx)));
+        }
+        self.check_hello(&hello)?;
+        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let server_id = hello.server_id.clone();
+        tracing::info!(server = %server_id, pair = %hello.pair_id, session, "agent connected");
+        let _ = tx
+            .send(Ok(ControllerMessage {
+                msg: Some(Out::Welcome(Welcome {
+                    node_id: self.node_id,
+                    raft_term: view.term,
+                    heartbeat_interval_ms: self.heartbeat_ms,
+                })),
+            }))
+            .await;
+        self.liveness.connected(session, hello, tx.clone());
+
+        let liveness = self.liveness.clone();
+        let mut leader = self.leader.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    msg = inbound.message() => match msg {
+                        Ok(Some(AgentMessage { msg: Some(m) })) => match m {
+                            Msg::Report(r) => liveness.report(&server_id, session, r),
+                            Msg::Heartbeat(_) => liveness.heard(&server_id, session),
+                            Msg::CommandResult(r) => {
+                                liveness.heard(&server_id, session);
+                                tracing::info!(server = %server_id, command = r.command_id, ok = r.ok, error = %r.error, "command result");
+                            }
+                            Msg::Hello(_) => {
+                                let _ = tx.send(Err(Status::invalid_argument("Hello sent twice"))).await;
+                                break;
+                            }
+                        },
+                        Ok(Some(AgentMessage { msg: None })) => {}
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::info!(server = %server_id, session, error = %e, "agent stream broken");
+                            break;
+                        }
+                    },
+                    changed = leader.changed() => {
+                        let view = leader.borrow_and_update().clone();
+                        if changed.is_err() || !view.is_leader {
+                            let _ = tx.send(Ok(redirect(&view, "leadership moved"))).await;
+                            break;
+                        }
+                    }
+                }
+            }
+            tracing::info!(server = %server_id, session, "agent session closed");
+            liveness.disconnected(&server_id, session);
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

@@ -1,0 +1,222 @@
+//! Controller configuration, read from a TOML file.
+//!
+//! ```toml
+//! node_id = 1
+//! listen = "127.0.0.1:7101"          # gRPC: agents, operators and Raft peers
+//! data_dir = "/var/lib/understudy/controller-1"
+//!
+//! [[members]]                        # the whole Raft group, the same on every node
+//! id = 1
+//! addr = "127.0.0.1:7101"
+//!
+//! [timing]                           # all optional
+//! raft_heartbeat_ms = 100
+//! election_timeout_min_ms = 400
+//! election_timeout_max_ms = 800
+//! agent_heartbeat_ms = 200
+//! agent_timeout_ms = 1000
+//!
+//! [[pairs]]
+//! id = "fs1"
+//! resource = "r0"
+//! client_ip = "198.18.0.100"
+//! zone = "zone-a"
+//! primary = { id = "fs1-a", address = "198.18.0.2", zone = "zone-a", volumes = ["vol-1"] }
+//! backup  = { id = "fs1-b", address = "198.18.0.3", zone = "zone-a", volumes = ["vol-2"] }
+//! ```
+//!
+//! The `[[pairs]]` inventory is proposed to Raft by the leader whenever it differs
+//! from the replicated one, so the configuration files are the source of truth
+//! for *what* is managed and Raft for *its state*.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::ControllerError;
+use crate::state::PairSpec;
+
+/// One member of the Raft group.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    pub id: u64,
+    pub addr: String,
+}
+
+/// Timings, in milliseconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timing {
+    pub raft_heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// How often agents are asked to send a heartbeat.
+    pub agent_heartbeat_ms: u64,
+    /// An agent silent for this long is considered unreachable.
+    pub agent_timeout_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            raft_heartbeat_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+            agent_heartbeat_ms: 200,
+            agent_timeout_ms: 1000,
+        }
+    }
+}
+
+/// The whole controller configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerConfig {
+    pub node_id: u64,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub members: Vec<Member>,
+    #[serde(default)]
+    pub timing: Timing,
+    #[serde(default)]
+    pub pairs: Vec<PairSpec>,
+}
+
+impl ControllerConfig {
+    /// Read and validate a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ControllerError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ControllerError::Config {
+            path: path.to_owned(),
+            reason: format!("cannot read it: {e}"),
+        })?;
+        Self::parse(&text).map_err(|reason| ControllerError::Config {
+            path: path.to_owned(),
+            reason,
+        })
+    }
+
+    /// Parse and validate configuration text; the error says what to fix.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let cfg: ControllerConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !matches!(self.members.len(), 1 | 3 | 5) {
+            return Err(format!(
+                "members lists {} nodes; use 3 or 5 (1 for a lab)",
+                self.members.len()
+            ));
+        }
+        let ids: BTreeSet<u64> = self.members.iter().map(|m| m.id).collect();
+        if ids.len() != self.members.len() {
+            return Err("members has duplicate ids".into());
+        }
+        if !ids.contains(&self.node_id) {
+            return Err(format!(
+                "node_id {} is not one of the members {:?}",
+                self.node_id, ids
+            ));
+        }
+        let t = &self.timing;
+        if t.election_timeout_min_ms <= t.raft_heartbeat_ms * 2
+            || t.election_timeout_max_ms <= t.election_timeout_min_ms
+        {
+            return Err(format!(
+                "timing: need raft_heartbeat_ms*2 < election_timeout_min_ms < election_timeout_max_ms (got {} / {} / {})",
+                t.raft_heartbeat_ms, t.election_timeout_min_ms, t.election_timeout_max_ms
+            ));
+        }
+        if t.agent_timeout_ms < t.agent_heartbeat_ms * 2 {
+            return Err(
+                "timing: agent_timeout_ms must be at least twice agent_heartbeat_ms".into(),
+            );
+        }
+        let mut pair_ids = BTreeSet::new();
+        let mut server_ids = BTreeSet::new();
+        for p in &self.pairs {
+            if !pair_ids.insert(p.id.as_str()) {
+                return Err(format!("pair {} is listed twice", p.id));
+            }
+            for s in [&p.primary, &p.backup] {
+                if !server_ids.insert(s.id.as_str()) {
+                    return Err(format!("server {} appears in more than one place", s.id));
+                }
+            }
+            if p.client_ip.parse::<std::net::IpAddr>().is_err() {
+                return Err(format!(
+                    "pair {}: client_ip {:?} is not an IP address",
+                    p.id, p.client_ip
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The gRPC address of a member.
+    pub fn member_addr(&self, id: u64) -> Option<&str> {
+        self.members
+            .iter()
+            .find(|m| m.id == id)
+            .map(|m| m.addr.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+node_id = 2
+listen = "127.0.0.1:7102"
+data_dir = "/tmp/x"
+members = [ { id = 1, addr = "127.0.0.1:7101" }, { id = 2, addr = "127.0.0.1:7102" }, { id = 3, addr = "127.0.0.1:7103" } ]
+[[pairs]]
+id = "fs1"
+resource = "r0"
+client_ip = "198.18.0.100"
+zone = "a"
+primary = { id = "fs1-a", address = "198.18.0.2", zone = "a" }
+backup = { id = "fs1-b", address = "198.18.0.3", zone = "a" }
+"#;
+
+    #[test]
+    fn parses_a_good_config() {
+        let c = ControllerConfig::parse(GOOD).unwrap();
+        assert_eq!(c.node_id, 2);
+        assert_eq!(c.member_addr(3), Some("127.0.0.1:7103"));
+        assert_eq!(c.pairs[0].backup.id, "fs1-b");
+        assert_eq!(c.timing.agent_timeout_ms, 1000);
+    }
+
+    #[test]
+    fn rejects_bad_configs_with_a_reason() {
+        let cases = [
+            (
+                GOOD.replace("node_id = 2", "node_id = 9"),
+                "not one of the members",
+            ),
+            (
+                GOOD.replace("198.18.0.100", "not-an-ip"),
+                "not an IP address",
+            ),
+            (GOOD.replace("fs1-b", "fs1-a"), "more than one place"),
+            (
+                GOOD.replace("zone = \"a\"\nprimary", "zonee = \"a\"\nprimary"),
+                "unknown field",
+            ),
+            (
+                GOOD.replace(", { id = 3, addr = \"127.0.0.1:7103\" }", ""),
+                "use 3 or 5",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = ControllerConfig::parse(&text).unwrap_err();
+            assert!(err.contains(want), "{err:?} should mention {want:?}");
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! One controller node: opens the durable Raft storage, starts the Raft node and
+//! the gRPC server (Raft transport, agent sessions, operator API), bootstraps the
+//! cluster on first start, and runs the leader's duties while it leads.
+//!
+//! Leader duties: make the replicated inventory match the configuration, then on
+//! every agent report (and on a short tick) ask [`crate::observe::observe`] what
+//! each pair's state should be and commit the changes. A node that is not the
+//! leader with a quorum commits nothing and commands nothing (S6): every write goes
+//! through `client_write`, which only a leader holding a quorum can complete.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::{BasicNode, ServerState, SnapshotPolicy};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use understudy_proto::agent_service_server::AgentServiceServer;
+use understudy_proto::operator_service_server::OperatorServiceServer;
+use understudy_proto::raft_service_server::RaftServiceServer;
+
+use crate::agents::{redirect, AgentGrpc};
+use crate::config::ControllerConfig;
+use crate::error::ControllerError;
+use crate::liveness::{agent_view, Liveness};
+use crate::observe::observe;
+use crate::operator::OperatorGrpc;
+use crate::raft::network::{Network, RaftGrpc};
+use crate::raft::store::{open_database, LogStore, SharedState, StateMachineStore};
+use crate::raft::Raft;
+use crate::state::Request;
+
+/// Who leads, as seen from this node.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LeaderView {
+    pub is_leader: bool,
+    pub leader_id: Option<u64>,
+    pub leader_addr: Option<String>,
+    pub term: u64,
+}
+
+/// Milliseconds since the Unix epoch, for history records.
+pub fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Run a controller node until `shutdown` resolves.
+pub async fn run(
+    cfg: ControllerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ControllerError> {
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| ControllerError::DataDir {
+        path: cfg.data_dir.clone(),
+        source,
+    })?;
+    let db = open_database(&cfg.data_dir.join("raft.redb"))?;
+    let sm = StateMachineStore::open(db.clone())?;
+    let shared = sm.shared();
+    let log = LogStore::new(db);
+
+    let t = &cfg.timing;
+    let raft_cfg = openraft::Config {
+        cluster_name: "understudy".into(),
+        heartbeat_interval: t.raft_heartbeat_ms,
+        election_timeout_min: t.election_timeout_min_ms,
+        election_timeout_max: t.election_timeout_max_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(500),
+        max_in_snapshot_log_to_keep: 100,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| ControllerError::Config {
+        path: "timing".into(),
+        reason: e.to_string(),
+    })?;
+    let raft = Raft::new(cfg.node_id, Arc::new(raft_cfg), Network, log, sm)
+        .await
+        .map_err(|e| ControllerError::RaftFatal(e.to_string()))?;
+
+    let (leader_tx, leader_rx) = watch::channel(LeaderView::default());
+    tokio::spawn(follow_leader(raft.clone(), cfg.clone(), leader_tx));
+
+    let liveness = Arc::new(Liveness::default());
+    let listener =
+        TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| ControllerError::Listen {
+                addr: cfg.listen,
+                source,
+            })?;
+    tracing::info!(node = cfg.node_id, listen = %cfg.listen, "controller listening");
+
+    tokio::spawn(bootstrap(raft.clone(), cfg.clone()));
+    tokio::spawn(leader_duties(
+        raft.clone(),
+        cfg.clone(),
+        shared.clone(),
+        liveness.clone(),
+        leader_rx.clone(),
+    ));
+
+    let agents = AgentGrpc::new(
+        cfg.node_id,
+        leader_rx.clone(),
+        liveness.clone(),
+        shared.clone(),
+        cfg.timing.agent_heartbeat_ms,
+    );
+    let operator = OperatorGrpc {
+        raft: raft.clone(),
+        cfg: cfg.clone(),
+        leader: leader_rx,
+        liveness,
+        state: shared,
+    };
+    let served = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(RaftServiceServer::new(RaftGrpc::new(raft.clone())))
+        .add_service(AgentServiceServer::new(agents))
+        .add_service(OperatorServiceServer::new(operator))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    tracing::info!(node = cfg.node_id, "shutting down Raft");
+    let _ = raft.shutdown().await;
+    served.map_err(ControllerError::from)
+}
+
+/// Publish who leads, from Raft's metrics.
+async fn follow_leader(raft: Raft, cfg: ControllerConfig, tx: watch::Sender<LeaderView>) {
+    let mut metrics = raft.metrics();
+    loop {
+        let view = {
+            let m = metrics.borrow_watched();
+            let leader_addr = m.current_leader.and_then(|id| {
+                m.membership_config
+                    .membership()
+                    .nodes()
+                    .find(|(n, _)| **n == id)
+                    .map(|(_, node)| node.addr.clone())
+                    .or_else(|| cfg.member_addr(id).map(str::to_owned))
+            });
+            LeaderView {
+                is_leader: m.state == ServerState::Leader && m.current_leader == Some(cfg.node_id),
+                leader_id: m.current_leader,
+                leader_addr,
+                term: m.current_term,
+            }
+        };
+        tx.send_if_modified(|cur| {
+            if *cur != view {
+                if cur.leader_id != view.leader_id {
+                    tracing::info!(node = cfg.node_id, leader = ?view.leader_id, term = view.term, "leader changed");
+                }
+                *cur = view;
+                true
+            } else {
+                false
+            }
+        });
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// On the very first start, the member with the lowest id initializes the cluster
+/// with the configured membership; every later start recovers it from disk.
+async fn bootstrap(raft: Raft, cfg: ControllerConfig) {
+    let lowest = cfg.members.iter().map(|m| m.id).min();
+    if lowest != Some(cfg.node_id) {
+        return;
+    }
+    match raft.is_initialized().await {
+        Ok(true) | Err(_) => return,
+        Ok(false) => {}
+    }
+    let members: BTreeMap<u64, BasicNode> = cfg
+        .members
+        .iter()
+        .map(|m| (m.id, BasicNode::new(m.addr.clone())))
+        .collect();
+    match raft.initialize(members).await {
+        Ok(()) => tracing::info!(node = cfg.node_id, "cluster initialized"),
+        Err(e) => tracing::warn!(node = cfg.node_id, error = %e, "cluster initialization refused"),
+    }
+}
+
+/// Propose a request, logging refusals; `None` if this node cannot commit now.
+async fn propose(raft: &Raft, req: Request) -> Option<crate::state::Response> {
+    let what = req.to_string();
+    match tokio::time::timeout(Duration::from_secs(3), raft.client_write(req)).await {
+        Ok(Ok(resp)) => Some(resp.data),
+        Ok(Err(e)) => {
+            tracing::warn!(request = %what, error = %e, "proposal not committed");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(request = %what, "proposal not committed within 3 s (no quorum?)");
+            None
+        }
+    }
+}
+
+/// The leader's work: keep the inventory in line with the configuration, and keep
+/// each pair's state in line with what the agents report.
+async fn leader_duties(
+    raft: Raft,
+    cfg: ControllerConfig,
+    shared: SharedState,
+    liveness: Arc<Liveness>,
+    mut leader: watch::Receiver<LeaderView>,
+) {
+    loop {
+        while !leader.borrow_and_update().is_leader {
+            if leader.changed().await.is_err() {
+                return;
+            }
+        }
+        let term = leader.borrow().term;
+        tracing::info!(node = cfg.node_id, term, "leading: syncing inventory");
+        let mut inventory_synced = false;
+        let mut live = liveness.subscribe();
+        let mut tick = tokio::time::interval(Duration::from_millis(cfg.timing.agent_heartbeat_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if !inventory_synced {
+                let current: Vec<_> = shared
+                    .snapshot()
+                    .state
+                    .pairs
+                    .values()
+                    .map(|p| p.spec.clone())
+                    .collect();
+                let mut wanted = cfg.pairs.clone();
+                wanted.sort_by(|a, b| a.id.cmp(&b.id));
+                inventory_synced = current == wanted
+                    || propose(
+                        &raft,
+                        Request::SyncInventory {
+                            pairs: cfg.pairs.clone(),
+                            at_unix_ms: now_unix_ms(),
+                        },
+                    )
+                    .await
+                    .is_some();
+            }
+            let now = Instant::now();
+            for pair in shared.snapshot().state.pairs.values() {
+                let p = agent_view(
+                    liveness.get(&pair.spec.primary.id).as_ref(),
+                    &pair.spec.resource,
+                    now,
+                );
+                let b = agent_view(
+                    liveness.get(&pair.spec.backup.id).as_ref(),
+                    &pair.spec.resource,
+                    now,
+                );
+                let obs = observe(pair, &p, &b, cfg.timing.agent_timeout_ms);
+                if let Some((state, reason)) = obs.transition {
+                    tracing::info!(pair = %pair.spec.id, epoch = pair.epoch, from = %pair.state, to = %state, %reason, "pair state change");
+                    propose(
+                        &raft,
+                        Request::SetPairState {
+                            pair_id: pair.spec.id.clone(),
+                            expect: pair.state,
+                            state,
+                            reason,
+                            at_unix_ms: now_unix_ms(),
+                        },
+                    )
+                    .await;
+                }
+            }
+            tokio::select! {
+                _ = live.changed() => {}
+                _ = tick.tick() => {}
+                r = leader.changed() => {
+                    if r.is_err() || !leader.borrow().is_leader {
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::info!(node = cfg.node_id, "no longer leading");
+        let view = leader.borrow().clone();
+        for tx in liveness.sessions() {
+            let _ = tx.try_send(Ok(redirect(&view, "leadership moved")));
+        }
+        liveness.clear();
+    }
+}

@@ -1,0 +1,483 @@
+//! Test harness: a whole Understudy cluster made of real processes on loopback.
+//!
+//! [`Cluster::start`] writes configurations into a fresh temporary directory and
+//! starts N controller processes, two DRBD emulator daemons (the file server and
+//! its backup, replicating a data directory over TCP), and one agent per host. The
+//! harness drives and inspects it only through real interfaces: process signals,
+//! the emulator's `drbdadm`, and `understudyctl --output json status`.
+//!
+//! Every process is killed (SIGKILL) and reaped when the harness is dropped, also
+//! when a test panics; every port is a fresh free one, so tests run in parallel.
+//! The binaries come from the workspace's target directory: build them first with
+//! `cargo build --workspace --bins` (plain `cargo test` at the workspace root does).
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The resource name the harness gives the pair.
+pub const RESOURCE: &str = "r0";
+
+/// Path of a workspace binary, next to the test executable's `deps/` directory.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace binaries first with `cargo build --workspace --bins`",
+        p.display()
+    );
+    p
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// A child process killed and reaped on drop; its output goes to a log file.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Proc {
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup log"))
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            name: name.into(),
+            child,
+            log: log.into(),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Send a signal (e.g. libc::SIGSTOP / SIGCONT) without reaping.
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.pid(), libc::SIGCONT);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Poll `f` every 50 ms until it returns `Some`, or panic after `timeout` with `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One emulated host of the pair: a DRBD emulator daemon and an agent.
+pub struct Host {
+    pub name: String,
+    pub role: &'static str,
+    pub dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub emu_config: PathBuf,
+    pub agent_config: PathBuf,
+    pub drbdadm: PathBuf,
+    pub drbdsetup: PathBuf,
+    pub emu: Option<Proc>,
+    pub agent: Option<Proc>,
+}
+
+impl Host {
+    /// Run this host's `drbdadm` (the emulator's) with arguments.
+    pub fn drbdadm(&self, args: &[&str]) -> Output {
+        Command::new(&self.drbdadm)
+            .args(args)
+            .output()
+            .expect("run drbdadm")
+    }
+
+    /// Run this host's `drbdsetup` with arguments.
+    pub fn drbdsetup(&self, args: &[&str]) -> Output {
+        Command::new(&self.drbdsetup)
+            .args(args)
+            .output()
+            .expect("run drbdsetup")
+    }
+
+    pub fn start_emulator(&mut self) {
+        let mut cmd = Command::new(bin("drbd-emu"));
+        cmd.arg("daemon").arg("--config").arg(&self.emu_config);
+        self.emu = Some(Proc::spawn(
+            &format!("drbd-emu {}", self.name),
+            &mut cmd,
+            &self.dir.join("emu.log"),
+        ));
+        let setup = self.drbdsetup.clone();
+        wait_for(
+            &format!("{}'s DRBD emulator to answer", self.name),
+            Duration::from_secs(10),
+            || {
+                Command::new(&setup)
+                    .args(["status", RESOURCE])
+                    .output()
+                    .ok()
+                    .filter(|o| o.status.success())
+            },
+        );
+    }
+
+    pub fn start_agent(&mut self) {
+        let mut cmd = Command::new(bin("understudy-agent"));
+        cmd.arg("--config")
+            .arg(&self.agent_config)
+            .env("RUST_LOG", "info");
+        self.agent = Some(Proc::spawn(
+            &format!("agent {}", self.name),
+            &mut cmd,
+            &self.dir.join("agent.log"),
+        ));
+    }
+}
+
+/// A cluster of real processes; see the module documentation.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub controller_addrs: Vec<String>,
+    pub controller_configs: Vec<PathBuf>,
+    pub controllers: Vec<Option<Proc>>,
+    pub hosts: Vec<Host>,
+    pub pair_id: String,
+}
+
+impl Cluster {
+    /// Start `n` controllers and a pair (file server + backup on the emulator)
+    /// with its two agents. The file server is promoted with `--force` to start
+    /// the initial sync, as an operator does when creating a DRBD resource.
+    pub fn start(n: usize) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("understudy-test-")
+            .tempdir()
+            .expect("tempdir");
+        let root = dir.path().to_path_buf();
+        let addrs: Vec<String> = (0..n)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let members = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{{ id = {}, addr = \"{a}\" }}", i + 1))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let pair_id = "fs1".to_string();
+        let names = ["fs1-a", "fs1-b"];
+        let mut configs = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let path = root.join(format!("controller-{}.toml", i + 1));
+            fs::write(
+                &path,
+                format!(
+                    r#"node_id = {id}
+listen = "{addr}"
+data_dir = "{data}"
+members = [ {members} ]
+
+[[pairs]]
+id = "{pair_id}"
+resource = "{RESOURCE}"
+client_ip = "198.18.0.100"
+zone = "zone-a"
+primary = {{ id = "{a}", address = "127.0.0.1", zone = "zone-a", volumes = ["vol-a"] }}
+backup = {{ id = "{b}", address = "127.0.0.1", zone = "zone-a", volumes = ["vol-b"] }}
+"#,
+                    id = i + 1,
+                    data = root.join(format!("controller-{}", i + 1)).display(),
+                    a = names[0],
+                    b = names[1],
+                ),
+            )
+            .expect("write controller config");
+            configs.push(path);
+        }
+        let repl_ports = [free_port(), free_port()];
+        let mut hosts = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let hdir = root.join(name);
+            let data_dir = hdir.join("data");
+            fs::create_dir_all(&data_dir).expect("host dir");
+            let emu_config = hdir.join("drbd-emu.toml");
+            let peer = 1 - i;
+            fs::write(
+                &emu_config,
+                format!(
+                    r#"resource = "{RESOURCE}"
+hostname = "{name}"
+node_id = {i}
+minor = 1000
+state_dir = "{state}"
+data_dir = "{data}"
+listen = "127.0.0.1:{port}"
+
+[peer]
+hostname = "{peer_name}"
+node_id = {peer}
+address = "127.0.0.1:{peer_port}"
+"#,
+                    state = hdir.join("drbd-state").display(),
+                    data = data_dir.display(),
+                    port = repl_ports[i],
+                    peer_name = names[peer],
+                    peer_port = repl_ports[peer],
+                ),
+            )
+            .expect("write emulator config");
+            let wrapper = |tool: &str| {
+                let p = hdir.join(tool);
+                fs::write(
+                    &p,
+                    format!(
+                        "#!/bin/sh\nDRBD_EMU_CONFIG='{}' exec '{}' {tool} \"$@\"\n",
+                        emu_config.display(),
+                        bin("drbd-emu").display()
+                    ),
+                )
+                .expect("write wrapper");
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).expect("chmod");
+                p
+            };
+            let drbdsetup = wrapper("drbdsetup");
+            let drbdadm = wrapper("drbdadm");
+            let agent_config = hdir.join("agent.toml");
+            fs::write(
+                &agent_config,
+                format!(
+                    r#"server_id = "{name}"
+pair_id = "{pair_id}"
+role = "{role}"
+controllers = [{ctl}]
+state_dir = "{state}"
+
+[drbd]
+resource = "{RESOURCE}"
+drbdsetup = "{setup}"
+drbdadm = "{adm}"
+"#,
+                    role = if i == 0 { "primary" } else { "backup" },
+                    ctl = addrs
+                        .iter()
+                        .map(|a| format!("\"{a}\""))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    state = hdir.join("agent-state").display(),
+                    setup = drbdsetup.display(),
+                    adm = drbdadm.display(),
+                ),
+            )
+            .expect("write agent config");
+            hosts.push(Host {
+                name: name.to_string(),
+                role: if i == 0 { "primary" } else { "backup" },
+                dir: hdir,
+                data_dir,
+                emu_config,
+                agent_config,
+                drbdadm,
+                drbdsetup,
+                emu: None,
+                agent: None,
+            });
+        }
+        let mut c = Cluster {
+            dir,
+            controller_addrs: addrs,
+            controller_configs: configs,
+            controllers: (0..n).map(|_| None).collect(),
+            hosts,
+            pair_id,
+        };
+        for i in 0..n {
+            c.start_controller(i);
+        }
+        for h in &mut c.hosts {
+            h.start_emulator();
+        }
+        let out = c.hosts[0].drbdadm(&["primary", "--force", RESOURCE]);
+        assert!(
+            out.status.success(),
+            "initial drbdadm primary --force failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for h in &mut c.hosts {
+            h.start_agent();
+        }
+        c
+    }
+
+    pub fn start_controller(&mut self, i: usize) {
+        let mut cmd = Command::new(bin("understudy-controller"));
+        cmd.arg("--config")
+            .arg(&self.controller_configs[i])
+            .env("RUST_LOG", "info,openraft=warn");
+        self.controllers[i] = Some(Proc::spawn(
+            &format!("controller {}", i + 1),
+            &mut cmd,
+            &self.dir.path().join(format!("controller-{}.log", i + 1)),
+        ));
+    }
+
+    /// SIGKILL controller `i` (0-based).
+    pub fn kill_controller(&mut self, i: usize) {
+        if let Some(p) = self.controllers[i].take() {
+            p.kill();
+        }
+    }
+
+    /// `understudyctl --output json status` against the running controllers.
+    pub fn try_status(&self) -> Result<Value, String> {
+        let out = Command::new(bin("understudyctl"))
+            .arg("--controllers")
+            .arg(self.controller_addrs.join(","))
+            .args(["--timeout-ms", "1000", "--output", "json", "status"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    }
+
+    /// Wait until the status satisfies `pred`; panics with the last status seen.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = match self.try_status() {
+                Ok(v) if pred(&v) => return v,
+                Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_default(),
+                Err(e) => e,
+            };
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for: {what}\nlast status: {last}\nlogs in {}",
+                    self.dir.path().display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The leader's 0-based index, as reported by the status.
+    pub fn leader_index(status: &Value) -> Option<usize> {
+        status["cluster"]["leader_id"]
+            .as_u64()
+            .map(|id| id as usize - 1)
+    }
+
+    /// Keep the logs of a failed test: call at the start of a test and keep the guard.
+    pub fn keep_logs_on_panic(&self) -> KeepLogs {
+        KeepLogs(self.dir.path().to_path_buf())
+    }
+}
+
+/// On a panic, copies the cluster's directory (configs and logs) to
+/// `$UNDERSTUDY_TEST_LOGS` (default /tmp/understudy-failed-tests) for inspection.
+pub struct KeepLogs(PathBuf);
+
+impl Drop for KeepLogs {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let dest = PathBuf::from(
+                std::env::var("UNDERSTUDY_TEST_LOGS")
+                    .unwrap_or_else(|_| "/tmp/understudy-failed-tests".into()),
+            )
+            .join(self.0.file_name().unwrap_or_default());
+            let _ = Command::new("cp")
+                .arg("-r")
+                .arg(&self.0)
+                .arg(&dest)
+                .status();
+            eprintln!("cluster logs kept in {}", dest.display());
+        }
+    }
+}
+
+/// A server entry of a pair in a status JSON.
+pub fn server<'a>(status: &'a Value, pair: &str, server: &str) -> &'a Value {
+    status["pairs"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["id"] == pair))
+        .and_then(|p| p["servers"].as_array())
+        .and_then(|ss| ss.iter().find(|s| s["id"] == server))
+        .unwrap_or(&Value::Null)
+}
+
+/// A pair entry in a status JSON.
+pub fn pair<'a>(status: &'a Value, pair: &str) -> &'a Value {
+    status["pairs"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["id"] == pair))
+        .unwrap_or(&Value::Null)
+}
+
+/// Both servers connected, UpToDate, Connected, Established, nothing out of sync,
+/// the file server Primary; and the pair `Healthy`.
+pub fn pair_healthy(s: &Value) -> bool {
+    let ok = |id: &str, role: &str| {
+        let sv = server(s, "fs1", id);
+        sv["connected"] == true
+            && sv["drbd"]["role"] == role
+            && sv["drbd"]["disk"] == "UpToDate"
+            && sv["drbd"]["connection"] == "Connected"
+            && sv["drbd"]["replication"] == "Established"
+            && sv["drbd"]["peer_disk"] == "UpToDate"
+            && sv["drbd"]["out_of_sync_bytes"] == 0
+    };
+    ok("fs1-a", "Primary") && ok("fs1-b", "Secondary") && pair(s, "fs1")["state"] == "Healthy"
+}

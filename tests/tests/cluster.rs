@@ -1,0 +1,114 @@
+//! Cluster tests: 3 controller processes and 2 agents on the DRBD emulator, on
+//! loopback, driven through `understudyctl` and signals.
+
+use std::time::{Duration, Instant};
+
+use understudy_tests::{pair, pair_healthy, server, Cluster};
+
+const SETTLE: Duration = Duration::from_secs(60);
+
+#[test]
+fn status_shows_both_servers_uptodate_and_connected() {
+    let c = Cluster::start(3);
+    let _logs = c.keep_logs_on_panic();
+    let s = c.wait_status(
+        "pair fs1 Healthy with both servers in sync",
+        SETTLE,
+        pair_healthy,
+    );
+    assert_eq!(s["cluster"]["members"].as_array().unwrap().len(), 3);
+    assert!(s["cluster"]["leader_id"].as_u64().is_some());
+    let a = server(&s, "fs1", "fs1-a");
+    assert_eq!(a["configured_role"], "primary");
+    assert!(a["last_report_age_ms"].as_u64().is_some());
+    assert_eq!(server(&s, "fs1", "fs1-b")["drbd"]["peer_role"], "Primary");
+    // The pair went through Rebuilding (initial sync) to Healthy, and says why.
+    assert!(pair(&s, "fs1")["state_reason"]
+        .as_str()
+        .unwrap()
+        .contains("in sync"));
+
+    // The table output shows the same.
+    let out = std::process::Command::new(understudy_tests::bin("understudyctl"))
+        .args(["--controllers", &c.controller_addrs.join(","), "status"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("state Healthy"), "{table}");
+    assert_eq!(table.matches("UpToDate").count(), 4, "{table}");
+}
+
+#[test]
+fn leader_kill_elects_a_new_leader_and_agents_follow_it() {
+    let mut c = Cluster::start(3);
+    let _logs = c.keep_logs_on_panic();
+    let s = c.wait_status("pair healthy", SETTLE, pair_healthy);
+    let old = Cluster::leader_index(&s).expect("a leader");
+    let killed = Instant::now();
+    c.kill_controller(old);
+    let s = c.wait_status("a new leader", Duration::from_secs(10), |s| {
+        Cluster::leader_index(s).is_some_and(|l| l != old)
+    });
+    let elected = killed.elapsed();
+    let new = Cluster::leader_index(&s).unwrap();
+    eprintln!("new leader {} after {elected:?}", new + 1);
+    // Both agents reconnect to the new leader and report fresh state.
+    let s = c.wait_status(
+        "agents reconnected and pair healthy",
+        Duration::from_secs(10),
+        |s| {
+            pair_healthy(s)
+                && ["fs1-a", "fs1-b"].iter().all(|id| {
+                    server(s, "fs1", id)["last_report_age_ms"]
+                        .as_u64()
+                        .is_some_and(|a| a < 2000)
+                })
+        },
+    );
+    assert_eq!(Cluster::leader_index(&s), Some(new));
+    assert_eq!(pair(&s, "fs1")["state"], "Healthy");
+    // The old leader rejoins as a follower.
+    c.start_controller(old);
+    c.wait_status(
+        "old leader back as a member",
+        Duration::from_secs(10),
+        |s| {
+            s["cluster"]["members"]
+                .as_array()
+                .is_some_and(|m| m.iter().all(|m| m["matched_index"].as_u64().is_some()))
+        },
+    );
+}
+
+#[test]
+fn inventory_and_pair_state_survive_a_restart_of_all_controllers() {
+    let mut c = Cluster::start(3);
+    let _logs = c.keep_logs_on_panic();
+    let before = c.wait_status("pair healthy", SETTLE, pair_healthy);
+    let history_len = before["cluster"]["last_applied_index"].as_u64().unwrap();
+    for i in 0..3 {
+        c.kill_controller(i);
+    }
+    // Agents keep running (and DRBD keeps replicating) with no controller at all.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(c.try_status().is_err());
+    for i in 0..3 {
+        c.start_controller(i);
+    }
+    // Read from disk: the first answer after the restart already has the pair,
+    // in the state it had, with its spec, before any agent could change it.
+    let after = c.wait_status("a leader after restart", Duration::from_secs(15), |s| {
+        !pair(s, "fs1").is_null()
+    });
+    let p = pair(&after, "fs1");
+    assert_eq!(p["state"], "Healthy", "state read back from disk: {p}");
+    assert_eq!(p["client_ip"], "198.18.0.100");
+    assert_eq!(p["zone"], "zone-a");
+    assert!(after["cluster"]["last_applied_index"].as_u64().unwrap() >= history_len);
+    c.wait_status(
+        "agents back and pair healthy",
+        Duration::from_secs(15),
+        pair_healthy,
+    );
+}
