@@ -68,7 +68,7 @@ pub async fn run(cfg: AgentConfig, drbd: watch::Receiver<DrbdStatus>, highest_ep
             }
             Ended::Refused(why) => {
                 tracing::error!(controller = %addr, reason = %why, "controller refused this agent");
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Ended::Broken(e) => {
                 redirects_in_a_row = 0;

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install what building and testing Understudy needs on a Debian machine (as root).
+# Idempotent: installs only what is missing. The Rust toolchain itself (>= 1.90,
+# from rustup) must already be on the machine: Debian's cargo is too old.
+set -euo pipefail
+
+need_rust="1.90"
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo not found: install Rust >= $need_rust with rustup (https://rustup.rs) and retry" >&2
+    exit 1
+fi
+have=$(rustc --version | awk '{print $2}')
+if [ "$(printf '%s\n%s\n' "$need_rust" "$have" | sort -V | head -1)" != "$need_rust" ]; then
+    echo "rustc $have is older than $need_rust: run 'rustup update stable' and retry" >&2
+    exit 1
+fi
+
+# Debian packages the build, the tests and the demo use.
+pkgs=(ca-certificates gcc libc6-dev)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "missing Debian packages: ${missing[*]}; run as root or: apt-get install -y ${missing[*]}" >&2
+        exit 1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
