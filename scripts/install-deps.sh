@@ -16,7 +16,8 @@ if [ "$(printf '%s\n%s\n' "$need_rust" "$have" | sort -V | head -1)" != "$need_r
 fi
 
 # Debian packages the build, the tests and the demo use.
-pkgs=(ca-certificates gcc libc6-dev)
+pkgs=(ca-certificates gcc libc6-dev python3 python3-pip python3-venv iproute2 iptables arping
+      nfs-ganesha nfs-ganesha-vfs libnfs-utils)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -28,4 +29,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
     fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
+# moto's EC2 server (the EC2 stand-in) from PyPI, in a venv of our own.
+venv="${UNDERSTUDY_VENV:-$HOME/.cache/understudy-venv}"
+if [ ! -x "$venv/bin/moto_server" ]; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "moto[server]"
 fi

@@ -1,0 +1,116 @@
+//! The cloud-provider interface the controller fences and moves addresses with.
+//!
+//! Plain data in, plain data out, so the failover executor can run against any
+//! backend: `ec2` (aws-sdk-ec2, crate `understudy-cloud-ec2`), `local` (network
+//! namespaces on one machine, for the demo and namespace tests) and [`strict::StrictCloud`]
+//! (in memory, enforcing the rules real EC2 enforces and moto does not, for
+//! exhaustive executor tests).
+//!
+//! Every operation is idempotent: the executor may repeat a step after a leader
+//! change (S7). No backend may be trusted to enforce anything by itself: after
+//! moving the client IP the caller checks [`Cloud::ip_holders`].
+
+pub mod strict;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A server as the cloud knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloudServer {
+    /// Understudy's server id (inventory).
+    pub server_id: String,
+    /// EC2: the instance id. Local backend: the network namespace name.
+    pub instance_id: String,
+    /// EC2: the network interface (ENI) that carries the client IP.
+    /// Local backend: the interface name inside the namespace.
+    pub interface_id: String,
+    /// Availability zone of the instance.
+    pub zone: String,
+}
+
+/// Lifecycle state of an instance, as the provider reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InstanceState {
+    Pending,
+    Running,
+    Stopping,
+    Stopped,
+    ShuttingDown,
+    Terminated,
+    /// A state word this version does not know, kept as reported.
+    Other(String),
+}
+
+impl fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InstanceState::Other(s) => f.write_str(s),
+            s => fmt::Debug::fmt(s, f),
+        }
+    }
+}
+
+/// What can go wrong talking to a cloud.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CloudError {
+    #[error("{provider}: {what} not found: {id}; check the inventory's cloud ids")]
+    NotFound {
+        provider: &'static str,
+        what: &'static str,
+        id: String,
+    },
+    #[error("{provider}: {op} refused: {reason}")]
+    Refused {
+        provider: &'static str,
+        op: &'static str,
+        reason: String,
+    },
+    #[error("{provider}: {op} failed: {reason}; the step will be retried")]
+    Transient {
+        provider: &'static str,
+        op: &'static str,
+        reason: String,
+    },
+    #[error("{provider}: after {op}, {reason}")]
+    Unverified {
+        provider: &'static str,
+        op: &'static str,
+        reason: String,
+    },
+}
+
+/// The operations failover needs from a cloud provider.
+#[async_trait::async_trait]
+pub trait Cloud: Send + Sync {
+    /// Short provider name for logs and errors.
+    fn name(&self) -> &'static str;
+
+    /// Take `client_ip` away from `from` and give it to `to` (EC2: assign to `to`'s
+    /// interface with reassignment allowed, then unassign from `from`). The caller
+    /// verifies with [`Cloud::ip_holders`].
+    async fn move_client_ip(
+        &self,
+        client_ip: &str,
+        from: &CloudServer,
+        to: &CloudServer,
+    ) -> Result<(), CloudError>;
+
+    /// The interfaces (`interface_id`s) that hold `client_ip` now.
+    async fn ip_holders(&self, client_ip: &str) -> Result<Vec<String>, CloudError>;
+
+    /// Cut `server` off the network (EC2: replace its security groups with the
+    /// isolating group; local: take its link down).
+    async fn isolate(&self, server: &CloudServer) -> Result<(), CloudError>;
+
+    /// Whether `server` is isolated now.
+    async fn is_isolated(&self, server: &CloudServer) -> Result<bool, CloudError>;
+
+    /// Request a forced stop and return at once, without waiting for it to finish
+    /// (a stop can take very long).
+    async fn force_stop(&self, server: &CloudServer) -> Result<(), CloudError>;
+
+    /// The instance's lifecycle state.
+    async fn instance_state(&self, server: &CloudServer) -> Result<InstanceState, CloudError>;
+}
