@@ -148,6 +148,7 @@ impl AgentService for AgentGrpc {
                             Msg::CommandResult(r) => {
                                 liveness.heard(&server_id, session);
                                 tracing::info!(server = %server_id, command = r.command_id, ok = r.ok, error = %r.error, "command result");
+                                liveness.command_result(r);
                             }
                             Msg::Hello(_) => {
                                 let _ = tx.send(Err(Status::invalid_argument("Hello sent twice"))).await;

@@ -83,6 +83,106 @@ pub struct ControllerConfig {
     pub timing: Timing,
     #[serde(default)]
     pub pairs: Vec<PairSpec>,
+    /// Failure detector timings.
+    #[serde(default)]
+    pub detector: crate::detector::DetectorConfig,
+    /// Failover executor timings and the Verify probe.
+    #[serde(default)]
+    pub executor: crate::failover::ExecutorConfig,
+    /// The cloud provider used to fence.
+    #[serde(default)]
+    pub cloud: CloudConfig,
+}
+
+/// Which cloud backend fences and moves the client IP.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum CloudConfig {
+    /// No cloud: every fence fails, so automatic failover always ends `Blocked`.
+    #[default]
+    None,
+    /// Hosts are network namespaces on this machine (demo, namespace tests).
+    Local {
+        #[serde(default = "default_netns_prefix")]
+        netns_prefix: String,
+        #[serde(default = "default_prefix_len")]
+        prefix_len: u8,
+    },
+}
+
+fn default_netns_prefix() -> String {
+    "us".into()
+}
+fn default_prefix_len() -> u8 {
+    24
+}
+
+impl CloudConfig {
+    /// Build the configured backend.
+    pub fn build(&self) -> Result<std::sync::Arc<dyn understudy_cloud::Cloud>, String> {
+        match self {
+            CloudConfig::None => Ok(std::sync::Arc::new(NoCloud)),
+            CloudConfig::Local {
+                netns_prefix,
+                prefix_len,
+            } => Err(format!("LOCALCLOUD-PENDING {netns_prefix} {prefix_len}")),
+        }
+    }
+}
+
+/// The cloud of `kind = "none"`: refuses every fence, so nothing is ever served
+/// from a backup whose old primary could not be fenced (S3).
+struct NoCloud;
+
+#[async_trait::async_trait]
+impl understudy_cloud::Cloud for NoCloud {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+    async fn move_client_ip(
+        &self,
+        _ip: &str,
+        _from: &understudy_cloud::CloudServer,
+        _to: &understudy_cloud::CloudServer,
+    ) -> Result<(), understudy_cloud::CloudError> {
+        Err(no_cloud("move_client_ip"))
+    }
+    async fn ip_holders(&self, _ip: &str) -> Result<Vec<String>, understudy_cloud::CloudError> {
+        Err(no_cloud("ip_holders"))
+    }
+    async fn isolate(
+        &self,
+        _s: &understudy_cloud::CloudServer,
+    ) -> Result<(), understudy_cloud::CloudError> {
+        Err(no_cloud("isolate"))
+    }
+    async fn is_isolated(
+        &self,
+        _s: &understudy_cloud::CloudServer,
+    ) -> Result<bool, understudy_cloud::CloudError> {
+        Err(no_cloud("is_isolated"))
+    }
+    async fn force_stop(
+        &self,
+        _s: &understudy_cloud::CloudServer,
+    ) -> Result<(), understudy_cloud::CloudError> {
+        Err(no_cloud("force_stop"))
+    }
+    async fn instance_state(
+        &self,
+        _s: &understudy_cloud::CloudServer,
+    ) -> Result<understudy_cloud::InstanceState, understudy_cloud::CloudError> {
+        Err(no_cloud("instance_state"))
+    }
+}
+
+fn no_cloud(op: &'static str) -> understudy_cloud::CloudError {
+    understudy_cloud::CloudError::Refused {
+        provider: "none",
+        op,
+        reason: "no cloud is configured ([cloud] kind = \"none\"); configure one to allow fencing"
+            .into(),
+    }
 }
 
 impl ControllerConfig {

@@ -14,7 +14,9 @@
 
 pub mod agents;
 pub mod config;
+pub mod detector;
 pub mod error;
+pub mod failover;
 pub mod liveness;
 pub mod node;
 pub mod observe;

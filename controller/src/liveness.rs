@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use tokio::sync::{mpsc, watch};
-use understudy_proto::{ControllerMessage, Hello, Report};
+use tokio::sync::{mpsc, oneshot, watch};
+use understudy_proto::{CommandResult, ControllerMessage, DrbdSummary, Hello, Report};
 
 /// What the leader knows about one server's agent right now.
 #[derive(Debug, Clone)]
@@ -26,6 +26,11 @@ pub struct ServerView {
     pub last_seen: Instant,
     pub last_report: Option<Report>,
     pub last_report_at: Option<Instant>,
+    /// Per DRBD resource: since when its connection has not been `Connected`.
+    pub conn_lost_since: HashMap<String, Instant>,
+    /// Per DRBD resource: the last summary reported while still `Connected`
+    /// (the S1 evidence: was this server in sync right before it lost its peer?).
+    pub last_connected: HashMap<String, DrbdSummary>,
 }
 
 /// A handle to send messages down an agent's open session.
@@ -35,6 +40,9 @@ pub type SessionTx = mpsc::Sender<Result<ControllerMessage, tonic::Status>>;
 pub struct Liveness {
     servers: Mutex<HashMap<String, ServerView>>,
     sessions: Mutex<HashMap<String, (u64, SessionTx)>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<CommandResult>>>,
+    next_command: std::sync::atomic::AtomicU64,
+    leading_since: Mutex<Instant>,
     changed: watch::Sender<u64>,
 }
 
@@ -43,6 +51,9 @@ impl Default for Liveness {
         Self {
             servers: Mutex::default(),
             sessions: Mutex::default(),
+            pending: Mutex::default(),
+            next_command: std::sync::atomic::AtomicU64::new(1),
+            leading_since: Mutex::new(Instant::now()),
             changed: watch::channel(0).0,
         }
     }
@@ -71,6 +82,8 @@ impl Liveness {
                 last_seen: now,
                 last_report: None,
                 last_report_at: None,
+                conn_lost_since: HashMap::new(),
+                last_connected: HashMap::new(),
             });
             e.hello = hello;
             e.connected = true;
@@ -111,6 +124,15 @@ impl Liveness {
                 let now = Instant::now();
                 e.last_seen = now;
                 e.last_report_at = Some(now);
+                for r in report.drbd.iter().flat_map(|d| d.resources.iter()) {
+                    let Some(sum) = &r.summary else { continue };
+                    if sum.connection == "Connected" {
+                        e.conn_lost_since.remove(&r.name);
+                        e.last_connected.insert(r.name.clone(), sum.clone());
+                    } else {
+                        e.conn_lost_since.entry(r.name.clone()).or_insert(now);
+                    }
+                }
                 e.last_report = Some(report);
                 changed = true;
             }
@@ -149,11 +171,66 @@ impl Liveness {
             .cloned()
     }
 
+    /// This node starts leading now: silence is counted from here for agents not
+    /// heard from yet (a new leader knows nothing of the time before it).
+    pub fn start_leading(&self) -> Instant {
+        let now = Instant::now();
+        *self.leading_since.lock().expect("liveness lock") = now;
+        now
+    }
+
+    /// When this node started leading.
+    pub fn leading_since(&self) -> Instant {
+        *self.leading_since.lock().expect("liveness lock")
+    }
+
     /// Forget everything (this node stopped being leader).
     pub fn clear(&self) {
         self.servers.lock().expect("liveness lock").clear();
         self.sessions.lock().expect("liveness lock").clear();
         self.bump();
+    }
+
+    /// Send a command to a server's agent; the receiver gets its result. Fails at
+    /// once if the agent has no open session with this leader.
+    pub fn send_command(
+        &self,
+        server_id: &str,
+        mut cmd: understudy_proto::Command,
+    ) -> Result<oneshot::Receiver<CommandResult>, String> {
+        let tx = self
+            .sessions
+            .lock()
+            .expect("liveness lock")
+            .get(server_id)
+            .map(|(_, tx)| tx.clone())
+            .ok_or_else(|| format!("{server_id}'s agent is not connected to this controller"))?;
+        cmd.command_id = self
+            .next_command
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (rtx, rrx) = oneshot::channel();
+        self.pending
+            .lock()
+            .expect("liveness lock")
+            .insert(cmd.command_id, rtx);
+        let msg = ControllerMessage {
+            msg: Some(understudy_proto::controller_message::Msg::Command(cmd)),
+        };
+        tx.try_send(Ok(msg))
+            .map_err(|e| format!("{server_id}'s session is not accepting commands: {e}"))?;
+        Ok(rrx)
+    }
+
+    /// A command result came back on a session.
+    pub fn command_result(&self, r: CommandResult) {
+        if let Some(tx) = self
+            .pending
+            .lock()
+            .expect("liveness lock")
+            .remove(&r.command_id)
+        {
+            let _ = tx.send(r);
+        }
     }
 
     /// Every open session, to tell them to follow a new leader.
@@ -173,15 +250,27 @@ pub fn agent_view(
     v: Option<&ServerView>,
     resource: &str,
     now: Instant,
+    leading_since: Instant,
 ) -> crate::observe::AgentView {
     let Some(v) = v else {
-        return crate::observe::AgentView::default();
+        return crate::observe::AgentView {
+            silent_ms: Some(now.saturating_duration_since(leading_since).as_millis() as u64),
+            ..Default::default()
+        };
     };
     let drbd = v.last_report.as_ref().and_then(|r| r.drbd.as_ref());
     let res = drbd.and_then(|d| d.resources.iter().find(|r| r.name == resource));
     crate::observe::AgentView {
         connected: v.connected,
-        silent_ms: Some(now.saturating_duration_since(v.last_seen).as_millis() as u64),
+        silent_ms: Some(
+            now.saturating_duration_since(v.last_seen.max(leading_since))
+                .as_millis() as u64,
+        ),
+        peer_lost_ms: v
+            .conn_lost_since
+            .get(resource)
+            .map(|t| now.saturating_duration_since(*t).as_millis() as u64),
+        last_connected: v.last_connected.get(resource).cloned(),
         drbd: res.and_then(|r| r.summary.clone()),
         observer_error: match drbd {
             Some(d) if !d.observer_error.is_empty() => d.observer_error.clone(),

@@ -8,7 +8,7 @@
 //! leader with a quorum commits nothing and commands nothing (S6): every write goes
 //! through `client_write`, which only a leader holding a quorum can complete.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -24,14 +24,15 @@ use understudy_proto::raft_service_server::RaftServiceServer;
 
 use crate::agents::{redirect, AgentGrpc};
 use crate::config::ControllerConfig;
+use crate::detector::{decide, Action};
 use crate::error::ControllerError;
+use crate::failover::Executor;
 use crate::liveness::{agent_view, Liveness};
-use crate::observe::observe;
 use crate::operator::OperatorGrpc;
 use crate::raft::network::{Network, RaftGrpc};
 use crate::raft::store::{open_database, LogStore, SharedState, StateMachineStore};
 use crate::raft::Raft;
-use crate::state::Request;
+use crate::state::{PairState, Request, Response};
 
 /// Who leads, as seen from this node.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -97,11 +98,26 @@ pub async fn run(
     tracing::info!(node = cfg.node_id, listen = %cfg.listen, "controller listening");
 
     tokio::spawn(bootstrap(raft.clone(), cfg.clone()));
+    let executor = Arc::new(Executor {
+        raft: raft.clone(),
+        state: shared.clone(),
+        liveness: liveness.clone(),
+        cloud: cfg
+            .cloud
+            .build()
+            .map_err(|reason| ControllerError::Config {
+                path: "[cloud]".into(),
+                reason,
+            })?,
+        cfg: cfg.executor.clone(),
+        leader: leader_rx.clone(),
+    });
     tokio::spawn(leader_duties(
         raft.clone(),
         cfg.clone(),
         shared.clone(),
         liveness.clone(),
+        executor,
         leader_rx.clone(),
     ));
 
@@ -207,13 +223,15 @@ async fn propose(raft: &Raft, req: Request) -> Option<crate::state::Response> {
     }
 }
 
-/// The leader's work: keep the inventory in line with the configuration, and keep
-/// each pair's state in line with what the agents report.
+/// The leader's work: keep the inventory in line with the configuration, decide
+/// what each pair needs ([`crate::detector::decide`]) on every report and tick, and
+/// run failover plans ([`Executor`]).
 async fn leader_duties(
     raft: Raft,
     cfg: ControllerConfig,
     shared: SharedState,
     liveness: Arc<Liveness>,
+    executor: Arc<Executor>,
     mut leader: watch::Receiver<LeaderView>,
 ) {
     loop {
@@ -223,11 +241,14 @@ async fn leader_duties(
             }
         }
         let term = leader.borrow().term;
+        let leading_since = liveness.start_leading();
         tracing::info!(node = cfg.node_id, term, "leading: syncing inventory");
         let mut inventory_synced = false;
         let mut live = liveness.subscribe();
-        let mut tick = tokio::time::interval(Duration::from_millis(cfg.timing.agent_heartbeat_ms));
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+        let mut said: HashMap<String, String> = HashMap::new();
         loop {
             if !inventory_synced {
                 let current: Vec<_> = shared
@@ -250,32 +271,86 @@ async fn leader_duties(
                     .await
                     .is_some();
             }
+            running.retain(|_, h| !h.is_finished());
             let now = Instant::now();
             for pair in shared.snapshot().state.pairs.values() {
-                let p = agent_view(
-                    liveness.get(&pair.spec.primary.id).as_ref(),
-                    &pair.spec.resource,
+                let res = &pair.spec.resource;
+                let sv = agent_view(
+                    liveness.get(pair.serving_id()).as_ref(),
+                    res,
                     now,
+                    leading_since,
                 );
-                let b = agent_view(
-                    liveness.get(&pair.spec.backup.id).as_ref(),
-                    &pair.spec.resource,
+                let sb = agent_view(
+                    liveness.get(pair.standby_id()).as_ref(),
+                    res,
                     now,
+                    leading_since,
                 );
-                let obs = observe(pair, &p, &b, cfg.timing.agent_timeout_ms);
-                if let Some((state, reason)) = obs.transition {
-                    tracing::info!(pair = %pair.spec.id, epoch = pair.epoch, from = %pair.state, to = %state, %reason, "pair state change");
-                    propose(
-                        &raft,
-                        Request::SetPairState {
-                            pair_id: pair.spec.id.clone(),
-                            expect: pair.state,
-                            state,
-                            reason,
-                            at_unix_ms: now_unix_ms(),
-                        },
-                    )
-                    .await;
+                let dec = decide(pair, &sv, &sb, now_unix_ms(), &cfg.detector);
+                let id = pair.spec.id.clone();
+                if said.get(&id) != Some(&dec.reason) {
+                    tracing::info!(pair = %id, epoch = pair.epoch, state = %pair.state, action = ?dec.action, reason = %dec.reason, "decision");
+                    said.insert(id.clone(), dec.reason.clone());
+                }
+                let at_unix_ms = now_unix_ms();
+                match dec.action {
+                    Action::Nothing => {}
+                    Action::SetState(state) => {
+                        propose(
+                            &raft,
+                            Request::SetPairState {
+                                pair_id: id,
+                                expect: pair.state,
+                                state,
+                                reason: dec.reason,
+                                at_unix_ms,
+                            },
+                        )
+                        .await;
+                    }
+                    Action::Block => {
+                        propose(
+                            &raft,
+                            Request::SetPairState {
+                                pair_id: id,
+                                expect: pair.state,
+                                state: PairState::Blocked,
+                                reason: dec.reason,
+                                at_unix_ms,
+                            },
+                        )
+                        .await;
+                    }
+                    Action::StartFailover { from, to } => {
+                        let started = propose(
+                            &raft,
+                            Request::StartFailover {
+                                pair_id: id.clone(),
+                                expect: pair.state,
+                                expect_epoch: pair.epoch,
+                                from,
+                                to,
+                                reason: dec.reason,
+                                automatic: true,
+                                at_unix_ms,
+                            },
+                        )
+                        .await;
+                        if matches!(started, Some(Response::StateChanged { .. })) {
+                            let ex = executor.clone();
+                            running
+                                .entry(id.clone())
+                                .or_insert_with(|| tokio::spawn(async move { ex.run(&id).await }));
+                        }
+                    }
+                    Action::ResumePlan => {
+                        if !running.contains_key(&id) {
+                            let ex = executor.clone();
+                            running
+                                .insert(id.clone(), tokio::spawn(async move { ex.run(&id).await }));
+                        }
+                    }
                 }
             }
             tokio::select! {
@@ -289,6 +364,9 @@ async fn leader_duties(
             }
         }
         tracing::info!(node = cfg.node_id, "no longer leading");
+        for (_, h) in running.drain() {
+            h.abort();
+        }
         let view = leader.borrow().clone();
         for tx in liveness.sessions() {
             let _ = tx.try_send(Ok(redirect(&view, "leadership moved")));

@@ -26,6 +26,10 @@ pub struct AgentView {
     pub observer_error: String,
     /// Unknown DRBD words/keys the agent reported.
     pub unknown: Vec<String>,
+    /// Milliseconds its DRBD connection has not been `Connected`; `None` if connected.
+    pub peer_lost_ms: Option<u64>,
+    /// Its last DRBD summary while still connected to the peer.
+    pub last_connected: Option<DrbdSummary>,
 }
 
 /// Result of [`observe`].
@@ -53,6 +57,8 @@ pub fn backup_in_sync(b: &DrbdSummary) -> bool {
 }
 
 /// Decide what the pair's state should be, and which alerts hold, now.
+/// `primary` is the agent of the server holding the primary role now
+/// ([`PairRecord::serving_id`]), `backup` the other one.
 pub fn observe(
     pair: &PairRecord,
     primary: &AgentView,
@@ -62,7 +68,7 @@ pub fn observe(
     let mut alerts = Vec::new();
     let p_up = primary.reachable(agent_timeout_ms);
     let b_up = backup.reachable(agent_timeout_ms);
-    let (p_id, b_id) = (&pair.spec.primary.id, &pair.spec.backup.id);
+    let (p_id, b_id) = (pair.serving_id(), pair.standby_id());
     let b_drbd = backup.drbd.as_ref().filter(|_| b_up);
     let p_drbd = primary.drbd.as_ref().filter(|_| p_up);
 
@@ -151,6 +157,7 @@ mod tests {
             address: String::new(),
             zone: "z".into(),
             volumes: vec![],
+            ..Default::default()
         };
         PairRecord {
             spec: PairSpec {
@@ -160,12 +167,17 @@ mod tests {
                 zone: "z".into(),
                 primary: s("a"),
                 backup: s("b"),
+                ..Default::default()
             },
             state,
             state_reason: String::new(),
             epoch: 0,
             state_since_unix_ms: 0,
             history: vec![],
+            serving: None,
+            failover: None,
+            last_auto_failover_unix_ms: None,
+            flap_acknowledged: false,
         }
     }
 

@@ -16,15 +16,17 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use understudy_proto::operator_service_server::OperatorService;
 use understudy_proto::{
-    ClusterStatus, GetStatusRequest, GetStatusResponse, PairStatus, RaftMember, ServerStatus,
+    ClusterStatus, FailoverStatus, GetStatusRequest, GetStatusResponse, HistoryLine, PairStatus,
+    RaftMember, ServerStatus, StepStatus as StepStatusMsg,
 };
 
 use crate::config::ControllerConfig;
+use crate::detector::decide;
 use crate::liveness::{agent_view, Liveness};
 use crate::node::LeaderView;
-use crate::observe::observe;
 use crate::raft::store::SharedState;
 use crate::raft::Raft;
+use crate::state::StepStatus;
 
 /// gRPC metadata key carrying the leader's address on a redirect.
 pub const LEADER_METADATA: &str = "understudy-leader";
@@ -109,10 +111,17 @@ impl OperatorService for OperatorGrpc {
             .map(|p| {
                 let live_p = self.liveness.get(&p.spec.primary.id);
                 let live_b = self.liveness.get(&p.spec.backup.id);
+                let serving_is_primary = p.serving_id() == p.spec.primary.id;
                 let res = &p.spec.resource;
-                let vp = agent_view(live_p.as_ref(), res, now);
-                let vb = agent_view(live_b.as_ref(), res, now);
-                let alerts = observe(p, &vp, &vb, self.cfg.timing.agent_timeout_ms).alerts;
+                let since = self.liveness.leading_since();
+                let vp = agent_view(live_p.as_ref(), res, now, since);
+                let vb = agent_view(live_b.as_ref(), res, now, since);
+                let (sv, sb) = if serving_is_primary {
+                    (&vp, &vb)
+                } else {
+                    (&vb, &vp)
+                };
+                let decision = decide(p, sv, sb, crate::node::now_unix_ms(), &self.cfg.detector);
                 let server =
                     |spec: &crate::state::ServerSpec,
                      role: &str,
@@ -145,7 +154,53 @@ impl OperatorService for OperatorGrpc {
                         server(&p.spec.primary, "primary", live_p.as_ref(), vp),
                         server(&p.spec.backup, "backup", live_b.as_ref(), vb),
                     ],
-                    alerts,
+                    alerts: decision.alerts,
+                    serving: p.serving_id().to_owned(),
+                    decision: decision.reason,
+                    failover: p.failover.as_ref().map(|f| FailoverStatus {
+                        epoch: f.epoch,
+                        from: f.from.clone(),
+                        to: f.to.clone(),
+                        automatic: f.automatic,
+                        started_unix_ms: f.started_unix_ms,
+                        steps: f
+                            .steps
+                            .iter()
+                            .map(|s| {
+                                let (status, duration_ms, detail) = match &s.status {
+                                    StepStatus::Pending => ("pending", None, String::new()),
+                                    StepStatus::Running { .. } => ("running", None, String::new()),
+                                    StepStatus::Done {
+                                        duration_ms,
+                                        detail,
+                                    } => ("done", Some(*duration_ms), detail.clone()),
+                                    StepStatus::Failed {
+                                        duration_ms,
+                                        reason,
+                                    } => ("failed", Some(*duration_ms), reason.clone()),
+                                };
+                                StepStatusMsg {
+                                    step: s.step.to_string(),
+                                    status: status.into(),
+                                    duration_ms,
+                                    detail,
+                                    attempts: s.attempts,
+                                }
+                            })
+                            .collect(),
+                    }),
+                    history: p
+                        .history
+                        .iter()
+                        .rev()
+                        .take(20)
+                        .rev()
+                        .map(|h| HistoryLine {
+                            at_unix_ms: h.at_unix_ms,
+                            epoch: h.epoch,
+                            event: h.event.clone(),
+                        })
+                        .collect(),
                 }
             })
             .collect();

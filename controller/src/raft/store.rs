@@ -469,6 +469,7 @@ mod tests {
             address: "127.0.0.1".into(),
             zone: "z".into(),
             volumes: vec![],
+            ..Default::default()
         };
         {
             let db = open_database(&path).unwrap();
@@ -482,6 +483,7 @@ mod tests {
                     zone: "z".into(),
                     primary: server("a"),
                     backup: server("b"),
+                    ..Default::default()
                 }],
                 at_unix_ms: 0,
             });

@@ -1,0 +1,456 @@
+//! The failover executor: runs a pair's plan (SPEC §5) step by step on the leader.
+//!
+//! Confirm → Fence → Promote → Mount → Export → ClaimIp → Verify, then the pair is
+//! `Degraded` (serving from the former backup, without a backup of its own).
+//!
+//! - **S7, durable steps.** Each step's `Running` status is committed to Raft
+//!   before the step runs and its `Done`/`Failed` result after. A new leader finds
+//!   the plan in the replicated state and re-runs the first step not `Done`; every
+//!   step is idempotent (moving an IP that has moved, promoting a Primary, exporting
+//!   what is exported are all no-ops), so a repeat is harmless.
+//! - **S3, fence before serve.** Promote, Export and ClaimIp only run after Fence is
+//!   `Done`, which needs the client IP verified away from the old primary or its
+//!   network verified isolated (the fallback when one of them fails), and a forced
+//!   stop requested (not awaited). Fence has a deadline; past it the plan fails
+//!   and the pair is `Blocked`.
+//! - **S4, fencing tokens.** Every agent command carries the leader's Raft term and
+//!   the plan's epoch; agents refuse older ones.
+//! - **S6.** The executor only runs on a leader, and every status change it commits
+//!   goes through `client_write`, which needs a quorum: a deposed leader's executor
+//!   stops at its next commit.
+//!
+//! Every step runs inside a `tracing` span carrying the pair id and the epoch.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tracing::Instrument;
+use understudy_cloud::{Cloud, CloudServer};
+use understudy_proto::command::Action as Cmd;
+use understudy_proto::{ClaimIp, Command, DrbdPromote, ExportNfs, Mount};
+
+use crate::liveness::Liveness;
+use crate::node::{now_unix_ms, LeaderView};
+use crate::raft::store::SharedState;
+use crate::raft::Raft;
+use crate::state::{
+    FailoverPlan, PairRecord, PairState, Request, Response, ServerSpec, Step, StepStatus,
+};
+
+/// Executor timings and the Verify probe.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecutorConfig {
+    /// Fence must be verified within this long, else the pair is blocked.
+    pub fence_deadline_ms: u64,
+    /// An agent step (promote, mount, export, claim) must succeed within this long.
+    pub agent_step_timeout_ms: u64,
+    /// Verify must read through the client IP within this long.
+    pub verify_timeout_ms: u64,
+    /// The NFS read used by Verify: `PROGRAM nfs://IP/PATH?version=4&nfsport=PORT`
+    /// (libnfs-utils' `nfs-ls`).
+    pub verify_program: String,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        Self {
+            fence_deadline_ms: 3000,
+            agent_step_timeout_ms: 5000,
+            verify_timeout_ms: 10_000,
+            verify_program: "nfs-ls".into(),
+        }
+    }
+}
+
+/// Runs plans; one per controller node, used while it leads.
+pub struct Executor {
+    pub raft: Raft,
+    pub state: SharedState,
+    pub liveness: Arc<Liveness>,
+    pub cloud: Arc<dyn Cloud>,
+    pub cfg: ExecutorConfig,
+    pub leader: watch::Receiver<LeaderView>,
+}
+
+fn cloud_server(s: &ServerSpec) -> CloudServer {
+    CloudServer {
+        server_id: s.id.clone(),
+        instance_id: if s.instance_id.is_empty() {
+            s.id.clone()
+        } else {
+            s.instance_id.clone()
+        },
+        interface_id: s.interface_id.clone(),
+        zone: s.zone.clone(),
+    }
+}
+
+impl Executor {
+    async fn commit(&self, req: Request) -> Result<(), String> {
+        let what = req.to_string();
+        match tokio::time::timeout(Duration::from_secs(3), self.raft.client_write(req)).await {
+            Ok(Ok(r)) => match r.data {
+                Response::Refused { reason } => Err(format!("{what} refused: {reason}")),
+                _ => Ok(()),
+            },
+            Ok(Err(e)) => Err(format!("{what} not committed: {e}")),
+            Err(_) => Err(format!("{what} not committed within 3 s (no quorum?)")),
+        }
+    }
+
+    fn pair(&self, id: &str) -> Option<PairRecord> {
+        self.state.snapshot().state.pairs.get(id).cloned()
+    }
+
+    /// Run the plan of `pair_id` to its end (or until this node stops leading).
+    pub async fn run(&self, pair_id: &str) {
+        loop {
+            let view = self.leader.borrow().clone();
+            if !view.is_leader {
+                return;
+            }
+            let Some(pair) = self.pair(pair_id) else {
+                return;
+            };
+            let Some(plan) = pair.failover.clone() else {
+                return;
+            };
+            let span = tracing::info_span!("failover", pair = %pair_id, epoch = plan.epoch);
+            let Some(rec) = plan.next_step().cloned() else {
+                let total = now_unix_ms() - plan.started_unix_ms;
+                let r = self
+                    .commit(Request::FinishFailover {
+                        pair_id: pair_id.into(),
+                        epoch: plan.epoch,
+                        state: PairState::Degraded,
+                        reason: format!(
+                            "failed over from {} to {} in {total} ms; serving without a backup",
+                            plan.from, plan.to
+                        ),
+                        at_unix_ms: now_unix_ms(),
+                    })
+                    .instrument(span.clone())
+                    .await;
+                if let Err(e) = r {
+                    span.in_scope(|| tracing::warn!(error = %e, "could not finish the plan"));
+                }
+                return;
+            };
+            if let StepStatus::Failed { reason, .. } = &rec.status {
+                let state = if rec.step == Step::Confirm {
+                    PairState::Suspect
+                } else {
+                    PairState::Blocked
+                };
+                let r = self
+                    .commit(Request::FinishFailover {
+                        pair_id: pair_id.into(),
+                        epoch: plan.epoch,
+                        state,
+                        reason: format!("failover stopped at step {}: {reason}", rec.step),
+                        at_unix_ms: now_unix_ms(),
+                    })
+                    .instrument(span.clone())
+                    .await;
+                if let Err(e) = r {
+                    span.in_scope(|| tracing::warn!(error = %e, "could not end the plan"));
+                }
+                return;
+            }
+            let step_span = tracing::info_span!(parent: &span, "step", step = %rec.step, attempt = rec.attempts + 1);
+            let res = async {
+                // S7: committed before it runs.
+                self.commit(Request::StepUpdate {
+                    pair_id: pair_id.into(),
+                    epoch: plan.epoch,
+                    step: rec.step,
+                    status: StepStatus::Running {
+                        term: view.term,
+                        started_unix_ms: now_unix_ms(),
+                    },
+                    at_unix_ms: now_unix_ms(),
+                })
+                .await?;
+                tracing::info!("step started");
+                let t0 = Instant::now();
+                let out = self.run_step(rec.step, &pair, &plan, view.term).await;
+                let duration_ms = t0.elapsed().as_millis() as u64;
+                match &out {
+                    Ok(detail) => tracing::info!(duration_ms, %detail, "step done"),
+                    Err(reason) => tracing::warn!(duration_ms, %reason, "step failed"),
+                }
+                let status = match out {
+                    Ok(detail) => StepStatus::Done {
+                        duration_ms,
+                        detail,
+                    },
+                    Err(reason) => StepStatus::Failed {
+                        duration_ms,
+                        reason,
+                    },
+                };
+                // S7: and its result after.
+                self.commit(Request::StepUpdate {
+                    pair_id: pair_id.into(),
+                    epoch: plan.epoch,
+                    step: rec.step,
+                    status,
+                    at_unix_ms: now_unix_ms(),
+                })
+                .await
+            }
+            .instrument(step_span)
+            .await;
+            if let Err(e) = res {
+                span.in_scope(|| tracing::warn!(error = %e, "plan paused: cannot commit"));
+                return;
+            }
+        }
+    }
+
+    async fn run_step(
+        &self,
+        step: Step,
+        pair: &PairRecord,
+        plan: &FailoverPlan,
+        term: u64,
+    ) -> Result<String, String> {
+        let from = pair
+            .server(&plan.from)
+            .ok_or_else(|| format!("{} is not in the pair", plan.from))?;
+        let to = pair
+            .server(&plan.to)
+            .ok_or_else(|| format!("{} is not in the pair", plan.to))?;
+        match step {
+            Step::Confirm => self.confirm(pair, plan),
+            Step::Fence => self.fence(pair, from, to).await,
+            Step::Promote => {
+                self.agent(pair, plan, term, Cmd::Promote(DrbdPromote { force: false }))
+                    .await
+            }
+            Step::Mount => self.agent(pair, plan, term, Cmd::Mount(Mount {})).await,
+            Step::Export => {
+                self.agent(pair, plan, term, Cmd::ExportNfs(ExportNfs {}))
+                    .await
+            }
+            Step::ClaimIp => {
+                self.agent(
+                    pair,
+                    plan,
+                    term,
+                    Cmd::ClaimIp(ClaimIp {
+                        ip: pair.spec.client_ip.clone(),
+                        prefix_len: pair.spec.client_ip_prefix_len as u32,
+                    }),
+                )
+                .await
+            }
+            Step::Verify => self.verify(pair).await,
+        }
+    }
+
+    /// The old primary must still be silent and the backup's agent connected.
+    fn confirm(&self, pair: &PairRecord, plan: &FailoverPlan) -> Result<String, String> {
+        if let Some(v) = self.liveness.get(&plan.from) {
+            if v.connected && v.last_seen.elapsed() < Duration::from_millis(500) {
+                return Err(format!(
+                    "{} answered again during confirmation: not failing over",
+                    plan.from
+                ));
+            }
+        }
+        match self.liveness.get(&plan.to) {
+            Some(v) if v.connected => Ok(format!(
+                "{} still silent; {} connected; {}",
+                plan.from, plan.to, pair.state_reason
+            )),
+            _ => Err(format!(
+                "{}'s agent is not connected: cannot promote it",
+                plan.to
+            )),
+        }
+    }
+
+    /// S3: IP away from the old primary, its network isolated, a forced stop fired.
+    async fn fence(
+        &self,
+        pair: &PairRecord,
+        from: &ServerSpec,
+        to: &ServerSpec,
+    ) -> Result<String, String> {
+        let (cf, ct) = (cloud_server(from), cloud_server(to));
+        let ip = &pair.spec.client_ip;
+        let deadline = Instant::now() + Duration::from_millis(self.cfg.fence_deadline_ms);
+        let left = || deadline.saturating_duration_since(Instant::now());
+        // All three are started together: each is a fast API call, none waits on the others.
+        let move_ip = async {
+            loop {
+                let r = async {
+                    self.cloud.move_client_ip(ip, &cf, &ct).await?;
+                    let holders = self.cloud.ip_holders(ip).await?;
+                    if holders.contains(&cf.interface_id) {
+                        return Err(understudy_cloud::CloudError::Unverified {
+                            provider: self.cloud.name(),
+                            op: "move_client_ip",
+                            reason: format!("{ip} is still on {} ({holders:?})", cf.interface_id),
+                        });
+                    }
+                    Ok(holders)
+                }
+                .await;
+                match r {
+                    Ok(h) => return Ok(h),
+                    Err(e) if left() > Duration::from_millis(100) => {
+                        tracing::warn!(error = %e, "moving the client IP failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        };
+        let isolate = async {
+            loop {
+                let r = async {
+                    self.cloud.isolate(&cf).await?;
+                    self.cloud.is_isolated(&cf).await
+                }
+                .await;
+                match r {
+                    Ok(true) => return Ok(()),
+                    Ok(false) if left() > Duration::from_millis(100) => {
+                        tokio::time::sleep(Duration::from_millis(100)).await
+                    }
+                    Ok(false) => return Err("isolation not verified".to_string()),
+                    Err(e) if left() > Duration::from_millis(100) => {
+                        tracing::warn!(error = %e, "isolating the old primary failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        };
+        let stop = self.cloud.force_stop(&cf);
+        let (moved, isolated, stopped) =
+            tokio::time::timeout(left(), async { tokio::join!(move_ip, isolate, stop) })
+                .await
+                .unwrap_or_else(|_| {
+                    (
+                        Err("fence deadline passed".into()),
+                        Err("fence deadline passed".into()),
+                        Err(understudy_cloud::CloudError::Transient {
+                            provider: "executor",
+                            op: "force_stop",
+                            reason: "fence deadline passed".into(),
+                        }),
+                    )
+                });
+        let stop_note = match &stopped {
+            Ok(()) => "forced stop requested".to_string(),
+            Err(e) => format!("forced stop NOT requested: {e}"),
+        };
+        match (moved, isolated) {
+            (Ok(h), Ok(())) => Ok(format!(
+                "client IP {ip} no longer on {} (holders {h:?}); {} isolated; {stop_note}",
+                from.id, from.id
+            )),
+            (Ok(h), Err(e)) => Ok(format!(
+                "client IP {ip} no longer on {} (holders {h:?}); isolation failed ({e}), the IP move fences it; {stop_note}",
+                from.id
+            )),
+            (Err(e), Ok(())) => Ok(format!(
+                "moving the client IP failed ({e}); fallback: {} verified isolated; {stop_note}",
+                from.id
+            )),
+            (Err(e1), Err(e2)) => Err(format!(
+                "could not fence {}: client IP: {e1}; isolation: {e2}; {stop_note}. Power it off by hand, then promote by hand",
+                from.id
+            )),
+        }
+    }
+
+    /// Send a command to the new primary's agent and wait for its result.
+    async fn agent(
+        &self,
+        pair: &PairRecord,
+        plan: &FailoverPlan,
+        term: u64,
+        action: Cmd,
+    ) -> Result<String, String> {
+        let deadline = Instant::now() + Duration::from_millis(self.cfg.agent_step_timeout_ms);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let cmd = Command {
+                command_id: 0,
+                raft_term: term,
+                epoch: plan.epoch,
+                pair_id: pair.spec.id.clone(),
+                action: Some(action.clone()),
+            };
+            match self.liveness.send_command(&plan.to, cmd) {
+                Err(e) => last = e,
+                Ok(rx) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(left, rx).await {
+                        Ok(Ok(r)) if r.ok => {
+                            return Ok(format!("{} ({} ms on the agent)", r.detail, r.duration_ms))
+                        }
+                        Ok(Ok(r)) => return Err(format!("{} refused: {}", plan.to, r.error)),
+                        Ok(Err(_)) => {
+                            last = format!("{}'s session closed before answering", plan.to)
+                        }
+                        Err(_) => last = format!("{} did not answer in time", plan.to),
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(format!(
+            "no result within {} ms: {last}",
+            self.cfg.agent_step_timeout_ms
+        ))
+    }
+
+    /// An NFS read through the client IP, as a client would do it.
+    async fn verify(&self, pair: &PairRecord) -> Result<String, String> {
+        let url = format!(
+            "nfs://{}{}?version=4&nfsport={}",
+            pair.spec.client_ip, pair.spec.export_path, pair.spec.nfs_port
+        );
+        let deadline = Instant::now() + Duration::from_millis(self.cfg.verify_timeout_ms);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let out = tokio::time::timeout(
+                Duration::from_secs(3),
+                tokio::process::Command::new(&self.cfg.verify_program)
+                    .arg(&url)
+                    .kill_on_drop(true)
+                    .output(),
+            )
+            .await;
+            let why = match out {
+                Ok(Ok(o)) if o.status.success() => {
+                    let n = String::from_utf8_lossy(&o.stdout).lines().count();
+                    return Ok(format!(
+                        "{} read {url}: {n} entries (try {tries})",
+                        self.cfg.verify_program
+                    ));
+                }
+                Ok(Ok(o)) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+                Ok(Err(e)) => format!(
+                    "cannot run {}: {e} (apt-get install libnfs-utils)",
+                    self.cfg.verify_program
+                ),
+                Err(_) => "no answer within 3 s".into(),
+            };
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "no NFS read through {url} after {tries} tries: {why}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
