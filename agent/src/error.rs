@@ -34,6 +34,14 @@ pub enum AgentError {
 
     #[error("the controller refused this agent: {0}; fix the agent or controller configuration")]
     Refused(String),
+
+    #[error("stale command refused: epoch {epoch} term {term} is older than the highest accepted (epoch {highest_epoch} term {highest_term}); it comes from a deposed leader or an earlier failover (S4)")]
+    StaleToken {
+        epoch: u64,
+        term: u64,
+        highest_epoch: u64,
+        highest_term: u64,
+    },
 }
 
 fn stderr_hint(s: &str) -> String {

@@ -19,7 +19,7 @@ pub use error::AgentError;
 
 /// Run the agent until the process is stopped.
 pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
-    let epoch = epoch::EpochStore::open(&cfg.state_dir)?.load()?;
+    let epoch = epoch::EpochStore::open(&cfg.state_dir)?.current().epoch;
     let (tx, rx) = tokio::sync::watch::channel(understudy_proto::DrbdStatus::default());
     tokio::spawn(observer::run(cfg.drbd.clone(), tx));
     session::run(cfg, rx, epoch).await;

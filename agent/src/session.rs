@@ -185,6 +185,7 @@ async fn session(
                             ok: false,
                             error: "this agent version executes no commands".into(),
                             duration_ms: 0,
+                            detail: String::new(),
                         }))}).await;
                     }
                     _ => {}
