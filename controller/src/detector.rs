@@ -21,7 +21,7 @@
 //! - `Paused` and `Blocked` pairs get no automatic action.
 
 use crate::observe::{backup_in_sync, observe, AgentView};
-use crate::state::{PairRecord, PairState};
+use crate::state::{PairRecord, PairState, Step};
 
 /// Detector timings, in milliseconds.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
@@ -61,6 +61,9 @@ pub enum Action {
     Block,
     /// A plan is in flight: run its next step.
     ResumePlan,
+    /// The serving server holds the DRBD primary role but does not serve yet
+    /// (bring-up, or an agent restart): run these steps on it, no fencing needed.
+    Serve(Vec<Step>),
 }
 
 /// An action with its reason and the alerts that hold now.
@@ -219,7 +222,35 @@ pub fn decide(
         };
     }
 
-    // No witness. Leave Suspect; otherwise the monitoring transitions.
+    // No witness. First: the serving server must actually serve.
+    let serving_up =
+        serving.connected && serving.silent_ms.is_some_and(|s| s <= cfg.agent_timeout_ms);
+    if let (true, Some(dr), Some(h)) = (serving_up, serving.drbd.as_ref(), serving.host.as_ref()) {
+        if h.serving_managed && dr.role == "Primary" {
+            let mut missing = Vec::new();
+            if !h.mounted {
+                missing.push(Step::Mount);
+            }
+            if h.exports.is_empty() {
+                missing.push(Step::Export);
+            }
+            if !h.client_ip_present {
+                missing.push(Step::ClaimIp);
+            }
+            if !missing.is_empty() {
+                let names: Vec<String> = missing.iter().map(|s| s.to_string()).collect();
+                return d(
+                    Action::Serve(missing),
+                    format!(
+                        "{s_id} is DRBD Primary but does not serve yet: {} to do",
+                        names.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+
+    // Leave Suspect; otherwise the monitoring transitions.
     let in_sync = standby_up && standby.drbd.as_ref().is_some_and(backup_in_sync);
     match pair.state {
         PairState::Suspect if in_sync => d(
@@ -834,5 +865,33 @@ mod tests {
             }
         }
         assert!(n > 5000, "{n}");
+    }
+
+    #[test]
+    fn a_primary_that_does_not_serve_is_brought_up() {
+        let mut s = serving_alive();
+        s.host = Some(understudy_proto::HostStatus {
+            mounted: true,
+            exports: vec![],
+            client_ip_present: false,
+            self_checks: vec![],
+            serving_managed: true,
+        });
+        let b = standby(in_sync(), None, Some(in_sync()));
+        let dec = decide(&pair(PairState::Healthy), &s, &b, NOW, &cfg());
+        assert_eq!(dec.action, Action::Serve(vec![Step::Export, Step::ClaimIp]));
+        // Not managed (observe-only agent): nothing to do.
+        s.host.as_mut().unwrap().serving_managed = false;
+        assert_eq!(
+            decide(&pair(PairState::Healthy), &s, &b, NOW, &cfg()).action,
+            Action::Nothing
+        );
+        // A Secondary is never brought up.
+        s.host.as_mut().unwrap().serving_managed = true;
+        s.drbd.as_mut().unwrap().role = "Secondary".into();
+        assert_eq!(
+            decide(&pair(PairState::Healthy), &s, &b, NOW, &cfg()).action,
+            Action::Nothing
+        );
     }
 }

@@ -251,6 +251,45 @@ impl Executor {
         }
     }
 
+    /// Bring-up: the serving server holds the DRBD primary role but does not serve.
+    /// Runs the missing steps on it with the pair's current epoch (no fencing: it
+    /// is the only Primary, and no failover is in flight).
+    pub async fn serve(&self, pair_id: &str, steps: Vec<Step>) {
+        let view = self.leader.borrow().clone();
+        let Some(pair) = self.pair(pair_id) else {
+            return;
+        };
+        if !view.is_leader || pair.failover.is_some() {
+            return;
+        }
+        let span = tracing::info_span!("serve", pair = %pair_id, epoch = pair.epoch, server = %pair.serving_id());
+        async {
+            let plan = FailoverPlan {
+                epoch: pair.epoch,
+                from: pair.standby_id().to_owned(),
+                to: pair.serving_id().to_owned(),
+                reason: "bring-up".into(),
+                automatic: false,
+                started_unix_ms: now_unix_ms(),
+                steps: vec![],
+            };
+            for step in steps {
+                let t0 = Instant::now();
+                match self.run_step(step, &pair, &plan, view.term).await {
+                    Ok(detail) => tracing::info!(step = %step, duration_ms = t0.elapsed().as_millis() as u64, %detail, "bring-up step done"),
+                    Err(reason) => {
+                        tracing::warn!(step = %step, %reason, "bring-up step failed");
+                        // Let the next decision retry, not too eagerly.
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        return;
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
     /// The old primary must still be silent and the backup's agent connected.
     fn confirm(&self, pair: &PairRecord, plan: &FailoverPlan) -> Result<String, String> {
         if let Some(v) = self.liveness.get(&plan.from) {

@@ -271,6 +271,7 @@ pub fn agent_view(
             .get(resource)
             .map(|t| now.saturating_duration_since(*t).as_millis() as u64),
         last_connected: v.last_connected.get(resource).cloned(),
+        host: v.last_report.as_ref().and_then(|r| r.host.clone()),
         drbd: res.and_then(|r| r.summary.clone()),
         observer_error: match drbd {
             Some(d) if !d.observer_error.is_empty() => d.observer_error.clone(),

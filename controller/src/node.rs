@@ -344,6 +344,15 @@ async fn leader_duties(
                                 .or_insert_with(|| tokio::spawn(async move { ex.run(&id).await }));
                         }
                     }
+                    Action::Serve(steps) => {
+                        if !running.contains_key(&id) {
+                            let ex = executor.clone();
+                            running.insert(
+                                id.clone(),
+                                tokio::spawn(async move { ex.serve(&id, steps).await }),
+                            );
+                        }
+                    }
                     Action::ResumePlan => {
                         if !running.contains_key(&id) {
                             let ex = executor.clone();

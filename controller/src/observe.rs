@@ -30,6 +30,8 @@ pub struct AgentView {
     pub peer_lost_ms: Option<u64>,
     /// Its last DRBD summary while still connected to the peer.
     pub last_connected: Option<DrbdSummary>,
+    /// What it reports of its host (mount, exports, client IP).
+    pub host: Option<understudy_proto::HostStatus>,
 }
 
 /// Result of [`observe`].
