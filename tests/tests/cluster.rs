@@ -36,7 +36,15 @@ fn status_shows_both_servers_uptodate_and_connected() {
     assert!(out.status.success());
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("state Healthy"), "{table}");
-    assert_eq!(table.matches("UpToDate").count(), 4, "{table}");
+    let rows: Vec<&str> = table
+        .lines()
+        .filter(|l| l.trim_start().starts_with("fs1-"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    for r in rows {
+        assert_eq!(r.matches("UpToDate").count(), 2, "{r}");
+        assert!(r.contains("Connected") && r.contains("Established"), "{r}");
+    }
 }
 
 #[test]
