@@ -4,7 +4,7 @@
 # from rustup) must already be on the machine: Debian's cargo is too old.
 set -euo pipefail
 
-need_rust="1.90"
+need_rust="1.94.1"
 if ! command -v cargo >/dev/null 2>&1; then
     echo "cargo not found: install Rust >= $need_rust with rustup (https://rustup.rs) and retry" >&2
     exit 1

@@ -79,6 +79,10 @@ pub struct AgentConfig {
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_ms: u64,
     pub drbd: DrbdConfig,
+    /// What this server mounts, exports and claims when it serves. Without it,
+    /// the agent only observes and reports.
+    #[serde(default)]
+    pub serving: Option<crate::actions::ServingConfig>,
 }
 
 impl AgentConfig {

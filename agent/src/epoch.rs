@@ -122,7 +122,12 @@ mod tests {
         drop(s);
         let s = EpochStore::open(d.path()).unwrap();
         assert_eq!(s.current(), Token { epoch: 2, term: 7 });
-        assert!(s.accept(Token { epoch: 1, term: 100 }).is_err());
+        assert!(s
+            .accept(Token {
+                epoch: 1,
+                term: 100
+            })
+            .is_err());
         std::fs::write(d.path().join("highest-epoch"), "x").unwrap();
         assert!(EpochStore::open(d.path())
             .err()

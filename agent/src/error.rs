@@ -32,6 +32,9 @@ pub enum AgentError {
     #[error("controller {addr}: {reason}")]
     Controller { addr: String, reason: String },
 
+    #[error(transparent)]
+    Action(#[from] crate::actions::ActionError),
+
     #[error("the controller refused this agent: {0}; fix the agent or controller configuration")]
     Refused(String),
 

@@ -4,9 +4,13 @@
 //! - `report`: turns that picture into the wire report;
 //! - `session`: keeps a gRPC session open with the controller leader, sending
 //!   reports on change and heartbeats in between;
-//! - `epoch`: the persisted highest failover epoch (S4);
+//! - `epoch`: the persisted highest fencing token (S4);
+//! - `commands`: runs the controller's commands (checked against the token);
+//! - `actions`: what runs on the host: drbdadm, mount, NFS export, client IP;
 //! - `config`, `error`: TOML configuration and the error type.
 
+pub mod actions;
+pub mod commands;
 pub mod config;
 pub mod epoch;
 pub mod error;
@@ -19,9 +23,13 @@ pub use error::AgentError;
 
 /// Run the agent until the process is stopped.
 pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
-    let epoch = epoch::EpochStore::open(&cfg.state_dir)?.current().epoch;
+    let tokens = epoch::EpochStore::open(&cfg.state_dir)?;
+    let drbd = actions::DrbdActionsConfig::new(cfg.drbd.resource.clone(), cfg.drbd.drbdadm.clone());
+    let host = actions::HostActions::new(drbd, cfg.serving.clone())?;
+    let handler = commands::Handler::new(cfg.pair_id.clone(), tokens, host);
+    tokio::spawn(handler.clone().watch_host());
     let (tx, rx) = tokio::sync::watch::channel(understudy_proto::DrbdStatus::default());
     tokio::spawn(observer::run(cfg.drbd.clone(), tx));
-    session::run(cfg, rx, epoch).await;
+    session::run(cfg, rx, handler).await;
     Ok(())
 }

@@ -19,9 +19,12 @@ use understudy_proto::agent_message::Msg;
 use understudy_proto::agent_service_client::AgentServiceClient;
 use understudy_proto::controller_message::Msg as In;
 use understudy_proto::{
-    AgentMessage, CommandResult, DrbdStatus, Heartbeat, Hello, HostStatus, Report, ServerRole,
+    AgentMessage, DrbdStatus, Heartbeat, Hello, HostStatus, Report, ServerRole,
 };
 
+use std::sync::Arc;
+
+use crate::commands::Handler;
 use crate::config::{AgentConfig, Role};
 use crate::error::AgentError;
 
@@ -43,7 +46,7 @@ fn unix_ms() -> i64 {
 }
 
 /// Keep a session open with the current leader, forever.
-pub async fn run(cfg: AgentConfig, drbd: watch::Receiver<DrbdStatus>, highest_epoch: u64) {
+pub async fn run(cfg: AgentConfig, drbd: watch::Receiver<DrbdStatus>, handler: Arc<Handler>) {
     let mut next = 0usize;
     let mut redirect_to: Option<String> = None;
     let mut redirects_in_a_row = 0u32;
@@ -56,7 +59,7 @@ pub async fn run(cfg: AgentConfig, drbd: watch::Receiver<DrbdStatus>, highest_ep
                 a
             }
         };
-        match session(&cfg, &addr, drbd.clone(), highest_epoch).await {
+        match session(&cfg, &addr, drbd.clone(), handler.clone()).await {
             Ended::Redirect(Some(leader)) if redirects_in_a_row < 5 => {
                 tracing::info!(from = %addr, to = %leader, "following the controller leader");
                 redirects_in_a_row += 1;
@@ -83,8 +86,10 @@ async fn session(
     cfg: &AgentConfig,
     addr: &str,
     mut drbd: watch::Receiver<DrbdStatus>,
-    highest_epoch: u64,
+    handler: Arc<Handler>,
 ) -> Ended {
+    let mut host = handler.host_status();
+    let highest_epoch = handler.token().epoch;
     let broken = |reason: String| {
         Ended::Broken(AgentError::Controller {
             addr: addr.to_owned(),
@@ -158,15 +163,15 @@ async fn session(
     let mut beat = tokio::time::interval(period);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq = 0u64;
-    let report = |seq: u64, d: &DrbdStatus| AgentMessage {
+    let report = |seq: u64, d: &DrbdStatus, h: &HostStatus| AgentMessage {
         msg: Some(Msg::Report(Report {
             seq,
             observed_at_unix_ms: unix_ms(),
             drbd: Some(d.clone()),
-            host: Some(HostStatus::default()),
+            host: Some(h.clone()),
         })),
     };
-    let first = report(seq, &drbd.borrow_and_update());
+    let first = report(seq, &drbd.borrow_and_update(), &host.borrow_and_update());
     if tx.send(first).await.is_err() {
         return broken("stream closed".into());
     }
@@ -178,15 +183,11 @@ async fn session(
                         return Ended::Redirect((!r.leader_addr.is_empty()).then_some(r.leader_addr))
                     }
                     Some(In::Command(c)) => {
-                        // No command is defined for this version of the agent yet;
-                        // answer so the controller never waits on it.
-                        let _ = tx.send(AgentMessage { msg: Some(Msg::CommandResult(CommandResult {
-                            command_id: c.command_id,
-                            ok: false,
-                            error: "this agent version executes no commands".into(),
-                            duration_ms: 0,
-                            detail: String::new(),
-                        }))}).await;
+                        let (handler, tx) = (handler.clone(), tx.clone());
+                        tokio::spawn(async move {
+                            let r = handler.handle(c).await;
+                            let _ = tx.send(AgentMessage { msg: Some(Msg::CommandResult(r)) }).await;
+                        });
                     }
                     _ => {}
                 },
@@ -198,7 +199,17 @@ async fn session(
                     return broken("DRBD observer stopped".into());
                 }
                 seq += 1;
-                let msg = report(seq, &drbd.borrow_and_update());
+                let msg = report(seq, &drbd.borrow_and_update(), &host.borrow_and_update());
+                if tx.send(msg).await.is_err() {
+                    return broken("stream closed".into());
+                }
+            }
+            r = host.changed() => {
+                if r.is_err() {
+                    return broken("host status watcher stopped".into());
+                }
+                seq += 1;
+                let msg = report(seq, &drbd.borrow_and_update(), &host.borrow_and_update());
                 if tx.send(msg).await.is_err() {
                     return broken("stream closed".into());
                 }

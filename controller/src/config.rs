@@ -108,6 +108,8 @@ pub enum CloudConfig {
         #[serde(default = "default_prefix_len")]
         prefix_len: u8,
     },
+    /// Amazon EC2 (or moto's EC2 server, with `endpoint_url`).
+    Ec2(understudy_cloud_ec2::Ec2Config),
 }
 
 fn default_netns_prefix() -> String {
@@ -118,14 +120,27 @@ fn default_prefix_len() -> u8 {
 }
 
 impl CloudConfig {
-    /// Build the configured backend.
-    pub fn build(&self) -> Result<std::sync::Arc<dyn understudy_cloud::Cloud>, String> {
+    /// Build the configured backend; `servers` are the inventory's servers.
+    pub fn build(
+        &self,
+        servers: &[understudy_cloud::CloudServer],
+    ) -> Result<std::sync::Arc<dyn understudy_cloud::Cloud>, String> {
         match self {
+            CloudConfig::Ec2(c) => {
+                let cloud =
+                    understudy_cloud_ec2::Ec2Cloud::new(c.clone()).map_err(|e| e.to_string())?;
+                cloud.track_servers(servers.iter());
+                Ok(std::sync::Arc::new(cloud))
+            }
             CloudConfig::None => Ok(std::sync::Arc::new(NoCloud)),
             CloudConfig::Local {
                 netns_prefix,
                 prefix_len,
-            } => Err(format!("LOCALCLOUD-PENDING {netns_prefix} {prefix_len}")),
+            } => Ok(std::sync::Arc::new(
+                understudy_cloud::local::LocalCloud::new(
+                    understudy_cloud::local::LocalConfig::new(netns_prefix.clone(), *prefix_len),
+                ),
+            )),
         }
     }
 }

@@ -74,7 +74,8 @@ pub struct Executor {
     pub leader: watch::Receiver<LeaderView>,
 }
 
-fn cloud_server(s: &ServerSpec) -> CloudServer {
+/// A server of the inventory as the cloud knows it.
+pub fn cloud_server(s: &ServerSpec) -> CloudServer {
     CloudServer {
         server_id: s.id.clone(),
         instance_id: if s.instance_id.is_empty() {

@@ -104,7 +104,7 @@ pub async fn run(
         liveness: liveness.clone(),
         cloud: cfg
             .cloud
-            .build()
+            .build(&inventory_servers(&cfg))
             .map_err(|reason| ControllerError::Config {
                 path: "[cloud]".into(),
                 reason,
@@ -145,6 +145,15 @@ pub async fn run(
     tracing::info!(node = cfg.node_id, "shutting down Raft");
     let _ = raft.shutdown().await;
     served.map_err(ControllerError::from)
+}
+
+/// Every server of the configured inventory, as the cloud knows it.
+fn inventory_servers(cfg: &ControllerConfig) -> Vec<understudy_cloud::CloudServer> {
+    cfg.pairs
+        .iter()
+        .flat_map(|p| [&p.primary, &p.backup])
+        .map(crate::failover::cloud_server)
+        .collect()
 }
 
 /// Publish who leads, from Raft's metrics.

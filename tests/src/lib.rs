@@ -11,6 +11,9 @@
 //! The binaries come from the workspace's target directory: build them first with
 //! `cargo build --workspace --bins` (plain `cargo test` at the workspace root does).
 
+pub mod netns;
+pub mod nscluster;
+
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -10,6 +10,7 @@
 //! change (S7). No backend may be trusted to enforce anything by itself: after
 //! moving the client IP the caller checks [`Cloud::ip_holders`].
 
+pub mod local;
 pub mod strict;
 
 use std::fmt;

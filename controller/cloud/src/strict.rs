@@ -63,7 +63,11 @@ impl StrictCloud {
         self.inner.lock().unwrap().calls.clone()
     }
 
-    fn enter(&self, op: &'static str, args: String) -> Result<std::sync::MutexGuard<'_, Inner>, CloudError> {
+    fn enter(
+        &self,
+        op: &'static str,
+        args: String,
+    ) -> Result<std::sync::MutexGuard<'_, Inner>, CloudError> {
         let mut i = self.inner.lock().unwrap();
         i.calls.push(format!("{op}({args})"));
         if i.fail.contains(op) {
@@ -207,7 +211,10 @@ mod tests {
         c.force_stop(&a).await.unwrap();
         assert_eq!(c.instance_state(&a).await.unwrap(), InstanceState::Stopping);
         c.fail("isolate", true);
-        assert!(matches!(c.isolate(&a).await, Err(CloudError::Transient { .. })));
+        assert!(matches!(
+            c.isolate(&a).await,
+            Err(CloudError::Transient { .. })
+        ));
         c.fail("isolate", false);
         c.isolate(&a).await.unwrap();
         assert!(c.is_isolated(&a).await.unwrap());

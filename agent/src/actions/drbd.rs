@@ -1,0 +1,243 @@
+//! DRBD role changes through `drbdadm`: `drbdadm primary [--force] RES` to
+//! promote and `drbdadm secondary RES` to demote.
+//!
+//! Both are idempotent as drbdadm 9 makes them: promoting a Primary or
+//! demoting a Secondary prints nothing and exits 0. A refused state change
+//! (exit 11, or "State change failed" on stderr: the peer is Primary, the disk
+//! is not UpToDate, the device is in use...) is [`ActionError::DrbdRefused`];
+//! any other failure is [`ActionError::DrbdFailed`]. The DRBD emulator used in
+//! tests has the same contract (exit 10 for an unknown resource, 11 refused).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::command::{self, CommandLine, Outcome};
+use super::ActionError;
+
+/// How the agent drives DRBD roles.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrbdActionsConfig {
+    /// The DRBD resource of the pair.
+    pub resource: String,
+    #[serde(default = "default_drbdadm")]
+    pub drbdadm: PathBuf,
+    /// Kill drbdadm after this long (a promotion can wait for the peer).
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+fn default_drbdadm() -> PathBuf {
+    "/usr/sbin/drbdadm".into()
+}
+fn default_timeout_secs() -> u64 {
+    60
+}
+
+impl DrbdActionsConfig {
+    /// Configuration with the default timeout.
+    pub fn new(resource: impl Into<String>, drbdadm: impl Into<PathBuf>) -> Self {
+        DrbdActionsConfig {
+            resource: resource.into(),
+            drbdadm: drbdadm.into(),
+            timeout_secs: default_timeout_secs(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ActionError> {
+        let bad = |reason: String| ActionError::Config {
+            section: "drbd",
+            reason,
+        };
+        if self.resource.is_empty()
+            || self.resource.starts_with('-')
+            || self.resource.chars().any(|c| c.is_whitespace() || c == '/')
+        {
+            return Err(bad(format!(
+                "resource {:?} is not a DRBD resource name",
+                self.resource
+            )));
+        }
+        if self.timeout_secs == 0 {
+            return Err(bad("timeout_secs must be above 0".into()));
+        }
+        Ok(())
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs)
+    }
+}
+
+/// `drbdadm primary [--force] RES`.
+pub fn primary_command(cfg: &DrbdActionsConfig, force: bool) -> CommandLine {
+    let c = CommandLine::new(&cfg.drbdadm).arg("primary");
+    let c = if force { c.arg("--force") } else { c };
+    c.arg(&cfg.resource)
+}
+
+/// `drbdadm secondary RES`.
+pub fn secondary_command(cfg: &DrbdActionsConfig) -> CommandLine {
+    CommandLine::new(&cfg.drbdadm)
+        .arg("secondary")
+        .arg(&cfg.resource)
+}
+
+/// Turn a drbdadm result into `Ok` or the right error. `target` is the role
+/// asked for ("Primary" or "Secondary").
+pub fn classify(
+    cfg: &DrbdActionsConfig,
+    target: &'static str,
+    cmd: &CommandLine,
+    out: &Outcome,
+) -> Result<(), ActionError> {
+    if out.success() {
+        return Ok(());
+    }
+    let stderr = out.message();
+    if out.code == Some(11) || stderr.contains("State change failed") {
+        Err(ActionError::DrbdRefused {
+            resource: cfg.resource.clone(),
+            target,
+            command: cmd.to_string(),
+            stderr,
+        })
+    } else {
+        Err(ActionError::DrbdFailed {
+            resource: cfg.resource.clone(),
+            command: cmd.to_string(),
+            code: out.code,
+            stderr,
+        })
+    }
+}
+
+/// Make this node Primary. `force` promotes a disk that is not UpToDate: only
+/// for an operator's explicit forced promotion (S8).
+pub async fn promote(cfg: &DrbdActionsConfig, force: bool) -> Result<(), ActionError> {
+    let cmd = primary_command(cfg, force);
+    let out = command::run(&cmd, cfg.timeout()).await?;
+    classify(cfg, "Primary", &cmd, &out)
+}
+
+/// Make this node Secondary (the filesystem must be unmounted first).
+pub async fn demote(cfg: &DrbdActionsConfig) -> Result<(), ActionError> {
+    let cmd = secondary_command(cfg);
+    let out = command::run(&cmd, cfg.timeout()).await?;
+    classify(cfg, "Secondary", &cmd, &out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> DrbdActionsConfig {
+        DrbdActionsConfig::new("r0", "/opt/drbd/drbdadm")
+    }
+
+    fn outcome(code: i32, stderr: &str) -> Outcome {
+        Outcome {
+            code: Some(code),
+            stdout: String::new(),
+            stderr: stderr.into(),
+        }
+    }
+
+    #[test]
+    fn command_lines() {
+        assert_eq!(
+            primary_command(&cfg(), false).argv(),
+            ["/opt/drbd/drbdadm", "primary", "r0"]
+        );
+        assert_eq!(
+            primary_command(&cfg(), true).argv(),
+            ["/opt/drbd/drbdadm", "primary", "--force", "r0"]
+        );
+        assert_eq!(
+            secondary_command(&cfg()).argv(),
+            ["/opt/drbd/drbdadm", "secondary", "r0"]
+        );
+    }
+
+    #[test]
+    fn classifies_results() {
+        let c = cfg();
+        let cmd = primary_command(&c, false);
+        assert!(classify(&c, "Primary", &cmd, &outcome(0, "")).is_ok());
+        let refused = classify(
+            &c,
+            "Primary",
+            &cmd,
+            &outcome(
+                11,
+                "r0: State change failed: (-1) Multiple primaries not allowed by config\nCommand 'drbdsetup primary r0' terminated with exit code 11",
+            ),
+        )
+        .unwrap_err();
+        assert!(matches!(refused, ActionError::DrbdRefused { .. }));
+        let msg = refused.to_string();
+        assert!(msg.contains("Multiple primaries"), "{msg}");
+        assert!(msg.contains("drbdadm status r0"), "{msg}");
+        // Refusal recognised by the message even with another exit code.
+        assert!(matches!(
+            classify(
+                &c,
+                "Secondary",
+                &cmd,
+                &outcome(
+                    17,
+                    "r0: State change failed: (-12) Device is held open by someone"
+                )
+            ),
+            Err(ActionError::DrbdRefused { .. })
+        ));
+        let other = classify(
+            &c,
+            "Primary",
+            &cmd,
+            &outcome(10, "'r0' not defined in your config (for this host)."),
+        )
+        .unwrap_err();
+        assert!(matches!(
+            other,
+            ActionError::DrbdFailed { code: Some(10), .. }
+        ));
+        assert!(other.to_string().contains("not defined"), "{other}");
+    }
+
+    #[test]
+    fn config_parses_and_validates() {
+        let c: DrbdActionsConfig = toml::from_str("resource = \"r0\"").unwrap();
+        assert_eq!(c.drbdadm, PathBuf::from("/usr/sbin/drbdadm"));
+        assert!(c.validate().is_ok());
+        assert!(toml::from_str::<DrbdActionsConfig>("resource = \"r0\"\nforce = true").is_err());
+        assert!(DrbdActionsConfig::new("-x", "drbdadm").validate().is_err());
+        assert!(DrbdActionsConfig::new("a b", "drbdadm").validate().is_err());
+    }
+
+    #[tokio::test]
+    async fn runs_the_configured_executable() {
+        // A stand-in drbdadm: refuses "primary" with exit 11, accepts "secondary".
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("drbdadm");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\nif [ \"$1\" = primary ]; then echo \"$2: State change failed: (-2) Need access to UpToDate data\" >&2; exit 11; fi\nexit 0\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let c = DrbdActionsConfig::new("r0", &fake);
+        demote(&c).await.unwrap();
+        demote(&c).await.unwrap();
+        let e = promote(&c, false).await.unwrap_err();
+        assert!(e.to_string().contains("UpToDate data"), "{e}");
+        let missing = DrbdActionsConfig::new("r0", dir.path().join("nope"));
+        assert!(matches!(
+            promote(&missing, false).await,
+            Err(ActionError::Spawn { .. })
+        ));
+    }
+}

@@ -1,0 +1,378 @@
+//! Host-side actions of a failover (SPEC §5): promote/demote DRBD, mount and
+//! unmount the replicated filesystem, export/unexport NFS (nfs-ganesha or
+//! kernel nfsd), claim/release the client IP with a gratuitous ARP, and the
+//! host part of the agent's report (mounted, exports, client IP, self-checks).
+//!
+//! Every action is idempotent: repeating it after it succeeded is a no-op
+//! success, so a failover step can be retried or resumed by a new leader (S7).
+//! Every failure is an [`ActionError`] whose message says what to do. Every
+//! executable is a configurable path, and every command line is built by a
+//! pure function (see [`CommandLine`]) so it can be unit-tested.
+//!
+//! The actions are `async` (tokio processes with timeouts); they block nothing.
+//! [`HostActions`] bundles the configuration of one server and is what the
+//! session code is meant to hold.
+
+pub mod command;
+pub mod drbd;
+pub mod ip;
+pub mod mount;
+pub mod nfs;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use understudy_proto::{HostStatus, SelfCheck};
+
+pub use command::CommandLine;
+pub use drbd::DrbdActionsConfig;
+pub use ip::{ArpingFlavor, IpConfig};
+pub use mount::{MountConfig, MountMode, MountState};
+pub use nfs::{ExportSpec, GaneshaConfig, KernelNfsConfig, NfsBackend, NfsConfig};
+
+use command::fmt_code;
+
+/// Why a host action failed, worded for the operator who reads it.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error("cannot run {program}: {source}; check that it is installed and that its path in the agent configuration is right")]
+    Spawn {
+        program: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("`{command}` did not finish within {:.1}s and was killed; look for hung storage or network on this host, then retry", timeout.as_secs_f64())]
+    Timeout { command: String, timeout: Duration },
+
+    #[error("invalid {section} configuration: {reason}")]
+    Config {
+        section: &'static str,
+        reason: String,
+    },
+
+    #[error("this agent has no serving configuration (mount, nfs, export, client_ip), so it cannot {action}; add it to the agent configuration of this server")]
+    NotManaged { action: &'static str },
+
+    #[error("DRBD refused to make resource {resource} {target} (`{command}`): {stderr}; run `drbdadm status {resource}`: another node may still be Primary (fence or demote it first), or the local disk is not UpToDate (only an operator's forced promotion may accept that data loss, S8)")]
+    DrbdRefused {
+        resource: String,
+        target: &'static str,
+        command: String,
+        stderr: String,
+    },
+
+    #[error("`{command}` failed ({}): {stderr}; check that resource {resource} is defined in this host's DRBD configuration and that DRBD is running (`drbdadm status {resource}`)", fmt_code(*.code))]
+    DrbdFailed {
+        resource: String,
+        command: String,
+        code: Option<i32>,
+        stderr: String,
+    },
+
+    #[error("`{command}` failed ({}): {stderr}; check that the device exists and holds a {fstype} filesystem (is DRBD Primary here?) and that the mountpoint is free", fmt_code(*.code))]
+    MountFailed {
+        command: String,
+        code: Option<i32>,
+        stderr: String,
+        fstype: String,
+    },
+
+    #[error("{mountpoint} already has {found} mounted on it, not {expected}; find out what it is (`findmnt {mountpoint}`) and unmount it by hand")]
+    MountpointBusy {
+        mountpoint: PathBuf,
+        found: String,
+        expected: String,
+    },
+
+    #[error("`{command}` failed ({}): {stderr}; something still uses {mountpoint} (see `fuser -vm {mountpoint}`): unexport NFS first, then retry", fmt_code(*.code))]
+    UnmountFailed {
+        command: String,
+        mountpoint: PathBuf,
+        code: Option<i32>,
+        stderr: String,
+    },
+
+    #[error("{path} is not a directory ({reason}); {hint}")]
+    NotADirectory {
+        path: PathBuf,
+        reason: String,
+        hint: &'static str,
+    },
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+
+    #[error("`{command}` failed ({}): {stderr}; check that the kernel NFS server is running (`systemctl status nfs-server`) and the export path exists", fmt_code(*.code))]
+    ExportFailed {
+        command: String,
+        code: Option<i32>,
+        stderr: String,
+    },
+
+    #[error("nfs-ganesha did not start serving on {addr}: {reason}; its log {log} ends with:\n{log_tail}")]
+    GaneshaStart {
+        addr: String,
+        reason: String,
+        log: PathBuf,
+        log_tail: String,
+    },
+
+    #[error("nfs-ganesha (pid {pid}) did not stop: {reason}; kill it by hand (`kill -9 {pid}`) before exporting from another server")]
+    GaneshaStop { pid: u32, reason: String },
+
+    #[error("`{command}` failed ({}): {stderr}; check that interface exists on this host and the address/prefix in the client_ip configuration", fmt_code(*.code))]
+    IpFailed {
+        command: String,
+        code: Option<i32>,
+        stderr: String,
+    },
+
+    #[error("gratuitous ARP `{command}` failed: {detail}; the address is on the interface but clients may keep the old MAC until their ARP cache expires; check the arping path and arping_flavor, then retry the claim")]
+    ArpFailed { command: String, detail: String },
+}
+
+/// What a server mounts, exports and claims when it serves; absent on an agent
+/// that only observes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServingConfig {
+    pub mount: MountConfig,
+    pub nfs: NfsConfig,
+    pub export: ExportSpec,
+    pub client_ip: IpConfig,
+}
+
+/// The host actions of one server: DRBD always, serving when configured.
+#[derive(Debug)]
+pub struct HostActions {
+    drbd: DrbdActionsConfig,
+    serving: Option<(ServingConfig, NfsBackend)>,
+}
+
+impl HostActions {
+    /// Validate the configuration; nothing is run.
+    pub fn new(
+        drbd: DrbdActionsConfig,
+        serving: Option<ServingConfig>,
+    ) -> Result<Self, ActionError> {
+        drbd.validate()?;
+        let serving = match serving {
+            None => None,
+            Some(s) => {
+                s.mount.validate()?;
+                s.client_ip.validate()?;
+                let nfs = NfsBackend::new(&s.nfs, &s.export)?;
+                Some((s, nfs))
+            }
+        };
+        Ok(HostActions { drbd, serving })
+    }
+
+    pub fn drbd_config(&self) -> &DrbdActionsConfig {
+        &self.drbd
+    }
+
+    pub fn serving_config(&self) -> Option<&ServingConfig> {
+        self.serving.as_ref().map(|(s, _)| s)
+    }
+
+    fn serving(
+        &mut self,
+        action: &'static str,
+    ) -> Result<&mut (ServingConfig, NfsBackend), ActionError> {
+        self.serving
+            .as_mut()
+            .ok_or(ActionError::NotManaged { action })
+    }
+
+    /// `drbdadm primary [--force]`.
+    pub async fn promote(&self, force: bool) -> Result<(), ActionError> {
+        drbd::promote(&self.drbd, force).await
+    }
+
+    /// `drbdadm secondary`.
+    pub async fn demote(&self) -> Result<(), ActionError> {
+        drbd::demote(&self.drbd).await
+    }
+
+    pub async fn mount(&mut self) -> Result<(), ActionError> {
+        let (s, _) = self.serving("mount")?;
+        mount::mount(&s.mount).await
+    }
+
+    pub async fn unmount(&mut self) -> Result<(), ActionError> {
+        let (s, _) = self.serving("unmount")?;
+        mount::unmount(&s.mount).await
+    }
+
+    pub async fn export(&mut self) -> Result<(), ActionError> {
+        let (s, nfs) = self.serving("export NFS")?;
+        nfs.export(&s.export).await
+    }
+
+    pub async fn unexport(&mut self) -> Result<(), ActionError> {
+        let (_, nfs) = self.serving("unexport NFS")?;
+        nfs.unexport().await
+    }
+
+    pub async fn claim_ip(&mut self) -> Result<(), ActionError> {
+        let (s, _) = self.serving("claim the client IP")?;
+        ip::claim(&s.client_ip).await
+    }
+
+    pub async fn release_ip(&mut self) -> Result<(), ActionError> {
+        let (s, _) = self.serving("release the client IP")?;
+        ip::release(&s.client_ip).await
+    }
+
+    /// The host part of the agent's report.
+    pub async fn status(&mut self) -> HostStatus {
+        match &mut self.serving {
+            None => host_status(&self.drbd, None).await,
+            Some((s, nfs)) => host_status(&self.drbd, Some((s, nfs))).await,
+        }
+    }
+}
+
+fn check(name: &str, ok: bool, detail: impl Into<String>) -> SelfCheck {
+    SelfCheck {
+        name: name.to_string(),
+        ok,
+        detail: detail.into(),
+    }
+}
+
+fn executable_check(name: &str, program: &Path) -> SelfCheck {
+    match command::find_executable(program) {
+        Some(p) => check(name, true, format!("{} is executable", p.display())),
+        None => check(
+            name,
+            false,
+            format!(
+                "{} is missing or not executable; install it or fix its path in the agent configuration",
+                program.display()
+            ),
+        ),
+    }
+}
+
+/// Try to create and remove a file in `dir`.
+fn writable_check(dir: &Path) -> SelfCheck {
+    let probe = dir.join(format!(".understudy-selfcheck-{}", std::process::id()));
+    let r = std::fs::write(&probe, b"ok").and_then(|_| std::fs::remove_file(&probe));
+    match r {
+        Ok(()) => check(
+            "mountpoint_writable",
+            true,
+            format!("{} is writable", dir.display()),
+        ),
+        Err(e) => check(
+            "mountpoint_writable",
+            false,
+            format!(
+                "cannot write to {}: {e}; check the filesystem (read-only after errors? full?)",
+                dir.display()
+            ),
+        ),
+    }
+}
+
+/// The host part of the agent's report: whether the filesystem is mounted,
+/// what NFS serves, whether the client IP is here, and self-checks. Never
+/// fails: what cannot be found out is reported as a failed self-check.
+pub async fn host_status(
+    drbd: &DrbdActionsConfig,
+    serving: Option<(&ServingConfig, &mut NfsBackend)>,
+) -> HostStatus {
+    let mut checks = vec![executable_check("drbdadm", &drbd.drbdadm)];
+    let Some((s, nfs)) = serving else {
+        return HostStatus {
+            mounted: false,
+            exports: Vec::new(),
+            client_ip_present: false,
+            self_checks: checks,
+            serving_managed: false,
+        };
+    };
+
+    let mounted = match mount::mount_state(&s.mount) {
+        Ok(MountState::Mounted) => true,
+        Ok(MountState::NotMounted) => false,
+        Ok(MountState::Other { found }) => {
+            checks.push(check(
+                "mount",
+                false,
+                format!(
+                    "{} has {found} mounted on it instead of the configured source",
+                    s.mount.mountpoint.display()
+                ),
+            ));
+            false
+        }
+        Err(e) => {
+            checks.push(check("mount", false, e.to_string()));
+            false
+        }
+    };
+    match std::fs::metadata(&s.mount.mountpoint) {
+        Ok(m) if m.is_dir() => {
+            checks.push(check(
+                "mountpoint",
+                true,
+                format!("{} is a directory", s.mount.mountpoint.display()),
+            ));
+            if mounted {
+                checks.push(writable_check(&s.mount.mountpoint));
+            }
+        }
+        Ok(_) => checks.push(check(
+            "mountpoint",
+            false,
+            format!("{} is not a directory", s.mount.mountpoint.display()),
+        )),
+        Err(e) => checks.push(check(
+            "mountpoint",
+            false,
+            format!(
+                "{}: {e}; create the mountpoint",
+                s.mount.mountpoint.display()
+            ),
+        )),
+    }
+    if s.mount.mode != MountMode::Check {
+        checks.push(executable_check("mount", &s.mount.mount));
+    }
+
+    checks.extend(nfs.self_checks().await);
+    let exports = match nfs.exports().await {
+        Ok(e) => e,
+        Err(e) => {
+            checks.push(check("nfs_exports", false, e.to_string()));
+            Vec::new()
+        }
+    };
+
+    checks.push(executable_check("ip", &s.client_ip.ip));
+    if s.client_ip.arping_flavor != ArpingFlavor::None {
+        checks.push(executable_check("arping", &s.client_ip.arping));
+    }
+    let client_ip_present = match ip::is_present(&s.client_ip).await {
+        Ok(p) => p,
+        Err(e) => {
+            checks.push(check("client_ip", false, e.to_string()));
+            false
+        }
+    };
+
+    HostStatus {
+        mounted,
+        exports,
+        client_ip_present,
+        self_checks: checks,
+        serving_managed: true,
+    }
+}

@@ -1,0 +1,484 @@
+//! The EC2 backend against moto's EC2 server on loopback: real SDK calls, real
+//! HTTP. Each test starts its own `moto_server` (from the project's venv, see
+//! `scripts/install-deps.sh`, or from PATH) on a free port and kills it on drop.
+//! A missing `moto_server` fails the test; it is never skipped.
+//!
+//! moto enforces far less than EC2 (instant state changes, no zone rules, an IP
+//! may sit on two interfaces), so these tests check what the backend itself
+//! guarantees. Latency of every call is printed (`--nocapture` to see it).
+
+use std::future::Future;
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::types::{Filter, InstanceType};
+use aws_sdk_ec2::Client;
+use understudy_cloud::{Cloud, CloudError, CloudServer, InstanceState};
+use understudy_cloud_ec2::{Ec2Cloud, Ec2Config, ISOLATION_GROUP_PREFIX};
+
+const CLIENT_IP: &str = "10.0.1.100";
+
+/// A `moto_server` child process, killed on drop (also when a test panics).
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn find_moto_server() -> PathBuf {
+    let venv = std::env::var_os("UNDERSTUDY_VENV")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/understudy-venv"))
+        });
+    if let Some(p) = venv.map(|v| v.join("bin/moto_server")) {
+        if p.is_file() {
+            return p;
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join("moto_server");
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    panic!("moto_server not found: run ./scripts/install-deps.sh (pip install \"moto[server]\")");
+}
+
+fn start_moto() -> Moto {
+    let bin = find_moto_server();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(&bin)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    let mut moto = Moto { child, port };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return moto;
+        }
+        if let Some(st) = moto.child.try_wait().unwrap() {
+            panic!("{} exited with {st} before answering", bin.display());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "moto_server did not listen on 127.0.0.1:{port} within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn config(moto: &Moto) -> Ec2Config {
+    Ec2Config {
+        endpoint_url: Some(format!("http://127.0.0.1:{}", moto.port)),
+        access_key_id: Some("testing".into()),
+        secret_access_key: Some("testing".into()),
+        ..Ec2Config::new("us-east-1")
+    }
+}
+
+/// Await `fut`, printing how long it took.
+async fn timed<T>(label: &str, fut: impl Future<Output = T>) -> T {
+    let start = Instant::now();
+    let r = fut.await;
+    eprintln!(
+        "latency {label}: {:.1} ms",
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    r
+}
+
+/// VPC, subnets in us-east-1a and us-east-1b, a group for the servers, the file
+/// server and the backup in 1a, another server in 1b; the client IP is a
+/// secondary address of the file server's interface.
+struct World {
+    vpc: String,
+    file_server: CloudServer,
+    backup: CloudServer,
+    other_zone: CloudServer,
+}
+
+async fn run_instance(
+    ec2: &Client,
+    image: &str,
+    subnet: &str,
+    group: &str,
+    name: &str,
+    zone: &str,
+) -> CloudServer {
+    let out = ec2
+        .run_instances()
+        .image_id(image)
+        .instance_type(InstanceType::T2Micro)
+        .min_count(1)
+        .max_count(1)
+        .subnet_id(subnet)
+        .security_group_ids(group)
+        .send()
+        .await
+        .unwrap();
+    let id = out.instances()[0].instance_id().unwrap().to_string();
+    let enis = ec2
+        .describe_network_interfaces()
+        .filters(
+            Filter::builder()
+                .name("attachment.instance-id")
+                .values(&id)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let eni = enis.network_interfaces()[0]
+        .network_interface_id()
+        .unwrap()
+        .to_string();
+    CloudServer {
+        server_id: name.into(),
+        instance_id: id,
+        interface_id: eni,
+        zone: zone.into(),
+    }
+}
+
+async fn setup(ec2: &Client) -> World {
+    let vpc = ec2
+        .create_vpc()
+        .cidr_block("10.0.0.0/16")
+        .send()
+        .await
+        .unwrap()
+        .vpc()
+        .unwrap()
+        .vpc_id()
+        .unwrap()
+        .to_string();
+    let mut subnets = Vec::new();
+    for (cidr, zone) in [("10.0.1.0/24", "us-east-1a"), ("10.0.2.0/24", "us-east-1b")] {
+        subnets.push(
+            ec2.create_subnet()
+                .vpc_id(&vpc)
+                .cidr_block(cidr)
+                .availability_zone(zone)
+                .send()
+                .await
+                .unwrap()
+                .subnet()
+                .unwrap()
+                .subnet_id()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let group = ec2
+        .create_security_group()
+        .group_name("understudy-servers")
+        .description("NFS servers")
+        .vpc_id(&vpc)
+        .send()
+        .await
+        .unwrap()
+        .group_id()
+        .unwrap()
+        .to_string();
+    let images = ec2.describe_images().send().await.unwrap();
+    let image = images.images()[0].image_id().unwrap().to_string();
+    let file_server = run_instance(ec2, &image, &subnets[0], &group, "fs1", "us-east-1a").await;
+    let backup = run_instance(ec2, &image, &subnets[0], &group, "fs2", "us-east-1a").await;
+    let other_zone = run_instance(ec2, &image, &subnets[1], &group, "fs3", "us-east-1b").await;
+    ec2.assign_private_ip_addresses()
+        .network_interface_id(&file_server.interface_id)
+        .private_ip_addresses(CLIENT_IP)
+        .send()
+        .await
+        .unwrap();
+    World {
+        vpc,
+        file_server,
+        backup,
+        other_zone,
+    }
+}
+
+/// The security groups of an interface, straight from moto.
+async fn groups_of(ec2: &Client, eni: &str) -> Vec<String> {
+    let out = ec2
+        .describe_network_interfaces()
+        .network_interface_ids(eni)
+        .send()
+        .await
+        .unwrap();
+    out.network_interfaces()[0]
+        .groups()
+        .iter()
+        .map(|g| g.group_id().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn failover_moves_ip_isolates_and_stops() {
+    let moto = start_moto();
+    let cloud = Ec2Cloud::new(config(&moto)).unwrap();
+    let ec2 = cloud.client().clone();
+    let w = setup(&ec2).await;
+    let (fs, bk) = (&w.file_server, &w.backup);
+    // moto's address filter only matches primary addresses: tell the backend
+    // which interfaces to look at directly, as the controller does at start.
+    cloud.track_servers([fs, bk]);
+
+    assert_eq!(
+        timed("ip_holders (before)", cloud.ip_holders(CLIENT_IP))
+            .await
+            .unwrap(),
+        vec![fs.interface_id.clone()]
+    );
+    timed("move_client_ip", cloud.move_client_ip(CLIENT_IP, fs, bk))
+        .await
+        .unwrap();
+    assert_eq!(
+        timed("ip_holders", cloud.ip_holders(CLIENT_IP))
+            .await
+            .unwrap(),
+        vec![bk.interface_id.clone()]
+    );
+
+    assert!(!timed("is_isolated (before)", cloud.is_isolated(fs))
+        .await
+        .unwrap());
+    timed("isolate (creates the group)", cloud.isolate(fs))
+        .await
+        .unwrap();
+    assert!(timed("is_isolated", cloud.is_isolated(fs)).await.unwrap());
+    let groups = groups_of(&ec2, &fs.interface_id).await;
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    let sg = ec2
+        .describe_security_groups()
+        .group_ids(&groups[0])
+        .send()
+        .await
+        .unwrap();
+    let sg = &sg.security_groups()[0];
+    assert_eq!(
+        sg.group_name().unwrap(),
+        format!("{ISOLATION_GROUP_PREFIX}{}", w.vpc)
+    );
+    assert!(sg.ip_permissions().is_empty(), "{sg:?}");
+    assert!(sg.ip_permissions_egress().is_empty(), "{sg:?}");
+    // The backup is untouched.
+    assert!(!cloud.is_isolated(bk).await.unwrap());
+
+    assert_eq!(
+        timed("instance_state (before)", cloud.instance_state(fs))
+            .await
+            .unwrap(),
+        InstanceState::Running
+    );
+    timed("force_stop", cloud.force_stop(fs)).await.unwrap();
+    let st = timed("instance_state", cloud.instance_state(fs))
+        .await
+        .unwrap();
+    assert!(
+        matches!(st, InstanceState::Stopping | InstanceState::Stopped),
+        "{st:?}"
+    );
+    // Straight from DescribeInstances too.
+    let out = ec2
+        .describe_instances()
+        .instance_ids(&fs.instance_id)
+        .send()
+        .await
+        .unwrap();
+    let word = out.reservations()[0].instances()[0]
+        .state()
+        .unwrap()
+        .name()
+        .unwrap()
+        .as_str()
+        .to_string();
+    assert!(word == "stopping" || word == "stopped", "{word}");
+    assert_eq!(
+        cloud.instance_state(bk).await.unwrap(),
+        InstanceState::Running
+    );
+}
+
+#[tokio::test]
+async fn every_operation_twice_is_fine() {
+    let moto = start_moto();
+    let cloud = Ec2Cloud::new(config(&moto)).unwrap();
+    let w = setup(cloud.client()).await;
+    let (fs, bk) = (&w.file_server, &w.backup);
+    for round in 1..=2 {
+        timed(
+            &format!("move_client_ip #{round}"),
+            cloud.move_client_ip(CLIENT_IP, fs, bk),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            cloud.ip_holders(CLIENT_IP).await.unwrap(),
+            vec![bk.interface_id.clone()]
+        );
+        timed(&format!("isolate #{round}"), cloud.isolate(fs))
+            .await
+            .unwrap();
+        assert!(cloud.is_isolated(fs).await.unwrap());
+        timed(&format!("force_stop #{round}"), cloud.force_stop(fs))
+            .await
+            .unwrap();
+        assert!(matches!(
+            cloud.instance_state(fs).await.unwrap(),
+            InstanceState::Stopping | InstanceState::Stopped
+        ));
+    }
+    // A second backend (a new controller leader) finds the existing isolating
+    // group instead of creating another one.
+    let again = Ec2Cloud::new(config(&moto)).unwrap();
+    timed("isolate (new backend)", again.isolate(bk))
+        .await
+        .unwrap();
+    assert_eq!(
+        groups_of(cloud.client(), &bk.interface_id).await,
+        groups_of(cloud.client(), &fs.interface_id).await
+    );
+    let named = cloud
+        .client()
+        .describe_security_groups()
+        .filters(
+            Filter::builder()
+                .name("group-name")
+                .values(format!("{ISOLATION_GROUP_PREFIX}{}", w.vpc))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(named.security_groups().len(), 1);
+    again.track_servers([fs, bk]);
+    // And moving back works, twice.
+    for _ in 0..2 {
+        cloud.move_client_ip(CLIENT_IP, bk, fs).await.unwrap();
+    }
+    assert_eq!(
+        again.ip_holders(CLIENT_IP).await.unwrap(),
+        vec![fs.interface_id.clone()]
+    );
+}
+
+#[tokio::test]
+async fn inventory_mismatches_are_refused() {
+    let moto = start_moto();
+    let cloud = Ec2Cloud::new(config(&moto)).unwrap();
+    let w = setup(cloud.client()).await;
+    let (fs, other) = (&w.file_server, &w.other_zone);
+
+    // Across zones: refused before any change.
+    let e = timed(
+        "move_client_ip (across zones)",
+        cloud.move_client_ip(CLIENT_IP, fs, other),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, CloudError::Refused { .. }), "{e}");
+    eprintln!("{e}");
+    // Same, with the inventory lying about the target's zone: EC2's word wins.
+    let liar = CloudServer {
+        zone: "us-east-1a".into(),
+        ..other.clone()
+    };
+    let e = timed(
+        "move_client_ip (zone mismatch)",
+        cloud.move_client_ip(CLIENT_IP, fs, &liar),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, CloudError::Refused { .. }), "{e}");
+    eprintln!("{e}");
+    assert_eq!(
+        cloud.ip_holders(CLIENT_IP).await.unwrap(),
+        vec![fs.interface_id.clone()]
+    );
+    for r in [
+        cloud.isolate(&liar).await.map(|_| ()),
+        cloud.force_stop(&liar).await,
+        cloud.instance_state(&liar).await.map(|_| ()),
+    ] {
+        let e = r.unwrap_err();
+        assert!(matches!(e, CloudError::Refused { .. }), "{e}");
+    }
+    assert_eq!(
+        cloud.instance_state(other).await.unwrap(),
+        InstanceState::Running
+    );
+
+    // An interface that is not the instance's.
+    let wrong_eni = CloudServer {
+        interface_id: w.backup.interface_id.clone(),
+        ..fs.clone()
+    };
+    let e = cloud.isolate(&wrong_eni).await.unwrap_err();
+    assert!(matches!(e, CloudError::Refused { .. }), "{e}");
+
+    // Unknown instance.
+    let ghost = CloudServer {
+        instance_id: "i-0123456789abcdef0".into(),
+        ..fs.clone()
+    };
+    let e = timed("instance_state (unknown)", cloud.instance_state(&ghost))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CloudError::NotFound { .. }), "{e}");
+    eprintln!("{e}");
+    let e = cloud.force_stop(&ghost).await.unwrap_err();
+    assert!(matches!(e, CloudError::NotFound { .. }), "{e}");
+    let e = cloud
+        .move_client_ip(CLIENT_IP, fs, &ghost)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CloudError::NotFound { .. }), "{e}");
+    assert_eq!(
+        cloud.instance_state(fs).await.unwrap(),
+        InstanceState::Running
+    );
+}
+
+#[tokio::test]
+async fn unreachable_endpoint_is_transient() {
+    // A port nobody listens on: connection refused, mapped to Transient.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = Ec2Config {
+        endpoint_url: Some(format!("http://127.0.0.1:{port}")),
+        access_key_id: Some("testing".into()),
+        secret_access_key: Some("testing".into()),
+        call_timeout_ms: 500,
+        ..Ec2Config::new("us-east-1")
+    };
+    let cloud = Ec2Cloud::new(cfg).unwrap();
+    let e = timed("ip_holders (no endpoint)", cloud.ip_holders(CLIENT_IP))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CloudError::Transient { .. }), "{e}");
+    eprintln!("{e}");
+}

@@ -1,0 +1,242 @@
+//! Host configuration: one TOML file per emulated host (`HOST.toml`).
+//!
+//! The daemon (`drbd-emu daemon --config HOST.toml`) and the two CLIs
+//! (`DRBD_EMU_CONFIG=HOST.toml drbd-emu drbdsetup ...`) read the same file.
+//! Unknown keys are rejected (`deny_unknown_fields`) and the values are
+//! validated so that a typo fails loudly instead of producing a half-working
+//! emulated host.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Environment variable naming the host config for the CLIs.
+pub const CONFIG_ENV: &str = "DRBD_EMU_CONFIG";
+
+/// Why a config file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The config path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not have the expected keys.
+    #[error("invalid config {path}: {source}")]
+    Parse {
+        /// The config path.
+        path: PathBuf,
+        /// The TOML error (names the key / line).
+        source: toml::de::Error,
+    },
+    /// Keys are present but their values are inconsistent.
+    #[error("invalid config {path}: {msg}")]
+    Invalid {
+        /// The config path.
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
+}
+
+/// One emulated host of the pair.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// DRBD resource name (e.g. `r0`).
+    pub resource: String,
+    /// This host's name: the `conn-name` the peer shows for it.
+    pub hostname: String,
+    /// This host's DRBD node id.
+    pub node_id: u32,
+    /// Device minor (`/dev/drbdMINOR`), only reported.
+    pub minor: u32,
+    /// Control socket, lock file and persisted metadata live here.
+    pub state_dir: PathBuf,
+    /// The emulated backing device: a plain directory tree.
+    pub data_dir: PathBuf,
+    /// Replication TCP endpoint of this host (`IP:port`).
+    pub listen: SocketAddr,
+    /// Bring the resource up when the daemon starts (as after a boot with
+    /// DRBD enabled). Default `true`.
+    #[serde(default = "default_true")]
+    pub auto_up: bool,
+    /// The other host of the pair.
+    pub peer: PeerConfig,
+    /// Timing knobs.
+    #[serde(default)]
+    pub tuning: Tuning,
+}
+
+/// The peer host.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// The peer's hostname (our `conn-name` for it).
+    pub hostname: String,
+    /// The peer's node id.
+    pub node_id: u32,
+    /// The peer's replication endpoint (`IP:port`).
+    pub address: SocketAddr,
+}
+
+/// Timing knobs; every key is optional.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tuning {
+    /// Keepalive ping interval.
+    pub ping_interval_ms: u64,
+    /// No frame from the peer within this => `NetworkFailure`.
+    pub ping_timeout_ms: u64,
+    /// Pause between connection attempts.
+    pub connect_retry_ms: u64,
+    /// How often a Primary rescans `data_dir` for changes.
+    pub scan_interval_ms: u64,
+    /// Replication / resync rate limit in KiB/s; 0 = unlimited.
+    pub resync_rate_kib: u64,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            ping_interval_ms: 200,
+            ping_timeout_ms: 600,
+            connect_retry_ms: 200,
+            scan_interval_ms: 50,
+            resync_rate_kib: 0,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text (`path` is only used in messages).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        cfg.validate().map_err(|msg| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            msg,
+        })?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        };
+        if !name_ok(&self.resource) {
+            return Err(format!(
+                "resource name {:?} is not a valid name",
+                self.resource
+            ));
+        }
+        if !name_ok(&self.hostname) || !name_ok(&self.peer.hostname) {
+            return Err("hostname and peer.hostname must be non-empty names".into());
+        }
+        if self.node_id == self.peer.node_id {
+            return Err(format!(
+                "node_id and peer.node_id are both {}; they must differ",
+                self.node_id
+            ));
+        }
+        if self.node_id > 31 || self.peer.node_id > 31 {
+            return Err("node ids must be in 0..=31".into());
+        }
+        if self.state_dir.as_os_str().is_empty() || self.data_dir.as_os_str().is_empty() {
+            return Err("state_dir and data_dir must be set".into());
+        }
+        if self.state_dir == self.data_dir {
+            return Err("state_dir and data_dir must be different directories".into());
+        }
+        let t = &self.tuning;
+        if t.ping_interval_ms == 0 || t.connect_retry_ms == 0 || t.scan_interval_ms == 0 {
+            return Err("tuning intervals must be > 0".into());
+        }
+        if t.ping_timeout_ms <= t.ping_interval_ms {
+            return Err(format!(
+                "tuning.ping_timeout_ms ({}) must be larger than ping_interval_ms ({})",
+                t.ping_timeout_ms, t.ping_interval_ms
+            ));
+        }
+        Ok(())
+    }
+
+    /// Path of the daemon's control socket.
+    pub fn socket_path(&self) -> PathBuf {
+        self.state_dir.join("ctl.sock")
+    }
+
+    /// Path of the persisted disk metadata.
+    pub fn meta_path(&self) -> PathBuf {
+        self.state_dir.join("meta.json")
+    }
+
+    /// Path of the lock file held by a running daemon.
+    pub fn lock_path(&self) -> PathBuf {
+        self.state_dir.join("lock")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+resource = "r0"
+hostname = "fs1"
+node_id = 0
+minor = 1000
+state_dir = "/tmp/x/fs1/drbd"
+data_dir = "/tmp/x/fs1/data"
+listen = "127.0.0.1:7789"
+[peer]
+hostname = "fs2"
+node_id = 1
+address = "127.0.0.1:7790"
+[tuning]
+resync_rate_kib = 100
+"#;
+
+    #[test]
+    fn parses_good_config_with_defaults() {
+        let c = Config::parse(GOOD, Path::new("x.toml")).unwrap();
+        assert_eq!(c.resource, "r0");
+        assert_eq!(c.peer.node_id, 1);
+        assert_eq!(c.tuning.resync_rate_kib, 100);
+        assert_eq!(c.tuning.ping_timeout_ms, 600);
+        assert!(c.auto_up);
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_values() {
+        let bad = GOOD.replace("minor = 1000", "minor = 1000\nminr = 3");
+        let e = Config::parse(&bad, Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("minr"), "{e}");
+        let bad = GOOD.replace("node_id = 1", "node_id = 0");
+        let e = Config::parse(&bad, Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("must differ"), "{e}");
+        let bad = GOOD.replace("[tuning]", "[tuning]\nping_timeout_ms = 100");
+        assert!(Config::parse(&bad, Path::new("x.toml")).is_err());
+    }
+}

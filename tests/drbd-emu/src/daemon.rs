@@ -1,0 +1,965 @@
+//! The emulated kernel module of one host: resource state and its commands.
+//!
+//! `drbd-emu daemon --config HOST.toml` runs in the foreground until killed.
+//! It holds the state of the one resource in [`Core`] (behind a mutex that
+//! is never held across an `.await`), serves the CLIs on the control socket
+//! (`ctl.rs`), runs the replication link (`repl.rs`) and publishes a
+//! [`Snapshot`] to `events2` subscribers after every state change (counters
+//! are published at most every 100 ms).
+//!
+//! The daemon starts with the resource up (as after a boot with DRBD
+//! enabled; `auto_up = false` in the config to start it down), always as
+//! Secondary, with the disk state from the persisted metadata (`meta.rs`;
+//! a missing metadata file is created as a new `Inconsistent` disk).
+//! A lock file in `state_dir` prevents two daemons for one host.
+
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, Notify};
+
+use crate::config::Config;
+use crate::ctl::{Request, Response};
+use crate::meta::Meta;
+use crate::model::*;
+use crate::repl;
+use crate::tree::{self, Manifest};
+
+/// The handle of the live replication link.
+pub struct Link {
+    /// Control-frame queue of the link's writer.
+    pub ctrl: mpsc::UnboundedSender<repl::Frame>,
+    /// Tears the link down (`disconnect`, `down`).
+    pub abort: Arc<Notify>,
+}
+
+/// Counters behind the statistics keys.
+#[derive(Default)]
+pub struct Stats {
+    /// Bytes sent to the peer.
+    pub sent_b: u64,
+    /// Bytes received from the peer.
+    pub received_b: u64,
+    /// Bytes read from the local tree for the peer.
+    pub read_b: u64,
+    /// Bytes written to the local tree from the peer.
+    pub written_b: u64,
+    /// KiB out of sync.
+    pub oos_kib: u64,
+    /// KiB total of the running resync.
+    pub rs_total_kib: u64,
+    /// Start of the running resync.
+    pub rs_start: Option<Instant>,
+    /// Bytes of the file in flight already acknowledged by the peer.
+    pub inflight_acked_b: u64,
+    /// Items sent and not yet acknowledged.
+    pub unacked: u64,
+}
+
+/// The whole mutable state of the emulated resource.
+pub struct Core {
+    /// Host config.
+    pub cfg: Arc<Config>,
+    /// The resource exists (`up`).
+    pub up: bool,
+    /// The backing "disk" is attached.
+    pub attached: bool,
+    /// Local role.
+    pub role: Role,
+    /// Persisted metadata (disk state, generations, peer manifest).
+    pub meta: Meta,
+    /// `meta.peer_known` changed and should be persisted (lazily).
+    pub meta_dirty: bool,
+    /// Connection state.
+    pub conn: ConnState,
+    /// Connection wanted (false after `disconnect` / split brain).
+    pub want_connect: bool,
+    /// `connect --discard-my-data` pending.
+    pub discard_my_data: bool,
+    /// Peer role as reported by the peer.
+    pub peer_role: Role,
+    /// Peer disk state as reported by the peer.
+    pub peer_disk: DiskState,
+    /// Peer data generation.
+    pub peer_gen: u64,
+    /// Peer generation history.
+    pub peer_history: Vec<u64>,
+    /// Replication state.
+    pub repl: Repl,
+    /// TCP path established.
+    pub path_established: bool,
+    /// Start a new data generation at the next local write (Primary
+    /// without a connected peer).
+    pub need_new_gen: bool,
+    /// Last scan of the local tree (kept while Primary / SyncSource).
+    pub local: Option<Manifest>,
+    /// Counters.
+    pub stats: Stats,
+    /// The live link, if connected.
+    pub link: Option<Link>,
+    /// Incremented for every new link; stale link tasks compare it.
+    pub epoch: u64,
+    subs: Vec<mpsc::UnboundedSender<String>>,
+    last_pub: Option<Option<Snapshot>>,
+    last_persist: Instant,
+    fs_size_kib: u64,
+}
+
+/// State shared by all daemon tasks.
+pub struct Shared {
+    /// Host config.
+    pub cfg: Arc<Config>,
+    /// The state.
+    pub core: Mutex<Core>,
+    /// Wakes the connector after `up`/`connect`/`disconnect`/`down`.
+    pub wake: Notify,
+}
+
+impl Shared {
+    /// Locks the state (a poisoned lock is still usable: state is plain data).
+    pub fn lock(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+impl Core {
+    /// The local disk state as reported (Diskless when not attached).
+    pub fn disk(&self) -> DiskState {
+        if self.attached {
+            self.meta.disk
+        } else {
+            DiskState::Diskless
+        }
+    }
+
+    /// Changes and persists the disk state.
+    pub fn set_disk(&mut self, d: DiskState) {
+        if self.meta.disk != d {
+            self.meta.disk = d;
+            self.persist();
+        }
+    }
+
+    /// Persists the metadata now.
+    pub fn persist(&mut self) {
+        if let Err(e) = self.meta.store(&self.cfg.meta_path()) {
+            eprintln!("drbd {}: writing meta data failed: {e}", self.cfg.resource);
+        }
+        self.meta_dirty = false;
+        self.last_persist = Instant::now();
+    }
+
+    /// True while this host streams data to the peer.
+    pub fn is_sender(&self) -> bool {
+        self.conn == ConnState::Connected
+            && (self.repl == Repl::SyncSource
+                || (self.repl == Repl::Established && self.role == Role::Primary))
+    }
+
+    /// Recomputes `out-of-sync` on the side that holds the data.
+    pub fn recompute_oos(&mut self) {
+        let source_side = self.role == Role::Primary || self.repl == Repl::SyncSource;
+        if source_side {
+            if let Some(l) = &self.local {
+                let kib = tree::out_of_sync_kib(l, &self.meta.peer_known);
+                self.stats.oos_kib = kib.saturating_sub(self.stats.inflight_acked_b / 1024);
+            }
+        }
+        if self.repl.is_syncing() && self.stats.oos_kib > self.stats.rs_total_kib {
+            self.stats.rs_total_kib = self.stats.oos_kib;
+        }
+    }
+
+    /// Sends a control frame on the live link (if any).
+    pub fn send(&self, msg: repl::Msg) {
+        if let Some(l) = &self.link {
+            let _ = l.ctrl.send((msg, None));
+        }
+    }
+
+    /// Our state as sent to the peer.
+    pub fn state_msg(&self) -> repl::Msg {
+        repl::Msg::State {
+            role: self.role,
+            disk: self.disk(),
+            gen: self.meta.gen,
+            history: self.meta.history.clone(),
+        }
+    }
+
+    /// Begins a resync as source.
+    pub fn start_sync_source(&mut self) {
+        self.repl = Repl::SyncSource;
+        self.peer_disk = DiskState::Inconsistent;
+        self.stats.rs_total_kib = 0;
+        self.stats.rs_start = Some(Instant::now());
+        self.recompute_oos();
+        self.stats.rs_total_kib = self.stats.oos_kib;
+    }
+
+    /// Begins a resync as target: the local disk is Inconsistent until done.
+    pub fn start_sync_target(&mut self) {
+        self.repl = Repl::SyncTarget;
+        self.set_disk(DiskState::Inconsistent);
+        self.stats.rs_total_kib = 0;
+        self.stats.rs_start = Some(Instant::now());
+        let m = self.state_msg();
+        self.send(m);
+    }
+
+    /// Re-evaluates resync need after a generation change while connected.
+    pub fn maybe_resync(&mut self) {
+        if self.conn != ConnState::Connected || self.repl != Repl::Established {
+            return;
+        }
+        let me = repl::Side {
+            node_id: self.cfg.node_id,
+            disk: self.disk(),
+            gen: self.meta.gen,
+            history: self.meta.history.clone(),
+            discard: false,
+        };
+        let peer = repl::Side {
+            node_id: self.cfg.peer.node_id,
+            disk: self.peer_disk,
+            gen: self.peer_gen,
+            history: self.peer_history.clone(),
+            discard: false,
+        };
+        match repl::decide(&me, &peer) {
+            repl::Decision::Source => self.start_sync_source(),
+            repl::Decision::Target => self.start_sync_target(),
+            _ => {}
+        }
+    }
+
+    fn snapshot(&self) -> Option<Snapshot> {
+        if !self.up {
+            return None;
+        }
+        let cfg = &self.cfg;
+        let disk = self.disk();
+        let connected = self.conn == ConnState::Connected;
+        let peer_primary = connected && self.peer_role == Role::Primary;
+        let may_promote =
+            self.role == Role::Secondary && disk == DiskState::UpToDate && !peer_primary;
+        let promotion_score = if disk == DiskState::Diskless {
+            u32::from(connected && self.peer_disk == DiskState::UpToDate)
+        } else {
+            10000 + if disk == DiskState::UpToDate { 101 } else { 0 } + u32::from(connected)
+        };
+        let syncing = connected && self.repl.is_syncing();
+        let (done, dbdt1, eta, elapsed_ms) = if syncing {
+            let total = self.stats.rs_total_kib.max(self.stats.oos_kib);
+            let oos = self.stats.oos_kib;
+            let done = if total == 0 {
+                // a target has not heard from its source yet
+                if self.repl == Repl::SyncTarget {
+                    0.0
+                } else {
+                    100.0
+                }
+            } else {
+                100.0 * (total - oos) as f64 / total as f64
+            };
+            let elapsed = self
+                .stats
+                .rs_start
+                .map(|s| s.elapsed())
+                .unwrap_or_default()
+                .max(Duration::from_millis(1));
+            let kib_s = (total - oos) as f64 / elapsed.as_secs_f64();
+            let eta = if kib_s > 0.0 {
+                (oos as f64 / kib_s).ceil() as u64
+            } else {
+                0
+            };
+            (
+                Some(done),
+                Some(kib_s / 1024.0),
+                Some(eta),
+                elapsed.as_millis() as u64,
+            )
+        } else {
+            (None, None, None, 0)
+        };
+        let attached = self.attached;
+        Some(Snapshot {
+            name: cfg.resource.clone(),
+            node_id: cfg.node_id,
+            role: self.role,
+            suspended: false,
+            write_ordering: "flush".into(),
+            may_promote,
+            promotion_score,
+            device: DeviceSnap {
+                volume: 0,
+                minor: cfg.minor,
+                backing_dev: attached.then(|| cfg.data_dir.display().to_string()),
+                disk,
+                client: false,
+                open: false,
+                quorum: true,
+                size: if attached { self.fs_size_kib } else { 0 },
+                read: self.stats.read_b / 1024,
+                written: self.stats.written_b / 1024,
+                al_writes: 0,
+                bm_writes: 0,
+                upper_pending: 0,
+                lower_pending: 0,
+                al_suspended: false,
+                blocked: false,
+            },
+            connection: ConnSnap {
+                peer_node_id: cfg.peer.node_id,
+                conn_name: cfg.peer.hostname.clone(),
+                connection: self.conn,
+                peer_role: if connected {
+                    self.peer_role
+                } else {
+                    Role::Unknown
+                },
+                congested: false,
+                ap_in_flight: 0,
+                rs_in_flight: 0,
+            },
+            peer_device: PeerDeviceSnap {
+                volume: 0,
+                replication: if connected { self.repl } else { Repl::Off },
+                peer_disk: if connected {
+                    self.peer_disk
+                } else {
+                    DiskState::DUnknown
+                },
+                peer_client: false,
+                resync_suspended: "no".into(),
+                received: self.stats.received_b / 1024,
+                sent: self.stats.sent_b / 1024,
+                out_of_sync: self.stats.oos_kib,
+                pending: 0,
+                unacked: self.stats.unacked,
+                rs_total: if syncing {
+                    self.stats.rs_total_kib.max(self.stats.oos_kib)
+                } else {
+                    0
+                },
+                rs_elapsed_ms: elapsed_ms,
+                done,
+                dbdt1,
+                eta,
+            },
+            path: PathSnap {
+                local: drbd_addr(&cfg.listen),
+                peer: drbd_addr(&cfg.peer.address),
+                established: self.path_established,
+            },
+        })
+    }
+
+    /// Publishes the current state to events2 subscribers if it changed.
+    pub fn publish(&mut self) {
+        let snap = self.snapshot();
+        if self.last_pub.as_ref() == Some(&snap) {
+            return;
+        }
+        if let Some(prev) = &self.last_pub {
+            log_changes(&self.cfg, prev.as_ref(), snap.as_ref());
+        }
+        let msg = EventMsg {
+            ts_us: now_us(),
+            snap: snap.clone(),
+        };
+        if let Ok(line) = serde_json::to_string(&msg) {
+            self.subs.retain(|s| s.send(line.clone()).is_ok());
+        }
+        self.last_pub = Some(snap);
+    }
+
+    /// Resets the per-link state after the link ended.
+    pub fn link_lost(&mut self) {
+        let was_connected = self.conn == ConnState::Connected;
+        self.link = None;
+        self.peer_role = Role::Unknown;
+        self.peer_disk = DiskState::DUnknown;
+        self.repl = Repl::Off;
+        self.path_established = false;
+        self.stats.inflight_acked_b = 0;
+        self.stats.unacked = 0;
+        self.stats.rs_start = None;
+        if was_connected && self.role == Role::Primary {
+            self.need_new_gen = true;
+        }
+        self.recompute_oos();
+        if self.meta_dirty {
+            self.persist();
+        }
+    }
+}
+
+/// Writes kernel-log-like lines for state transitions to stderr.
+fn log_changes(cfg: &Config, old: Option<&Snapshot>, new: Option<&Snapshot>) {
+    let r = &cfg.resource;
+    let p = &cfg.peer.hostname;
+    match (old, new) {
+        (None, Some(_)) => eprintln!("drbd {r}: resource created"),
+        (Some(_), None) => eprintln!("drbd {r}: resource destroyed"),
+        (Some(o), Some(n)) => {
+            if o.role != n.role {
+                eprintln!("drbd {r}: role( {} -> {} )", o.role, n.role);
+            }
+            if o.device.disk != n.device.disk {
+                eprintln!(
+                    "drbd {r}/0 drbd{}: disk( {} -> {} )",
+                    cfg.minor, o.device.disk, n.device.disk
+                );
+            }
+            let (oc, nc) = (&o.connection, &n.connection);
+            let mut parts = Vec::new();
+            if oc.connection != nc.connection {
+                parts.push(format!("conn( {} -> {} )", oc.connection, nc.connection));
+            }
+            if oc.peer_role != nc.peer_role {
+                parts.push(format!("peer( {} -> {} )", oc.peer_role, nc.peer_role));
+            }
+            if !parts.is_empty() {
+                eprintln!("drbd {r} {p}: {}", parts.join(" "));
+            }
+            let (op, np) = (&o.peer_device, &n.peer_device);
+            let mut parts = Vec::new();
+            if op.peer_disk != np.peer_disk {
+                parts.push(format!("pdsk( {} -> {} )", op.peer_disk, np.peer_disk));
+            }
+            if op.replication != np.replication {
+                parts.push(format!("repl( {} -> {} )", op.replication, np.replication));
+            }
+            if !parts.is_empty() {
+                eprintln!("drbd {r}/0 drbd{} {p}: {}", cfg.minor, parts.join(" "));
+            }
+        }
+        (None, None) => {}
+    }
+}
+
+/// Runs the daemon; returns the process exit code.
+pub fn run(config_path: &Path) -> i32 {
+    let cfg = match Config::load(config_path) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            eprintln!("drbd-emu: {e}");
+            return 1;
+        }
+    };
+    for d in [&cfg.state_dir, &cfg.data_dir] {
+        if let Err(e) = std::fs::create_dir_all(d) {
+            eprintln!("drbd-emu: cannot create {}: {e}", d.display());
+            return 1;
+        }
+    }
+    // One daemon per host: hold an exclusive lock for the process lifetime.
+    let lock = match std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(cfg.lock_path())
+    {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("drbd-emu: cannot open lock file: {e}");
+            return 1;
+        }
+    };
+    // SAFETY: flock on a valid, owned file descriptor.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        eprintln!(
+            "drbd-emu: another daemon is running for {}",
+            cfg.state_dir.display()
+        );
+        return 1;
+    }
+    let meta = match Meta::load(&cfg.meta_path()) {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            let m = Meta::fresh();
+            if let Err(e) = m.store(&cfg.meta_path()) {
+                eprintln!("drbd-emu: cannot write meta data: {e}");
+                return 1;
+            }
+            m
+        }
+        Err(e) => {
+            eprintln!(
+                "drbd-emu: corrupt meta data {}: {e}",
+                cfg.meta_path().display()
+            );
+            return 1;
+        }
+    };
+    tree::remove_temp_files(&cfg.data_dir);
+    let fs_size_kib = fs_size_kib(&cfg.data_dir);
+    let _ = std::fs::remove_file(cfg.socket_path());
+
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("drbd-emu: cannot start runtime: {e}");
+            return 1;
+        }
+    };
+    let code = rt.block_on(async move {
+        let listener = match UnixListener::bind(cfg.socket_path()) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!(
+                    "drbd-emu: cannot bind control socket {}: {e}",
+                    cfg.socket_path().display()
+                );
+                return 1;
+            }
+        };
+        let core = Core {
+            cfg: cfg.clone(),
+            up: false,
+            attached: false,
+            role: Role::Secondary,
+            meta,
+            meta_dirty: false,
+            conn: ConnState::StandAlone,
+            want_connect: false,
+            discard_my_data: false,
+            peer_role: Role::Unknown,
+            peer_disk: DiskState::DUnknown,
+            peer_gen: 0,
+            peer_history: Vec::new(),
+            repl: Repl::Off,
+            path_established: false,
+            need_new_gen: false,
+            local: None,
+            stats: Stats::default(),
+            link: None,
+            epoch: 0,
+            subs: Vec::new(),
+            last_pub: None,
+            last_persist: Instant::now(),
+            fs_size_kib,
+        };
+        let sh = Arc::new(Shared {
+            cfg: cfg.clone(),
+            core: Mutex::new(core),
+            wake: Notify::new(),
+        });
+        sh.lock().publish();
+        tokio::spawn(repl::connector(sh.clone()));
+        tokio::spawn(repl::scanner(sh.clone()));
+        tokio::spawn(ticker(sh.clone()));
+        if cfg.auto_up {
+            let r = handle(&sh, Request::Up).await;
+            if r.exit != 0 {
+                eprint!("{}", r.stderr);
+            }
+        }
+        eprintln!(
+            "drbd-emu: {} ({}, node-id {}) running, control socket {}",
+            cfg.resource,
+            cfg.hostname,
+            cfg.node_id,
+            cfg.socket_path().display()
+        );
+        loop {
+            match listener.accept().await {
+                Ok((s, _)) => {
+                    tokio::spawn(client(sh.clone(), s));
+                }
+                Err(e) => {
+                    eprintln!("drbd-emu: accept on control socket: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    drop(lock);
+    code
+}
+
+fn fs_size_kib(p: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
+        return 0;
+    };
+    // SAFETY: statvfs writes into the zeroed struct; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return 0;
+    }
+    (st.f_blocks as u64).saturating_mul(st.f_frsize as u64) / 1024
+}
+
+/// Publishes counters every 100 ms and persists a dirty peer manifest.
+async fn ticker(sh: Arc<Shared>) {
+    let mut iv = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        iv.tick().await;
+        let mut c = sh.lock();
+        c.recompute_oos();
+        c.publish();
+        if c.meta_dirty && c.last_persist.elapsed() > Duration::from_millis(500) {
+            c.persist();
+        }
+    }
+}
+
+/// Serves one control-socket client.
+async fn client(sh: Arc<Shared>, stream: UnixStream) {
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    let mut line = String::new();
+    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+        return;
+    }
+    let req: Request = match serde_json::from_str(&line) {
+        Ok(q) => q,
+        Err(e) => {
+            let resp = Response::fail(20, format!("bad request: {e}"));
+            let _ = write_json(&mut w, &resp).await;
+            return;
+        }
+    };
+    if let Request::Events = req {
+        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        let first = {
+            let mut c = sh.lock();
+            c.subs.push(tx);
+            EventMsg {
+                ts_us: now_us(),
+                snap: c.snapshot(),
+            }
+        };
+        if write_json(&mut w, &first).await.is_err() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                m = rx.recv() => {
+                    let Some(mut m) = m else { return };
+                    m.push('\n');
+                    if w.write_all(m.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+                // The client hung up (EOF / error on its side of the socket).
+                n = r.read_line(&mut line) => {
+                    if n.unwrap_or(0) == 0 {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    let resp = handle(&sh, req).await;
+    let _ = write_json(&mut w, &resp).await;
+}
+
+async fn write_json<T: serde::Serialize>(
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+    v: &T,
+) -> std::io::Result<()> {
+    let mut s = serde_json::to_string(v).map_err(std::io::Error::other)?;
+    s.push('\n');
+    w.write_all(s.as_bytes()).await
+}
+
+fn no_such_resource(cfg: &Config) -> Response {
+    Response::fail(10, format!("{}: No such resource", cfg.resource))
+}
+
+fn state_change_failed(cfg: &Config, code: i32, text: &str) -> Response {
+    Response::fail(
+        11,
+        format!("{}: State change failed: ({code}) {text}", cfg.resource),
+    )
+}
+
+/// Polls `cond` until it holds or `limit` passes; returns whether it held.
+async fn wait_for(sh: &Shared, limit: Duration, cond: impl Fn(&Core) -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond(&sh.lock()) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn scan_local(cfg: &Config) -> Manifest {
+    tokio::task::block_in_place(|| tree::scan(&cfg.data_dir)).unwrap_or_else(|e| {
+        eprintln!("drbd-emu: scanning {}: {e}", cfg.data_dir.display());
+        Manifest::new()
+    })
+}
+
+/// Executes one control request.
+pub async fn handle(sh: &Arc<Shared>, req: Request) -> Response {
+    let cfg = sh.cfg.clone();
+    match req {
+        Request::Snapshot => Response {
+            snapshot: sh.lock().snapshot(),
+            ..Response::ok()
+        },
+        Request::Events => Response::fail(20, "events must be streamed"),
+        Request::Up => {
+            {
+                let mut c = sh.lock();
+                if c.up {
+                    return Response::fail(
+                        10,
+                        format!(
+                            "{}: Failure: (161) Minor or volume exists already (delete it first)",
+                            cfg.resource
+                        ),
+                    );
+                }
+                match Meta::load(&cfg.meta_path()) {
+                    Ok(Some(m)) => c.meta = m,
+                    Ok(None) => {
+                        c.meta = Meta::fresh();
+                        c.persist();
+                    }
+                    Err(e) => {
+                        return Response::fail(
+                            10,
+                            format!("{}: Failure: (118) IO error(s) occurred during initial access to meta-data: {e}", cfg.resource),
+                        )
+                    }
+                }
+                // new-resource, new-minor (Diskless), new-peer, new-path
+                c.up = true;
+                c.attached = false;
+                c.role = Role::Secondary;
+                c.conn = ConnState::StandAlone;
+                c.want_connect = false;
+                c.repl = Repl::Off;
+                c.stats = Stats::default();
+                c.need_new_gen = false;
+                c.publish();
+                // attach
+                c.attached = true;
+                c.publish();
+                // connect
+                c.want_connect = true;
+                c.conn = ConnState::Unconnected;
+                c.publish();
+            }
+            sh.wake.notify_one();
+            Response::ok()
+        }
+        Request::Down => {
+            {
+                let mut c = sh.lock();
+                if !c.up {
+                    return Response::ok();
+                }
+                c.want_connect = false;
+                if let Some(l) = &c.link {
+                    l.abort.notify_one();
+                }
+            }
+            sh.wake.notify_one();
+            wait_for(sh, Duration::from_secs(5), |c| c.link.is_none()).await;
+            let mut c = sh.lock();
+            c.link = None;
+            c.conn = ConnState::StandAlone;
+            c.role = Role::Secondary;
+            c.local = None;
+            c.persist();
+            c.up = false;
+            c.attached = false;
+            c.publish();
+            Response::ok()
+        }
+        Request::Primary { force } => {
+            let baseline = scan_local(&cfg);
+            let mut c = sh.lock();
+            if !c.up {
+                return no_such_resource(&cfg);
+            }
+            if c.role == Role::Primary {
+                return Response::ok();
+            }
+            let connected = c.conn == ConnState::Connected;
+            if connected && c.peer_role == Role::Primary {
+                return state_change_failed(&cfg, -1, "Multiple primaries not allowed by config");
+            }
+            let mut forced = false;
+            if c.disk() != DiskState::UpToDate {
+                if !force || c.disk() == DiskState::Diskless {
+                    return state_change_failed(&cfg, -2, "Need access to UpToDate data");
+                }
+                if connected && c.repl == Repl::SyncTarget {
+                    // our data is being overwritten by the peer's resync
+                    return state_change_failed(&cfg, -2, "Need access to UpToDate data");
+                }
+                c.meta.new_generation();
+                c.meta.disk = DiskState::UpToDate;
+                c.persist();
+                forced = true;
+                c.need_new_gen = false;
+            } else {
+                c.need_new_gen = !(connected && c.repl != Repl::Off);
+            }
+            c.role = Role::Primary;
+            c.local = Some(baseline);
+            c.recompute_oos();
+            let m = c.state_msg();
+            c.send(m);
+            if forced {
+                c.maybe_resync();
+            }
+            c.publish();
+            Response::ok()
+        }
+        Request::Secondary => {
+            {
+                let c = sh.lock();
+                if !c.up {
+                    return no_such_resource(&cfg);
+                }
+                if c.role == Role::Secondary {
+                    return Response::ok();
+                }
+            }
+            // Like protocol C: the peer has every write before we demote.
+            let fresh = scan_local(&cfg);
+            {
+                let mut c = sh.lock();
+                c.local = Some(fresh);
+                c.recompute_oos();
+            }
+            wait_for(sh, Duration::from_secs(120), |c| {
+                !(c.conn == ConnState::Connected && c.repl == Repl::Established)
+                    || c.local
+                        .as_ref()
+                        .is_none_or(|l| tree::next_op(l, &c.meta.peer_known).is_none())
+            })
+            .await;
+            let mut c = sh.lock();
+            c.role = Role::Secondary;
+            c.need_new_gen = false;
+            if c.repl != Repl::SyncSource {
+                c.local = None;
+            }
+            let m = c.state_msg();
+            c.send(m);
+            c.publish();
+            Response::ok()
+        }
+        Request::Connect { discard_my_data } => {
+            {
+                let mut c = sh.lock();
+                if !c.up {
+                    return no_such_resource(&cfg);
+                }
+                if c.want_connect {
+                    return Response::fail(
+                        10,
+                        format!(
+                            "{}: Failure: (125) Device has a net-config (use disconnect first)",
+                            cfg.resource
+                        ),
+                    );
+                }
+                c.want_connect = true;
+                c.discard_my_data = discard_my_data;
+                c.conn = ConnState::Unconnected;
+                c.publish();
+            }
+            sh.wake.notify_one();
+            Response::ok()
+        }
+        Request::Disconnect => {
+            {
+                let mut c = sh.lock();
+                if !c.up {
+                    return no_such_resource(&cfg);
+                }
+                if !c.want_connect && c.link.is_none() {
+                    return Response::ok();
+                }
+                c.want_connect = false;
+                if let Some(l) = &c.link {
+                    l.abort.notify_one();
+                }
+            }
+            sh.wake.notify_one();
+            wait_for(sh, Duration::from_secs(5), |c| {
+                c.link.is_none() && c.conn == ConnState::StandAlone
+            })
+            .await;
+            Response::ok()
+        }
+        Request::Outdate => {
+            let mut c = sh.lock();
+            if !c.up {
+                return no_such_resource(&cfg);
+            }
+            if c.role == Role::Primary {
+                return state_change_failed(&cfg, -2, "Need access to UpToDate data");
+            }
+            if c.conn == ConnState::Connected {
+                return state_change_failed(&cfg, -6, "Refusing to be Outdated while Connected");
+            }
+            match c.disk() {
+                DiskState::UpToDate | DiskState::Consistent | DiskState::Outdated => {
+                    c.set_disk(DiskState::Outdated);
+                    c.publish();
+                    Response::ok()
+                }
+                DiskState::Diskless => state_change_failed(
+                    &cfg,
+                    -11,
+                    "Device is diskless, the requested operation requires a disk",
+                ),
+                _ => state_change_failed(&cfg, -16, "Disk state is lower than outdated"),
+            }
+        }
+        Request::CreateMd => {
+            let mut c = sh.lock();
+            if c.up {
+                return Response::fail(
+                    20,
+                    format!(
+                        "Device '{}' is configured!\nCommand 'drbdmeta {} v09 {} internal create-md 1' terminated with exit code 20",
+                        cfg.minor,
+                        cfg.minor,
+                        cfg.data_dir.display()
+                    ),
+                );
+            }
+            c.meta = Meta::fresh();
+            c.persist();
+            Response {
+                stdout: CREATE_MD_OUTPUT.into(),
+                ..Response::ok()
+            }
+        }
+    }
+}
+
+/// What `drbdadm create-md` prints on success.
+pub const CREATE_MD_OUTPUT: &str = "initializing activity log\ninitializing bitmap (4 KB) to all zero\nWriting meta data...\nNew drbd meta data block successfully created.\n";

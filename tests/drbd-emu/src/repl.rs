@@ -1,0 +1,1293 @@
+//! Replication link between the two hosts: connection handling and the
+//! wire protocol.
+//!
+//! One TCP connection per pair: the host with the lower node id dials (bound
+//! to its `listen` IP), the other accepts on `listen`. Frames are a 4-byte
+//! big-endian length + a JSON [`Msg`]; a `Chunk` frame is followed by a
+//! 4-byte length + raw bytes. Control frames (ping/pong, acks, state) go
+//! ahead of data frames.
+//!
+//! Handshake: both send `Hello` (node id, role, disk state, data generation
+//! + history) and `Manifest` (their tree). [`decide`] then picks, the same
+//! way on both sides: in sync (`Established`), `SyncSource`/`SyncTarget`
+//! (the target's disk is `Inconsistent` until `SyncDone` makes it
+//! `UpToDate` with the source's generation), or split brain (both went
+//! `StandAlone`, nothing synced, as DRBD without after-sb policies).
+//!
+//! Data flows from the SyncSource, or when `Established` from the Primary:
+//! the sender takes the next difference between its last scan and the
+//! peer's manifest (deletes, directories, symlinks, files in 64 KiB chunks,
+//! throttled by `resync_rate_kib`), and stops-and-waits for the `Ack` of
+//! each item. The receiver writes files to a temp name, fsyncs, sets mode
+//! and mtime, renames into place, then acks. Replication is asynchronous:
+//! the Primary's scan finds writes up to `scan_interval_ms` later, so
+//! `out-of-sync` may briefly be non-zero while `Established`.
+//!
+//! Failure detection: EOF / reset => `BrokenPipe`; no frame for
+//! `ping_timeout_ms` although we ping every `ping_interval_ms`
+//! => `NetworkFailure` (a cut network or a frozen peer).
+
+use std::io::{self, Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{mpsc, Notify};
+
+use crate::daemon::{Link, Shared};
+use crate::model::{ConnState, DiskState, Repl, Role};
+use crate::tree::{self, Entry, Manifest, Op};
+
+/// A frame: header and optional payload (`Chunk`).
+pub type Frame = (Msg, Option<Vec<u8>>);
+
+/// Wire messages.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "m")]
+pub enum Msg {
+    /// First frame in both directions.
+    Hello {
+        /// Sender's node id.
+        node_id: u32,
+        /// Sender's hostname.
+        hostname: String,
+        /// Resource name.
+        resource: String,
+        /// Sender's role.
+        role: Role,
+        /// Sender's disk state.
+        disk: DiskState,
+        /// Sender's data generation.
+        gen: u64,
+        /// Sender's generation history.
+        history: Vec<u64>,
+        /// `connect --discard-my-data` on the sender.
+        discard_my_data: bool,
+    },
+    /// Second frame in both directions: the sender's tree.
+    Manifest {
+        /// path -> entry.
+        entries: Manifest,
+    },
+    /// Role / disk / generation changed.
+    State {
+        /// Role.
+        role: Role,
+        /// Disk state.
+        disk: DiskState,
+        /// Data generation.
+        gen: u64,
+        /// Generation history.
+        history: Vec<u64>,
+    },
+    /// Keepalive.
+    Ping,
+    /// Keepalive answer.
+    Pong,
+    /// A regular file follows in `Chunk`s.
+    FileBegin {
+        /// Relative path.
+        path: String,
+    },
+    /// File data (payload follows the header).
+    Chunk,
+    /// End of file: finish and rename into place.
+    FileEnd {
+        /// Relative path.
+        path: String,
+        /// Size / mtime / mode to apply.
+        entry: Entry,
+    },
+    /// Create a directory or symlink.
+    Put {
+        /// Relative path.
+        path: String,
+        /// What to create.
+        entry: Entry,
+    },
+    /// Remove a path (recursively).
+    Delete {
+        /// Relative path.
+        path: String,
+    },
+    /// Item applied and durable.
+    Ack {
+        /// Relative path.
+        path: String,
+        /// The entry now present (None: deleted).
+        entry: Option<Entry>,
+    },
+    /// Bytes of the current file written.
+    ChunkAck {
+        /// Bytes.
+        bytes: u64,
+    },
+    /// Source's view of the resync progress.
+    Progress {
+        /// KiB still out of sync.
+        oos_kib: u64,
+        /// KiB total of this resync.
+        total_kib: u64,
+    },
+    /// Resync complete: adopt this generation and disk state.
+    SyncDone {
+        /// Generation.
+        gen: u64,
+        /// History.
+        history: Vec<u64>,
+        /// Disk state.
+        disk: DiskState,
+    },
+}
+
+const MAX_FRAME: usize = 256 << 20;
+
+async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &Frame) -> io::Result<()> {
+    let j = serde_json::to_vec(&f.0).map_err(io::Error::other)?;
+    let mut buf = Vec::with_capacity(8 + j.len() + f.1.as_ref().map_or(0, |p| p.len()));
+    buf.extend_from_slice(&(j.len() as u32).to_be_bytes());
+    buf.extend_from_slice(&j);
+    if let Some(p) = &f.1 {
+        buf.extend_from_slice(&(p.len() as u32).to_be_bytes());
+        buf.extend_from_slice(p);
+    }
+    w.write_all(&buf).await
+}
+
+async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Frame> {
+    let len = r.read_u32().await? as usize;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "frame too large",
+        ));
+    }
+    let mut j = vec![0; len];
+    r.read_exact(&mut j).await?;
+    let msg: Msg =
+        serde_json::from_slice(&j).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let payload = if matches!(msg, Msg::Chunk) {
+        let n = r.read_u32().await? as usize;
+        if n > MAX_FRAME {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "chunk too large",
+            ));
+        }
+        let mut p = vec![0; n];
+        r.read_exact(&mut p).await?;
+        Some(p)
+    } else {
+        None
+    };
+    Ok((msg, payload))
+}
+
+/// One side's state as relevant for the handshake decision.
+#[derive(Debug, Clone)]
+pub struct Side {
+    /// Node id.
+    pub node_id: u32,
+    /// Disk state.
+    pub disk: DiskState,
+    /// Data generation.
+    pub gen: u64,
+    /// History.
+    pub history: Vec<u64>,
+    /// `--discard-my-data`.
+    pub discard: bool,
+}
+
+/// Outcome of the handshake, from one side's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Nothing to resync.
+    InSync,
+    /// We resync the peer.
+    Source,
+    /// The peer resyncs us.
+    Target,
+    /// Both sides have diverged.
+    SplitBrain,
+}
+
+/// Decides resync direction; symmetric: `decide(a, b)` mirrors `decide(b, a)`.
+pub fn decide(me: &Side, peer: &Side) -> Decision {
+    if me.node_id > peer.node_id {
+        return match decide(peer, me) {
+            Decision::Source => Decision::Target,
+            Decision::Target => Decision::Source,
+            d => d,
+        };
+    }
+    let (ag, bg) = (me.disk.has_good_data(), peer.disk.has_good_data());
+    if me.discard && !peer.discard && bg {
+        return Decision::Target;
+    }
+    if peer.discard && !me.discard && ag {
+        return Decision::Source;
+    }
+    if me.gen == peer.gen {
+        return match (ag, bg) {
+            (true, false) => Decision::Source,
+            (false, true) => Decision::Target,
+            (true, true) if me.disk != peer.disk && me.disk == DiskState::UpToDate => {
+                Decision::Source
+            }
+            (true, true) if me.disk != peer.disk && peer.disk == DiskState::UpToDate => {
+                Decision::Target
+            }
+            _ => Decision::InSync,
+        };
+    }
+    if !ag && !bg {
+        return Decision::InSync;
+    }
+    let me_older = me.gen == 0 || peer.history.contains(&me.gen);
+    let peer_older = peer.gen == 0 || me.history.contains(&peer.gen);
+    if me_older && !peer_older && bg {
+        return Decision::Target;
+    }
+    if peer_older && !me_older && ag {
+        return Decision::Source;
+    }
+    match (ag, bg) {
+        (true, false) => Decision::Source,
+        (false, true) => Decision::Target,
+        _ => Decision::SplitBrain,
+    }
+}
+
+/// How a link ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Lost after being established (state to report).
+    Lost(ConnState),
+    /// Torn down locally (`disconnect` / `down`).
+    Aborted,
+    /// Split brain detected in the handshake.
+    SplitBrain,
+    /// The handshake did not complete.
+    HandshakeFailed,
+}
+
+fn classify(e: &io::Error) -> ConnState {
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionAborted => ConnState::BrokenPipe,
+        io::ErrorKind::InvalidData => ConnState::ProtocolError,
+        _ => ConnState::NetworkFailure,
+    }
+}
+
+/// Aborts the link's tasks whenever the link ends.
+struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}
+
+async fn sleep_or_wake(sh: &Shared, d: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = sh.wake.notified() => {}
+    }
+}
+
+/// Keeps the link up while the resource is up and a connection is wanted.
+pub async fn connector(sh: Arc<Shared>) {
+    let cfg = sh.cfg.clone();
+    let retry = Duration::from_millis(cfg.tuning.connect_retry_ms);
+    let dial_timeout = Duration::from_millis(cfg.tuning.ping_timeout_ms.max(1000));
+    let dialer = cfg.node_id < cfg.peer.node_id;
+    let mut listener: Option<TcpListener> = None;
+    loop {
+        let (up, want) = {
+            let mut c = sh.lock();
+            if c.up && !c.want_connect && c.conn != ConnState::StandAlone && c.link.is_none() {
+                c.conn = ConnState::StandAlone;
+                c.publish();
+            }
+            (c.up, c.want_connect)
+        };
+        if !up {
+            listener = None;
+        }
+        if !up || !want {
+            sleep_or_wake(&sh, Duration::from_millis(200)).await;
+            continue;
+        }
+        if !dialer && listener.is_none() {
+            match TcpListener::bind(cfg.listen).await {
+                Ok(l) => listener = Some(l),
+                Err(e) => {
+                    eprintln!(
+                        "drbd {}: cannot listen on {}: {e}",
+                        cfg.resource, cfg.listen
+                    );
+                    sleep_or_wake(&sh, retry.max(Duration::from_millis(500))).await;
+                    continue;
+                }
+            }
+        }
+        {
+            let mut c = sh.lock();
+            if c.conn != ConnState::Connecting {
+                c.conn = ConnState::Connecting;
+                c.publish();
+            }
+        }
+        let stream: io::Result<TcpStream> = if dialer {
+            let dial = async {
+                let sock = if cfg.peer.address.is_ipv4() {
+                    TcpSocket::new_v4()?
+                } else {
+                    TcpSocket::new_v6()?
+                };
+                let _ = sock.bind(std::net::SocketAddr::new(cfg.listen.ip(), 0));
+                sock.connect(cfg.peer.address).await
+            };
+            tokio::select! {
+                r = tokio::time::timeout(dial_timeout, dial) => {
+                    r.unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "connect timeout")))
+                }
+                _ = sh.wake.notified() => continue,
+            }
+        } else {
+            let Some(l) = &listener else { continue };
+            tokio::select! {
+                r = l.accept() => r.map(|(s, _)| s),
+                _ = sh.wake.notified() => continue,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+            }
+        };
+        let stream = match stream {
+            Ok(s) => s,
+            Err(_) => {
+                sleep_or_wake(&sh, retry).await;
+                continue;
+            }
+        };
+        let outcome = run_link(&sh, stream).await;
+        {
+            let mut c = sh.lock();
+            let was_connected = c.conn == ConnState::Connected;
+            match outcome {
+                Outcome::SplitBrain => {
+                    eprintln!(
+                        "drbd {}/0 drbd{} {}: Split-Brain detected but unresolved, dropping connection!",
+                        cfg.resource, cfg.minor, cfg.peer.hostname
+                    );
+                    c.want_connect = false;
+                    c.link_lost();
+                    c.conn = ConnState::StandAlone;
+                }
+                Outcome::Aborted => {
+                    c.link_lost();
+                    if was_connected {
+                        c.conn = ConnState::Disconnecting;
+                        c.publish();
+                    }
+                    c.conn = if c.want_connect {
+                        ConnState::Unconnected
+                    } else {
+                        ConnState::StandAlone
+                    };
+                }
+                Outcome::Lost(state) => {
+                    c.link_lost();
+                    if was_connected {
+                        c.conn = state;
+                        c.publish();
+                    }
+                    c.conn = if c.want_connect {
+                        ConnState::Unconnected
+                    } else {
+                        ConnState::StandAlone
+                    };
+                }
+                Outcome::HandshakeFailed => {
+                    c.link_lost();
+                }
+            }
+            c.publish();
+        }
+        if outcome != Outcome::Aborted {
+            sleep_or_wake(&sh, retry).await;
+        }
+    }
+}
+
+fn scan_or_empty(sh: &Shared) -> Manifest {
+    tokio::task::block_in_place(|| tree::scan(&sh.cfg.data_dir)).unwrap_or_else(|e| {
+        eprintln!("drbd-emu: scanning {}: {e}", sh.cfg.data_dir.display());
+        Manifest::new()
+    })
+}
+
+/// Runs one link from handshake to teardown.
+async fn run_link(sh: &Arc<Shared>, stream: TcpStream) -> Outcome {
+    let cfg = sh.cfg.clone();
+    let _ = stream.set_nodelay(true);
+    let (r, w) = stream.into_split();
+    let mut r = BufReader::with_capacity(256 << 10, r);
+    let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel::<Frame>();
+    let (data_tx, data_rx) = mpsc::channel::<Frame>(4);
+    let mut writer = tokio::spawn(writer_task(w, ctrl_rx, data_rx));
+    let mut guard = AbortOnDrop(vec![writer.abort_handle()]);
+
+    let my_manifest = scan_or_empty(sh);
+    let (hello, discard) = {
+        let c = sh.lock();
+        (
+            Msg::Hello {
+                node_id: cfg.node_id,
+                hostname: cfg.hostname.clone(),
+                resource: cfg.resource.clone(),
+                role: c.role,
+                disk: c.disk(),
+                gen: c.meta.gen,
+                history: c.meta.history.clone(),
+                discard_my_data: c.discard_my_data,
+            },
+            c.discard_my_data,
+        )
+    };
+    let _ = ctrl_tx.send((hello, None));
+    let _ = ctrl_tx.send((
+        Msg::Manifest {
+            entries: my_manifest.clone(),
+        },
+        None,
+    ));
+    let hs = Duration::from_millis(cfg.tuning.ping_timeout_ms + 2000);
+    let peer = match tokio::time::timeout(hs, read_frame(&mut r)).await {
+        Ok(Ok((
+            Msg::Hello {
+                node_id,
+                hostname,
+                resource,
+                role,
+                disk,
+                gen,
+                history,
+                discard_my_data,
+            },
+            _,
+        ))) => {
+            if node_id != cfg.peer.node_id || resource != cfg.resource {
+                eprintln!(
+                    "drbd {}: rejecting peer {hostname} (node-id {node_id}, resource {resource}): expected node-id {} resource {}",
+                    cfg.resource, cfg.peer.node_id, cfg.resource
+                );
+                return Outcome::HandshakeFailed;
+            }
+            (role, disk, gen, history, discard_my_data)
+        }
+        _ => return Outcome::HandshakeFailed,
+    };
+    let peer_manifest = match tokio::time::timeout(hs, read_frame(&mut r)).await {
+        Ok(Ok((Msg::Manifest { entries }, _))) => entries,
+        _ => return Outcome::HandshakeFailed,
+    };
+    let (peer_role, peer_disk, peer_gen, peer_history, peer_discard) = peer;
+    let abort = Arc::new(Notify::new());
+    let epoch = {
+        let mut c = sh.lock();
+        if !c.up || !c.want_connect {
+            return Outcome::Aborted;
+        }
+        let me = Side {
+            node_id: cfg.node_id,
+            disk: c.disk(),
+            gen: c.meta.gen,
+            history: c.meta.history.clone(),
+            discard,
+        };
+        let them = Side {
+            node_id: cfg.peer.node_id,
+            disk: peer_disk,
+            gen: peer_gen,
+            history: peer_history.clone(),
+            discard: peer_discard,
+        };
+        let decision = decide(&me, &them);
+        if decision == Decision::SplitBrain {
+            return Outcome::SplitBrain;
+        }
+        if role_conflict(c.role, peer_role) {
+            eprintln!(
+                "drbd {}: both nodes are Primary, dropping connection",
+                cfg.resource
+            );
+            return Outcome::SplitBrain;
+        }
+        c.epoch += 1;
+        c.link = Some(Link {
+            ctrl: ctrl_tx.clone(),
+            abort: abort.clone(),
+        });
+        c.discard_my_data = false;
+        c.need_new_gen = false;
+        c.meta.peer_known = peer_manifest;
+        c.meta_dirty = true;
+        c.local = Some(my_manifest);
+        c.peer_gen = peer_gen;
+        c.peer_history = peer_history;
+        c.stats.inflight_acked_b = 0;
+        c.stats.unacked = 0;
+        // same order of events as the kernel: path, connection, peer device
+        c.path_established = true;
+        c.publish();
+        c.conn = ConnState::Connected;
+        c.peer_role = peer_role;
+        c.peer_disk = peer_disk;
+        c.repl = Repl::Off;
+        c.publish();
+        match decision {
+            Decision::Source => c.start_sync_source(),
+            Decision::Target => c.start_sync_target(),
+            _ => {
+                c.repl = Repl::Established;
+                c.stats.oos_kib = 0;
+                c.recompute_oos();
+            }
+        }
+        c.publish();
+        c.epoch
+    };
+
+    let last_rx = Arc::new(Mutex::new(Instant::now()));
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel::<()>();
+    let sender = tokio::spawn(sender_task(
+        sh.clone(),
+        epoch,
+        data_tx,
+        ctrl_tx.clone(),
+        ack_rx,
+    ));
+    guard.0.push(sender.abort_handle());
+    let mut rx = Receiver {
+        sh: sh.clone(),
+        ctrl: ctrl_tx.clone(),
+        ack: ack_tx,
+        last_rx: last_rx.clone(),
+        incoming: None,
+    };
+    let outcome = tokio::select! {
+        o = rx.run(&mut r) => o,
+        o = pinger(sh.clone(), ctrl_tx.clone(), last_rx) => o,
+        _ = abort.notified() => Outcome::Aborted,
+        _ = &mut writer => Outcome::Lost(ConnState::BrokenPipe),
+    };
+    drop(guard);
+    outcome
+}
+
+fn role_conflict(a: Role, b: Role) -> bool {
+    a == Role::Primary && b == Role::Primary
+}
+
+async fn writer_task(
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    mut ctrl: mpsc::UnboundedReceiver<Frame>,
+    mut data: mpsc::Receiver<Frame>,
+) -> io::Result<()> {
+    loop {
+        let f = tokio::select! {
+            biased;
+            f = ctrl.recv() => f,
+            f = data.recv() => f,
+        };
+        let Some(f) = f else { return Ok(()) };
+        write_frame(&mut w, &f).await?;
+    }
+}
+
+async fn pinger(
+    sh: Arc<Shared>,
+    ctrl: mpsc::UnboundedSender<Frame>,
+    last_rx: Arc<Mutex<Instant>>,
+) -> Outcome {
+    let t = &sh.cfg.tuning;
+    let timeout = Duration::from_millis(t.ping_timeout_ms);
+    let mut iv = tokio::time::interval(Duration::from_millis(t.ping_interval_ms));
+    loop {
+        iv.tick().await;
+        let quiet = last_rx.lock().map(|t| t.elapsed()).unwrap_or_default();
+        if quiet > timeout {
+            eprintln!(
+                "drbd {} {}: PingAck did not arrive in time.",
+                sh.cfg.resource, sh.cfg.peer.hostname
+            );
+            return Outcome::Lost(ConnState::NetworkFailure);
+        }
+        let _ = ctrl.send((Msg::Ping, None));
+    }
+}
+
+/// A file being received.
+struct Incoming {
+    rel: String,
+    target: std::path::PathBuf,
+    tmp: std::path::PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Reader side of a link: applies incoming data, handles acks and state.
+struct Receiver {
+    sh: Arc<Shared>,
+    ctrl: mpsc::UnboundedSender<Frame>,
+    ack: mpsc::UnboundedSender<()>,
+    last_rx: Arc<Mutex<Instant>>,
+    incoming: Option<Incoming>,
+}
+
+fn remove_subtree(m: &mut Manifest, path: &str) {
+    m.remove(path);
+    let prefix = format!("{path}/");
+    m.retain(|k, _| !k.starts_with(&prefix));
+}
+
+impl Receiver {
+    async fn run<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> Outcome {
+        loop {
+            let (msg, payload) = match read_frame(r).await {
+                Ok(f) => f,
+                Err(e) => return Outcome::Lost(classify(&e)),
+            };
+            if let Ok(mut t) = self.last_rx.lock() {
+                *t = Instant::now();
+            }
+            if let Err(e) = self.handle(msg, payload) {
+                eprintln!("drbd {}: replication I/O error: {e}", self.sh.cfg.resource);
+                return Outcome::Lost(ConnState::ProtocolError);
+            }
+        }
+    }
+
+    fn reply(&self, m: Msg) {
+        let _ = self.ctrl.send((m, None));
+    }
+
+    fn handle(&mut self, msg: Msg, payload: Option<Vec<u8>>) -> io::Result<()> {
+        let data_dir = self.sh.cfg.data_dir.clone();
+        let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+        match msg {
+            Msg::Ping => self.reply(Msg::Pong),
+            Msg::Pong => {}
+            Msg::Hello { .. } => return Err(bad("unexpected Hello")),
+            Msg::Manifest { entries } => {
+                let mut c = self.sh.lock();
+                c.meta.peer_known = entries;
+                c.meta_dirty = true;
+            }
+            Msg::State {
+                role,
+                disk,
+                gen,
+                history,
+            } => {
+                let mut c = self.sh.lock();
+                c.peer_role = role;
+                c.peer_disk = disk;
+                let gen_changed = c.peer_gen != gen;
+                c.peer_gen = gen;
+                c.peer_history = history;
+                if gen_changed && gen != c.meta.gen {
+                    c.maybe_resync();
+                }
+                c.publish();
+            }
+            Msg::FileBegin { path } => {
+                let target = tree::safe_join(&data_dir, &path).ok_or_else(|| bad("bad path"))?;
+                let tmp = tree::tmp_name(&target);
+                let file = tokio::task::block_in_place(|| {
+                    if let Some(parent) = target.parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    std::fs::File::create(&tmp)
+                })?;
+                self.incoming = Some(Incoming {
+                    rel: path,
+                    target,
+                    tmp,
+                    file: Some(file),
+                });
+            }
+            Msg::Chunk => {
+                let p = payload.unwrap_or_default();
+                let inc = self
+                    .incoming
+                    .as_mut()
+                    .ok_or_else(|| bad("chunk without file"))?;
+                let f = inc.file.as_mut().ok_or_else(|| bad("chunk without file"))?;
+                tokio::task::block_in_place(|| f.write_all(&p))?;
+                let n = p.len() as u64;
+                {
+                    let mut c = self.sh.lock();
+                    c.stats.received_b += n;
+                    c.stats.written_b += n;
+                }
+                self.reply(Msg::ChunkAck { bytes: n });
+            }
+            Msg::FileEnd { path, entry } => {
+                let mut inc = self
+                    .incoming
+                    .take()
+                    .ok_or_else(|| bad("end without file"))?;
+                if inc.rel != path {
+                    return Err(bad("FileEnd for another file"));
+                }
+                let f = inc.file.take().ok_or_else(|| bad("end without file"))?;
+                let res = tokio::task::block_in_place(|| finish_file(f, &inc, &entry));
+                if res.is_err() {
+                    let _ = std::fs::remove_file(&inc.tmp);
+                }
+                res?;
+                self.applied(path, Some(entry));
+            }
+            Msg::Put { path, entry } => {
+                let target = tree::safe_join(&data_dir, &path).ok_or_else(|| bad("bad path"))?;
+                tokio::task::block_in_place(|| apply_put(&target, &entry))?;
+                self.applied(path, Some(entry));
+            }
+            Msg::Delete { path } => {
+                let target = tree::safe_join(&data_dir, &path).ok_or_else(|| bad("bad path"))?;
+                tokio::task::block_in_place(|| {
+                    tree::remove_any(&target)?;
+                    if let Some(p) = target.parent() {
+                        tree::sync_dir(p);
+                    }
+                    io::Result::Ok(())
+                })?;
+                self.applied(path, None);
+            }
+            Msg::Ack { path, entry } => {
+                let mut c = self.sh.lock();
+                match entry {
+                    Some(e) => {
+                        if matches!(e, Entry::File { .. } | Entry::Symlink { .. }) {
+                            remove_subtree(&mut c.meta.peer_known, &path);
+                        }
+                        c.meta.peer_known.insert(path, e);
+                    }
+                    None => remove_subtree(&mut c.meta.peer_known, &path),
+                }
+                c.meta_dirty = true;
+                c.stats.inflight_acked_b = 0;
+                c.stats.unacked = 0;
+                c.recompute_oos();
+                drop(c);
+                let _ = self.ack.send(());
+            }
+            Msg::ChunkAck { bytes } => {
+                let mut c = self.sh.lock();
+                c.stats.inflight_acked_b += bytes;
+                c.recompute_oos();
+            }
+            Msg::Progress { oos_kib, total_kib } => {
+                let mut c = self.sh.lock();
+                if c.role != Role::Primary && c.repl != Repl::SyncSource {
+                    c.stats.oos_kib = oos_kib;
+                    if c.repl.is_syncing() {
+                        c.stats.rs_total_kib = total_kib;
+                    }
+                }
+            }
+            Msg::SyncDone { gen, history, disk } => {
+                let mut c = self.sh.lock();
+                c.meta.gen = gen;
+                c.meta.history = history;
+                c.meta.disk = disk;
+                c.persist();
+                c.repl = Repl::Established;
+                c.stats.oos_kib = 0;
+                c.stats.rs_total_kib = 0;
+                c.stats.rs_start = None;
+                let m = c.state_msg();
+                c.send(m);
+                c.publish();
+            }
+        }
+        Ok(())
+    }
+
+    /// Records an applied item (we now hold what the peer holds) and acks.
+    fn applied(&mut self, path: String, entry: Option<Entry>) {
+        {
+            let mut c = self.sh.lock();
+            match &entry {
+                Some(e) => {
+                    if !matches!(e, Entry::Dir { .. }) {
+                        remove_subtree(&mut c.meta.peer_known, &path);
+                    }
+                    c.meta.peer_known.insert(path.clone(), e.clone());
+                }
+                None => remove_subtree(&mut c.meta.peer_known, &path),
+            }
+            c.meta_dirty = true;
+        }
+        self.reply(Msg::Ack { path, entry });
+    }
+}
+
+fn set_mtime(f: &std::fs::File, entry: &Entry) -> io::Result<()> {
+    if let Entry::File {
+        mtime, mtime_ns, ..
+    } = entry
+    {
+        let t = if *mtime >= 0 {
+            std::time::UNIX_EPOCH + Duration::new(*mtime as u64, *mtime_ns)
+        } else {
+            std::time::UNIX_EPOCH - Duration::from_secs(mtime.unsigned_abs())
+                + Duration::from_nanos(u64::from(*mtime_ns))
+        };
+        f.set_times(std::fs::FileTimes::new().set_modified(t))?;
+    }
+    Ok(())
+}
+
+fn finish_file(f: std::fs::File, inc: &Incoming, entry: &Entry) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Entry::File { mode, .. } = entry {
+        f.set_permissions(std::fs::Permissions::from_mode(*mode))?;
+    }
+    set_mtime(&f, entry)?;
+    f.sync_all()?;
+    drop(f);
+    if std::fs::symlink_metadata(&inc.target).is_ok_and(|m| m.is_dir()) {
+        std::fs::remove_dir_all(&inc.target)?;
+    }
+    std::fs::rename(&inc.tmp, &inc.target)?;
+    if let Some(p) = inc.target.parent() {
+        tree::sync_dir(p);
+    }
+    Ok(())
+}
+
+fn apply_put(target: &std::path::Path, entry: &Entry) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match entry {
+        Entry::Dir { mode } => {
+            if std::fs::symlink_metadata(target).is_ok_and(|m| !m.is_dir()) {
+                std::fs::remove_file(target)?;
+            }
+            std::fs::create_dir_all(target)?;
+            std::fs::set_permissions(target, std::fs::Permissions::from_mode(*mode))?;
+        }
+        Entry::Symlink { target: to } => {
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let tmp = tree::tmp_name(target);
+            let _ = std::fs::remove_file(&tmp);
+            std::os::unix::fs::symlink(to, &tmp)?;
+            if std::fs::symlink_metadata(target).is_ok_and(|m| m.is_dir()) {
+                std::fs::remove_dir_all(target)?;
+            }
+            std::fs::rename(&tmp, target)?;
+        }
+        Entry::File { .. } => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "files are sent with FileBegin",
+            ))
+        }
+    }
+    if let Some(p) = target.parent() {
+        tree::sync_dir(p);
+    }
+    Ok(())
+}
+
+/// Rate limiter for data frames.
+struct Throttle {
+    bytes_per_s: u64,
+    next: tokio::time::Instant,
+}
+
+impl Throttle {
+    fn chunk_size(&self) -> u64 {
+        if self.bytes_per_s == 0 {
+            256 << 10
+        } else {
+            (self.bytes_per_s / 10).clamp(4096, 64 << 10)
+        }
+    }
+
+    async fn take(&mut self, n: u64) {
+        if self.bytes_per_s == 0 {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        if self.next < now {
+            self.next = now;
+        }
+        tokio::time::sleep_until(self.next).await;
+        self.next += Duration::from_secs_f64(n as f64 / self.bytes_per_s as f64);
+    }
+}
+
+/// Keeps the peer's view of `out-of-sync` / `done` current (at most every
+/// 100 ms, and immediately when it reaches 0).
+#[derive(Default)]
+struct ProgressTx {
+    last: Option<(Instant, u64)>,
+}
+
+impl ProgressTx {
+    fn tick(&mut self, sh: &Shared, ctrl: &mpsc::UnboundedSender<Frame>) {
+        let c = sh.lock();
+        if !c.is_sender() {
+            return;
+        }
+        let oos = c.stats.oos_kib;
+        let due = match self.last {
+            None => true,
+            Some((t, v)) => v != oos && (t.elapsed() > Duration::from_millis(100) || oos == 0),
+        };
+        if due {
+            let _ = ctrl.send((
+                Msg::Progress {
+                    oos_kib: oos,
+                    total_kib: c.stats.rs_total_kib.max(oos),
+                },
+                None,
+            ));
+            self.last = Some((Instant::now(), oos));
+        }
+    }
+}
+
+enum Step {
+    Stop,
+    Idle,
+    Op(Op),
+}
+
+/// Streams differences to the peer while this host is the data source.
+async fn sender_task(
+    sh: Arc<Shared>,
+    epoch: u64,
+    data: mpsc::Sender<Frame>,
+    ctrl: mpsc::UnboundedSender<Frame>,
+    mut acks: mpsc::UnboundedReceiver<()>,
+) {
+    let cfg = sh.cfg.clone();
+    let idle = Duration::from_millis(cfg.tuning.scan_interval_ms.min(50));
+    let mut throttle = Throttle {
+        bytes_per_s: cfg.tuning.resync_rate_kib * 1024,
+        next: tokio::time::Instant::now(),
+    };
+    let mut progress = ProgressTx::default();
+    loop {
+        let step = {
+            let mut c = sh.lock();
+            if c.epoch != epoch || c.link.is_none() {
+                Step::Stop
+            } else if !c.is_sender() || c.local.is_none() {
+                Step::Idle
+            } else {
+                let next = c
+                    .local
+                    .as_ref()
+                    .and_then(|l| tree::next_op(l, &c.meta.peer_known));
+                match next {
+                    Some(op) => Step::Op(op),
+                    None => {
+                        if c.repl == Repl::SyncSource {
+                            let done = Msg::SyncDone {
+                                gen: c.meta.gen,
+                                history: c.meta.history.clone(),
+                                disk: if c.disk() == DiskState::UpToDate {
+                                    DiskState::UpToDate
+                                } else {
+                                    c.disk()
+                                },
+                            };
+                            c.stats.oos_kib = 0;
+                            let _ = ctrl.send((
+                                Msg::Progress {
+                                    oos_kib: 0,
+                                    total_kib: c.stats.rs_total_kib,
+                                },
+                                None,
+                            ));
+                            let _ = ctrl.send((done, None));
+                            c.repl = Repl::Established;
+                            if c.peer_disk == DiskState::Inconsistent {
+                                c.peer_disk = c.disk();
+                            }
+                            c.stats.rs_total_kib = 0;
+                            c.stats.rs_start = None;
+                            c.publish();
+                        }
+                        Step::Idle
+                    }
+                }
+            }
+        };
+        progress.tick(&sh, &ctrl);
+        match step {
+            Step::Stop => return,
+            Step::Idle => tokio::time::sleep(idle).await,
+            Step::Op(Op::Delete(path)) => {
+                sh.lock().stats.unacked = 1;
+                if data.send((Msg::Delete { path }, None)).await.is_err() {
+                    return;
+                }
+                if acks.recv().await.is_none() {
+                    return;
+                }
+            }
+            Step::Op(Op::Put(path, Entry::File { .. })) => {
+                if !send_file(
+                    &sh,
+                    &path,
+                    &data,
+                    &ctrl,
+                    &mut acks,
+                    &mut throttle,
+                    &mut progress,
+                )
+                .await
+                {
+                    return;
+                }
+            }
+            Step::Op(Op::Put(path, entry)) => {
+                sh.lock().stats.unacked = 1;
+                if data.send((Msg::Put { path, entry }, None)).await.is_err() {
+                    return;
+                }
+                if acks.recv().await.is_none() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Sends one regular file; false if the link is gone.
+async fn send_file(
+    sh: &Arc<Shared>,
+    rel: &str,
+    data: &mpsc::Sender<Frame>,
+    ctrl: &mpsc::UnboundedSender<Frame>,
+    acks: &mut mpsc::UnboundedReceiver<()>,
+    throttle: &mut Throttle,
+    progress: &mut ProgressTx,
+) -> bool {
+    let full = sh.cfg.data_dir.join(rel);
+    let opened = tokio::task::block_in_place(|| -> io::Result<(std::fs::File, Option<Entry>)> {
+        let md = std::fs::symlink_metadata(&full)?;
+        let e = Entry::from_metadata(&md, &full);
+        let f = std::fs::File::open(&full)?;
+        Ok((f, e))
+    });
+    let (mut file, entry) = match opened {
+        Ok((f, Some(e @ Entry::File { .. }))) => (f, e),
+        other => {
+            // vanished or changed type since the scan: correct our view
+            let mut c = sh.lock();
+            if let Some(l) = c.local.as_mut() {
+                match other {
+                    Ok((_, Some(e))) => {
+                        l.insert(rel.to_string(), e);
+                    }
+                    _ => {
+                        remove_subtree(l, rel);
+                    }
+                }
+            }
+            c.recompute_oos();
+            return true;
+        }
+    };
+    {
+        let mut c = sh.lock();
+        if let Some(l) = c.local.as_mut() {
+            l.insert(rel.to_string(), entry.clone());
+        }
+        c.stats.unacked = 1;
+        c.stats.inflight_acked_b = 0;
+        c.recompute_oos();
+    }
+    if data
+        .send((
+            Msg::FileBegin {
+                path: rel.to_string(),
+            },
+            None,
+        ))
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let Entry::File { size, .. } = entry else {
+        return true;
+    };
+    let chunk = throttle.chunk_size();
+    let mut sent = 0u64;
+    while sent < size {
+        let n = chunk.min(size - sent) as usize;
+        let mut buf = vec![0u8; n];
+        let got = tokio::task::block_in_place(|| read_full(&mut file, &mut buf));
+        let got = match got {
+            Ok(g) => g,
+            Err(_) => 0,
+        };
+        if got == 0 {
+            break; // truncated meanwhile; the next scan sees the new size
+        }
+        buf.truncate(got);
+        throttle.take(got as u64).await;
+        if data.send((Msg::Chunk, Some(buf))).await.is_err() {
+            return false;
+        }
+        sent += got as u64;
+        {
+            let mut c = sh.lock();
+            c.stats.sent_b += got as u64;
+            c.stats.read_b += got as u64;
+        }
+        progress.tick(sh, ctrl);
+    }
+    if data
+        .send((
+            Msg::FileEnd {
+                path: rel.to_string(),
+                entry,
+            },
+            None,
+        ))
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    acks.recv().await.is_some()
+}
+
+fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Rescans the tree of a Primary / SyncSource every `scan_interval_ms`.
+///
+/// The first write a Primary makes while not connected starts a new data
+/// generation (like DRBD's new current UUID), so that a later reconnect
+/// resyncs from it, or detects split brain if the peer did the same.
+pub async fn scanner(sh: Arc<Shared>) {
+    let cfg = sh.cfg.clone();
+    let iv = Duration::from_millis(cfg.tuning.scan_interval_ms);
+    loop {
+        tokio::time::sleep(iv).await;
+        let need = {
+            let mut c = sh.lock();
+            let need =
+                c.up && c.attached && (c.role == Role::Primary || c.repl == Repl::SyncSource);
+            if !need && c.local.is_some() && c.role != Role::Primary && c.repl != Repl::SyncSource {
+                c.local = None;
+            }
+            need
+        };
+        if !need {
+            continue;
+        }
+        let m = match tokio::task::block_in_place(|| tree::scan(&cfg.data_dir)) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("drbd-emu: scanning {}: {e}", cfg.data_dir.display());
+                continue;
+            }
+        };
+        let mut c = sh.lock();
+        if c.local.as_ref() == Some(&m) {
+            continue;
+        }
+        if c.role == Role::Primary && c.need_new_gen && c.local.is_some() {
+            c.meta.new_generation();
+            c.need_new_gen = false;
+            c.persist();
+            eprintln!(
+                "drbd {}: new data generation {:016X} (write without peer)",
+                cfg.resource, c.meta.gen
+            );
+        }
+        c.local = Some(m);
+        c.recompute_oos();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn side(id: u32, disk: DiskState, gen: u64, history: &[u64]) -> Side {
+        Side {
+            node_id: id,
+            disk,
+            gen,
+            history: history.to_vec(),
+            discard: false,
+        }
+    }
+
+    fn both(a: &Side, b: &Side) -> (Decision, Decision) {
+        (decide(a, b), decide(b, a))
+    }
+
+    #[test]
+    fn decisions_are_symmetric_and_right() {
+        use DiskState::*;
+        // fresh pair
+        let (a, b) = (side(0, Inconsistent, 0, &[]), side(1, Inconsistent, 0, &[]));
+        assert_eq!(both(&a, &b), (Decision::InSync, Decision::InSync));
+        // forced primary
+        let a = side(0, UpToDate, 7, &[]);
+        assert_eq!(both(&a, &b), (Decision::Source, Decision::Target));
+        // peer came back older
+        let a = side(0, UpToDate, 9, &[7]);
+        let b = side(1, UpToDate, 7, &[]);
+        assert_eq!(both(&a, &b), (Decision::Source, Decision::Target));
+        // interrupted sync target
+        let b = side(1, Inconsistent, 7, &[]);
+        assert_eq!(both(&b, &a), (Decision::Target, Decision::Source));
+        // split brain
+        let b = side(1, UpToDate, 11, &[7]);
+        assert_eq!(both(&a, &b), (Decision::SplitBrain, Decision::SplitBrain));
+        // ... resolved by discarding one side
+        let mut victim = b.clone();
+        victim.discard = true;
+        assert_eq!(both(&a, &victim), (Decision::Source, Decision::Target));
+        // outdated with same generation catches up
+        let b = side(1, Outdated, 9, &[7]);
+        assert_eq!(both(&a, &b), (Decision::Source, Decision::Target));
+    }
+}

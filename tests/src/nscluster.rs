@@ -1,0 +1,555 @@
+//! A whole Understudy cluster with its servers in network namespaces (root only).
+//!
+//! Hosts `fsa` (the file server), `fsb` (its backup) and `client` are network
+//! namespaces on a bridge ([`crate::netns::Net`]). Three controllers run in the root
+//! namespace, listening on the bridge address, with the `local` cloud backend
+//! (fencing = taking the client IP off the old primary, cutting its cable, killing
+//! its processes). In each server namespace run a DRBD emulator daemon
+//! (replicating over the hosts' real addresses) and an agent configured to serve:
+//! bind-mount the replicated directory, export it with nfs-ganesha, claim the
+//! client IP. The client reads and writes through the client IP with libnfs
+//! (`nfs-cp`, `nfs-cat`).
+//!
+//! Everything is removed on drop, also when a test panics: processes killed,
+//! bind mounts lazily unmounted, namespaces and bridge deleted.
+
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::netns::Net;
+use crate::{bin, free_port, pair, server, KeepLogs, Proc, RESOURCE};
+
+/// The pair's id in the namespace cluster.
+pub const PAIR: &str = "fs1";
+/// NFS port the servers export on.
+pub const NFS_PORT: u16 = 2049;
+/// The NFSv4 pseudo path of the export.
+pub const PSEUDO: &str = "/export";
+
+/// Install hint for the tools the namespace tests need.
+pub const INSTALL: &str = "apt-get install -y iproute2 iptables arping nfs-ganesha nfs-ganesha-vfs libnfs-utils (or run ./scripts/install-deps.sh)";
+
+/// One server host (namespace) of the pair.
+pub struct NsHost {
+    pub name: &'static str,
+    pub server_id: String,
+    pub dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub export_dir: PathBuf,
+    pub emu_config: PathBuf,
+    pub agent_config: PathBuf,
+    pub drbdadm: PathBuf,
+    pub drbdsetup: PathBuf,
+    pub emu: Option<Proc>,
+    pub agent: Option<Proc>,
+}
+
+/// See the module documentation.
+pub struct NsCluster {
+    pub dir: tempfile::TempDir,
+    pub net: Net,
+    pub client_ip: Ipv4Addr,
+    pub controller_addrs: Vec<String>,
+    pub controller_configs: Vec<PathBuf>,
+    pub controllers: Vec<Option<Proc>>,
+    pub hosts: Vec<NsHost>,
+}
+
+fn check_tools() {
+    for tool in [
+        "ganesha.nfsd",
+        "nfs-cat",
+        "nfs-cp",
+        "nfs-ls",
+        "arping",
+        "iptables",
+        "ip",
+    ] {
+        let found = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        assert!(found, "{tool} not found: {INSTALL}");
+    }
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "namespace tests need root");
+}
+
+impl NsCluster {
+    /// Build the network, start 3 controllers, both emulators (initial sync from
+    /// fsa) and both agents, and wait until fsa serves NFS on the client IP and the
+    /// pair is Healthy.
+    pub fn start() -> NsCluster {
+        check_tools();
+        let net = Net::new(&["fsa", "fsb", "client"]).unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::Builder::new()
+            .prefix("understudy-ns-")
+            .tempdir()
+            .expect("tempdir");
+        let root = dir.path().to_path_buf();
+        let client_ip = net.free_addr(0);
+        let bridge = net.bridge_addr();
+        let addrs: Vec<String> = (0..3)
+            .map(|_| format!("{bridge}:{}", free_port()))
+            .collect();
+        let members = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{{ id = {}, addr = \"{a}\" }}", i + 1))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let names = ["fsa", "fsb"];
+        let sid = |h: &str| format!("{PAIR}-{h}");
+        let server_toml = |h: &str| {
+            format!(
+                "{{ id = \"{}\", address = \"{}\", zone = \"zone-a\", instance_id = \"{}\", interface_id = \"{}:eth0\" }}",
+                sid(h),
+                net.addr(h),
+                net.ns_name(h),
+                net.ns_name(h)
+            )
+        };
+        let mut configs = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let path = root.join(format!("controller-{}.toml", i + 1));
+            fs::write(
+                &path,
+                format!(
+                    r#"node_id = {id}
+listen = "{addr}"
+data_dir = "{data}"
+members = [ {members} ]
+
+[cloud]
+kind = "local"
+netns_prefix = "{prefix}"
+prefix_len = 24
+
+[[pairs]]
+id = "{PAIR}"
+resource = "{RESOURCE}"
+client_ip = "{client_ip}"
+client_ip_prefix_len = 24
+zone = "zone-a"
+nfs_port = {NFS_PORT}
+export_path = "{PSEUDO}"
+primary = {p}
+backup = {b}
+"#,
+                    id = i + 1,
+                    data = root.join(format!("controller-{}", i + 1)).display(),
+                    prefix = net.prefix(),
+                    p = server_toml("fsa"),
+                    b = server_toml("fsb"),
+                ),
+            )
+            .expect("write controller config");
+            configs.push(path);
+        }
+        let mut hosts = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let hdir = root.join(name);
+            let data_dir = hdir.join("data");
+            let export_dir = hdir.join("export");
+            fs::create_dir_all(&data_dir).expect("data dir");
+            fs::create_dir_all(&export_dir).expect("export dir");
+            let peer = names[1 - i];
+            let emu_config = hdir.join("drbd-emu.toml");
+            fs::write(
+                &emu_config,
+                format!(
+                    r#"resource = "{RESOURCE}"
+hostname = "{}"
+node_id = {i}
+minor = 1000
+state_dir = "{}"
+data_dir = "{}"
+listen = "{}:7789"
+
+[peer]
+hostname = "{}"
+node_id = {}
+address = "{}:7789"
+"#,
+                    sid(name),
+                    hdir.join("drbd-state").display(),
+                    data_dir.display(),
+                    net.addr(name),
+                    sid(peer),
+                    1 - i,
+                    net.addr(peer),
+                ),
+            )
+            .expect("emulator config");
+            let wrapper = |tool: &str| {
+                let p = hdir.join(tool);
+                fs::write(
+                    &p,
+                    format!(
+                        "#!/bin/sh\nDRBD_EMU_CONFIG='{}' exec '{}' {tool} \"$@\"\n",
+                        emu_config.display(),
+                        bin("drbd-emu").display()
+                    ),
+                )
+                .expect("wrapper");
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).expect("chmod");
+                p
+            };
+            let drbdsetup = wrapper("drbdsetup");
+            let drbdadm = wrapper("drbdadm");
+            let agent_config = hdir.join("agent.toml");
+            fs::write(
+                &agent_config,
+                agent_toml(&AgentTomlArgs {
+                    server_id: &sid(name),
+                    role: if i == 0 { "primary" } else { "backup" },
+                    controllers: &addrs,
+                    state_dir: &hdir.join("agent-state"),
+                    drbdsetup: &drbdsetup,
+                    drbdadm: &drbdadm,
+                    data_dir: &data_dir,
+                    export_dir: &export_dir,
+                    ganesha_dir: &hdir.join("ganesha"),
+                    client_ip,
+                }),
+            )
+            .expect("agent config");
+            hosts.push(NsHost {
+                name,
+                server_id: sid(name),
+                dir: hdir,
+                data_dir,
+                export_dir,
+                emu_config,
+                agent_config,
+                drbdadm,
+                drbdsetup,
+                emu: None,
+                agent: None,
+            });
+        }
+        let mut c = NsCluster {
+            dir,
+            net,
+            client_ip,
+            controller_addrs: addrs,
+            controller_configs: configs,
+            controllers: vec![None, None, None],
+            hosts,
+        };
+        for i in 0..3 {
+            c.start_controller(i);
+        }
+        for i in 0..2 {
+            c.start_emulator(i);
+        }
+        let out = c.drbdadm(0, &["primary", "--force", RESOURCE]);
+        assert!(
+            out.status.success(),
+            "drbdadm primary --force: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for i in 0..2 {
+            c.start_agent(i);
+        }
+        c.wait_status(
+            "fsa serving and pair Healthy",
+            Duration::from_secs(60),
+            |s| pair(s, PAIR)["state"] == "Healthy" && serving_ok(s, &format!("{PAIR}-fsa")),
+        );
+        c
+    }
+
+    pub fn start_controller(&mut self, i: usize) {
+        let mut cmd = Command::new(bin("understudy-controller"));
+        cmd.arg("--config")
+            .arg(&self.controller_configs[i])
+            .env("RUST_LOG", "info,openraft=warn");
+        self.controllers[i] = Some(Proc::spawn(
+            &format!("controller {}", i + 1),
+            &mut cmd,
+            &self.dir.path().join(format!("controller-{}.log", i + 1)),
+        ));
+    }
+
+    pub fn kill_controller(&mut self, i: usize) {
+        if let Some(p) = self.controllers[i].take() {
+            p.kill();
+        }
+    }
+
+    pub fn start_emulator(&mut self, i: usize) {
+        let h = &self.hosts[i];
+        let mut cmd = self
+            .net
+            .cmd(h.name, bin("drbd-emu").to_str().expect("utf8 path"));
+        cmd.arg("daemon").arg("--config").arg(&h.emu_config);
+        let p = Proc::spawn(
+            &format!("drbd-emu {}", h.name),
+            &mut cmd,
+            &h.dir.join("emu.log"),
+        );
+        self.hosts[i].emu = Some(p);
+        let setup = self.hosts[i].drbdsetup.clone();
+        crate::wait_for("emulator answers", Duration::from_secs(10), || {
+            Command::new(&setup)
+                .args(["status", RESOURCE])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+        });
+    }
+
+    pub fn start_agent(&mut self, i: usize) {
+        let h = &self.hosts[i];
+        let mut cmd = self
+            .net
+            .cmd(h.name, bin("understudy-agent").to_str().expect("utf8 path"));
+        cmd.arg("--config")
+            .arg(&h.agent_config)
+            .env("RUST_LOG", "info");
+        let p = Proc::spawn(
+            &format!("agent {}", h.name),
+            &mut cmd,
+            &h.dir.join("agent.log"),
+        );
+        self.hosts[i].agent = Some(p);
+    }
+
+    /// Run the emulator's `drbdadm` of host `i`.
+    pub fn drbdadm(&self, i: usize, args: &[&str]) -> Output {
+        Command::new(&self.hosts[i].drbdadm)
+            .args(args)
+            .output()
+            .expect("drbdadm")
+    }
+
+    /// The file server dies: every process in its namespace SIGKILLed (agent,
+    /// ganesha, emulator) and its cable cut.
+    pub fn kill_host(&mut self, i: usize) {
+        let h = &mut self.hosts[i];
+        if let Some(p) = h.agent.take() {
+            p.kill();
+        }
+        if let Some(p) = h.emu.take() {
+            p.kill();
+        }
+        crate::netns::kill_netns_pids(&self.net.ns_name(h.name));
+        self.net.cut(h.name);
+    }
+
+    /// `understudyctl --output json status`.
+    pub fn try_status(&self) -> Result<Value, String> {
+        let out = Command::new(bin("understudyctl"))
+            .arg("--controllers")
+            .arg(self.controller_addrs.join(","))
+            .args(["--timeout-ms", "1000", "--output", "json", "status"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    }
+
+    /// Wait until the status satisfies `pred`; panics with the last status seen.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = match self.try_status() {
+                Ok(v) if pred(&v) => return v,
+                Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_default(),
+                Err(e) => e,
+            };
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for: {what}\nlast status: {last}\nlogs in {}",
+                    self.dir.path().display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The NFS URL of `path` (relative to the export) through the client IP.
+    pub fn url(&self, path: &str) -> String {
+        format!(
+            "nfs://{}{PSEUDO}/{path}?version=4&nfsport={NFS_PORT}",
+            self.client_ip
+        )
+    }
+
+    /// Write `data` to `path` through NFS from the client namespace (`nfs-cp`).
+    pub fn nfs_write(&self, path: &str, data: &[u8]) -> Result<(), String> {
+        let local = self
+            .dir
+            .path()
+            .join(format!("upload-{}", path.replace('/', "_")));
+        fs::write(&local, data).map_err(|e| e.to_string())?;
+        let out = self
+            .net
+            .cmd("client", "nfs-cp")
+            .arg(&local)
+            .arg(self.url(path))
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Read `path` through NFS from the client namespace (`nfs-cat`).
+    pub fn nfs_read(&self, path: &str) -> Result<Vec<u8>, String> {
+        let out = self
+            .net
+            .cmd("client", "nfs-cat")
+            .arg(self.url(path))
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(out.stdout)
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Which hosts have the client IP configured now.
+    pub fn ip_holders(&self) -> Vec<&'static str> {
+        self.hosts
+            .iter()
+            .filter(|h| {
+                self.net
+                    .ip_in(h.name, &["-o", "addr", "show"])
+                    .map(|o| o.contains(&format!(" {}/", self.client_ip)))
+                    .unwrap_or(false)
+            })
+            .map(|h| h.name)
+            .collect()
+    }
+
+    /// Which hosts run an NFS server now (a ganesha process in their namespace).
+    pub fn exporting_hosts(&self) -> Vec<&'static str> {
+        self.hosts
+            .iter()
+            .filter(|h| {
+                let ns = self.net.ns_name(h.name);
+                let pids = Command::new("ip")
+                    .args(["netns", "pids", &ns])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                pids.split_whitespace().any(|pid| {
+                    fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .map(|c| c.trim().starts_with("ganesha"))
+                        .unwrap_or(false)
+                })
+            })
+            .map(|h| h.name)
+            .collect()
+    }
+
+    pub fn keep_logs_on_panic(&self) -> KeepLogs {
+        KeepLogs(self.dir.path().to_path_buf())
+    }
+}
+
+impl Drop for NsCluster {
+    fn drop(&mut self) {
+        for h in &mut self.hosts {
+            h.agent.take();
+            h.emu.take();
+            crate::netns::kill_netns_pids(&self.net.ns_name(h.name));
+        }
+        for h in &self.hosts {
+            let _ = Command::new("umount").arg("-l").arg(&h.export_dir).status();
+        }
+    }
+}
+
+/// Whether `server` reports mounted, exporting and holding the client IP.
+pub fn serving_ok(s: &Value, server_id: &str) -> bool {
+    let h = &server(s, PAIR, server_id)["host"];
+    h["mounted"] == true
+        && h["client_ip_present"] == true
+        && h["exports"].as_array().is_some_and(|e| !e.is_empty())
+}
+
+struct AgentTomlArgs<'a> {
+    server_id: &'a str,
+    role: &'a str,
+    controllers: &'a [String],
+    state_dir: &'a Path,
+    drbdsetup: &'a Path,
+    drbdadm: &'a Path,
+    data_dir: &'a Path,
+    export_dir: &'a Path,
+    ganesha_dir: &'a Path,
+    client_ip: Ipv4Addr,
+}
+
+fn agent_toml(a: &AgentTomlArgs) -> String {
+    format!(
+        r#"server_id = "{server_id}"
+pair_id = "{PAIR}"
+role = "{role}"
+controllers = [{ctl}]
+state_dir = "{state}"
+
+[drbd]
+resource = "{RESOURCE}"
+drbdsetup = "{setup}"
+drbdadm = "{adm}"
+
+[serving.mount]
+mode = "bind"
+source_dir = "{data}"
+mountpoint = "{export}"
+
+[serving.nfs]
+backend = "ganesha"
+state_dir = "{ganesha}"
+bind_addr = "0.0.0.0"
+port = {NFS_PORT}
+server_scope = "{PAIR}"
+
+[serving.export]
+path = "{export}"
+pseudo = "{PSEUDO}"
+
+[serving.client_ip]
+address = "{ip}"
+prefix_len = 24
+interface = "eth0"
+"#,
+        server_id = a.server_id,
+        role = a.role,
+        ctl = a
+            .controllers
+            .iter()
+            .map(|c| format!("\"{c}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
+        state = a.state_dir.display(),
+        setup = a.drbdsetup.display(),
+        adm = a.drbdadm.display(),
+        data = a.data_dir.display(),
+        export = a.export_dir.display(),
+        ganesha = a.ganesha_dir.display(),
+        ip = a.client_ip,
+    )
+}
