@@ -436,6 +436,14 @@ pub struct KeepLogs(PathBuf);
 impl Drop for KeepLogs {
     fn drop(&mut self) {
         if std::thread::panicking() {
+            // For debugging by hand: keep everything running for a while.
+            if let Some(secs) = std::env::var("UNDERSTUDY_PAUSE_ON_FAILURE")
+                .ok()
+                .and_then(|v| v.parse().ok())
+            {
+                eprintln!("pausing {secs} s; cluster in {}", self.0.display());
+                std::thread::sleep(std::time::Duration::from_secs(secs));
+            }
             let dest = PathBuf::from(
                 std::env::var("UNDERSTUDY_TEST_LOGS")
                     .unwrap_or_else(|_| "/tmp/understudy-failed-tests".into()),

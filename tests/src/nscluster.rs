@@ -392,8 +392,27 @@ address = "{}:7789"
         )
     }
 
-    /// Write `data` to `path` through NFS from the client namespace (`nfs-cp`).
+    /// Write `data` to `path` through NFS from the client namespace (`nfs-cp`),
+    /// retrying for up to 10 s while the server is in its grace period (as an NFS
+    /// client does on NFS4ERR_GRACE).
+    /// nfs-cp refuses to overwrite, so the grace period is waited out with probe
+    /// files of unique names before the real write.
     pub fn nfs_write(&self, path: &str, data: &[u8]) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for i in 0.. {
+            match self.nfs_write_once(&format!(".probe-{i}"), b"probe") {
+                Ok(()) => break,
+                Err(e) if Instant::now() > deadline => {
+                    return Err(format!("server not writable: {e}"))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+        self.nfs_write_once(path, data)
+    }
+
+    /// One `nfs-cp` attempt.
+    pub fn nfs_write_once(&self, path: &str, data: &[u8]) -> Result<(), String> {
         let local = self
             .dir
             .path()
@@ -526,6 +545,8 @@ state_dir = "{ganesha}"
 bind_addr = "0.0.0.0"
 port = {NFS_PORT}
 server_scope = "{PAIR}"
+lease_lifetime_secs = 3
+grace_period_secs = 3
 
 [serving.export]
 path = "{export}"

@@ -228,7 +228,11 @@ mod tests {
         assert!(find_executable(Path::new("sh")).is_some());
         assert!(find_executable(Path::new("/bin/sh")).is_some());
         assert!(find_executable(Path::new("/nonexistent/understudy")).is_none());
-        assert!(find_executable(Path::new("/etc/hostname")).is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "x").unwrap();
+        assert!(find_executable(&plain).is_none());
+        assert!(find_executable(dir.path()).is_none());
     }
 
     #[tokio::test]

@@ -376,3 +376,52 @@ pub async fn host_status(
         serving_managed: true,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn host_status_reports_state_and_self_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let drbd = DrbdActionsConfig::new("r0", "/nonexistent/drbdadm");
+        let observer = HostActions::new(drbd.clone(), None).unwrap().status().await;
+        assert!(!observer.serving_managed);
+        assert!(!observer.self_checks[0].ok);
+        assert!(observer.self_checks[0]
+            .detail
+            .contains("/nonexistent/drbdadm"));
+
+        let mut client_ip = IpConfig::new("127.0.0.1".parse().unwrap(), 8, "lo");
+        client_ip.ip = "ip".into();
+        client_ip.arping_flavor = ArpingFlavor::None;
+        let serving = ServingConfig {
+            mount: MountConfig::new(MountMode::Check, dir.path()),
+            nfs: NfsConfig::Kernel(KernelNfsConfig {
+                exportfs: "/nonexistent/exportfs".into(),
+                ..KernelNfsConfig::default()
+            }),
+            export: ExportSpec::new(dir.path(), "/data"),
+            client_ip,
+        };
+        let mut host = HostActions::new(drbd, Some(serving)).unwrap();
+        let s = host.status().await;
+        assert!(s.serving_managed);
+        assert!(s.mounted);
+        assert!(s.exports.is_empty());
+        let by_name = |n: &str| s.self_checks.iter().find(|c| c.name == n).unwrap().clone();
+        assert!(by_name("mountpoint").ok);
+        assert!(by_name("mountpoint_writable").ok);
+        assert!(!by_name("exportfs").ok);
+        assert!(!by_name("nfs_exports").ok);
+        if command::find_executable(std::path::Path::new("ip")).is_some() {
+            assert!(s.client_ip_present, "{s:?}");
+        }
+        let e = HostActions::new(DrbdActionsConfig::new("r0", "x"), None)
+            .unwrap()
+            .claim_ip()
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ActionError::NotManaged { .. }), "{e}");
+    }
+}

@@ -980,7 +980,7 @@ impl KernelNfsBackend {
 /// The configured NFS server.
 #[derive(Debug)]
 pub enum NfsBackend {
-    Ganesha(GaneshaBackend),
+    Ganesha(Box<GaneshaBackend>),
     Kernel(KernelNfsBackend),
 }
 
@@ -989,7 +989,7 @@ impl NfsBackend {
     pub fn new(cfg: &NfsConfig, export: &ExportSpec) -> Result<Self, ActionError> {
         export.validate()?;
         Ok(match cfg {
-            NfsConfig::Ganesha(g) => NfsBackend::Ganesha(GaneshaBackend::new(g.clone())?),
+            NfsConfig::Ganesha(g) => NfsBackend::Ganesha(Box::new(GaneshaBackend::new(g.clone())?)),
             NfsConfig::Kernel(k) => {
                 NfsBackend::Kernel(KernelNfsBackend::new(k.clone(), export.clone())?)
             }
@@ -1196,8 +1196,10 @@ mod tests {
             exportfs_list_command(&k).argv(),
             ["/usr/sbin/exportfs", "-v"]
         );
-        let mut bad = KernelNfsConfig::default();
-        bad.options = "rw,fsid=3".into();
+        let bad = KernelNfsConfig {
+            options: "rw,fsid=3".into(),
+            ..KernelNfsConfig::default()
+        };
         assert!(bad.validate().is_err());
     }
 
@@ -1231,7 +1233,7 @@ mod tests {
         std::fs::write(
             &fake,
             format!(
-                "#!/bin/sh\nT={t}\ncase \"$1\" in\n-v) cat $T 2>/dev/null ;;\n-o) p=${{3#*:}}; printf '%s\\t<world>(%s)\\n' \"$p\" \"$2\" >> $T ;;\n-u) : > $T ;;\nesac\n",
+                "#!/bin/sh\nT={t}\ncase \"$1\" in\n-v) if [ -f $T ]; then cat $T; fi ;;\n-o) p=${{3#*:}}; printf '%s\\t<world>(%s)\\n' \"$p\" \"$2\" >> $T ;;\n-u) : > $T ;;\nesac\n",
                 t = table.display()
             ),
         )

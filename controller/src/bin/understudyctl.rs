@@ -131,6 +131,28 @@ fn print_table(s: &GetStatusResponse) {
             println!("  reason: {}", p.state_reason);
         }
         println!(
+            "  serving: {}   controller's view: {}",
+            p.serving, p.decision
+        );
+        if let Some(f) = &p.failover {
+            println!(
+                "  failover epoch {} {} -> {} ({})",
+                f.epoch,
+                f.from,
+                f.to,
+                if f.automatic { "automatic" } else { "manual" }
+            );
+            for st in &f.steps {
+                println!(
+                    "    {:<8} {:<8} {:>8} {}",
+                    st.step,
+                    st.status,
+                    fmt_opt(st.duration_ms, " ms"),
+                    st.detail
+                );
+            }
+        }
+        println!(
             "  {:<12} {:<8} {:<6} {:<10} {:<12} {:<12} {:<12} {:<10} {:>7} {:>10} {:>9}",
             "SERVER",
             "ROLE",
@@ -206,6 +228,18 @@ fn status_json(s: &GetStatusResponse) -> serde_json::Value {
         "pairs": s.pairs.iter().map(|p| json!({
             "id": p.id, "state": p.state, "state_reason": p.state_reason, "epoch": p.epoch,
             "resource": p.resource, "client_ip": p.client_ip, "zone": p.zone, "alerts": p.alerts,
+            "serving": p.serving, "decision": p.decision,
+            "failover": p.failover.as_ref().map(|f| json!({
+                "epoch": f.epoch, "from": f.from, "to": f.to, "automatic": f.automatic,
+                "started_unix_ms": f.started_unix_ms,
+                "steps": f.steps.iter().map(|st| json!({
+                    "step": st.step, "status": st.status, "duration_ms": st.duration_ms,
+                    "detail": st.detail, "attempts": st.attempts,
+                })).collect::<Vec<_>>(),
+            })),
+            "history": p.history.iter().map(|h| json!({
+                "at_unix_ms": h.at_unix_ms, "epoch": h.epoch, "event": h.event,
+            })).collect::<Vec<_>>(),
             "servers": p.servers.iter().map(|sv| json!({
                 "id": sv.id, "configured_role": sv.configured_role, "address": sv.address,
                 "zone": sv.zone, "connected": sv.connected,

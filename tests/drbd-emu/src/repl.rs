@@ -8,7 +8,7 @@
 //! ahead of data frames.
 //!
 //! Handshake: both send `Hello` (node id, role, disk state, data generation
-//! + history) and `Manifest` (their tree). [`decide`] then picks, the same
+//! and history) and `Manifest` (their tree). [`decide`] then picks, the same
 //! way on both sides: in sync (`Established`), `SyncSource`/`SyncTarget`
 //! (the target's disk is `Inconsistent` until `SyncDone` makes it
 //! `UpToDate` with the source's generation), or split brain (both went
@@ -143,6 +143,9 @@ pub enum Msg {
 }
 
 const MAX_FRAME: usize = 256 << 20;
+
+/// Unacknowledged file bytes the sender may have in flight.
+const WINDOW: u64 = 8 << 20;
 
 async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &Frame) -> io::Result<()> {
     let j = serde_json::to_vec(&f.0).map_err(io::Error::other)?;
@@ -318,10 +321,9 @@ pub async fn connector(sh: Arc<Shared>) {
             }
             (c.up, c.want_connect)
         };
-        if !up {
-            listener = None;
-        }
         if !up || !want {
+            // a StandAlone node does not listen (nothing piles up in the backlog)
+            listener = None;
             sleep_or_wake(&sh, Duration::from_millis(200)).await;
             continue;
         }
@@ -500,11 +502,8 @@ async fn run_link(sh: &Arc<Shared>, stream: TcpStream) -> Outcome {
     };
     let (peer_role, peer_disk, peer_gen, peer_history, peer_discard) = peer;
     let abort = Arc::new(Notify::new());
-    let epoch = {
-        let mut c = sh.lock();
-        if !c.up || !c.want_connect {
-            return Outcome::Aborted;
-        }
+    let decision = {
+        let c = sh.lock();
         let me = Side {
             node_id: cfg.node_id,
             disk: c.disk(),
@@ -519,16 +518,37 @@ async fn run_link(sh: &Arc<Shared>, stream: TcpStream) -> Outcome {
             history: peer_history.clone(),
             discard: peer_discard,
         };
-        let decision = decide(&me, &them);
-        if decision == Decision::SplitBrain {
-            return Outcome::SplitBrain;
-        }
-        if role_conflict(c.role, peer_role) {
+        let mut decision = decide(&me, &them);
+        if decision != Decision::SplitBrain && role_conflict(c.role, peer_role) {
             eprintln!(
                 "drbd {}: both nodes are Primary, dropping connection",
                 cfg.resource
             );
-            return Outcome::SplitBrain;
+            decision = Decision::SplitBrain;
+        }
+        if decision == Decision::SplitBrain {
+            None
+        } else {
+            Some(decision)
+        }
+    };
+    let Some(decision) = decision else {
+        // Close gracefully so the peer surely reads our Hello and reaches
+        // the same verdict: flush our frames, then wait for its EOF.
+        drop(ctrl_tx);
+        drop(data_tx);
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+        let mut sink = [0u8; 4096];
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while matches!(r.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
+        return Outcome::SplitBrain;
+    };
+    let epoch = {
+        let mut c = sh.lock();
+        if !c.up || !c.want_connect {
+            return Outcome::Aborted;
         }
         c.epoch += 1;
         c.link = Some(Link {
@@ -575,20 +595,47 @@ async fn run_link(sh: &Arc<Shared>, stream: TcpStream) -> Outcome {
         ack_rx,
     ));
     guard.0.push(sender.abort_handle());
+    let (apply_tx, apply_rx) = std::sync::mpsc::channel::<Frame>();
+    let fail = Arc::new(Notify::new());
+    let applier = spawn_applier(
+        Receiver {
+            sh: sh.clone(),
+            ctrl: ctrl_tx.clone(),
+            ack: ack_tx.clone(),
+            last_rx: last_rx.clone(),
+            incoming: None,
+            apply: None,
+        },
+        apply_rx,
+        fail.clone(),
+    );
     let mut rx = Receiver {
         sh: sh.clone(),
         ctrl: ctrl_tx.clone(),
         ack: ack_tx,
         last_rx: last_rx.clone(),
         incoming: None,
+        apply: Some(apply_tx),
     };
     let outcome = tokio::select! {
         o = rx.run(&mut r) => o,
         o = pinger(sh.clone(), ctrl_tx.clone(), last_rx) => o,
         _ = abort.notified() => Outcome::Aborted,
+        _ = fail.notified() => Outcome::Lost(ConnState::ProtocolError),
         _ = &mut writer => Outcome::Lost(ConnState::BrokenPipe),
     };
     drop(guard);
+    // Stop the applier and let an in-progress write finish before the
+    // next link may touch the tree.
+    applier
+        .dead
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    drop(rx);
+    let _ = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || applier.thread.join()),
+    )
+    .await;
     outcome
 }
 
@@ -657,6 +704,39 @@ struct Receiver {
     ack: mpsc::UnboundedSender<()>,
     last_rx: Arc<Mutex<Instant>>,
     incoming: Option<Incoming>,
+    /// Data frames go to the applier thread, so that slow file I/O never
+    /// delays ping/pong handling (DRBD's separate meta socket).
+    apply: Option<std::sync::mpsc::Sender<Frame>>,
+}
+
+/// The applier thread of a link: applies data frames in order; stops when
+/// the link is gone (`dead`), reports I/O errors through `fail`.
+struct Applier {
+    thread: std::thread::JoinHandle<()>,
+    dead: Arc<std::sync::atomic::AtomicBool>,
+}
+
+fn spawn_applier(
+    mut rx: Receiver,
+    frames: std::sync::mpsc::Receiver<Frame>,
+    fail: Arc<Notify>,
+) -> Applier {
+    let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let d = dead.clone();
+    let thread = std::thread::spawn(move || {
+        while let Ok((m, p)) = frames.recv() {
+            if d.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+            if let Err(e) = rx.handle(m, p) {
+                eprintln!("drbd {}: replication I/O error: {e}", rx.sh.cfg.resource);
+                fail.notify_one();
+                break;
+            }
+        }
+        // dropping `rx` removes the temp file of an unfinished transfer
+    });
+    Applier { thread, dead }
 }
 
 fn remove_subtree(m: &mut Manifest, path: &str) {
@@ -674,6 +754,22 @@ impl Receiver {
             };
             if let Ok(mut t) = self.last_rx.lock() {
                 *t = Instant::now();
+            }
+            let is_data = matches!(
+                msg,
+                Msg::FileBegin { .. }
+                    | Msg::Chunk
+                    | Msg::FileEnd { .. }
+                    | Msg::Put { .. }
+                    | Msg::Delete { .. }
+            );
+            if is_data {
+                if let Some(a) = &self.apply {
+                    if a.send((msg, payload)).is_err() {
+                        return Outcome::Lost(ConnState::ProtocolError);
+                    }
+                    continue;
+                }
             }
             if let Err(e) = self.handle(msg, payload) {
                 eprintln!("drbd {}: replication I/O error: {e}", self.sh.cfg.resource);
@@ -718,12 +814,10 @@ impl Receiver {
             Msg::FileBegin { path } => {
                 let target = tree::safe_join(&data_dir, &path).ok_or_else(|| bad("bad path"))?;
                 let tmp = tree::tmp_name(&target);
-                let file = tokio::task::block_in_place(|| {
-                    if let Some(parent) = target.parent() {
-                        std::fs::create_dir_all(parent)?;
-                    }
-                    std::fs::File::create(&tmp)
-                })?;
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                let file = std::fs::File::create(&tmp)?;
                 self.incoming = Some(Incoming {
                     rel: path,
                     target,
@@ -738,7 +832,7 @@ impl Receiver {
                     .as_mut()
                     .ok_or_else(|| bad("chunk without file"))?;
                 let f = inc.file.as_mut().ok_or_else(|| bad("chunk without file"))?;
-                tokio::task::block_in_place(|| f.write_all(&p))?;
+                f.write_all(&p)?;
                 let n = p.len() as u64;
                 {
                     let mut c = self.sh.lock();
@@ -756,7 +850,7 @@ impl Receiver {
                     return Err(bad("FileEnd for another file"));
                 }
                 let f = inc.file.take().ok_or_else(|| bad("end without file"))?;
-                let res = tokio::task::block_in_place(|| finish_file(f, &inc, &entry));
+                let res = finish_file(f, &inc, &entry);
                 if res.is_err() {
                     let _ = std::fs::remove_file(&inc.tmp);
                 }
@@ -765,18 +859,15 @@ impl Receiver {
             }
             Msg::Put { path, entry } => {
                 let target = tree::safe_join(&data_dir, &path).ok_or_else(|| bad("bad path"))?;
-                tokio::task::block_in_place(|| apply_put(&target, &entry))?;
+                apply_put(&target, &entry)?;
                 self.applied(path, Some(entry));
             }
             Msg::Delete { path } => {
                 let target = tree::safe_join(&data_dir, &path).ok_or_else(|| bad("bad path"))?;
-                tokio::task::block_in_place(|| {
-                    tree::remove_any(&target)?;
-                    if let Some(p) = target.parent() {
-                        tree::sync_dir(p);
-                    }
-                    io::Result::Ok(())
-                })?;
+                tree::remove_any(&target)?;
+                if let Some(p) = target.parent() {
+                    tree::sync_dir(p);
+                }
                 self.applied(path, None);
             }
             Msg::Ack { path, entry } => {
@@ -1151,15 +1242,26 @@ async fn send_file(
         let n = chunk.min(size - sent) as usize;
         let mut buf = vec![0u8; n];
         let got = tokio::task::block_in_place(|| read_full(&mut file, &mut buf));
-        let got = match got {
-            Ok(g) => g,
-            Err(_) => 0,
-        };
+        let got = got.unwrap_or_default();
         if got == 0 {
             break; // truncated meanwhile; the next scan sees the new size
         }
         buf.truncate(got);
         throttle.take(got as u64).await;
+        // flow control: at most WINDOW bytes written but not yet acknowledged
+        loop {
+            let acked = {
+                let c = sh.lock();
+                if c.link.is_none() {
+                    return false;
+                }
+                c.stats.inflight_acked_b
+            };
+            if sent.saturating_sub(acked) <= WINDOW {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         if data.send((Msg::Chunk, Some(buf))).await.is_err() {
             return false;
         }

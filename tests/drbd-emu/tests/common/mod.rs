@@ -69,9 +69,11 @@ impl Node {
         self.child = Some(child);
         let sock = self.state_dir.join("ctl.sock");
         let name = self.name.clone();
-        wait_until(10, &format!("daemon {name} to answer on its socket"), || {
-            std::os::unix::net::UnixStream::connect(&sock).ok()
-        });
+        wait_until(
+            10,
+            &format!("daemon {name} to answer on its socket"),
+            || std::os::unix::net::UnixStream::connect(&sock).ok(),
+        );
     }
 
     /// SIGKILL (or another signal) to the daemon; the child is reaped.
@@ -133,7 +135,7 @@ impl Node {
 
     /// Waits until `drbdadm status` equals `want`.
     pub fn wait_status(&self, secs: u64, want: &str) {
-        let mut last = String::new();
+        let mut last;
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             last = self.status();
@@ -310,8 +312,14 @@ impl Pair {
     pub fn synced(tuning: &str) -> Pair {
         let p = Pair::started(tuning);
         p.a.adm_ok(&["primary", "--force", "r0"]);
-        p.a.wait_status(20, "r0 role:Primary\n  disk:UpToDate\n  fs2 role:Secondary\n    peer-disk:UpToDate\n");
-        p.b.wait_status(20, "r0 role:Secondary\n  disk:UpToDate\n  fs1 role:Primary\n    peer-disk:UpToDate\n");
+        p.a.wait_status(
+            20,
+            "r0 role:Primary\n  disk:UpToDate\n  fs2 role:Secondary\n    peer-disk:UpToDate\n",
+        );
+        p.b.wait_status(
+            20,
+            "r0 role:Secondary\n  disk:UpToDate\n  fs1 role:Primary\n    peer-disk:UpToDate\n",
+        );
         p
     }
 }
@@ -321,7 +329,9 @@ pub fn write_file(path: &Path, len: usize, seed: u64) {
     if let Some(p) = path.parent() {
         std::fs::create_dir_all(p).unwrap();
     }
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut buf = Vec::with_capacity(len);
     while buf.len() < len {
         x ^= x << 13;
@@ -337,7 +347,11 @@ pub fn write_file(path: &Path, len: usize, seed: u64) {
 pub fn tree(root: &Path) -> std::collections::BTreeMap<String, (String, u32, Vec<u8>)> {
     use std::os::unix::fs::PermissionsExt;
     let mut out = std::collections::BTreeMap::new();
-    fn walk(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, (String, u32, Vec<u8>)>) {
+    fn walk(
+        root: &Path,
+        dir: &Path,
+        out: &mut std::collections::BTreeMap<String, (String, u32, Vec<u8>)>,
+    ) {
         for e in std::fs::read_dir(dir).unwrap() {
             let e = e.unwrap();
             let p = e.path();
@@ -349,7 +363,10 @@ pub fn tree(root: &Path) -> std::collections::BTreeMap<String, (String, u32, Vec
                 walk(root, &p, out);
             } else if md.file_type().is_symlink() {
                 let t = std::fs::read_link(&p).unwrap();
-                out.insert(rel, ("link".into(), 0, t.to_string_lossy().as_bytes().to_vec()));
+                out.insert(
+                    rel,
+                    ("link".into(), 0, t.to_string_lossy().as_bytes().to_vec()),
+                );
             } else {
                 out.insert(rel, ("file".into(), mode, std::fs::read(&p).unwrap()));
             }
