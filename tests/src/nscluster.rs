@@ -384,6 +384,39 @@ address = "{}:7789"
         }
     }
 
+    /// Wait until both servers have reported nothing out of sync, the pair
+    /// Healthy, for `quiet` without a break. The emulator replicates
+    /// asynchronously and ganesha rewrites its recovery records (in the replicated
+    /// directory) when an idle client's lease expires, so this is how a test makes
+    /// sure every acknowledged write is on the backup before it kills the primary;
+    /// otherwise S1 (rightly) refuses the promotion.
+    pub fn wait_replicated(&self, quiet: Duration, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut since: Option<Instant> = None;
+        loop {
+            let ok = self.try_status().is_ok_and(|s| {
+                let a = &server(&s, PAIR, &format!("{PAIR}-fsa"))["drbd"];
+                let b = &server(&s, PAIR, &format!("{PAIR}-fsb"))["drbd"];
+                a["out_of_sync_bytes"] == 0
+                    && b["out_of_sync_bytes"] == 0
+                    && a["replication"] == "Established"
+                    && pair(&s, PAIR)["state"] == "Healthy"
+            });
+            match (ok, since) {
+                (true, Some(t)) if t.elapsed() >= quiet => return,
+                (true, None) => since = Some(Instant::now()),
+                (false, _) => since = None,
+                _ => {}
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not replicated and quiet for {quiet:?} within {timeout:?}; logs in {}",
+                self.dir.path().display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The NFS URL of `path` (relative to the export) through the client IP.
     pub fn url(&self, path: &str) -> String {
         format!(
@@ -443,7 +476,11 @@ address = "{}:7789"
         if out.status.success() {
             Ok(out.stdout)
         } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+            Err(format!(
+                "nfs-cat {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
         }
     }
 
@@ -495,7 +532,11 @@ impl Drop for NsCluster {
             crate::netns::kill_netns_pids(&self.net.ns_name(h.name));
         }
         for h in &self.hosts {
-            let _ = Command::new("umount").arg("-l").arg(&h.export_dir).status();
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&h.export_dir)
+                .stderr(std::process::Stdio::null())
+                .status();
         }
     }
 }

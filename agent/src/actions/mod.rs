@@ -260,23 +260,38 @@ fn executable_check(name: &str, program: &Path) -> SelfCheck {
     }
 }
 
-/// Try to create and remove a file in `dir`.
+/// Whether `dir` is on a writable mount, without writing anything: the
+/// directory is replicated, and a probe file written every few hundred
+/// milliseconds would keep DRBD's out-of-sync counter from ever settling at 0
+/// (which S1 requires before an automatic promotion).
 fn writable_check(dir: &Path) -> SelfCheck {
-    let probe = dir.join(format!(".understudy-selfcheck-{}", std::process::id()));
-    let r = std::fs::write(&probe, b"ok").and_then(|_| std::fs::remove_file(&probe));
-    match r {
-        Ok(()) => check(
-            "mountpoint_writable",
-            true,
-            format!("{} is writable", dir.display()),
-        ),
-        Err(e) => check(
+    let ro_mount = std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|t| {
+            let entries = mount::parse_mountinfo(&t);
+            mount::find_mount(&entries, dir).map(|e| e.mount_options.split(',').any(|o| o == "ro"))
+        });
+    let ro_perm = std::fs::metadata(dir)
+        .map(|m| m.permissions().readonly())
+        .unwrap_or(true);
+    match (ro_mount, ro_perm) {
+        (Some(true), _) => check(
             "mountpoint_writable",
             false,
             format!(
-                "cannot write to {}: {e}; check the filesystem (read-only after errors? full?)",
+                "{} is mounted read-only; check the filesystem (remounted read-only after errors?)",
                 dir.display()
             ),
+        ),
+        (_, true) => check(
+            "mountpoint_writable",
+            false,
+            format!("{} is not writable (permissions)", dir.display()),
+        ),
+        _ => check(
+            "mountpoint_writable",
+            true,
+            format!("{} is writable", dir.display()),
         ),
     }
 }
