@@ -51,6 +51,10 @@ pub struct ExecutorConfig {
     /// The NFS read used by Verify: `PROGRAM nfs://IP/PATH?version=4&nfsport=PORT`
     /// (libnfs-utils' `nfs-ls`).
     pub verify_program: String,
+    /// Pause after a step is committed as running, before it runs. 0 in production;
+    /// fault-injection tests use it to kill the leader in the middle of a step, and
+    /// the demo to let people watch the steps.
+    pub step_pause_ms: u64,
 }
 
 impl Default for ExecutorConfig {
@@ -60,6 +64,7 @@ impl Default for ExecutorConfig {
             agent_step_timeout_ms: 5000,
             verify_timeout_ms: 10_000,
             verify_program: "nfs-ls".into(),
+            step_pause_ms: 0,
         }
     }
 }
@@ -175,6 +180,9 @@ impl Executor {
                 })
                 .await?;
                 tracing::info!("step started");
+                if self.cfg.step_pause_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(self.cfg.step_pause_ms)).await;
+                }
                 let t0 = Instant::now();
                 let out = self.run_step(rec.step, &pair, &plan, view.term).await;
                 let duration_ms = t0.elapsed().as_millis() as u64;
@@ -225,7 +233,7 @@ impl Executor {
             .server(&plan.to)
             .ok_or_else(|| format!("{} is not in the pair", plan.to))?;
         match step {
-            Step::Confirm => self.confirm(pair, plan),
+            Step::Confirm => self.confirm(pair, plan).await,
             Step::Fence => self.fence(pair, from, to).await,
             Step::Promote => {
                 self.agent(pair, plan, term, Cmd::Promote(DrbdPromote { force: false }))
@@ -291,25 +299,32 @@ impl Executor {
         .await
     }
 
-    /// The old primary must still be silent and the backup's agent connected.
-    fn confirm(&self, pair: &PairRecord, plan: &FailoverPlan) -> Result<String, String> {
-        if let Some(v) = self.liveness.get(&plan.from) {
-            if v.connected && v.last_seen.elapsed() < Duration::from_millis(500) {
-                return Err(format!(
-                    "{} answered again during confirmation: not failing over",
-                    plan.from
+    /// The old primary must still be silent and the backup's agent connected (a
+    /// new leader may have to wait a moment for the backup's agent to find it).
+    async fn confirm(&self, pair: &PairRecord, plan: &FailoverPlan) -> Result<String, String> {
+        let deadline = Instant::now() + Duration::from_millis(self.cfg.agent_step_timeout_ms);
+        loop {
+            if let Some(v) = self.liveness.get(&plan.from) {
+                if v.connected && v.last_seen.elapsed() < Duration::from_millis(500) {
+                    return Err(format!(
+                        "{} answered again during confirmation: not failing over",
+                        plan.from
+                    ));
+                }
+            }
+            if self.liveness.get(&plan.to).is_some_and(|v| v.connected) {
+                return Ok(format!(
+                    "{} still silent; {} connected; {}",
+                    plan.from, plan.to, pair.state_reason
                 ));
             }
-        }
-        match self.liveness.get(&plan.to) {
-            Some(v) if v.connected => Ok(format!(
-                "{} still silent; {} connected; {}",
-                plan.from, plan.to, pair.state_reason
-            )),
-            _ => Err(format!(
-                "{}'s agent is not connected: cannot promote it",
-                plan.to
-            )),
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{}'s agent is not connected: cannot promote it",
+                    plan.to
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

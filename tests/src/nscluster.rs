@@ -49,6 +49,17 @@ pub struct NsHost {
     pub agent: Option<Proc>,
 }
 
+/// Knobs of a namespace cluster.
+#[derive(Debug, Clone, Default)]
+pub struct NsOptions {
+    /// `[executor] step_pause_ms` of the controllers.
+    pub step_pause_ms: u64,
+    /// `[detector] flap_holdoff_ms`; `None` keeps the default (10 minutes).
+    pub flap_holdoff_ms: Option<u64>,
+    /// The emulators' `[tuning] resync_rate_kib` (replication throttle).
+    pub resync_rate_kib: Option<u64>,
+}
+
 /// See the module documentation.
 pub struct NsCluster {
     pub dir: tempfile::TempDir,
@@ -87,6 +98,11 @@ impl NsCluster {
     /// fsa) and both agents, and wait until fsa serves NFS on the client IP and the
     /// pair is Healthy.
     pub fn start() -> NsCluster {
+        Self::start_with(NsOptions::default())
+    }
+
+    /// [`NsCluster::start`] with options.
+    pub fn start_with(opts: NsOptions) -> NsCluster {
         check_tools();
         let net = Net::new(&["fsa", "fsb", "client"]).unwrap_or_else(|e| panic!("{e}"));
         let dir = tempfile::Builder::new()
@@ -127,6 +143,9 @@ listen = "{addr}"
 data_dir = "{data}"
 members = [ {members} ]
 
+[executor]
+step_pause_ms = {pause}
+{holdoff}
 [cloud]
 kind = "local"
 netns_prefix = "{prefix}"
@@ -146,6 +165,11 @@ backup = {b}
                     id = i + 1,
                     data = root.join(format!("controller-{}", i + 1)).display(),
                     prefix = net.prefix(),
+                    pause = opts.step_pause_ms,
+                    holdoff = opts
+                        .flap_holdoff_ms
+                        .map(|h| format!("[detector]\nflap_holdoff_ms = {h}\n"))
+                        .unwrap_or_default(),
                     p = server_toml("fsa"),
                     b = server_toml("fsb"),
                 ),
@@ -177,7 +201,7 @@ listen = "{}:7789"
 hostname = "{}"
 node_id = {}
 address = "{}:7789"
-"#,
+{}"#,
                     sid(name),
                     hdir.join("drbd-state").display(),
                     data_dir.display(),
@@ -185,6 +209,9 @@ address = "{}:7789"
                     sid(peer),
                     1 - i,
                     net.addr(peer),
+                    opts.resync_rate_kib
+                        .map(|r| format!("\n[tuning]\nresync_rate_kib = {r}\n"))
+                        .unwrap_or_default(),
                 ),
             )
             .expect("emulator config");
@@ -332,6 +359,14 @@ address = "{}:7789"
             .expect("drbdadm")
     }
 
+    /// Bring a dead host back (cable, emulator, agent): it rejoins as a Secondary
+    /// and resynchronises from the serving host.
+    pub fn revive_host(&mut self, i: usize) {
+        self.net.heal(self.hosts[i].name);
+        self.start_emulator(i);
+        self.start_agent(i);
+    }
+
     /// The file server dies: every process in its namespace SIGKILLed (agent,
     /// ganesha, emulator) and its cable cut.
     pub fn kill_host(&mut self, i: usize) {
@@ -365,7 +400,7 @@ address = "{}:7789"
         &self,
         what: &str,
         timeout: Duration,
-        pred: impl Fn(&Value) -> bool,
+        mut pred: impl FnMut(&Value) -> bool,
     ) -> Value {
         let deadline = Instant::now() + timeout;
         loop {

@@ -1,0 +1,219 @@
+//! Fault tests in network namespaces (root only): single witnesses never fail
+//! over (S2), a backup that is not UpToDate is never promoted (S1), and killing the
+//! Raft leader in the middle of any failover step still completes the plan exactly
+//! once with never two NFS servers (S7, S3).
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use understudy_tests::nscluster::{NsCluster, NsOptions, PAIR};
+use understudy_tests::{pair, server, wait_for, Cluster};
+
+fn alerts(s: &Value) -> Vec<String> {
+    pair(s, PAIR)["alerts"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn history(s: &Value) -> String {
+    pair(s, PAIR)["history"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .map(|l| l["event"].as_str().unwrap_or_default().to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
+/// A single witness holds: the pair is Suspect with `alert`, and stays served
+/// by fsa with no failover, for longer than both witness times.
+fn assert_single_witness(c: &NsCluster, alert: &str) {
+    let s = c.wait_status(alert, Duration::from_secs(15), |s| {
+        pair(s, PAIR)["state"] == "Suspect" && alerts(s).iter().any(|a| a.starts_with(alert))
+    });
+    assert_eq!(pair(&s, PAIR)["epoch"], 0);
+    std::thread::sleep(Duration::from_secs(3));
+    let s = c.try_status().expect("status");
+    assert_eq!(pair(&s, PAIR)["state"], "Suspect", "{}", history(&s));
+    assert_eq!(pair(&s, PAIR)["serving"], "fs1-fsa");
+    assert_eq!(pair(&s, PAIR)["epoch"], 0, "no failover may start");
+    assert_eq!(c.exporting_hosts(), vec!["fsa"]);
+    assert_eq!(c.ip_holders(), vec!["fsa"]);
+    assert_eq!(
+        c.nfs_read("witness.txt").expect("still served"),
+        b"still here"
+    );
+}
+
+#[test]
+fn controller_only_partition_alerts_and_does_not_fail_over() {
+    let c = NsCluster::start();
+    let _logs = c.keep_logs_on_panic();
+    c.nfs_write("witness.txt", b"still here").unwrap();
+    // fsa can no longer reach the controllers; DRBD to fsb and NFS clients still work.
+    c.net.block("fsa", c.net.bridge_addr());
+    assert_single_witness(&c, "agent unreachable, data path healthy");
+    c.net.unblock("fsa", c.net.bridge_addr());
+    c.wait_status("healthy again", Duration::from_secs(20), |s| {
+        pair(s, PAIR)["state"] == "Healthy"
+    });
+}
+
+#[test]
+fn replication_only_cut_runs_unprotected_and_does_not_fail_over() {
+    let c = NsCluster::start();
+    let _logs = c.keep_logs_on_panic();
+    c.nfs_write("witness.txt", b"still here").unwrap();
+    // Only the link between the two servers is cut; both agents reach the controllers.
+    c.net.block("fsa", c.net.addr("fsb"));
+    assert_single_witness(&c, "replication down, running unprotected");
+    c.net.unblock("fsa", c.net.addr("fsb"));
+    c.wait_status("healthy again", Duration::from_secs(30), |s| {
+        pair(s, PAIR)["state"] == "Healthy"
+    });
+}
+
+#[test]
+fn a_backup_still_syncing_is_not_promoted_and_the_pair_is_blocked() {
+    // Replication throttled to 256 KiB/s, so a resync takes a while.
+    let mut c = NsCluster::start_with(NsOptions {
+        resync_rate_kib: Some(256),
+        ..Default::default()
+    });
+    let _logs = c.keep_logs_on_panic();
+    // Give fsb a brand-new (Inconsistent) disk, as after a storage upgrade: kill
+    // its emulator, wipe its metadata and data.
+    if let Some(p) = c.hosts[1].emu.take() {
+        p.kill();
+    }
+    fs::remove_dir_all(c.hosts[1].dir.join("drbd-state")).unwrap();
+    fs::remove_dir_all(&c.hosts[1].data_dir).unwrap();
+    fs::create_dir_all(&c.hosts[1].data_dir).unwrap();
+    // Data on the file server to resync: 4 MiB at 256 KiB/s.
+    fs::write(c.hosts[0].data_dir.join("bulk.bin"), vec![7u8; 4 << 20]).unwrap();
+    c.start_emulator(1);
+    c.wait_status("fsb resyncing", Duration::from_secs(20), |s| {
+        let b = &server(s, PAIR, "fs1-fsb")["drbd"];
+        b["disk"] == "Inconsistent" && b["replication"] == "SyncTarget"
+    });
+    c.kill_host(0);
+    let s = c.wait_status("pair blocked", Duration::from_secs(20), |s| {
+        pair(s, PAIR)["state"] == "Blocked"
+    });
+    let reason = pair(&s, PAIR)["state_reason"].as_str().unwrap().to_string();
+    assert!(reason.starts_with("S1: not promoting fs1-fsb"), "{reason}");
+    assert!(reason.contains("Inconsistent"), "{reason}");
+    std::thread::sleep(Duration::from_secs(2));
+    let s = c.try_status().unwrap();
+    assert_eq!(pair(&s, PAIR)["state"], "Blocked");
+    assert_eq!(pair(&s, PAIR)["epoch"], 0, "no failover was started");
+    assert_eq!(server(&s, PAIR, "fs1-fsb")["drbd"]["role"], "Secondary");
+    assert!(c.exporting_hosts().is_empty());
+    assert!(!c.ip_holders().contains(&"fsb"));
+}
+
+/// Kill the Raft leader while `step` of a running failover is in progress.
+fn leader_killed_during(step: &str) {
+    let mut c = NsCluster::start_with(NsOptions {
+        step_pause_ms: 1500,
+        ..Default::default()
+    });
+    let _logs = c.keep_logs_on_panic();
+    c.nfs_write("precious.txt", b"acknowledged before the failure")
+        .unwrap();
+    c.wait_replicated(Duration::from_secs(4), Duration::from_secs(30));
+    c.kill_host(0);
+    let s = c.wait_status(
+        &format!("step {step} running"),
+        Duration::from_secs(30),
+        |s| {
+            pair(s, PAIR)["failover"]["steps"]
+                .as_array()
+                .is_some_and(|st| {
+                    st.iter()
+                        .any(|x| x["step"] == step && x["status"] == "running")
+                })
+        },
+    );
+    let leader = Cluster::leader_index(&s).expect("leader");
+    c.kill_controller(leader);
+    let killed = Instant::now();
+    let mut most_exporting = 0;
+    let mut most_holders = 0;
+    let s = c.wait_status(
+        "failover completed by the new leader",
+        Duration::from_secs(60),
+        |s| {
+            most_exporting = most_exporting.max(c.exporting_hosts().len());
+            most_holders = most_holders.max(c.ip_holders().iter().filter(|h| **h != "fsa").count());
+            pair(s, PAIR)["state"] == "Degraded"
+        },
+    );
+    eprintln!(
+        "leader killed during {step}; plan finished {:?} later",
+        killed.elapsed()
+    );
+    assert_ne!(Cluster::leader_index(&s), Some(leader));
+    assert!(most_exporting <= 1, "two NFS servers at once");
+    assert!(most_holders <= 1, "two holders of the client IP");
+    assert_eq!(pair(&s, PAIR)["serving"], "fs1-fsb");
+    assert_eq!(pair(&s, PAIR)["epoch"], 1, "exactly one failover");
+    let h = history(&s);
+    assert_eq!(h.matches("FailingOver -> Degraded").count(), 1, "{h}");
+    for st in [
+        "Confirm", "Fence", "Promote", "Mount", "Export", "ClaimIp", "Verify",
+    ] {
+        assert_eq!(
+            h.matches(&format!("step {st} done in")).count(),
+            1,
+            "{st}:\n{h}"
+        );
+    }
+    assert!(
+        h.contains(&format!("step {step} started (attempt 2")),
+        "{h}"
+    );
+    assert_eq!(c.exporting_hosts(), vec!["fsb"]);
+    assert_eq!(c.ip_holders(), vec!["fsb"]);
+    let got = wait_for("read after failover", Duration::from_secs(15), || {
+        c.nfs_read("precious.txt").ok()
+    });
+    assert_eq!(got, b"acknowledged before the failure");
+}
+
+#[test]
+fn leader_killed_during_confirm() {
+    leader_killed_during("Confirm");
+}
+#[test]
+fn leader_killed_during_fence() {
+    leader_killed_during("Fence");
+}
+#[test]
+fn leader_killed_during_promote() {
+    leader_killed_during("Promote");
+}
+#[test]
+fn leader_killed_during_mount() {
+    leader_killed_during("Mount");
+}
+#[test]
+fn leader_killed_during_export() {
+    leader_killed_during("Export");
+}
+#[test]
+fn leader_killed_during_claim_ip() {
+    leader_killed_during("ClaimIp");
+}
+#[test]
+fn leader_killed_during_verify() {
+    leader_killed_during("Verify");
+}
