@@ -15,7 +15,9 @@ use understudy_proto::agent_message::Msg;
 use understudy_proto::agent_service_server::{AgentService, AgentServiceServer};
 use understudy_proto::command::Action;
 use understudy_proto::controller_message::Msg as Out;
-use understudy_proto::{AgentMessage, Command, CommandResult, ControllerMessage, DrbdDemote, Welcome};
+use understudy_proto::{
+    AgentMessage, Command, CommandResult, ControllerMessage, DrbdDemote, Welcome,
+};
 use understudy_tests::{bin, Proc};
 
 /// Sends each queued command to the agent that connects; reports the results.
@@ -114,7 +116,9 @@ async fn stale_fencing_tokens_are_refused_even_after_a_restart() {
     let start = || {
         Proc::spawn(
             "agent",
-            Process::new(bin("understudy-agent")).arg("--config").arg(&cfg),
+            Process::new(bin("understudy-agent"))
+                .arg("--config")
+                .arg(&cfg),
             &dir.path().join("agent.log"),
         )
     };
@@ -127,11 +131,18 @@ async fn stale_fencing_tokens_are_refused_even_after_a_restart() {
     cmd_tx.send(demote(2, 4, 99)).await.unwrap();
     let r = result(&mut res_rx).await;
     assert!(!r.ok);
-    assert!(r.error.contains("stale command refused: epoch 4 term 99"), "{}", r.error);
+    assert!(
+        r.error.contains("stale command refused: epoch 4 term 99"),
+        "{}",
+        r.error
+    );
 
     cmd_tx.send(demote(3, 5, 1)).await.unwrap();
     let r = result(&mut res_rx).await;
-    assert!(!r.ok && r.error.contains("epoch 5 term 1"), "same epoch, older leader: {r:?}");
+    assert!(
+        !r.ok && r.error.contains("epoch 5 term 1"),
+        "same epoch, older leader: {r:?}"
+    );
 
     cmd_tx.send(demote(4, 5, 3)).await.unwrap();
     assert!(result(&mut res_rx).await.ok, "same epoch, newer leader");
@@ -141,5 +152,8 @@ async fn stale_fencing_tokens_are_refused_even_after_a_restart() {
     let _agent = start();
     cmd_tx.send(demote(5, 5, 2)).await.unwrap();
     let r = result(&mut res_rx).await;
-    assert!(!r.ok && r.error.contains("highest accepted (epoch 5 term 3)"), "{r:?}");
+    assert!(
+        !r.ok && r.error.contains("highest accepted (epoch 5 term 3)"),
+        "{r:?}"
+    );
 }

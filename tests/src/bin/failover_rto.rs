@@ -73,7 +73,8 @@ fn main() {
         flap_holdoff_ms: Some(0),
         ..Default::default()
     });
-    c.nfs_write("rto.txt", b"recovery time objective\n").expect("write");
+    c.nfs_write("rto.txt", b"recovery time objective\n")
+        .expect("write");
     let mut totals = Vec::new();
     let mut phases: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
     for run in 1..=n {
@@ -88,10 +89,15 @@ fn main() {
         let (t0, t0_ms) = (Instant::now(), unix_ms());
         c.kill_host(idx);
         let read_at = loop {
-            if c.nfs_read("rto.txt").is_ok_and(|d| d == b"recovery time objective\n") {
+            if c.nfs_read("rto.txt")
+                .is_ok_and(|d| d == b"recovery time objective\n")
+            {
                 break t0.elapsed();
             }
-            assert!(t0.elapsed() < Duration::from_secs(60), "no read within 60 s (run {run})");
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "no read within 60 s (run {run})"
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
         let s = c.wait_status("failover recorded", Duration::from_secs(30), |s| {

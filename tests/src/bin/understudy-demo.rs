@@ -1,11 +1,13 @@
 //! The demo: a whole Understudy cluster on this machine, shown live.
 //!
-//! Starts 3 controllers, a file server and its backup on the DRBD emulator and
-//! their agents (all real processes on loopback, in a temporary directory), then
-//! plays a short scenario while redrawing `understudyctl status` in the terminal:
-//! initial sync, files written on the file server replicating, the Raft leader
-//! killed and replaced, the replication link lost ("running unprotected") and
-//! recovered. Ctrl-C ends it and removes everything.
+//! Starts (as root) 3 controllers, a file server `fsa` and its backup `fsb` on the
+//! DRBD emulator with nfs-ganesha, and a client, each host a network namespace on
+//! a bridge, then plays a scenario while redrawing `understudyctl status`: a file
+//! written through NFS on the client IP and replicated; the file server killed
+//! (processes SIGKILLed, cable cut); the controller fences it, promotes fsb,
+//! exports NFS there and moves the client IP, step by step with timings; the
+//! client reads the file back through the same IP; fsa comes back as the new
+//! backup and resyncs. Ctrl-C ends it and removes everything.
 //!
 //! `--no-wait` exits after the scenario instead of watching until Ctrl-C.
 
@@ -15,7 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use understudy_tests::{bin, pair, pair_healthy, Cluster, RESOURCE};
+use understudy_tests::nscluster::{NsCluster, NsOptions, PAIR, PSEUDO};
+use understudy_tests::{bin, pair};
 
 struct Screen {
     started: Instant,
@@ -42,10 +45,10 @@ impl Screen {
             Err(e) => e.to_string(),
         };
         let events = self.events.lock().unwrap();
-        let tail: Vec<&String> = events.iter().rev().take(12).collect();
+        let tail: Vec<&String> = events.iter().rev().take(22).collect();
         let mut s = String::from("\x1b[H\x1b[2J");
         s.push_str(
-            "Understudy demo: 3 controllers, file server fs1-a + backup fs1-b (DRBD emulator)\n",
+            "Understudy demo: 3 controllers, file server fsa + backup fsb (DRBD emulator, nfs-ganesha), a client\n",
         );
         s.push_str("Ctrl-C to stop\n\n$ understudyctl status\n");
         s.push_str(&body);
@@ -72,7 +75,6 @@ fn main() {
     {
         let stop = stop.clone();
         std::thread::spawn(move || {
-            // A plain Ctrl-C handler without extra crates: wait on SIGINT via sigwait.
             unsafe {
                 let mut set: libc::sigset_t = std::mem::zeroed();
                 libc::sigemptyset(&mut set);
@@ -88,16 +90,20 @@ fn main() {
         started: Instant::now(),
         events: Mutex::new(Vec::new()),
     });
-    screen.event("starting 3 controllers, 2 DRBD emulator hosts and 2 agents");
-    let mut c = Cluster::start(3);
+    println!("starting: 3 controllers, file server fsa + backup fsb (DRBD emulator, nfs-ganesha) and a client, each host a network namespace ...");
+    screen.event("starting 3 controllers and hosts fsa, fsb, client (network namespaces)");
+    // A short pause before each failover step, so the steps can be watched.
+    let mut c = NsCluster::start_with(NsOptions {
+        step_pause_ms: 300,
+        ..Default::default()
+    });
     let addrs = c.controller_addrs.join(",");
     screen.event(format!(
-        "cluster files and logs in {}",
+        "fsa serves NFS on client IP {} (ganesha, {PSEUDO}); files and logs in {}",
+        c.client_ip,
         c.dir.path().display()
     ));
-    screen.event("fs1-a promoted with `drbdadm primary --force r0`: initial sync to fs1-b");
 
-    // Redraw in the background while the scenario runs.
     let drawing = Arc::new(AtomicBool::new(true));
     let painter = {
         let (screen, addrs, drawing, stop) =
@@ -105,7 +111,7 @@ fn main() {
         std::thread::spawn(move || {
             while drawing.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst) {
                 screen.draw(&addrs);
-                std::thread::sleep(Duration::from_millis(400));
+                std::thread::sleep(Duration::from_millis(250));
             }
         })
     };
@@ -116,75 +122,73 @@ fn main() {
         }
     };
 
-    let scenario = || -> Result<(), String> {
-        let healthy = |c: &Cluster, what: &str| {
-            c.wait_status(what, Duration::from_secs(60), pair_healthy);
-        };
-        healthy(&c, "initial sync");
-        screen.event("fs1-b is UpToDate and in sync: pair Healthy");
-        pause(3);
-
-        screen.event("writing 32 files of 256 KiB on the file server fs1-a");
-        for i in 0..32 {
-            let data: Vec<u8> = (0..256 * 1024).map(|b| (b as u8) ^ (i as u8)).collect();
-            std::fs::write(c.hosts[0].data_dir.join(format!("user-file-{i:02}")), data)
-                .map_err(|e| e.to_string())?;
+    let content = format!(
+        "written through NFS by the demo, {:?} after start\n",
+        screen.started.elapsed()
+    );
+    let mut scenario = || -> Result<(), String> {
+        pause(2);
+        c.nfs_write("hello.txt", content.as_bytes())?;
+        screen.event(format!(
+            "client wrote hello.txt through nfs://{}{PSEUDO}",
+            c.client_ip
+        ));
+        c.wait_replicated(Duration::from_secs(4), Duration::from_secs(60));
+        screen.event("replicated to fsb: out-of-sync 0 on both sides");
+        pause(2);
+        if stop.load(Ordering::SeqCst) {
+            return Ok(());
         }
-        healthy(&c, "replication of new files");
-        screen.event("replicated: out-of-sync back to 0");
-        pause(3);
+        screen.event("KILL the file server fsa: SIGKILL agent, ganesha, DRBD; cable cut");
+        let t0 = Instant::now();
+        c.kill_host(0);
+        let read = loop {
+            if let Ok(d) = c.nfs_read("hello.txt") {
+                break d;
+            }
+            if t0.elapsed() > Duration::from_secs(60) || stop.load(Ordering::SeqCst) {
+                return Err("no NFS read within 60 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        screen.event(format!(
+            "client read hello.txt through the client IP {} ms after the kill: {}",
+            t0.elapsed().as_millis(),
+            if read == content.as_bytes() {
+                "byte-identical"
+            } else {
+                "DIFFERENT"
+            }
+        ));
+        if let Ok(s) = c.try_status() {
+            for l in pair(&s, PAIR)["history"].as_array().into_iter().flatten() {
+                let ev = l["event"].as_str().unwrap_or_default();
+                if l["epoch"] == 1
+                    && (ev.contains(" done in ")
+                        || ev.contains("-> FailingOver")
+                        || ev.contains("-> Degraded"))
+                {
+                    screen.event(format!("  history: {ev}"));
+                }
+            }
+        }
+        pause(4);
+        if stop.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        screen.event("fsa comes back: it rejoins as the backup and resynchronises");
+        c.revive_host(0);
+        c.wait_status("pair healthy again", Duration::from_secs(60), |s| {
+            pair(s, PAIR)["state"] == "Healthy"
+        });
+        screen.event("pair Healthy again, now served by fsb with fsa as its backup");
         Ok(())
     };
     if let Err(e) = scenario() {
         screen.event(format!("scenario step failed: {e}"));
     }
-    if !stop.load(Ordering::SeqCst) {
-        let s = c.try_status().unwrap_or_default();
-        if let Some(l) = Cluster::leader_index(&s) {
-            screen.event(format!("SIGKILL controller {} (the Raft leader)", l + 1));
-            let t = Instant::now();
-            c.kill_controller(l);
-            let s = c.wait_status("new leader", Duration::from_secs(10), |s| {
-                Cluster::leader_index(s).is_some_and(|n| n != l)
-            });
-            screen.event(format!(
-                "controller {} elected leader after {} ms; agents follow it",
-                Cluster::leader_index(&s).unwrap() + 1,
-                t.elapsed().as_millis()
-            ));
-            pause(3);
-            c.start_controller(l);
-            screen.event(format!(
-                "controller {} restarted: rejoins as a follower",
-                l + 1
-            ));
-            pause(2);
-        }
-    }
-    if !stop.load(Ordering::SeqCst) {
-        screen.event("SIGKILL fs1-b's DRBD emulator: the replication link is gone");
-        if let Some(p) = c.hosts[1].emu.take() {
-            p.kill();
-        }
-        let s = c.wait_status("alert", Duration::from_secs(15), |s| {
-            pair(s, "fs1")["alerts"]
-                .as_array()
-                .is_some_and(|a| !a.is_empty())
-        });
-        for a in pair(&s, "fs1")["alerts"].as_array().into_iter().flatten() {
-            screen.event(format!("alert: {}", a.as_str().unwrap_or_default()));
-        }
-        screen.event("no failover: the file server is still serving (S2 needs two witnesses)");
-        pause(4);
-        c.hosts[1].start_emulator();
-        screen.event(format!(
-            "fs1-b's emulator restarted: it reconnects and resyncs {RESOURCE}"
-        ));
-        let _ = c.wait_status("resync", Duration::from_secs(60), pair_healthy);
-        screen.event("pair Healthy again");
-        screen.event("file-server failover (fence, promote, NFS, client IP) is not built yet");
-    }
     if !no_wait {
+        screen.event("watching; Ctrl-C to stop and clean up");
         while !stop.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(200));
         }
