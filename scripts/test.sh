@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 # The cluster tests start the workspace's binaries: build them first.
 cargo build --workspace --bins --locked
-cargo test --workspace --locked -- --test-threads="${UNDERSTUDY_TEST_THREADS:-2}"
+cargo test --workspace --locked --no-fail-fast -- --test-threads="${UNDERSTUDY_TEST_THREADS:-2}"

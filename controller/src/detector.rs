@@ -287,60 +287,9 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{FailoverPlan, PairSpec, ServerSpec, Step, StepRecord, StepStatus};
+    use crate::state::{FailoverPlan, Step, StepRecord, StepStatus};
+    use crate::testutil::{pair, sum};
     use understudy_proto::DrbdSummary;
-
-    pub(crate) fn pair(state: PairState) -> PairRecord {
-        let s = |id: &str| ServerSpec {
-            id: id.into(),
-            address: String::new(),
-            zone: "z".into(),
-            volumes: vec![],
-            ..Default::default()
-        };
-        PairRecord {
-            spec: PairSpec {
-                id: "p".into(),
-                resource: "r0".into(),
-                client_ip: "198.18.0.100".into(),
-                zone: "z".into(),
-                primary: s("a"),
-                backup: s("b"),
-                ..Default::default()
-            },
-            state,
-            state_reason: "because".into(),
-            epoch: 3,
-            state_since_unix_ms: 0,
-            history: vec![],
-            serving: None,
-            failover: None,
-            last_auto_failover_unix_ms: None,
-            flap_acknowledged: false,
-        }
-    }
-
-    fn sum(
-        role: &str,
-        disk: &str,
-        conn: &str,
-        repl: &str,
-        pdisk: &str,
-        oos: Option<u64>,
-    ) -> DrbdSummary {
-        DrbdSummary {
-            role: role.into(),
-            disk: disk.into(),
-            peer_role: String::new(),
-            connection: conn.into(),
-            replication: repl.into(),
-            peer_disk: pdisk.into(),
-            done_percent: None,
-            eta_seconds: None,
-            out_of_sync_bytes: oos,
-            quorum: None,
-        }
-    }
 
     fn in_sync() -> DrbdSummary {
         sum(

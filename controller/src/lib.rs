@@ -23,6 +23,8 @@ pub mod observe;
 pub mod operator;
 pub mod raft;
 pub mod state;
+#[cfg(test)]
+mod testutil;
 
 pub use config::ControllerConfig;
 pub use error::ControllerError;

@@ -151,51 +151,10 @@ pub fn observe(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{PairSpec, ServerSpec};
-
-    fn pair(state: PairState) -> PairRecord {
-        let s = |id: &str| ServerSpec {
-            id: id.into(),
-            address: String::new(),
-            zone: "z".into(),
-            volumes: vec![],
-            ..Default::default()
-        };
-        PairRecord {
-            spec: PairSpec {
-                id: "p".into(),
-                resource: "r0".into(),
-                client_ip: "198.18.0.1".into(),
-                zone: "z".into(),
-                primary: s("a"),
-                backup: s("b"),
-                ..Default::default()
-            },
-            state,
-            state_reason: String::new(),
-            epoch: 0,
-            state_since_unix_ms: 0,
-            history: vec![],
-            serving: None,
-            failover: None,
-            last_auto_failover_unix_ms: None,
-            flap_acknowledged: false,
-        }
-    }
+    use crate::testutil::{pair, sum};
 
     fn drbd(role: &str, disk: &str, conn: &str, repl: &str, pdisk: &str, oos: u64) -> DrbdSummary {
-        DrbdSummary {
-            role: role.into(),
-            disk: disk.into(),
-            peer_role: String::new(),
-            connection: conn.into(),
-            replication: repl.into(),
-            peer_disk: pdisk.into(),
-            done_percent: None,
-            eta_seconds: None,
-            out_of_sync_bytes: Some(oos),
-            quorum: None,
-        }
+        sum(role, disk, conn, repl, pdisk, Some(oos))
     }
 
     fn up(d: DrbdSummary) -> AgentView {

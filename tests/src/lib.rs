@@ -119,6 +119,76 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// Write `drbdsetup` and `drbdadm` wrapper scripts into `dir` that run the DRBD
+/// emulator for the host configured in `emu_config`; returns their paths.
+pub fn emulator_wrappers(dir: &Path, emu_config: &Path) -> (PathBuf, PathBuf) {
+    let wrapper = |tool: &str| {
+        let p = dir.join(tool);
+        fs::write(
+            &p,
+            format!(
+                "#!/bin/sh\nDRBD_EMU_CONFIG='{}' exec '{}' {tool} \"$@\"\n",
+                emu_config.display(),
+                bin("drbd-emu").display()
+            ),
+        )
+        .expect("write wrapper");
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).expect("chmod");
+        p
+    };
+    (wrapper("drbdsetup"), wrapper("drbdadm"))
+}
+
+/// Start controller number `i` (0-based) with `config`, logging next to it.
+pub fn spawn_controller(config: &Path, log: &Path, i: usize) -> Proc {
+    let mut cmd = Command::new(bin("understudy-controller"));
+    cmd.arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info,openraft=warn");
+    Proc::spawn(&format!("controller {}", i + 1), &mut cmd, log)
+}
+
+/// `understudyctl --output json status` against the controllers at `addrs`.
+pub fn ctl_status(addrs: &[String]) -> Result<Value, String> {
+    let out = Command::new(bin("understudyctl"))
+        .arg("--controllers")
+        .arg(addrs.join(","))
+        .args(["--timeout-ms", "1000", "--output", "json", "status"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
+/// Poll [`ctl_status`] every 50 ms until `pred` holds; panics after `timeout` with
+/// the last status seen and where the logs are.
+pub fn wait_status_at(
+    addrs: &[String],
+    logs: &Path,
+    what: &str,
+    timeout: Duration,
+    mut pred: impl FnMut(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match ctl_status(addrs) {
+            Ok(v) if pred(&v) => return v,
+            Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_default(),
+            Err(e) => e,
+        };
+        if Instant::now() > deadline {
+            panic!(
+                "timed out after {timeout:?} waiting for: {what}\nlast status: {last}\nlogs in {}",
+                logs.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// One emulated host of the pair: a DRBD emulator daemon and an agent.
 pub struct Host {
     pub name: String,
@@ -276,23 +346,7 @@ address = "127.0.0.1:{peer_port}"
                 ),
             )
             .expect("write emulator config");
-            let wrapper = |tool: &str| {
-                let p = hdir.join(tool);
-                fs::write(
-                    &p,
-                    format!(
-                        "#!/bin/sh\nDRBD_EMU_CONFIG='{}' exec '{}' {tool} \"$@\"\n",
-                        emu_config.display(),
-                        bin("drbd-emu").display()
-                    ),
-                )
-                .expect("write wrapper");
-                use std::os::unix::fs::PermissionsExt;
-                fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).expect("chmod");
-                p
-            };
-            let drbdsetup = wrapper("drbdsetup");
-            let drbdadm = wrapper("drbdadm");
+            let (drbdsetup, drbdadm) = emulator_wrappers(&hdir, &emu_config);
             let agent_config = hdir.join("agent.toml");
             fs::write(
                 &agent_config,
@@ -360,14 +414,10 @@ drbdadm = "{adm}"
     }
 
     pub fn start_controller(&mut self, i: usize) {
-        let mut cmd = Command::new(bin("understudy-controller"));
-        cmd.arg("--config")
-            .arg(&self.controller_configs[i])
-            .env("RUST_LOG", "info,openraft=warn");
-        self.controllers[i] = Some(Proc::spawn(
-            &format!("controller {}", i + 1),
-            &mut cmd,
+        self.controllers[i] = Some(spawn_controller(
+            &self.controller_configs[i],
             &self.dir.path().join(format!("controller-{}.log", i + 1)),
+            i,
         ));
     }
 
@@ -380,16 +430,7 @@ drbdadm = "{adm}"
 
     /// `understudyctl --output json status` against the running controllers.
     pub fn try_status(&self) -> Result<Value, String> {
-        let out = Command::new(bin("understudyctl"))
-            .arg("--controllers")
-            .arg(self.controller_addrs.join(","))
-            .args(["--timeout-ms", "1000", "--output", "json", "status"])
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+        ctl_status(&self.controller_addrs)
     }
 
     /// Wait until the status satisfies `pred`; panics with the last status seen.
@@ -397,23 +438,9 @@ drbdadm = "{adm}"
         &self,
         what: &str,
         timeout: Duration,
-        pred: impl Fn(&Value) -> bool,
+        pred: impl FnMut(&Value) -> bool,
     ) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let last = match self.try_status() {
-                Ok(v) if pred(&v) => return v,
-                Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_default(),
-                Err(e) => e,
-            };
-            if Instant::now() > deadline {
-                panic!(
-                    "timed out after {timeout:?} waiting for: {what}\nlast status: {last}\nlogs in {}",
-                    self.dir.path().display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_status_at(&self.controller_addrs, self.dir.path(), what, timeout, pred)
     }
 
     /// The leader's 0-based index, as reported by the status.

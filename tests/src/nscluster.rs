@@ -22,7 +22,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::netns::Net;
-use crate::{bin, free_port, pair, server, KeepLogs, Proc, RESOURCE};
+use crate::{
+    bin, ctl_status, emulator_wrappers, free_port, pair, server, spawn_controller, wait_status_at,
+    KeepLogs, Proc, RESOURCE,
+};
 
 /// The pair's id in the namespace cluster.
 pub const PAIR: &str = "fs1";
@@ -215,23 +218,7 @@ address = "{}:7789"
                 ),
             )
             .expect("emulator config");
-            let wrapper = |tool: &str| {
-                let p = hdir.join(tool);
-                fs::write(
-                    &p,
-                    format!(
-                        "#!/bin/sh\nDRBD_EMU_CONFIG='{}' exec '{}' {tool} \"$@\"\n",
-                        emu_config.display(),
-                        bin("drbd-emu").display()
-                    ),
-                )
-                .expect("wrapper");
-                use std::os::unix::fs::PermissionsExt;
-                fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).expect("chmod");
-                p
-            };
-            let drbdsetup = wrapper("drbdsetup");
-            let drbdadm = wrapper("drbdadm");
+            let (drbdsetup, drbdadm) = emulator_wrappers(&hdir, &emu_config);
             let agent_config = hdir.join("agent.toml");
             fs::write(
                 &agent_config,
@@ -296,14 +283,10 @@ address = "{}:7789"
     }
 
     pub fn start_controller(&mut self, i: usize) {
-        let mut cmd = Command::new(bin("understudy-controller"));
-        cmd.arg("--config")
-            .arg(&self.controller_configs[i])
-            .env("RUST_LOG", "info,openraft=warn");
-        self.controllers[i] = Some(Proc::spawn(
-            &format!("controller {}", i + 1),
-            &mut cmd,
+        self.controllers[i] = Some(spawn_controller(
+            &self.controller_configs[i],
             &self.dir.path().join(format!("controller-{}.log", i + 1)),
+            i,
         ));
     }
 
@@ -383,16 +366,7 @@ address = "{}:7789"
 
     /// `understudyctl --output json status`.
     pub fn try_status(&self) -> Result<Value, String> {
-        let out = Command::new(bin("understudyctl"))
-            .arg("--controllers")
-            .arg(self.controller_addrs.join(","))
-            .args(["--timeout-ms", "1000", "--output", "json", "status"])
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+        ctl_status(&self.controller_addrs)
     }
 
     /// Wait until the status satisfies `pred`; panics with the last status seen.
@@ -400,23 +374,9 @@ address = "{}:7789"
         &self,
         what: &str,
         timeout: Duration,
-        mut pred: impl FnMut(&Value) -> bool,
+        pred: impl FnMut(&Value) -> bool,
     ) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let last = match self.try_status() {
-                Ok(v) if pred(&v) => return v,
-                Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_default(),
-                Err(e) => e,
-            };
-            if Instant::now() > deadline {
-                panic!(
-                    "timed out after {timeout:?} waiting for: {what}\nlast status: {last}\nlogs in {}",
-                    self.dir.path().display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_status_at(&self.controller_addrs, self.dir.path(), what, timeout, pred)
     }
 
     /// Wait until both servers have reported nothing out of sync, the pair

@@ -20,9 +20,11 @@ use understudy_proto::{
 };
 use understudy_tests::{bin, Proc};
 
-/// Sends each queued command to the agent that connects; reports the results.
+/// Accepts agent sessions; the newest one receives the commands the test sends
+/// (through [`FakeController::current`]); results and hellos go to the test.
 struct FakeController {
-    commands: Arc<Mutex<mpsc::Receiver<Command>>>,
+    current: Arc<Mutex<Option<mpsc::Sender<Result<ControllerMessage, Status>>>>>,
+    hellos: mpsc::Sender<()>,
     results: mpsc::Sender<CommandResult>,
 }
 
@@ -47,21 +49,13 @@ impl AgentService for FakeController {
         }))
         .await
         .unwrap();
-        let commands = self.commands.clone();
+        *self.current.lock().await = Some(tx);
+        let _ = self.hellos.send(()).await;
         let results = self.results.clone();
         tokio::spawn(async move {
-            let mut commands = commands.lock().await;
-            loop {
-                tokio::select! {
-                    c = commands.recv() => match c {
-                        Some(c) => { let _ = tx.send(Ok(ControllerMessage { msg: Some(Out::Command(c)) })).await; }
-                        None => return,
-                    },
-                    m = inbound.message() => match m {
-                        Ok(Some(AgentMessage { msg: Some(Msg::CommandResult(r)) })) => { let _ = results.send(r).await; }
-                        Ok(Some(_)) => {}
-                        _ => return,
-                    },
+            while let Ok(Some(m)) = inbound.message().await {
+                if let Some(Msg::CommandResult(r)) = m.msg {
+                    let _ = results.send(r).await;
                 }
             }
         });
@@ -79,6 +73,12 @@ fn demote(id: u64, epoch: u64, term: u64) -> Command {
     }
 }
 
+async fn wait_hello(rx: &mut mpsc::Receiver<()>) {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("no agent session within 10 s");
+}
+
 async fn result(rx: &mut mpsc::Receiver<CommandResult>) -> CommandResult {
     tokio::time::timeout(Duration::from_secs(10), rx.recv())
         .await
@@ -90,12 +90,26 @@ async fn result(rx: &mut mpsc::Receiver<CommandResult>) -> CommandResult {
 async fn stale_fencing_tokens_are_refused_even_after_a_restart() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
-    let (cmd_tx, cmd_rx) = mpsc::channel(8);
+    let (hello_tx, mut hello_rx) = mpsc::channel(8);
     let (res_tx, mut res_rx) = mpsc::channel(8);
+    let current = Arc::new(Mutex::new(None));
     let svc = FakeController {
-        commands: Arc::new(Mutex::new(cmd_rx)),
+        current: current.clone(),
+        hellos: hello_tx,
         results: res_tx,
     };
+    let send = |c: Command| {
+        let current = current.clone();
+        async move {
+            let tx = current.lock().await.clone().expect("an agent session");
+            tx.send(Ok(ControllerMessage {
+                msg: Some(Out::Command(c)),
+            }))
+            .await
+            .expect("session open");
+        }
+    };
+
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(AgentServiceServer::new(svc))
@@ -123,12 +137,13 @@ async fn stale_fencing_tokens_are_refused_even_after_a_restart() {
         )
     };
     let agent = start();
+    wait_hello(&mut hello_rx).await;
 
-    cmd_tx.send(demote(1, 5, 2)).await.unwrap();
+    send(demote(1, 5, 2)).await;
     let r = result(&mut res_rx).await;
     assert!(r.ok, "a current token is accepted: {r:?}");
 
-    cmd_tx.send(demote(2, 4, 99)).await.unwrap();
+    send(demote(2, 4, 99)).await;
     let r = result(&mut res_rx).await;
     assert!(!r.ok);
     assert!(
@@ -137,20 +152,21 @@ async fn stale_fencing_tokens_are_refused_even_after_a_restart() {
         r.error
     );
 
-    cmd_tx.send(demote(3, 5, 1)).await.unwrap();
+    send(demote(3, 5, 1)).await;
     let r = result(&mut res_rx).await;
     assert!(
         !r.ok && r.error.contains("epoch 5 term 1"),
         "same epoch, older leader: {r:?}"
     );
 
-    cmd_tx.send(demote(4, 5, 3)).await.unwrap();
+    send(demote(4, 5, 3)).await;
     assert!(result(&mut res_rx).await.ok, "same epoch, newer leader");
 
     // Restart: the highest token survives.
     agent.kill();
     let _agent = start();
-    cmd_tx.send(demote(5, 5, 2)).await.unwrap();
+    wait_hello(&mut hello_rx).await;
+    send(demote(5, 5, 2)).await;
     let r = result(&mut res_rx).await;
     assert!(
         !r.ok && r.error.contains("highest accepted (epoch 5 term 3)"),
