@@ -51,6 +51,23 @@ pub async fn run(cfg: DrbdConfig, tx: watch::Sender<DrbdStatus>) {
     }
 }
 
+/// Remembers, per resource, the summary of the last report in which it was
+/// Connected, and attaches it to every report (the S1 evidence).
+#[derive(Default)]
+pub struct LastConnected(std::collections::HashMap<String, understudy_proto::DrbdSummary>);
+
+impl LastConnected {
+    /// Record connected summaries of `st` and fill in `last_connected` everywhere.
+    pub fn apply(&mut self, st: &mut DrbdStatus) {
+        for r in &mut st.resources {
+            if let Some(s) = r.summary.as_ref().filter(|s| s.connection == "Connected") {
+                self.0.insert(r.name.clone(), s.clone());
+            }
+            r.last_connected = self.0.get(&r.name).cloned();
+        }
+    }
+}
+
 /// Run one child until it dies; returns why it stopped.
 async fn run_child(cfg: &DrbdConfig, tx: &watch::Sender<DrbdStatus>, restarts: u32) -> AgentError {
     let mut child = match Command::new(&cfg.drbdsetup)
@@ -80,6 +97,7 @@ async fn run_child(cfg: &DrbdConfig, tx: &watch::Sender<DrbdStatus>, restarts: u
     let mut state = DrbdState::default();
     let mut line_no = 0usize;
     let mut last_parse_error = String::new();
+    let mut last_connected = LastConnected::default();
     loop {
         match lines.next_line().await {
             Ok(Some(line)) => {
@@ -97,7 +115,9 @@ async fn run_child(cfg: &DrbdConfig, tx: &watch::Sender<DrbdStatus>, restarts: u
                     }
                 };
                 if changed && state.initial_dump_done {
-                    tx.send_replace(drbd_status(&state, &last_parse_error, restarts));
+                    let mut st = drbd_status(&state, &last_parse_error, restarts);
+                    last_connected.apply(&mut st);
+                    tx.send_replace(st);
                 }
             }
             Ok(None) => break,
@@ -120,5 +140,52 @@ async fn run_child(cfg: &DrbdConfig, tx: &watch::Sender<DrbdStatus>, restarts: u
         } else {
             stderr
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use understudy_proto::{DrbdResource, DrbdSummary};
+
+    fn status(conn: &str, oos: u64) -> DrbdStatus {
+        DrbdStatus {
+            resources: vec![DrbdResource {
+                name: "r0".into(),
+                summary: Some(DrbdSummary {
+                    connection: conn.into(),
+                    out_of_sync_bytes: Some(oos),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_last_connected_summary_is_kept_through_the_loss() {
+        let mut lc = LastConnected::default();
+        let mut st = status("Connected", 0);
+        lc.apply(&mut st);
+        assert_eq!(
+            st.resources[0]
+                .last_connected
+                .as_ref()
+                .unwrap()
+                .out_of_sync_bytes,
+            Some(0)
+        );
+        let mut st = status("Connected", 4096);
+        lc.apply(&mut st);
+        let mut lost = status("Connecting", 0);
+        lc.apply(&mut lost);
+        let kept = lost.resources[0].last_connected.as_ref().unwrap();
+        assert_eq!(kept.connection, "Connected");
+        assert_eq!(
+            kept.out_of_sync_bytes,
+            Some(4096),
+            "the last connected one, not the first"
+        );
     }
 }

@@ -73,6 +73,8 @@ pub fn drbd_status(state: &DrbdState, last_error: &str, restarts: u32) -> DrbdSt
                         quorum: s.quorum,
                     }),
                     unknown: s.unknown,
+                    // Filled in by the observer, which remembers it across reports.
+                    last_connected: None,
                 }
             })
             .collect(),

@@ -131,6 +131,11 @@ impl Liveness {
                         e.last_connected.insert(r.name.clone(), sum.clone());
                     } else {
                         e.conn_lost_since.entry(r.name.clone()).or_insert(now);
+                        // The agent's own record of its last connected state, so a
+                        // leader elected during the outage still has the evidence.
+                        if let Some(lc) = &r.last_connected {
+                            e.last_connected.insert(r.name.clone(), lc.clone());
+                        }
                     }
                 }
                 e.last_report = Some(report);

@@ -217,3 +217,47 @@ fn leader_killed_during_claim_ip() {
 fn leader_killed_during_verify() {
     leader_killed_during("Verify");
 }
+
+#[test]
+fn a_leader_without_quorum_takes_no_action() {
+    let mut c = NsCluster::start();
+    let _logs = c.keep_logs_on_panic();
+    c.nfs_write("precious.txt", b"kept").unwrap();
+    c.wait_replicated(Duration::from_secs(4), Duration::from_secs(30));
+    let s = c.try_status().unwrap();
+    let leader = Cluster::leader_index(&s).expect("leader");
+    // Freeze both followers: the leader keeps running but has no quorum (S6).
+    let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    for f in &followers {
+        c.controllers[*f].as_ref().unwrap().signal(libc::SIGSTOP);
+    }
+    c.kill_host(0);
+    std::thread::sleep(Duration::from_secs(6));
+    // Nothing happened on the backup: still Secondary, not exporting, no client IP.
+    let out = std::process::Command::new(&c.hosts[1].drbdadm)
+        .args(["role", "r0"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Secondary");
+    assert!(c.exporting_hosts().is_empty());
+    assert!(c.ip_holders().is_empty() || c.ip_holders() == vec!["fsa"]);
+    assert!(
+        c.try_status().is_err(),
+        "a leader without quorum must not answer reads"
+    );
+    // Quorum back: the failover happens, once.
+    for f in &followers {
+        c.controllers[*f].as_ref().unwrap().signal(libc::SIGCONT);
+    }
+    let s = c.wait_status(
+        "failover after quorum returns",
+        Duration::from_secs(30),
+        |s| pair(s, PAIR)["state"] == "Degraded",
+    );
+    assert_eq!(pair(&s, PAIR)["epoch"], 1);
+    assert_eq!(c.exporting_hosts(), vec!["fsb"]);
+    let got = wait_for("read after failover", Duration::from_secs(15), || {
+        c.nfs_read("precious.txt").ok()
+    });
+    assert_eq!(got, b"kept");
+}
