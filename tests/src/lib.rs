@@ -189,6 +189,62 @@ pub fn wait_status_at(
     }
 }
 
+/// The controller processes of a test cluster: their addresses, configuration
+/// files and processes (log files next to the configurations).
+pub struct Controllers {
+    pub addrs: Vec<String>,
+    pub configs: Vec<PathBuf>,
+    pub procs: Vec<Option<Proc>>,
+}
+
+impl Controllers {
+    /// Controllers with these addresses and configuration files, none started.
+    pub fn new(addrs: Vec<String>, configs: Vec<PathBuf>) -> Controllers {
+        let procs = addrs.iter().map(|_| None).collect();
+        Controllers {
+            addrs,
+            configs,
+            procs,
+        }
+    }
+
+    /// Start controller `i` (0-based); its log is `controller-N.log` beside its config.
+    pub fn start(&mut self, i: usize) {
+        let log = self.configs[i].with_file_name(format!("controller-{}.log", i + 1));
+        self.procs[i] = Some(spawn_controller(&self.configs[i], &log, i));
+    }
+
+    /// SIGKILL controller `i` (0-based) and reap it.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(p) = self.procs[i].take() {
+            p.kill();
+        }
+    }
+
+    /// Send a signal (SIGSTOP, SIGCONT) to controller `i`.
+    pub fn signal(&self, i: usize, sig: i32) {
+        if let Some(p) = &self.procs[i] {
+            p.signal(sig);
+        }
+    }
+
+    /// `understudyctl --output json status` against them.
+    pub fn status(&self) -> Result<Value, String> {
+        ctl_status(&self.addrs)
+    }
+
+    /// Wait until the status satisfies `pred`; panics with the last status seen.
+    pub fn wait_status(
+        &self,
+        logs: &Path,
+        what: &str,
+        timeout: Duration,
+        pred: impl FnMut(&Value) -> bool,
+    ) -> Value {
+        wait_status_at(&self.addrs, logs, what, timeout, pred)
+    }
+}
+
 /// One emulated host of the pair: a DRBD emulator daemon and an agent.
 pub struct Host {
     pub name: String,
@@ -258,9 +314,7 @@ impl Host {
 /// A cluster of real processes; see the module documentation.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
-    pub controller_addrs: Vec<String>,
-    pub controller_configs: Vec<PathBuf>,
-    pub controllers: Vec<Option<Proc>>,
+    pub controllers: Controllers,
     pub hosts: Vec<Host>,
     pub pair_id: String,
 }
@@ -389,9 +443,7 @@ drbdadm = "{adm}"
         }
         let mut c = Cluster {
             dir,
-            controller_addrs: addrs,
-            controller_configs: configs,
-            controllers: (0..n).map(|_| None).collect(),
+            controllers: Controllers::new(addrs, configs),
             hosts,
             pair_id,
         };
@@ -414,23 +466,17 @@ drbdadm = "{adm}"
     }
 
     pub fn start_controller(&mut self, i: usize) {
-        self.controllers[i] = Some(spawn_controller(
-            &self.controller_configs[i],
-            &self.dir.path().join(format!("controller-{}.log", i + 1)),
-            i,
-        ));
+        self.controllers.start(i);
     }
 
     /// SIGKILL controller `i` (0-based).
     pub fn kill_controller(&mut self, i: usize) {
-        if let Some(p) = self.controllers[i].take() {
-            p.kill();
-        }
+        self.controllers.kill(i);
     }
 
     /// `understudyctl --output json status` against the running controllers.
     pub fn try_status(&self) -> Result<Value, String> {
-        ctl_status(&self.controller_addrs)
+        self.controllers.status()
     }
 
     /// Wait until the status satisfies `pred`; panics with the last status seen.
@@ -440,7 +486,8 @@ drbdadm = "{adm}"
         timeout: Duration,
         pred: impl FnMut(&Value) -> bool,
     ) -> Value {
-        wait_status_at(&self.controller_addrs, self.dir.path(), what, timeout, pred)
+        self.controllers
+            .wait_status(self.dir.path(), what, timeout, pred)
     }
 
     /// The leader's 0-based index, as reported by the status.

@@ -23,8 +23,7 @@ use serde_json::Value;
 
 use crate::netns::Net;
 use crate::{
-    bin, ctl_status, emulator_wrappers, free_port, pair, server, spawn_controller, wait_status_at,
-    KeepLogs, Proc, RESOURCE,
+    bin, emulator_wrappers, free_port, pair, server, Controllers, KeepLogs, Proc, RESOURCE,
 };
 
 /// The pair's id in the namespace cluster.
@@ -68,9 +67,7 @@ pub struct NsCluster {
     pub dir: tempfile::TempDir,
     pub net: Net,
     pub client_ip: Ipv4Addr,
-    pub controller_addrs: Vec<String>,
-    pub controller_configs: Vec<PathBuf>,
-    pub controllers: Vec<Option<Proc>>,
+    pub controllers: Controllers,
     pub hosts: Vec<NsHost>,
 }
 
@@ -254,9 +251,7 @@ address = "{}:7789"
             dir,
             net,
             client_ip,
-            controller_addrs: addrs,
-            controller_configs: configs,
-            controllers: vec![None, None, None],
+            controllers: Controllers::new(addrs, configs),
             hosts,
         };
         for i in 0..3 {
@@ -283,17 +278,11 @@ address = "{}:7789"
     }
 
     pub fn start_controller(&mut self, i: usize) {
-        self.controllers[i] = Some(spawn_controller(
-            &self.controller_configs[i],
-            &self.dir.path().join(format!("controller-{}.log", i + 1)),
-            i,
-        ));
+        self.controllers.start(i);
     }
 
     pub fn kill_controller(&mut self, i: usize) {
-        if let Some(p) = self.controllers[i].take() {
-            p.kill();
-        }
+        self.controllers.kill(i);
     }
 
     pub fn start_emulator(&mut self, i: usize) {
@@ -366,7 +355,7 @@ address = "{}:7789"
 
     /// `understudyctl --output json status`.
     pub fn try_status(&self) -> Result<Value, String> {
-        ctl_status(&self.controller_addrs)
+        self.controllers.status()
     }
 
     /// Wait until the status satisfies `pred`; panics with the last status seen.
@@ -376,7 +365,8 @@ address = "{}:7789"
         timeout: Duration,
         pred: impl FnMut(&Value) -> bool,
     ) -> Value {
-        wait_status_at(&self.controller_addrs, self.dir.path(), what, timeout, pred)
+        self.controllers
+            .wait_status(self.dir.path(), what, timeout, pred)
     }
 
     /// Wait until both servers have reported nothing out of sync, the pair

@@ -30,7 +30,7 @@ fn status_shows_both_servers_uptodate_and_connected() {
 
     // The table output shows the same.
     let out = std::process::Command::new(understudy_tests::bin("understudyctl"))
-        .args(["--controllers", &c.controller_addrs.join(","), "status"])
+        .args(["--controllers", &c.controllers.addrs.join(","), "status"])
         .output()
         .unwrap();
     assert!(out.status.success());

@@ -229,7 +229,7 @@ fn a_leader_without_quorum_takes_no_action() {
     // Freeze both followers: the leader keeps running but has no quorum (S6).
     let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
     for f in &followers {
-        c.controllers[*f].as_ref().unwrap().signal(libc::SIGSTOP);
+        c.controllers.signal(*f, libc::SIGSTOP);
     }
     c.kill_host(0);
     std::thread::sleep(Duration::from_secs(6));
@@ -247,7 +247,7 @@ fn a_leader_without_quorum_takes_no_action() {
     );
     // Quorum back: the failover happens, once.
     for f in &followers {
-        c.controllers[*f].as_ref().unwrap().signal(libc::SIGCONT);
+        c.controllers.signal(*f, libc::SIGCONT);
     }
     let s = c.wait_status(
         "failover after quorum returns",

@@ -97,7 +97,7 @@ fn main() {
         step_pause_ms: 300,
         ..Default::default()
     });
-    let addrs = c.controller_addrs.join(",");
+    let addrs = c.controllers.addrs.join(",");
     screen.event(format!(
         "fsa serves NFS on client IP {} (ganesha, {PSEUDO}); files and logs in {}",
         c.client_ip,
