@@ -20,7 +20,7 @@
 //!   blocks the pair unless an operator acknowledged.
 //! - `Paused` and `Blocked` pairs get no automatic action.
 
-use crate::observe::{backup_in_sync, observe, AgentView};
+use crate::observe::{backup_in_sync, observe, AgentView, Observation};
 use crate::state::{PairRecord, PairState, Step};
 
 /// Detector timings, in milliseconds.
@@ -87,7 +87,10 @@ pub fn decide(
     now_unix_ms: i64,
     cfg: &DetectorConfig,
 ) -> Decision {
-    let alerts = observe(pair, serving, standby, cfg.agent_timeout_ms).alerts;
+    let Observation {
+        transition: monitoring,
+        alerts,
+    } = observe(pair, serving, standby, cfg.agent_timeout_ms);
     let d = |action: Action, reason: String| Decision {
         action,
         reason,
@@ -271,7 +274,7 @@ pub fn decide(
                 format!("serving from {s_id} without a usable backup"),
             ),
         },
-        _ => match observe(pair, serving, standby, cfg.agent_timeout_ms).transition {
+        _ => match monitoring {
             Some((to, why)) => d(Action::SetState(to), why),
             None => d(
                 Action::Nothing,

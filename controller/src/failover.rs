@@ -31,7 +31,7 @@ use understudy_proto::command::Action as Cmd;
 use understudy_proto::{ClaimIp, Command, DrbdPromote, ExportNfs, Mount};
 
 use crate::liveness::Liveness;
-use crate::node::{now_unix_ms, LeaderView};
+use crate::node::{now_unix_ms, write, LeaderView};
 use crate::raft::store::SharedState;
 use crate::raft::Raft;
 use crate::state::{
@@ -96,13 +96,9 @@ pub fn cloud_server(s: &ServerSpec) -> CloudServer {
 impl Executor {
     async fn commit(&self, req: Request) -> Result<(), String> {
         let what = req.to_string();
-        match tokio::time::timeout(Duration::from_secs(3), self.raft.client_write(req)).await {
-            Ok(Ok(r)) => match r.data {
-                Response::Refused { reason } => Err(format!("{what} refused: {reason}")),
-                _ => Ok(()),
-            },
-            Ok(Err(e)) => Err(format!("{what} not committed: {e}")),
-            Err(_) => Err(format!("{what} not committed within 3 s (no quorum?)")),
+        match write(&self.raft, req).await? {
+            Response::Refused { reason } => Err(format!("{what} refused: {reason}")),
+            _ => Ok(()),
         }
     }
 

@@ -218,17 +218,23 @@ async fn bootstrap(raft: Raft, cfg: ControllerConfig) {
 
 /// Propose a request, logging refusals; `None` if this node cannot commit now.
 async fn propose(raft: &Raft, req: Request) -> Option<crate::state::Response> {
+    match write(raft, req).await {
+        Ok(resp) => Some(resp),
+        Err(e) => {
+            tracing::warn!(error = %e, "proposal not committed");
+            None
+        }
+    }
+}
+
+/// Commit a request through Raft (only a leader with a quorum can) and return
+/// what applying it said; the error names the request.
+pub async fn write(raft: &Raft, req: Request) -> Result<crate::state::Response, String> {
     let what = req.to_string();
     match tokio::time::timeout(Duration::from_secs(3), raft.client_write(req)).await {
-        Ok(Ok(resp)) => Some(resp.data),
-        Ok(Err(e)) => {
-            tracing::warn!(request = %what, error = %e, "proposal not committed");
-            None
-        }
-        Err(_) => {
-            tracing::warn!(request = %what, "proposal not committed within 3 s (no quorum?)");
-            None
-        }
+        Ok(Ok(resp)) => Ok(resp.data),
+        Ok(Err(e)) => Err(format!("{what} not committed: {e}")),
+        Err(_) => Err(format!("{what} not committed within 3 s (no quorum?)")),
     }
 }
 
