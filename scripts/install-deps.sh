@@ -16,7 +16,7 @@ if [ "$(printf '%s\n%s\n' "$need_rust" "$have" | sort -V | head -1)" != "$need_r
 fi
 
 # Debian packages the build, the tests and the demo use.
-pkgs=(ca-certificates gcc libc6-dev python3 python3-pip python3-venv iproute2 iptables arping
+pkgs=(ca-certificates gcc libc6-dev python3 python3-pip python3-venv iproute2 iptables arping iputils-ping procps mount
       nfs-ganesha nfs-ganesha-vfs libnfs-utils)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -118,6 +118,10 @@ impl Handler {
                 a.demote().await?;
                 "drbdadm secondary".into()
             }
+            Action::Outdate(_) => {
+                a.outdate().await?;
+                "drbdadm outdate".into()
+            }
             Action::Mount(_) => {
                 a.mount().await?;
                 "mounted".into()

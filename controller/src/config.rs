@@ -14,7 +14,13 @@
 //! election_timeout_min_ms = 400
 //! election_timeout_max_ms = 800
 //! agent_heartbeat_ms = 200
+//!
+//! [detector]                         # all optional; checked against each other
+//! primary_silence_ms = 1000
+//! peer_loss_ms = 500
 //! agent_timeout_ms = 1000
+//! outdate_tolerance_ms = 300
+//! flap_holdoff_ms = 600000
 //!
 //! [[pairs]]
 //! id = "fs1"
@@ -55,8 +61,6 @@ pub struct Timing {
     pub election_timeout_max_ms: u64,
     /// How often agents are asked to send a heartbeat.
     pub agent_heartbeat_ms: u64,
-    /// An agent silent for this long is considered unreachable.
-    pub agent_timeout_ms: u64,
 }
 
 impl Default for Timing {
@@ -66,7 +70,6 @@ impl Default for Timing {
             election_timeout_min_ms: 400,
             election_timeout_max_ms: 800,
             agent_heartbeat_ms: 200,
-            agent_timeout_ms: 1000,
         }
     }
 }
@@ -246,11 +249,10 @@ impl ControllerConfig {
                 t.raft_heartbeat_ms, t.election_timeout_min_ms, t.election_timeout_max_ms
             ));
         }
-        if t.agent_timeout_ms < t.agent_heartbeat_ms * 2 {
-            return Err(
-                "timing: agent_timeout_ms must be at least twice agent_heartbeat_ms".into(),
-            );
+        if t.agent_heartbeat_ms == 0 {
+            return Err("timing: agent_heartbeat_ms must be above 0".into());
         }
+        self.detector.validate(t.agent_heartbeat_ms)?;
         let mut pair_ids = BTreeSet::new();
         let mut server_ids = BTreeSet::new();
         for p in &self.pairs {
@@ -305,7 +307,7 @@ backup = { id = "fs1-b", address = "198.18.0.3", zone = "a" }
         assert_eq!(c.node_id, 2);
         assert_eq!(c.member_addr(3), Some("127.0.0.1:7103"));
         assert_eq!(c.pairs[0].backup.id, "fs1-b");
-        assert_eq!(c.timing.agent_timeout_ms, 1000);
+        assert_eq!(c.detector.agent_timeout_ms, 1000);
     }
 
     #[test]
@@ -327,6 +329,26 @@ backup = { id = "fs1-b", address = "198.18.0.3", zone = "a" }
             (
                 GOOD.replace(", { id = 3, addr = \"127.0.0.1:7103\" }", ""),
                 "use 3 or 5",
+            ),
+            (
+                format!("{GOOD}\n[timing]\nagent_timeout_ms = 1000\n"),
+                "unknown field",
+            ),
+            (
+                format!("{GOOD}\n[detector]\nprimary_silence_ms = 500\n"),
+                "at least three agent heartbeats",
+            ),
+            (
+                format!("{GOOD}\n[detector]\nagent_timeout_ms = 300\n"),
+                "at least twice",
+            ),
+            (
+                format!("{GOOD}\n[detector]\noutdate_tolerance_ms = 1000\n"),
+                "below primary_silence_ms",
+            ),
+            (
+                format!("{GOOD}\n[detector]\npeer_loss_ms = 0\n"),
+                "peer_loss_ms must be above 0",
             ),
         ];
         for (text, want) in cases {

@@ -35,6 +35,41 @@ pub struct DetectorConfig {
     pub agent_timeout_ms: u64,
     /// Hold-off after an automatic failover (S5).
     pub flap_holdoff_ms: u64,
+    /// S1: a standby whose replication was lost while the serving server was
+    /// still heard from more than this long afterwards is outdated (the serving
+    /// server may have acknowledged writes it does not have).
+    pub outdate_tolerance_ms: u64,
+}
+
+impl DetectorConfig {
+    /// Check the timings against each other and the agents' heartbeat.
+    pub fn validate(&self, agent_heartbeat_ms: u64) -> Result<(), String> {
+        if self.agent_timeout_ms < agent_heartbeat_ms * 2 {
+            return Err(format!(
+                "detector: agent_timeout_ms ({}) must be at least twice [timing] agent_heartbeat_ms ({agent_heartbeat_ms}), or one late heartbeat makes an agent unreachable",
+                self.agent_timeout_ms
+            ));
+        }
+        if self.primary_silence_ms < agent_heartbeat_ms * 3 {
+            return Err(format!(
+                "detector: primary_silence_ms ({}) must be at least three agent heartbeats ({} ms), or jitter fails a healthy server over",
+                self.primary_silence_ms,
+                agent_heartbeat_ms * 3
+            ));
+        }
+        if self.peer_loss_ms == 0 {
+            return Err("detector: peer_loss_ms must be above 0".into());
+        }
+        if self.outdate_tolerance_ms < agent_heartbeat_ms
+            || self.outdate_tolerance_ms >= self.primary_silence_ms
+        {
+            return Err(format!(
+                "detector: outdate_tolerance_ms ({}) must be at least one agent heartbeat ({agent_heartbeat_ms} ms) and below primary_silence_ms ({})",
+                self.outdate_tolerance_ms, self.primary_silence_ms
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for DetectorConfig {
@@ -44,6 +79,7 @@ impl Default for DetectorConfig {
             peer_loss_ms: 500,
             agent_timeout_ms: 1000,
             flap_holdoff_ms: 10 * 60 * 1000,
+            outdate_tolerance_ms: 300,
         }
     }
 }
@@ -64,6 +100,55 @@ pub enum Action {
     /// The serving server holds the DRBD primary role but does not serve yet
     /// (bring-up, or an agent restart): run these steps on it, no fencing needed.
     Serve(Vec<Step>),
+    /// S1: commit that the standby `server` is outdated: it lost replication at
+    /// `lost_peer_unix_ms` while the serving server was alive at
+    /// `primary_alive_unix_ms`.
+    MarkOutdated {
+        server: String,
+        lost_peer_unix_ms: i64,
+        primary_alive_unix_ms: i64,
+    },
+    /// S1: the standby is marked outdated but its DRBD disk still says UpToDate:
+    /// tell its agent to `drbdadm outdate` (as DRBD's fence-peer handler does).
+    OutdateStandby(String),
+}
+
+/// S1: evidence that the standby lost replication while the serving server was
+/// alive, from the live views: (lost at, serving alive at), in wall-clock ms.
+/// Either side can show it: the standby's DRBD reporting its peer gone while the
+/// serving agent is still heard from afterwards, or the serving server's own DRBD
+/// (Primary) reporting the connection gone in a report sent after the loss.
+pub fn replication_lost_while_serving(
+    serving: &AgentView,
+    standby: &AgentView,
+    now_unix_ms: i64,
+    cfg: &DetectorConfig,
+) -> Option<(i64, i64)> {
+    let silent = serving.silent_ms?;
+    let alive_at = now_unix_ms - silent as i64;
+    let standby_up =
+        standby.connected && standby.silent_ms.is_some_and(|s| s <= cfg.agent_timeout_ms);
+    let from_standby = standby
+        .peer_lost_ms
+        .filter(|_| standby_up)
+        .filter(|lost| *lost > silent + cfg.outdate_tolerance_ms);
+    let serving_primary = serving.drbd.as_ref().is_some_and(|d| d.role == "Primary");
+    let from_serving = serving
+        .peer_lost_ms
+        .filter(|_| serving_primary)
+        .filter(|lost| *lost > silent + cfg.outdate_tolerance_ms);
+    let lost = from_standby.into_iter().chain(from_serving).max()?;
+    Some((now_unix_ms - lost as i64, alive_at))
+}
+
+fn times(lost: i64, alive: i64) -> String {
+    format!(
+        "replication lost at {}, {:.1} s before {} was last heard from at {}",
+        crate::state::fmt_unix_ms(lost),
+        (alive - lost) as f64 / 1000.0,
+        "the serving server",
+        crate::state::fmt_unix_ms(alive)
+    )
 }
 
 /// An action with its reason and the alerts that hold now.
@@ -97,6 +182,73 @@ pub fn decide(
         alerts: alerts.clone(),
     };
     let (s_id, b_id) = (pair.serving_id(), pair.standby_id());
+    let marked = pair.outdated.as_ref().filter(|m| m.server == b_id);
+    if !matches!(
+        pair.state,
+        PairState::FailingOver | PairState::SwitchingOver
+    ) {
+        // S1 first, in every state: a standby that lost replication while the
+        // serving server went on is outdated, durably, before anything else.
+        if marked.is_none() {
+            if let Some((lost, alive)) =
+                replication_lost_while_serving(serving, standby, now_unix_ms, cfg)
+            {
+                return d(
+                    Action::MarkOutdated {
+                        server: b_id.to_owned(),
+                        lost_peer_unix_ms: lost,
+                        primary_alive_unix_ms: alive,
+                    },
+                    format!(
+                        "S1: {b_id} is outdated: {} ({s_id} may have acknowledged writes it does not have)",
+                        times(lost, alive)
+                    ),
+                );
+            }
+        }
+    }
+    let dec = decide_main(pair, serving, standby, now_unix_ms, cfg, monitoring, d);
+    if dec.action != Action::Nothing
+        || matches!(
+            pair.state,
+            PairState::FailingOver | PairState::SwitchingOver
+        )
+    {
+        return dec;
+    }
+    // Nothing more pressing: make the standby's own DRBD agree with the mark.
+    let standby_reachable =
+        standby.connected && standby.silent_ms.is_some_and(|s| s <= cfg.agent_timeout_ms);
+    if let (Some(_), true, Some(b)) = (marked, standby_reachable, standby.drbd.as_ref()) {
+        if b.role == "Secondary"
+            && b.connection != "Connected"
+            && matches!(b.disk.as_str(), "UpToDate" | "Consistent")
+        {
+            return Decision {
+                action: Action::OutdateStandby(b_id.to_owned()),
+                reason: format!(
+                    "S1: {b_id} is marked outdated but its DRBD disk says {}: outdating it (drbdadm outdate); {}",
+                    b.disk, dec.reason
+                ),
+                alerts: dec.alerts,
+            };
+        }
+    }
+    dec
+}
+
+/// The decision once the S1 outdated mark is settled.
+fn decide_main(
+    pair: &PairRecord,
+    serving: &AgentView,
+    standby: &AgentView,
+    now_unix_ms: i64,
+    cfg: &DetectorConfig,
+    monitoring: Option<(PairState, String)>,
+    d: impl Fn(Action, String) -> Decision,
+) -> Decision {
+    let (s_id, b_id) = (pair.serving_id(), pair.standby_id());
+    let marked = pair.outdated.as_ref().filter(|m| m.server == b_id);
     match pair.state {
         PairState::Paused => {
             return d(
@@ -166,6 +318,17 @@ pub fn decide(
                 );
             }
         }
+        if let Some(m) = marked {
+            return d(
+                Action::Block,
+                format!(
+                    "S1: not promoting {b_id} automatically: it is outdated since {} (it lost replication while {s_id} was still alive at {}; {}), so it may lack writes {s_id} acknowledged ({evidence}); bring {s_id} back, or promote by hand only with --force --accept-data-loss, or reattach the volumes (S9)",
+                    crate::state::fmt_unix_ms(m.lost_peer_unix_ms),
+                    crate::state::fmt_unix_ms(m.primary_alive_unix_ms),
+                    m.source
+                ),
+            );
+        }
         let now_ok = standby.drbd.as_ref().is_some_and(|b| b.disk == "UpToDate");
         let was_in_sync = standby.last_connected.as_ref().is_some_and(backup_in_sync);
         if now_ok && was_in_sync {
@@ -206,10 +369,30 @@ pub fn decide(
 
     if w1 || w2 {
         let why = if w1 {
-            format!(
-                "agent unreachable, data path healthy: {s_id}'s agent silent for {}, but {b_id} still replicates from it",
-                ms(serving.silent_ms)
-            )
+            let replicating = standby_up
+                && standby
+                    .drbd
+                    .as_ref()
+                    .is_some_and(|b| b.connection == "Connected");
+            if replicating {
+                format!(
+                    "agent unreachable, data path healthy: {s_id}'s agent silent for {}, but {b_id} still replicates from it",
+                    ms(serving.silent_ms)
+                )
+            } else if standby_up {
+                format!(
+                    "{s_id}'s agent silent for {}; {b_id}'s DRBD connection to it is {}, lost for {} (below the {} ms needed)",
+                    ms(serving.silent_ms),
+                    standby.drbd.as_ref().map(|b| b.connection.as_str()).unwrap_or("unknown"),
+                    ms(standby.peer_lost_ms),
+                    cfg.peer_loss_ms
+                )
+            } else {
+                format!(
+                    "{s_id}'s agent silent for {}, and {b_id}'s agent is unreachable too: no second witness, no failover",
+                    ms(serving.silent_ms)
+                )
+            }
         } else {
             format!(
                 "replication down, running unprotected: {b_id}'s DRBD peer connection lost for {}, but {s_id}'s agent answers",
@@ -256,6 +439,13 @@ pub fn decide(
     // Leave Suspect; otherwise the monitoring transitions.
     let in_sync = standby_up && standby.drbd.as_ref().is_some_and(backup_in_sync);
     match pair.state {
+        PairState::Suspect if standby.gone(cfg.agent_timeout_ms) => d(
+            Action::SetState(PairState::Degraded),
+            format!(
+                "backup {b_id}'s agent is gone (silent for {}): serving from {s_id} without protection",
+                ms(standby.silent_ms)
+            ),
+        ),
         PairState::Suspect if in_sync => d(
             Action::SetState(PairState::Healthy),
             format!("witness cleared: {b_id} is connected and in sync again"),
@@ -421,10 +611,38 @@ mod tests {
         assert_eq!(dec.action, Action::Nothing);
     }
 
+    fn marked(state: PairState, lost: i64, alive: i64) -> PairRecord {
+        let mut p = pair(state);
+        p.outdated = Some(crate::state::OutdatedMark {
+            server: "b".into(),
+            lost_peer_unix_ms: lost,
+            primary_alive_unix_ms: alive,
+            source: "test".into(),
+        });
+        p
+    }
+
     #[test]
     fn replication_only_loss_is_running_unprotected() {
+        // First, S1: the backup is outdated from the moment it lost the peer.
         let dec = decide(
             &pair(PairState::Healthy),
+            &serving_alive(),
+            &standby(lost_peer(), Some(60_000), Some(in_sync())),
+            NOW,
+            &cfg(),
+        );
+        assert_eq!(
+            dec.action,
+            Action::MarkOutdated {
+                server: "b".into(),
+                lost_peer_unix_ms: NOW - 60_000,
+                primary_alive_unix_ms: NOW - 50,
+            }
+        );
+        // Once that is committed: Suspect, running unprotected.
+        let dec = decide(
+            &marked(PairState::Healthy, NOW - 60_000, NOW - 50),
             &serving_alive(),
             &standby(lost_peer(), Some(60_000), Some(in_sync())),
             NOW,
@@ -790,7 +1008,15 @@ mod tests {
                                 );
                                 let dec = decide(&pair(state), &s, &b, NOW, &cfg());
                                 assert!(!dec.reason.is_empty());
+                                if let Action::MarkOutdated { .. } = dec.action {
+                                    // Only when the serving server was heard
+                                    // from well after the standby lost it.
+                                    assert!(lost.unwrap() > silent.unwrap() + 300, "{dec:?}");
+                                }
                                 if let Action::StartFailover { .. } = dec.action {
+                                    // S1: never when the serving server outlived
+                                    // the replication loss by more than the tolerance.
+                                    assert!(lost.unwrap() <= silent.unwrap() + 300, "{dec:?}");
                                     // Never without both witnesses held long enough.
                                     assert!(
                                         silent.unwrap() >= 1000 && lost.unwrap() >= 500,
@@ -808,7 +1034,15 @@ mod tests {
                                     ));
                                 }
                                 if matches!(state, PairState::Paused | PairState::Blocked) {
-                                    assert_eq!(dec.action, Action::Nothing);
+                                    assert!(
+                                        matches!(
+                                            dec.action,
+                                            Action::Nothing
+                                                | Action::MarkOutdated { .. }
+                                                | Action::OutdateStandby(_)
+                                        ),
+                                        "{state}: {dec:?}"
+                                    );
                                 }
                             }
                         }
@@ -817,6 +1051,201 @@ mod tests {
             }
         }
         assert!(n > 5000, "{n}");
+    }
+
+    /// The scenario: replication cut, the file server goes on for minutes,
+    /// then dies. Both witnesses hold and the backup still says UpToDate with an
+    /// in-sync report from before the cut: S1 must refuse, naming both times.
+    #[test]
+    fn a_backup_outdated_by_a_replication_cut_is_never_promoted() {
+        let lost_at = NOW - 300_000;
+        let died_at = NOW - 2_000;
+        let p = marked(PairState::Suspect, lost_at, died_at);
+        for s_silent in [1_000, 2_000, 60_000] {
+            for b_lost in [500, 2_000, 300_000] {
+                let dec = decide(
+                    &p,
+                    &serving_silent(s_silent),
+                    &standby(lost_peer(), Some(b_lost), Some(in_sync())),
+                    NOW,
+                    &cfg(),
+                );
+                assert_eq!(dec.action, Action::Block, "{s_silent} {b_lost}: {dec:?}");
+                assert!(dec.reason.starts_with("S1: not promoting b automatically: it is outdated since 1970-01-02 03:41:40.000 UTC"), "{}", dec.reason);
+                assert!(
+                    dec.reason
+                        .contains("still alive at 1970-01-02 03:46:38.000 UTC"),
+                    "{}",
+                    dec.reason
+                );
+            }
+        }
+        // Without the mark (a leader that saw it all live): the live evidence marks first.
+        let dec = decide(
+            &pair(PairState::Suspect),
+            &serving_silent(1_500),
+            &standby(lost_peer(), Some(300_000), Some(in_sync())),
+            NOW,
+            &cfg(),
+        );
+        assert!(matches!(dec.action, Action::MarkOutdated { .. }), "{dec:?}");
+        // The serving server's own DRBD (Primary, connection lost, agent alive) is
+        // evidence too, even when the standby's agent cannot be heard.
+        let mut s = serving_alive();
+        s.drbd = Some(sum(
+            "Primary",
+            "UpToDate",
+            "Connecting",
+            "Off",
+            "DUnknown",
+            Some(4096),
+        ));
+        s.peer_lost_ms = Some(5_000);
+        let gone = AgentView {
+            silent_ms: Some(5_000),
+            ..Default::default()
+        };
+        let dec = decide(&pair(PairState::Healthy), &s, &gone, NOW, &cfg());
+        assert_eq!(
+            dec.action,
+            Action::MarkOutdated {
+                server: "b".into(),
+                lost_peer_unix_ms: NOW - 5_000,
+                primary_alive_unix_ms: NOW - 50,
+            }
+        );
+    }
+
+    /// A real death: the standby loses the peer at about the moment the serving
+    /// agent goes silent (or later: DRBD's ping timeout). Within the tolerance it
+    /// is not outdated, and the failover goes ahead.
+    #[test]
+    fn a_loss_within_the_tolerance_of_the_death_still_fails_over() {
+        for (silent, lost) in [(1_000, 500), (1_000, 1_000), (1_200, 1_500), (2_000, 2_300)] {
+            let dec = decide(
+                &pair(PairState::Healthy),
+                &serving_silent(silent),
+                &standby(lost_peer(), Some(lost), Some(in_sync())),
+                NOW,
+                &cfg(),
+            );
+            assert!(
+                matches!(dec.action, Action::StartFailover { .. }),
+                "silent {silent} lost {lost}: {dec:?}"
+            );
+        }
+        let dec = decide(
+            &pair(PairState::Healthy),
+            &serving_silent(1_000),
+            &standby(lost_peer(), Some(1_301), Some(in_sync())),
+            NOW,
+            &cfg(),
+        );
+        assert!(matches!(dec.action, Action::MarkOutdated { .. }), "{dec:?}");
+    }
+
+    #[test]
+    fn a_marked_standby_that_still_says_up_to_date_is_told_to_outdate() {
+        let p = marked(PairState::Suspect, NOW - 10_000, NOW - 50);
+        let dec = decide(
+            &p,
+            &serving_alive(),
+            &standby(lost_peer(), Some(10_000), Some(in_sync())),
+            NOW,
+            &cfg(),
+        );
+        assert_eq!(dec.action, Action::OutdateStandby("b".into()), "{dec:?}");
+        // Already Outdated: nothing to do.
+        let mut out = lost_peer();
+        out.disk = "Outdated".into();
+        let dec = decide(
+            &p,
+            &serving_alive(),
+            &standby(out, Some(10_000), None),
+            NOW,
+            &cfg(),
+        );
+        assert_eq!(dec.action, Action::Nothing, "{dec:?}");
+        // Connected again (resync): DRBD would refuse; the resync brings it back.
+        let dec = decide(
+            &p,
+            &serving_alive(),
+            &standby(in_sync(), None, Some(in_sync())),
+            NOW,
+            &cfg(),
+        );
+        assert_ne!(dec.action, Action::OutdateStandby("b".into()), "{dec:?}");
+    }
+
+    #[test]
+    fn a_dead_backup_is_not_healthy_and_is_not_a_witness() {
+        let gone = AgentView {
+            connected: false,
+            silent_ms: Some(13_000),
+            drbd: Some(in_sync()),
+            ..Default::default()
+        };
+        let dec = decide(
+            &pair(PairState::Healthy),
+            &serving_alive(),
+            &gone,
+            NOW,
+            &cfg(),
+        );
+        assert_eq!(dec.action, Action::SetState(PairState::Degraded), "{dec:?}");
+        // Then the file server dies too: no second witness, and no claim that the
+        // dead backup "still replicates".
+        let dec = decide(
+            &pair(PairState::Degraded),
+            &serving_silent(5_000),
+            &gone,
+            NOW,
+            &cfg(),
+        );
+        assert_eq!(dec.action, Action::Nothing, "{dec:?}");
+        assert!(!dec.reason.contains("still replicates"), "{}", dec.reason);
+        let dec = decide(
+            &pair(PairState::Suspect),
+            &serving_silent(5_000),
+            &gone,
+            NOW,
+            &cfg(),
+        );
+        assert!(!dec.reason.contains("still replicates"), "{}", dec.reason);
+        assert!(
+            !matches!(dec.action, Action::StartFailover { .. }),
+            "{dec:?}"
+        );
+    }
+
+    #[test]
+    fn detector_timings_are_validated() {
+        assert!(cfg().validate(200).is_ok());
+        let bad = [
+            DetectorConfig {
+                primary_silence_ms: 500,
+                ..cfg()
+            },
+            DetectorConfig {
+                agent_timeout_ms: 300,
+                ..cfg()
+            },
+            DetectorConfig {
+                outdate_tolerance_ms: 1000,
+                ..cfg()
+            },
+            DetectorConfig {
+                outdate_tolerance_ms: 100,
+                ..cfg()
+            },
+            DetectorConfig {
+                peer_loss_ms: 0,
+                ..cfg()
+            },
+        ];
+        for c in bad {
+            assert!(c.validate(200).is_err(), "{c:?}");
+        }
     }
 
     #[test]

@@ -279,6 +279,22 @@ impl Executor {
                 steps: vec![],
             };
             for step in steps {
+                // Committed before it is sent: only a leader holding a quorum
+                // brings a server up, and the history says so.
+                if let Err(e) = self
+                    .commit(Request::IssueCommand {
+                        pair_id: pair_id.into(),
+                        epoch: pair.epoch,
+                        server: pair.serving_id().into(),
+                        command: format!("bring-up {step}"),
+                        at_unix_ms: now_unix_ms(),
+                    })
+                    .await
+                {
+                    tracing::warn!(step = %step, error = %e, "bring-up step not committed: not sent");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    return;
+                }
                 let t0 = Instant::now();
                 match self.run_step(step, &pair, &plan, view.term).await {
                     Ok(detail) => tracing::info!(step = %step, duration_ms = t0.elapsed().as_millis() as u64, %detail, "bring-up step done"),
@@ -289,6 +305,53 @@ impl Executor {
                         return;
                     }
                 }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// S1: tell the standby's agent to mark its disk Outdated (`drbdadm outdate`),
+    /// committed first, with the pair's current fencing token.
+    pub async fn outdate_standby(&self, pair_id: &str, epoch: u64, server: &str) {
+        let view = self.leader.borrow().clone();
+        if !view.is_leader {
+            return;
+        }
+        let span = tracing::info_span!("outdate", pair = %pair_id, epoch, server = %server);
+        async {
+            if let Err(e) = self
+                .commit(Request::IssueCommand {
+                    pair_id: pair_id.into(),
+                    epoch,
+                    server: server.into(),
+                    command: "drbdadm outdate (S1)".into(),
+                    at_unix_ms: now_unix_ms(),
+                })
+                .await
+            {
+                tracing::warn!(error = %e, "outdate not committed: not sent");
+                return;
+            }
+            let cmd = Command {
+                command_id: 0,
+                raft_term: view.term,
+                epoch,
+                pair_id: pair_id.into(),
+                action: Some(Cmd::Outdate(understudy_proto::DrbdOutdate {})),
+            };
+            let rx = match self.liveness.send_command(server, cmd) {
+                Ok(rx) => rx,
+                Err(e) => {
+                    tracing::warn!(error = %e, "outdate not sent");
+                    return;
+                }
+            };
+            let wait = Duration::from_millis(self.cfg.agent_step_timeout_ms);
+            match tokio::time::timeout(wait, rx).await {
+                Ok(Ok(r)) if r.ok => tracing::info!(detail = %r.detail, "standby outdated"),
+                Ok(Ok(r)) => tracing::warn!(error = %r.error, "standby refused to outdate"),
+                _ => tracing::warn!("no answer to outdate"),
             }
         }
         .instrument(span)

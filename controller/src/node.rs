@@ -264,6 +264,7 @@ async fn leader_duties(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
         let mut said: HashMap<String, String> = HashMap::new();
+        let mut outdating: HashMap<String, Instant> = HashMap::new();
         loop {
             if !inventory_synced {
                 let current: Vec<_> = shared
@@ -289,6 +290,28 @@ async fn leader_duties(
             running.retain(|_, h| !h.is_finished());
             let now = Instant::now();
             for pair in shared.snapshot().state.pairs.values() {
+                // S4: an epoch never goes back. An agent that holds a higher one
+                // (the pair was re-added, the controllers restored) raises it.
+                let held = [pair.serving_id(), pair.standby_id()]
+                    .into_iter()
+                    .filter_map(|id| liveness.get(id).map(|v| (id, v.hello.highest_epoch)))
+                    .max_by_key(|(_, e)| *e);
+                if let Some((server, at_least)) = held.filter(|(_, e)| *e > pair.epoch) {
+                    if pair.failover.is_none() {
+                        tracing::warn!(pair = %pair.spec.id, epoch = pair.epoch, server, at_least, "an agent holds a higher epoch: raising the pair's");
+                        propose(
+                            &raft,
+                            Request::RaiseEpoch {
+                                pair_id: pair.spec.id.clone(),
+                                at_least,
+                                server: server.to_owned(),
+                                at_unix_ms: now_unix_ms(),
+                            },
+                        )
+                        .await;
+                        continue;
+                    }
+                }
                 let res = &pair.spec.resource;
                 let sv = agent_view(
                     liveness.get(pair.serving_id()).as_ref(),
@@ -365,6 +388,41 @@ async fn leader_duties(
                             running.insert(
                                 id.clone(),
                                 tokio::spawn(async move { ex.serve(&id, steps).await }),
+                            );
+                        }
+                    }
+                    Action::MarkOutdated {
+                        server,
+                        lost_peer_unix_ms,
+                        primary_alive_unix_ms,
+                    } => {
+                        propose(
+                            &raft,
+                            Request::MarkOutdated {
+                                pair_id: id,
+                                epoch: pair.epoch,
+                                server,
+                                lost_peer_unix_ms,
+                                primary_alive_unix_ms,
+                                source: "seen by the controller in the agents' DRBD reports".into(),
+                                at_unix_ms,
+                            },
+                        )
+                        .await;
+                    }
+                    Action::OutdateStandby(server) => {
+                        let due = outdating
+                            .get(&id)
+                            .is_none_or(|t| t.elapsed() >= Duration::from_secs(3));
+                        if due && !running.contains_key(&id) {
+                            outdating.insert(id.clone(), Instant::now());
+                            let ex = executor.clone();
+                            let epoch = pair.epoch;
+                            running.insert(
+                                id.clone(),
+                                tokio::spawn(async move {
+                                    ex.outdate_standby(&id, epoch, &server).await
+                                }),
                             );
                         }
                     }

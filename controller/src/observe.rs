@@ -47,6 +47,17 @@ impl AgentView {
     fn reachable(&self, timeout_ms: u64) -> bool {
         self.connected && self.silent_ms.is_some_and(|s| s <= timeout_ms)
     }
+
+    /// Not heard from for longer than the agent timeout (a new leader counts from
+    /// the start of its leadership): its last report is stale, not the truth.
+    pub fn gone(&self, timeout_ms: u64) -> bool {
+        self.silent_ms.is_none_or(|s| s > timeout_ms)
+    }
+}
+
+fn secs(ms: Option<u64>) -> String {
+    ms.map(|m| format!("{:.1} s", m as f64 / 1000.0))
+        .unwrap_or_else(|| "ever".into())
 }
 
 /// Whether the backup holds a complete, current copy (the S1 test on one report).
@@ -88,7 +99,10 @@ pub fn observe(
         }
     }
     if !b_up {
-        alerts.push(format!("backup {b_id}'s agent is unreachable"));
+        alerts.push(format!(
+            "backup {b_id}'s agent is unreachable (silent for {}): its last report is stale, not current",
+            secs(backup.silent_ms)
+        ));
     }
     if p_up && b_up {
         if let Some(b) = b_drbd {
@@ -120,7 +134,24 @@ pub fn observe(
         }
     }
 
+    // A backup that is gone leaves the pair serving without protection: never
+    // Healthy, and not Rebuilding either (nothing is resynchronising).
+    let b_gone = backup.gone(agent_timeout_ms);
     let transition = match pair.state {
+        PairState::Healthy | PairState::Rebuilding if b_gone => Some((
+            PairState::Degraded,
+            format!(
+                "backup {b_id} is gone (its agent silent for {}{}): serving from {p_id} without protection",
+                secs(backup.silent_ms),
+                match p_drbd {
+                    Some(p) => format!(
+                        "; {p_id}'s DRBD connection to it is {}, peer disk {}",
+                        p.connection, p.peer_disk
+                    ),
+                    None => String::new(),
+                }
+            ),
+        )),
         PairState::Rebuilding => match b_drbd {
             Some(b) if backup_in_sync(b) => Some((
                 PairState::Healthy,
@@ -328,12 +359,52 @@ mod tests {
             silent_ms: Some(1001),
             ..backup_ok()
         };
-        let o = observe(&pair(PairState::Rebuilding), &primary_ok(), &stale, 1000);
-        assert_eq!(o.transition, None);
-        assert!(o
-            .alerts
-            .iter()
-            .any(|a| a.contains("backup b's agent is unreachable")));
+        // Its last report said in sync, but it is stale: the pair serves without
+        // protection, neither Healthy nor Rebuilding.
+        for state in [PairState::Rebuilding, PairState::Healthy] {
+            let o = observe(&pair(state), &primary_ok(), &stale, 1000);
+            let (to, why) = o.transition.expect("a transition");
+            assert_eq!(to, PairState::Degraded, "{state}");
+            assert!(
+                why.starts_with("backup b is gone (its agent silent for 1.0 s"),
+                "{why}"
+            );
+            assert!(o.alerts.iter().any(|a| a.contains(
+                "backup b's agent is unreachable (silent for 1.0 s): its last report is stale"
+            )));
+        }
+        // Within the timeout a quiet agent is still current.
+        let fresh = AgentView {
+            silent_ms: Some(1000),
+            ..backup_ok()
+        };
+        assert_eq!(
+            observe(&pair(PairState::Healthy), &primary_ok(), &fresh, 1000).transition,
+            None
+        );
+        // A dead backup, as the file server's own DRBD sees it.
+        let mut p = primary_ok();
+        p.drbd = Some(drbd(
+            "Primary",
+            "UpToDate",
+            "Connecting",
+            "Off",
+            "DUnknown",
+            0,
+        ));
+        let gone = AgentView {
+            connected: false,
+            silent_ms: Some(13_000),
+            ..backup_ok()
+        };
+        let (to, why) = observe(&pair(PairState::Healthy), &p, &gone, 1000)
+            .transition
+            .unwrap();
+        assert_eq!(to, PairState::Degraded);
+        assert!(
+            why.contains("a's DRBD connection to it is Connecting, peer disk DUnknown"),
+            "{why}"
+        );
     }
 
     #[test]

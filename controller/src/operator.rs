@@ -16,8 +16,8 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use understudy_proto::operator_service_server::OperatorService;
 use understudy_proto::{
-    ClusterStatus, FailoverStatus, GetStatusRequest, GetStatusResponse, HistoryLine, PairStatus,
-    RaftMember, ServerStatus, StepStatus as StepStatusMsg,
+    ClusterStatus, FailoverStatus, GetStatusRequest, GetStatusResponse, HistoryLine,
+    OutdatedStatus, PairStatus, RaftMember, ServerStatus, StepStatus as StepStatusMsg,
 };
 
 use crate::config::ControllerConfig;
@@ -127,6 +127,8 @@ impl OperatorService for OperatorGrpc {
                      role: &str,
                      live: Option<&crate::liveness::ServerView>,
                      v: crate::observe::AgentView| ServerStatus {
+                        stale: v.gone(self.cfg.detector.agent_timeout_ms),
+                        silent_ms: v.silent_ms,
                         id: spec.id.clone(),
                         configured_role: role.into(),
                         address: spec.address.clone(),
@@ -188,6 +190,12 @@ impl OperatorService for OperatorGrpc {
                                 }
                             })
                             .collect(),
+                    }),
+                    outdated: p.outdated.as_ref().map(|m| OutdatedStatus {
+                        server: m.server.clone(),
+                        lost_peer_unix_ms: m.lost_peer_unix_ms,
+                        primary_alive_unix_ms: m.primary_alive_unix_ms,
+                        source: m.source.clone(),
                     }),
                     history: p
                         .history

@@ -127,6 +127,24 @@ pub struct PairRecord {
     /// An operator acknowledged the last automatic failover (lifts the hold-off).
     #[serde(default)]
     pub flap_acknowledged: bool,
+    /// The standby lost replication while the serving server was still alive, so
+    /// it may lack acknowledged writes: it is outdated (S1, as DRBD's fence-peer
+    /// handler marks it) until it is seen in sync again (the pair `Healthy`).
+    #[serde(default)]
+    pub outdated: Option<OutdatedMark>,
+}
+
+/// Why and since when a standby is known to be outdated (S1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutdatedMark {
+    /// The server whose data may be missing writes.
+    pub server: String,
+    /// When replication to it was lost (wall clock of the leader that saw it).
+    pub lost_peer_unix_ms: i64,
+    /// When the serving server was last known alive after that loss.
+    pub primary_alive_unix_ms: i64,
+    /// Who said so: the leader's view of the reports, or a DRBD fence-peer handler.
+    pub source: String,
 }
 
 /// The steps of an automatic failover (SPEC §5), in the order they run.
@@ -307,6 +325,37 @@ pub enum Request {
     },
     /// An operator acknowledges the last automatic failover (lifts the S5 hold-off).
     Acknowledge { pair_id: String, at_unix_ms: i64 },
+    /// Record that `server`, the pair's standby at `epoch`, is outdated (S1): it
+    /// lost replication while the serving server was alive. A mark already held is
+    /// kept (the earliest loss counts).
+    MarkOutdated {
+        pair_id: String,
+        epoch: u64,
+        server: String,
+        lost_peer_unix_ms: i64,
+        primary_alive_unix_ms: i64,
+        source: String,
+        at_unix_ms: i64,
+    },
+    /// An agent holds a higher epoch than the replicated one (a pair re-added, a
+    /// restored controller): raise the pair's epoch to it, never lower (S4).
+    RaiseEpoch {
+        pair_id: String,
+        at_least: u64,
+        server: String,
+        at_unix_ms: i64,
+    },
+    /// A command that changes what a server serves or holds is about to be sent
+    /// to `server` at `epoch`: committed first, so only a leader holding a quorum
+    /// sends it, and it is in the history. Refused if the epoch moved on or a plan
+    /// is in flight.
+    IssueCommand {
+        pair_id: String,
+        epoch: u64,
+        server: String,
+        command: String,
+        at_unix_ms: i64,
+    },
 }
 
 /// What applying a request did.
@@ -355,6 +404,19 @@ impl fmt::Display for Request {
                 ..
             } => write!(f, "FinishFailover({pair_id}@{epoch}: {state})"),
             Request::Acknowledge { pair_id, .. } => write!(f, "Acknowledge({pair_id})"),
+            Request::MarkOutdated {
+                pair_id, server, ..
+            } => write!(f, "MarkOutdated({pair_id}: {server})"),
+            Request::RaiseEpoch {
+                pair_id, at_least, ..
+            } => write!(f, "RaiseEpoch({pair_id}: >= {at_least})"),
+            Request::IssueCommand {
+                pair_id,
+                epoch,
+                server,
+                command,
+                ..
+            } => write!(f, "IssueCommand({pair_id}@{epoch}: {command} on {server})"),
         }
     }
 }
@@ -363,6 +425,28 @@ impl fmt::Display for Response {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{self:?}")
     }
+}
+
+/// A wall-clock time for operators: `2026-12-01 13:45:01.234 UTC`.
+pub fn fmt_unix_ms(ms: i64) -> String {
+    let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:03} UTC",
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000
+    )
 }
 
 fn refused(reason: String) -> Response {
@@ -399,6 +483,15 @@ impl ClusterState {
                 pair.state_reason = reason.clone();
                 pair.state_since_unix_ms = *at_unix_ms;
                 pair.record(*at_unix_ms, format!("{from} -> {state}: {reason}"));
+                if *state == PairState::Healthy {
+                    // Healthy means the standby was seen connected and in sync.
+                    if let Some(m) = pair.outdated.take() {
+                        pair.record(
+                            *at_unix_ms,
+                            format!("{} is in sync again: no longer outdated", m.server),
+                        );
+                    }
+                }
                 Response::StateChanged { epoch: pair.epoch }
             }
             Request::StartFailover {
@@ -526,6 +619,9 @@ impl ClusterState {
                 };
                 if *state == PairState::Degraded {
                     pair.serving = Some(plan.to.clone());
+                    // The mark named the server that now serves; the new standby
+                    // (the old primary) has not been seen in sync with it.
+                    pair.outdated = None;
                     if plan.automatic {
                         pair.last_auto_failover_unix_ms = Some(*at_unix_ms);
                         pair.flap_acknowledged = false;
@@ -556,6 +652,101 @@ impl ClusterState {
                     *at_unix_ms,
                     "operator acknowledged the last failover".into(),
                 );
+                Response::StateChanged { epoch: pair.epoch }
+            }
+            Request::MarkOutdated {
+                pair_id,
+                epoch,
+                server,
+                lost_peer_unix_ms,
+                primary_alive_unix_ms,
+                source,
+                at_unix_ms,
+            } => {
+                let pair = match self.pair_mut(pair_id) {
+                    Ok(p) => p,
+                    Err(r) => return r,
+                };
+                if pair.epoch != *epoch || pair.standby_id() != server {
+                    return refused(format!(
+                        "pair {pair_id}: {server} is not the standby at epoch {epoch} (epoch {}, standby {})",
+                        pair.epoch,
+                        pair.standby_id()
+                    ));
+                }
+                if pair.outdated.as_ref().is_some_and(|m| m.server == *server) {
+                    return Response::StateChanged { epoch: pair.epoch };
+                }
+                pair.outdated = Some(OutdatedMark {
+                    server: server.clone(),
+                    lost_peer_unix_ms: *lost_peer_unix_ms,
+                    primary_alive_unix_ms: *primary_alive_unix_ms,
+                    source: source.clone(),
+                });
+                pair.record(
+                    *at_unix_ms,
+                    format!(
+                        "S1: {server} is outdated: it lost replication at {} while {} was alive at {} ({source}); it is not promoted automatically until it is in sync again",
+                        fmt_unix_ms(*lost_peer_unix_ms),
+                        pair.serving_id(),
+                        fmt_unix_ms(*primary_alive_unix_ms),
+                    ),
+                );
+                Response::StateChanged { epoch: pair.epoch }
+            }
+            Request::RaiseEpoch {
+                pair_id,
+                at_least,
+                server,
+                at_unix_ms,
+            } => {
+                let pair = match self.pair_mut(pair_id) {
+                    Ok(p) => p,
+                    Err(r) => return r,
+                };
+                if *at_least <= pair.epoch {
+                    return Response::StateChanged { epoch: pair.epoch };
+                }
+                if pair.failover.is_some() {
+                    return refused(format!(
+                        "pair {pair_id}: a plan is in flight; the epoch is not raised under it"
+                    ));
+                }
+                let old = pair.epoch;
+                pair.epoch = *at_least;
+                pair.record(
+                    *at_unix_ms,
+                    format!("epoch raised from {old} to {at_least}: {server}'s agent holds it (S4: an epoch never goes back)"),
+                );
+                Response::StateChanged { epoch: pair.epoch }
+            }
+            Request::IssueCommand {
+                pair_id,
+                epoch,
+                server,
+                command,
+                at_unix_ms,
+            } => {
+                let pair = match self.pair_mut(pair_id) {
+                    Ok(p) => p,
+                    Err(r) => return r,
+                };
+                if pair.epoch != *epoch {
+                    return refused(format!(
+                        "pair {pair_id} is at epoch {}, not {epoch}: command not sent",
+                        pair.epoch
+                    ));
+                }
+                if let Some(f) = &pair.failover {
+                    return refused(format!(
+                        "pair {pair_id}: failover epoch {} is in flight: command not sent",
+                        f.epoch
+                    ));
+                }
+                if pair.server(server).is_none() {
+                    return refused(format!("pair {pair_id}: {server} is not a member"));
+                }
+                pair.record(*at_unix_ms, format!("command {command} sent to {server}"));
                 Response::StateChanged { epoch: pair.epoch }
             }
         }
@@ -589,6 +780,7 @@ impl ClusterState {
                         failover: None,
                         last_auto_failover_unix_ms: None,
                         flap_acknowledged: false,
+                        outdated: None,
                     };
                     rec.record(at, "pair added to the inventory".into());
                     self.pairs.insert(spec.id.clone(), rec);
@@ -830,5 +1022,163 @@ mod tests {
             .history
             .iter()
             .any(|h| h.event.contains("plan took 10 ms")));
+    }
+
+    /// A pair that failed over once: epoch 1, serving p1-b, Degraded.
+    fn failed_over_once() -> ClusterState {
+        let mut st = ClusterState::default();
+        st.apply(&Request::SyncInventory {
+            pairs: vec![spec("p1", "198.18.0.10")],
+            at_unix_ms: 1,
+        });
+        st.apply(&Request::StartFailover {
+            pair_id: "p1".into(),
+            expect: PairState::Rebuilding,
+            expect_epoch: 0,
+            from: "p1-a".into(),
+            to: "p1-b".into(),
+            reason: "test".into(),
+            automatic: true,
+            at_unix_ms: 10,
+        });
+        st.apply(&Request::FinishFailover {
+            pair_id: "p1".into(),
+            epoch: 1,
+            state: PairState::Degraded,
+            reason: "done".into(),
+            at_unix_ms: 20,
+        });
+        st
+    }
+
+    #[test]
+    fn an_inventory_change_never_touches_epoch_or_serving() {
+        let mut st = failed_over_once();
+        let mut changed = spec("p1", "198.18.0.10");
+        changed.primary.volumes.push("vol-extra".into());
+        changed.nfs_port = 2050;
+        let r = st.apply(&Request::SyncInventory {
+            pairs: vec![changed.clone()],
+            at_unix_ms: 30,
+        });
+        assert!(matches!(r, Response::Inventory { ref updated, .. } if updated == &["p1"]));
+        let p = &st.pairs["p1"];
+        assert_eq!(p.spec, changed);
+        assert_eq!(p.epoch, 1);
+        assert_eq!(p.serving_id(), "p1-b");
+        assert_eq!(p.state, PairState::Degraded);
+    }
+
+    #[test]
+    fn the_epoch_is_raised_to_what_an_agent_holds_and_never_lowered() {
+        let mut st = failed_over_once();
+        let raise = |at_least| Request::RaiseEpoch {
+            pair_id: "p1".into(),
+            at_least,
+            server: "p1-a".into(),
+            at_unix_ms: 40,
+        };
+        assert_eq!(st.apply(&raise(5)), Response::StateChanged { epoch: 5 });
+        assert_eq!(st.apply(&raise(2)), Response::StateChanged { epoch: 5 });
+        assert_eq!(st.pairs["p1"].epoch, 5);
+        assert!(st.pairs["p1"]
+            .history
+            .iter()
+            .any(|h| h.event.contains("epoch raised from 1 to 5")));
+        // Removing a pair and adding it back does not make its agents' epochs
+        // acceptable again: the leader raises it from their Hello (RaiseEpoch).
+        st.apply(&Request::SyncInventory {
+            pairs: vec![],
+            at_unix_ms: 50,
+        });
+        st.apply(&Request::SyncInventory {
+            pairs: vec![spec("p1", "198.18.0.10")],
+            at_unix_ms: 51,
+        });
+        assert_eq!(st.pairs["p1"].epoch, 0);
+        assert_eq!(st.apply(&raise(5)), Response::StateChanged { epoch: 5 });
+    }
+
+    #[test]
+    fn an_outdated_mark_names_the_standby_and_is_cleared_by_healthy_only() {
+        let mut st = ClusterState::default();
+        st.apply(&Request::SyncInventory {
+            pairs: vec![spec("p1", "198.18.0.10")],
+            at_unix_ms: 1,
+        });
+        let mark = |server: &str, epoch, lost| Request::MarkOutdated {
+            pair_id: "p1".into(),
+            epoch,
+            server: server.into(),
+            lost_peer_unix_ms: lost,
+            primary_alive_unix_ms: lost + 900,
+            source: "test".into(),
+            at_unix_ms: lost + 1000,
+        };
+        // Only the standby at the current epoch can be marked.
+        assert!(matches!(
+            st.apply(&mark("p1-a", 0, 100)),
+            Response::Refused { .. }
+        ));
+        assert!(matches!(
+            st.apply(&mark("p1-b", 4, 100)),
+            Response::Refused { .. }
+        ));
+        assert!(matches!(
+            st.apply(&mark("p1-b", 0, 100)),
+            Response::StateChanged { .. }
+        ));
+        // The earliest loss is kept.
+        st.apply(&mark("p1-b", 0, 5000));
+        assert_eq!(
+            st.pairs["p1"].outdated.as_ref().unwrap().lost_peer_unix_ms,
+            100
+        );
+        let set = |expect, state| Request::SetPairState {
+            pair_id: "p1".into(),
+            expect,
+            state,
+            reason: "r".into(),
+            at_unix_ms: 9000,
+        };
+        st.apply(&set(PairState::Rebuilding, PairState::Suspect));
+        assert!(st.pairs["p1"].outdated.is_some(), "Suspect keeps the mark");
+        st.apply(&set(PairState::Suspect, PairState::Healthy));
+        assert!(st.pairs["p1"].outdated.is_none(), "in sync again clears it");
+        let h: Vec<&str> = st.pairs["p1"]
+            .history
+            .iter()
+            .map(|h| h.event.as_str())
+            .collect();
+        assert!(
+            h.iter().any(|e| e.starts_with(
+                "S1: p1-b is outdated: it lost replication at 1970-01-01 00:00:00.100 UTC"
+            )),
+            "{h:?}"
+        );
+    }
+
+    #[test]
+    fn a_command_is_committed_only_at_the_current_epoch_and_without_a_plan() {
+        let mut st = failed_over_once();
+        let cmd = |epoch| Request::IssueCommand {
+            pair_id: "p1".into(),
+            epoch,
+            server: "p1-b".into(),
+            command: "Mount".into(),
+            at_unix_ms: 60,
+        };
+        assert!(matches!(st.apply(&cmd(0)), Response::Refused { .. }));
+        assert_eq!(st.apply(&cmd(1)), Response::StateChanged { epoch: 1 });
+    }
+
+    #[test]
+    fn wall_clock_times_are_formatted_in_utc() {
+        assert_eq!(fmt_unix_ms(0), "1970-01-01 00:00:00.000 UTC");
+        assert_eq!(
+            fmt_unix_ms(1_796_131_501_234),
+            "2026-12-01 13:25:01.234 UTC"
+        );
+        assert_eq!(fmt_unix_ms(951_782_400_000), "2000-02-29 00:00:00.000 UTC");
     }
 }

@@ -30,6 +30,7 @@ pub fn pair(state: PairState) -> PairRecord {
         failover: None,
         last_auto_failover_unix_ms: None,
         flap_acknowledged: false,
+        outdated: None,
     }
 }
 

@@ -523,12 +523,38 @@ impl Drop for KeepLogs {
                     .unwrap_or_else(|_| "/tmp/understudy-failed-tests".into()),
             )
             .join(self.0.file_name().unwrap_or_default());
-            let _ = Command::new("cp")
-                .arg("-r")
-                .arg(&self.0)
-                .arg(&dest)
-                .status();
-            eprintln!("cluster logs kept in {}", dest.display());
+            let copied = dest
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .map_err(|e| format!("cannot create {}: {e}", dest.display()))
+                .and_then(|()| {
+                    // Sockets and FIFOs of the cluster are skipped (-r without -a
+                    // copies regular files and directories); a partial copy
+                    // still keeps the logs, so cp's own complaints are shown.
+                    let out = Command::new("cp")
+                        .arg("-r")
+                        .arg(&self.0)
+                        .arg(&dest)
+                        .output()
+                        .map_err(|e| format!("cannot run cp: {e}"))?;
+                    if dest.is_dir() {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "cp -r {} {} failed: {}",
+                            self.0.display(),
+                            dest.display(),
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        ))
+                    }
+                });
+            match copied {
+                Ok(()) => eprintln!("cluster logs kept in {}", dest.display()),
+                Err(e) => eprintln!(
+                    "cluster logs NOT kept ({e}); they were in {}",
+                    self.0.display()
+                ),
+            }
         }
     }
 }

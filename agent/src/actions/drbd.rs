@@ -85,6 +85,13 @@ pub fn secondary_command(cfg: &DrbdActionsConfig) -> CommandLine {
         .arg(&cfg.resource)
 }
 
+/// `drbdadm outdate RES`.
+pub fn outdate_command(cfg: &DrbdActionsConfig) -> CommandLine {
+    CommandLine::new(&cfg.drbdadm)
+        .arg("outdate")
+        .arg(&cfg.resource)
+}
+
 /// Turn a drbdadm result into `Ok` or the right error. `target` is the role
 /// asked for ("Primary" or "Secondary").
 pub fn classify(
@@ -129,6 +136,18 @@ pub async fn demote(cfg: &DrbdActionsConfig) -> Result<(), ActionError> {
     classify(cfg, "Secondary", &cmd, &out)
 }
 
+/// Mark this node's disk Outdated (S1: it lost replication while the primary
+/// went on writing, as DRBD's fence-peer handler would have it). DRBD refuses
+/// while connected or Primary; a disk already Outdated or lower is fine.
+pub async fn outdate(cfg: &DrbdActionsConfig) -> Result<(), ActionError> {
+    let cmd = outdate_command(cfg);
+    let out = command::run(&cmd, cfg.timeout()).await?;
+    if out.message().contains("Disk state is lower than outdated") {
+        return Ok(());
+    }
+    classify(cfg, "Outdated", &cmd, &out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +177,10 @@ mod tests {
         assert_eq!(
             secondary_command(&cfg()).argv(),
             ["/opt/drbd/drbdadm", "secondary", "r0"]
+        );
+        assert_eq!(
+            outdate_command(&cfg()).argv(),
+            ["/opt/drbd/drbdadm", "outdate", "r0"]
         );
     }
 

@@ -199,6 +199,11 @@ impl HostActions {
         drbd::demote(&self.drbd).await
     }
 
+    /// `drbdadm outdate`.
+    pub async fn outdate(&self) -> Result<(), ActionError> {
+        drbd::outdate(&self.drbd).await
+    }
+
     pub async fn mount(&mut self) -> Result<(), ActionError> {
         let (s, _) = self.serving("mount")?;
         mount::mount(&s.mount).await

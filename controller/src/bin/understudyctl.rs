@@ -186,7 +186,13 @@ fn print_table(s: &GetStatusResponse) {
                 "  {:<12} {:<8} {:<6} {:<10} {:<12} {:<12} {:<12} {:<10} {:>7} {:>10} {:>9}",
                 sv.id,
                 sv.configured_role,
-                if sv.connected { "up" } else { "down" },
+                if sv.stale {
+                    "STALE"
+                } else if sv.connected {
+                    "up"
+                } else {
+                    "down"
+                },
                 dash(&d.role),
                 dash(&d.disk),
                 dash(&d.connection),
@@ -195,6 +201,19 @@ fn print_table(s: &GetStatusResponse) {
                 sync,
                 fmt_opt(d.out_of_sync_bytes, "B"),
                 fmt_opt(sv.last_report_age_ms, "ms ago"),
+            );
+        }
+        for sv in p.servers.iter().filter(|sv| sv.stale) {
+            println!(
+                "  {}: nothing heard for {}: the DRBD columns above are its LAST report, not its current state",
+                sv.id,
+                fmt_opt(sv.silent_ms, "ms")
+            );
+        }
+        if let Some(o) = &p.outdated {
+            println!(
+                "  OUTDATED: {} lost replication at {} ms (unix) while {} was alive at {} ms; not promoted automatically until in sync again ({})",
+                o.server, o.lost_peer_unix_ms, p.serving, o.primary_alive_unix_ms, o.source
             );
         }
         for a in &p.alerts {
@@ -229,6 +248,10 @@ fn status_json(s: &GetStatusResponse) -> serde_json::Value {
             "id": p.id, "state": p.state, "state_reason": p.state_reason, "epoch": p.epoch,
             "resource": p.resource, "client_ip": p.client_ip, "zone": p.zone, "alerts": p.alerts,
             "serving": p.serving, "decision": p.decision,
+            "outdated": p.outdated.as_ref().map(|o| json!({
+                "server": o.server, "lost_peer_unix_ms": o.lost_peer_unix_ms,
+                "primary_alive_unix_ms": o.primary_alive_unix_ms, "source": o.source,
+            })),
             "failover": p.failover.as_ref().map(|f| json!({
                 "epoch": f.epoch, "from": f.from, "to": f.to, "automatic": f.automatic,
                 "started_unix_ms": f.started_unix_ms,
@@ -244,6 +267,7 @@ fn status_json(s: &GetStatusResponse) -> serde_json::Value {
                 "id": sv.id, "configured_role": sv.configured_role, "address": sv.address,
                 "zone": sv.zone, "connected": sv.connected,
                 "last_report_age_ms": sv.last_report_age_ms, "drbd": drbd(&sv.drbd),
+                "stale": sv.stale, "silent_ms": sv.silent_ms,
                 "unknown": sv.unknown, "observer_error": sv.observer_error,
                 "host": sv.host.as_ref().map(|h| json!({
                     "mounted": h.mounted, "exports": h.exports,

@@ -565,7 +565,10 @@ mod tests {
     /// compares with the fixtures verbatim.
     #[test]
     fn matches_drbd_utils_golden_events2() {
-        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/drbd");
+        let fixtures = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../agent/drbd/tests/fixtures"
+        );
         let mut states = vec![None, Some(snap())];
         let mut s = snap();
         s.may_promote = true;

@@ -1,7 +1,7 @@
 //! Shared helpers for the fixture-driven integration tests.
 //!
-//! Fixtures live in `shared/fixtures/drbd/` beside the repository clone
-//! (override with `UNDERSTUDY_FIXTURES`). A missing directory FAILS the test.
+//! Fixtures live in `agent/drbd/tests/fixtures/` (their sources: `SOURCES.md`
+//! there); `UNDERSTUDY_FIXTURES` points elsewhere. A missing directory FAILS the test.
 
 #![allow(dead_code)]
 
@@ -12,15 +12,12 @@ use understudy_drbd::{parse_line, DrbdState};
 pub fn fixtures_dir() -> PathBuf {
     let dir = match std::env::var_os("UNDERSTUDY_FIXTURES") {
         Some(d) => PathBuf::from(d),
-        None => PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/fixtures/drbd"
-        )),
+        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures")),
     };
     assert!(
         dir.is_dir(),
-        "DRBD fixtures directory not found at {} — clone the repo beside `shared/` \
-         or set UNDERSTUDY_FIXTURES to the fixtures/drbd directory",
+        "DRBD fixtures directory not found at {} — it is part of the repository \
+         (agent/drbd/tests/fixtures); restore it with `git checkout -- agent/drbd/tests/fixtures`",
         dir.display()
     );
     dir
