@@ -110,6 +110,10 @@ pub enum CloudConfig {
         netns_prefix: String,
         #[serde(default = "default_prefix_len")]
         prefix_len: u8,
+        /// The named namespace holding the bridge, when the controller runs in
+        /// a namespace of its own (namespace tests with controller partitions).
+        #[serde(default)]
+        root_netns: Option<String>,
     },
     /// Amazon EC2 (or moto's EC2 server, with `endpoint_url`).
     Ec2(understudy_cloud_ec2::Ec2Config),
@@ -139,11 +143,15 @@ impl CloudConfig {
             CloudConfig::Local {
                 netns_prefix,
                 prefix_len,
-            } => Ok(std::sync::Arc::new(
-                understudy_cloud::local::LocalCloud::new(
-                    understudy_cloud::local::LocalConfig::new(netns_prefix.clone(), *prefix_len),
-                ),
-            )),
+                root_netns,
+            } => {
+                let mut c =
+                    understudy_cloud::local::LocalConfig::new(netns_prefix.clone(), *prefix_len);
+                c.root_netns = root_netns.clone();
+                Ok(std::sync::Arc::new(
+                    understudy_cloud::local::LocalCloud::new(c),
+                ))
+            }
         }
     }
 }

@@ -322,10 +322,11 @@ fn decide_main(
             return d(
                 Action::Block,
                 format!(
-                    "S1: not promoting {b_id} automatically: it is outdated since {} (it lost replication while {s_id} was still alive at {}; {}), so it may lack writes {s_id} acknowledged ({evidence}); bring {s_id} back, or promote by hand only with --force --accept-data-loss, or reattach the volumes (S9)",
+                    "S1: not promoting {b_id} automatically: it is outdated since {} (it lost replication while {s_id} was still alive at {}; {}; disk {} now), so it may lack writes {s_id} acknowledged ({evidence}); bring {s_id} back, or promote by hand only with --force --accept-data-loss, or reattach the volumes (S9)",
                     crate::state::fmt_unix_ms(m.lost_peer_unix_ms),
                     crate::state::fmt_unix_ms(m.primary_alive_unix_ms),
-                    m.source
+                    m.source,
+                    standby.drbd.as_ref().map(|b| b.disk.as_str()).unwrap_or("unknown"),
                 ),
             );
         }

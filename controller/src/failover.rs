@@ -495,6 +495,10 @@ impl Executor {
         let deadline = Instant::now() + Duration::from_millis(self.cfg.agent_step_timeout_ms);
         let mut last = String::new();
         while Instant::now() < deadline {
+            // S6: a node that stopped leading (lease lost) sends nothing.
+            if !self.leader.borrow().is_leader {
+                return Err("this controller is no longer the leader: command not sent".into());
+            }
             let cmd = Command {
                 command_id: 0,
                 raft_term: term,

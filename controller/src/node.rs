@@ -156,13 +156,37 @@ fn inventory_servers(cfg: &ControllerConfig) -> Vec<understudy_cloud::CloudServe
         .collect()
 }
 
-/// Publish who leads, from Raft's metrics.
+/// Publish who leads, from Raft's metrics and the leader's lease.
+///
+/// S6: openraft's leader keeps calling itself leader while it is cut off from
+/// its peers (it only fails new proposals). Here a leader counts as leading only
+/// while a quorum acknowledged it within the lease (the minimum election
+/// timeout, after which the others may elect a new leader). Past it, everything
+/// that follows `is_leader` stops: agent sessions are redirected and closed,
+/// the leader loop and executor stop, no command is sent, no read is answered.
 async fn follow_leader(raft: Raft, cfg: ControllerConfig, tx: watch::Sender<LeaderView>) {
     let mut metrics = raft.metrics();
+    let lease = Duration::from_millis(cfg.timing.election_timeout_min_ms);
+    let mut tick = tokio::time::interval(Duration::from_millis(25));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lease_lost = false;
     loop {
         let view = {
             let m = metrics.borrow_watched();
-            let leader_addr = m.current_leader.and_then(|id| {
+            let raft_leader =
+                m.state == ServerState::Leader && m.current_leader == Some(cfg.node_id);
+            let alone = m.membership_config.membership().voter_ids().count() == 1;
+            let acked = m
+                .last_quorum_acked
+                .as_ref()
+                .is_some_and(|t| openraft::Instant::elapsed(&**t) < lease);
+            let lease_ok = alone || acked;
+            if raft_leader && !lease_ok && !lease_lost {
+                tracing::warn!(node = cfg.node_id, term = m.current_term, lease_ms = lease.as_millis() as u64, "no quorum acknowledged this leader within its lease: standing down (sessions redirected, no commands)");
+            }
+            lease_lost = raft_leader && !lease_ok;
+            let current_leader = m.current_leader.filter(|_| !lease_lost);
+            let leader_addr = current_leader.and_then(|id| {
                 m.membership_config
                     .membership()
                     .nodes()
@@ -171,8 +195,8 @@ async fn follow_leader(raft: Raft, cfg: ControllerConfig, tx: watch::Sender<Lead
                     .or_else(|| cfg.member_addr(id).map(str::to_owned))
             });
             LeaderView {
-                is_leader: m.state == ServerState::Leader && m.current_leader == Some(cfg.node_id),
-                leader_id: m.current_leader,
+                is_leader: raft_leader && lease_ok,
+                leader_id: current_leader,
                 leader_addr,
                 term: m.current_term,
             }
@@ -188,8 +212,11 @@ async fn follow_leader(raft: Raft, cfg: ControllerConfig, tx: watch::Sender<Lead
                 false
             }
         });
-        if metrics.changed().await.is_err() {
-            return;
+        tokio::select! {
+            r = metrics.changed() => if r.is_err() {
+                return;
+            },
+            _ = tick.tick() => {}
         }
     }
 }

@@ -195,23 +195,38 @@ pub struct Controllers {
     pub addrs: Vec<String>,
     pub configs: Vec<PathBuf>,
     pub procs: Vec<Option<Proc>>,
+    /// The network namespace each controller runs in (`None`: this one).
+    pub netns: Vec<Option<String>>,
 }
 
 impl Controllers {
     /// Controllers with these addresses and configuration files, none started.
     pub fn new(addrs: Vec<String>, configs: Vec<PathBuf>) -> Controllers {
         let procs = addrs.iter().map(|_| None).collect();
+        let netns = addrs.iter().map(|_| None).collect();
         Controllers {
             addrs,
             configs,
             procs,
+            netns,
         }
     }
 
     /// Start controller `i` (0-based); its log is `controller-N.log` beside its config.
     pub fn start(&mut self, i: usize) {
         let log = self.configs[i].with_file_name(format!("controller-{}.log", i + 1));
-        self.procs[i] = Some(spawn_controller(&self.configs[i], &log, i));
+        self.procs[i] = Some(match &self.netns[i] {
+            None => spawn_controller(&self.configs[i], &log, i),
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns])
+                    .arg(bin("understudy-controller"))
+                    .arg("--config")
+                    .arg(&self.configs[i])
+                    .env("RUST_LOG", "info,openraft=warn");
+                Proc::spawn(&format!("controller {} in {ns}", i + 1), &mut cmd, &log)
+            }
+        });
     }
 
     /// SIGKILL controller `i` (0-based) and reap it.

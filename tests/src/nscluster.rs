@@ -33,6 +33,9 @@ pub const NFS_PORT: u16 = 2049;
 /// The NFSv4 pseudo path of the export.
 pub const PSEUDO: &str = "/export";
 
+/// The hosts of the controllers when they run in namespaces of their own.
+pub const CONTROLLER_HOSTS: [&str; 3] = ["c1", "c2", "c3"];
+
 /// Install hint for the tools the namespace tests need.
 pub const INSTALL: &str = "apt-get install -y iproute2 iptables arping nfs-ganesha nfs-ganesha-vfs libnfs-utils (or run ./scripts/install-deps.sh)";
 
@@ -60,6 +63,33 @@ pub struct NsOptions {
     pub flap_holdoff_ms: Option<u64>,
     /// The emulators' `[tuning] resync_rate_kib` (replication throttle).
     pub resync_rate_kib: Option<u64>,
+    /// Run each controller in a namespace of its own (hosts `c1`..`c3`), so the
+    /// links between controllers can be cut while agents still reach all three.
+    pub controllers_in_namespaces: bool,
+}
+
+/// A name (`ip netns attach`) for the namespace this test runs in, which holds the
+/// bridge: controllers in namespaces of their own reach the root side through it.
+/// Deliberately outside the test network's prefix, so no cleanup ever kills the
+/// processes of the namespace it names; removing it only removes the name.
+pub struct RootNetnsName(pub String);
+
+impl RootNetnsName {
+    fn attach(prefix: &str) -> RootNetnsName {
+        let name = format!("understudy-root-{}", prefix.trim_start_matches("us"));
+        crate::netns::run(
+            "ip",
+            &["netns", "attach", &name, &std::process::id().to_string()],
+        )
+        .unwrap_or_else(|e| panic!("ip netns attach {name}: {e}"));
+        RootNetnsName(name)
+    }
+}
+
+impl Drop for RootNetnsName {
+    fn drop(&mut self) {
+        let _ = crate::netns::run("ip", &["netns", "del", &self.0]);
+    }
 }
 
 /// See the module documentation.
@@ -69,6 +99,8 @@ pub struct NsCluster {
     pub client_ip: Ipv4Addr,
     pub controllers: Controllers,
     pub hosts: Vec<NsHost>,
+    /// Set when the controllers run in namespaces of their own.
+    pub root_netns: Option<RootNetnsName>,
 }
 
 fn check_tools() {
@@ -104,7 +136,14 @@ impl NsCluster {
     /// [`NsCluster::start`] with options.
     pub fn start_with(opts: NsOptions) -> NsCluster {
         check_tools();
-        let net = Net::new(&["fsa", "fsb", "client"]).unwrap_or_else(|e| panic!("{e}"));
+        let mut host_names = vec!["fsa", "fsb", "client"];
+        if opts.controllers_in_namespaces {
+            host_names.extend(CONTROLLER_HOSTS);
+        }
+        let net = Net::new(&host_names).unwrap_or_else(|e| panic!("{e}"));
+        let root_netns = opts
+            .controllers_in_namespaces
+            .then(|| RootNetnsName::attach(net.prefix()));
         let dir = tempfile::Builder::new()
             .prefix("understudy-ns-")
             .tempdir()
@@ -113,7 +152,13 @@ impl NsCluster {
         let client_ip = net.free_addr(0);
         let bridge = net.bridge_addr();
         let addrs: Vec<String> = (0..3)
-            .map(|_| format!("{bridge}:{}", free_port()))
+            .map(|i| {
+                if opts.controllers_in_namespaces {
+                    format!("{}:7100", net.addr(CONTROLLER_HOSTS[i]))
+                } else {
+                    format!("{bridge}:{}", free_port())
+                }
+            })
             .collect();
         let members = addrs
             .iter()
@@ -150,7 +195,7 @@ step_pause_ms = {pause}
 kind = "local"
 netns_prefix = "{prefix}"
 prefix_len = 24
-
+{root_netns}
 [[pairs]]
 id = "{PAIR}"
 resource = "{RESOURCE}"
@@ -165,6 +210,10 @@ backup = {b}
                     id = i + 1,
                     data = root.join(format!("controller-{}", i + 1)).display(),
                     prefix = net.prefix(),
+                    root_netns = root_netns
+                        .as_ref()
+                        .map(|r| format!("root_netns = \"{}\"\n", r.0))
+                        .unwrap_or_default(),
                     pause = opts.step_pause_ms,
                     holdoff = opts
                         .flap_holdoff_ms
@@ -247,12 +296,19 @@ address = "{}:7789"
                 agent: None,
             });
         }
+        let mut controllers = Controllers::new(addrs, configs);
+        if opts.controllers_in_namespaces {
+            for (i, h) in CONTROLLER_HOSTS.iter().enumerate() {
+                controllers.netns[i] = Some(net.ns_name(h));
+            }
+        }
         let mut c = NsCluster {
             dir,
             net,
             client_ip,
-            controllers: Controllers::new(addrs, configs),
+            controllers,
             hosts,
+            root_netns,
         };
         for i in 0..3 {
             c.start_controller(i);
@@ -502,6 +558,27 @@ address = "{}:7789"
             })
             .map(|h| h.name)
             .collect()
+    }
+
+    /// Cut the links between controller `i` and the other two (both ways), while
+    /// every agent still reaches all three. Needs `controllers_in_namespaces`.
+    pub fn partition_controller(&self, i: usize) {
+        assert!(
+            self.root_netns.is_some(),
+            "partition_controller needs NsOptions::controllers_in_namespaces"
+        );
+        for j in (0..3).filter(|j| *j != i) {
+            self.net
+                .block(CONTROLLER_HOSTS[i], self.net.addr(CONTROLLER_HOSTS[j]));
+        }
+    }
+
+    /// Undo [`NsCluster::partition_controller`].
+    pub fn heal_controller(&self, i: usize) {
+        for j in (0..3).filter(|j| *j != i) {
+            self.net
+                .unblock(CONTROLLER_HOSTS[i], self.net.addr(CONTROLLER_HOSTS[j]));
+        }
     }
 
     pub fn keep_logs_on_panic(&self) -> KeepLogs {

@@ -50,6 +50,11 @@ pub struct LocalConfig {
     /// Time limit of each `ip`/`kill` command, in milliseconds (default 5000).
     #[serde(default = "default_timeout_ms")]
     pub command_timeout_ms: u64,
+    /// The named network namespace (`ip netns`) that holds the bridge and the
+    /// root side of the servers' veths, when the controller itself runs in a
+    /// namespace of its own; `None`: the controller's own namespace.
+    #[serde(default)]
+    pub root_netns: Option<String>,
 }
 
 impl LocalConfig {
@@ -59,6 +64,18 @@ impl LocalConfig {
             netns_prefix: netns_prefix.into(),
             prefix_len,
             command_timeout_ms: default_timeout_ms(),
+            root_netns: None,
+        }
+    }
+
+    /// `ip` arguments run against the root side (the bridge's namespace).
+    fn root_ip<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        match &self.root_netns {
+            Some(ns) => ["-n", ns.as_str()]
+                .into_iter()
+                .chain(args.iter().copied())
+                .collect(),
+            None => args.to_vec(),
         }
     }
 }
@@ -347,7 +364,11 @@ impl LocalCloud {
                 s.server_id
             ),
         })?;
-        let root = parse_links(&self.must(op, "ip", &["-o", "link", "show"]).await?);
+        let root = parse_links(
+            &self
+                .must(op, "ip", &self.cfg.root_ip(&["-o", "link", "show"]))
+                .await?,
+        );
         root.into_iter()
             .find(|l| {
                 l.index == peer
@@ -502,8 +523,14 @@ impl Cloud for LocalCloud {
         const OP: &str = "isolate";
         let peer = self.root_peer(OP, server).await?;
         if peer.up {
-            self.must(OP, "ip", &["link", "set", "dev", &peer.name, "down"])
-                .await?;
+            self.must(
+                OP,
+                "ip",
+                &self
+                    .cfg
+                    .root_ip(&["link", "set", "dev", &peer.name, "down"]),
+            )
+            .await?;
         }
         if !self.is_isolated(server).await? {
             return Err(CloudError::Unverified {
