@@ -6,6 +6,8 @@
 //!   reports on change and heartbeats in between;
 //! - `epoch`: the persisted highest fencing token (S4);
 //! - `commands`: runs the controller's commands (checked against the token);
+//! - `fence_peer`: DRBD's fence-peer handler (`understudy-fence-peer`), asking
+//!   the controller to record the peer outdated (S1);
 //! - `actions`: what runs on the host: drbdadm, mount, NFS export, client IP;
 //! - `config`, `error`: TOML configuration and the error type.
 
@@ -14,6 +16,7 @@ pub mod commands;
 pub mod config;
 pub mod epoch;
 pub mod error;
+pub mod fence_peer;
 pub mod observer;
 pub mod report;
 pub mod session;

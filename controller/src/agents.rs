@@ -16,10 +16,13 @@ use tonic::{Request, Response, Status, Streaming};
 use understudy_proto::agent_message::Msg;
 use understudy_proto::agent_service_server::AgentService;
 use understudy_proto::controller_message::Msg as Out;
-use understudy_proto::{AgentMessage, ControllerMessage, Hello, Redirect, ServerRole, Welcome};
+use understudy_proto::{
+    AgentMessage, ControllerMessage, FencePeerRequest, FencePeerResponse, Hello, Redirect,
+    ServerRole, Welcome,
+};
 
+use crate::leadership::LeaderView;
 use crate::liveness::Liveness;
-use crate::node::LeaderView;
 use crate::raft::store::SharedState;
 
 /// How long a new session may take to say hello.
@@ -27,6 +30,7 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The agent-facing gRPC service of one controller node.
 pub struct AgentGrpc {
+    pub raft: crate::raft::Raft,
     pub node_id: u64,
     pub leader: watch::Receiver<LeaderView>,
     pub liveness: Arc<Liveness>,
@@ -37,6 +41,7 @@ pub struct AgentGrpc {
 
 impl AgentGrpc {
     pub fn new(
+        raft: crate::raft::Raft,
         node_id: u64,
         leader: watch::Receiver<LeaderView>,
         liveness: Arc<Liveness>,
@@ -44,6 +49,7 @@ impl AgentGrpc {
         heartbeat_ms: u64,
     ) -> Self {
         Self {
+            raft,
             node_id,
             leader,
             liveness,
@@ -100,6 +106,16 @@ pub fn redirect(view: &LeaderView, reason: &str) -> ControllerMessage {
 #[tonic::async_trait]
 impl AgentService for AgentGrpc {
     type SessionStream = ReceiverStream<Result<ControllerMessage, Status>>;
+
+    async fn fence_peer(
+        &self,
+        req: Request<FencePeerRequest>,
+    ) -> Result<Response<FencePeerResponse>, Status> {
+        let view = self.leader.borrow().clone();
+        crate::fence_peer::handle(&self.raft, &self.state, &view, req.into_inner())
+            .await
+            .map(Response::new)
+    }
 
     async fn session(
         &self,

@@ -8,7 +8,11 @@
 //! - `raft`: openraft type configuration, redb storage, gRPC transport;
 //! - `liveness`: the leader's in-memory view of agents (never written to Raft);
 //! - `observe`: the pure function from (pair, agent views) to state changes and alerts;
+//! - `leadership`: the small leader-state type (who leads, the commit helper)
+//!   that the service modules depend on instead of `node`;
+//! - `detector`, `failover`: the pure failure detector and the plan executor;
 //! - `agents`, `operator`: the agent-session and operator gRPC services;
+//! - `fence_peer`: DRBD fence-peer requests from a Primary's handler (S1);
 //! - `node`: wiring, cluster bootstrap and the leader's duties;
 //! - `config`, `error`: the TOML configuration and the error type.
 
@@ -17,6 +21,8 @@ pub mod config;
 pub mod detector;
 pub mod error;
 pub mod failover;
+pub mod fence_peer;
+pub mod leadership;
 pub mod liveness;
 pub mod node;
 pub mod observe;

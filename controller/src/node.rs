@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::{BasicNode, ServerState, SnapshotPolicy};
@@ -34,22 +34,7 @@ use crate::raft::store::{open_database, LogStore, SharedState, StateMachineStore
 use crate::raft::Raft;
 use crate::state::{PairState, Request, Response};
 
-/// Who leads, as seen from this node.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct LeaderView {
-    pub is_leader: bool,
-    pub leader_id: Option<u64>,
-    pub leader_addr: Option<String>,
-    pub term: u64,
-}
-
-/// Milliseconds since the Unix epoch, for history records.
-pub fn now_unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use crate::leadership::{now_unix_ms, write, LeaderView};
 
 /// Run a controller node until `shutdown` resolves.
 pub async fn run(
@@ -122,6 +107,7 @@ pub async fn run(
     ));
 
     let agents = AgentGrpc::new(
+        raft.clone(),
         cfg.node_id,
         leader_rx.clone(),
         liveness.clone(),
@@ -251,17 +237,6 @@ async fn propose(raft: &Raft, req: Request) -> Option<crate::state::Response> {
             tracing::warn!(error = %e, "proposal not committed");
             None
         }
-    }
-}
-
-/// Commit a request through Raft (only a leader with a quorum can) and return
-/// what applying it said; the error names the request.
-pub async fn write(raft: &Raft, req: Request) -> Result<crate::state::Response, String> {
-    let what = req.to_string();
-    match tokio::time::timeout(Duration::from_secs(3), raft.client_write(req)).await {
-        Ok(Ok(resp)) => Ok(resp.data),
-        Ok(Err(e)) => Err(format!("{what} not committed: {e}")),
-        Err(_) => Err(format!("{what} not committed within 3 s (no quorum?)")),
     }
 }
 

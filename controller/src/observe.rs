@@ -159,7 +159,9 @@ pub fn observe(
             )),
             _ => None,
         },
-        PairState::Healthy => match b_drbd {
+        // A disconnected backup is a witness (Suspect, decided by the failure
+        // detector), not a resync.
+        PairState::Healthy => match b_drbd.filter(|b| b.connection == "Connected") {
             Some(b) if b.disk != "UpToDate" || b.replication.starts_with("Sync") => Some((
                 PairState::Rebuilding,
                 format!(

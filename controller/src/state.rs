@@ -674,7 +674,16 @@ impl ClusterState {
                         pair.standby_id()
                     ));
                 }
-                if pair.outdated.as_ref().is_some_and(|m| m.server == *server) {
+                if let Some(m) = pair.outdated.as_ref().filter(|m| m.server == *server) {
+                    if m.source != *source {
+                        let since = fmt_unix_ms(m.lost_peer_unix_ms);
+                        pair.record(
+                            *at_unix_ms,
+                            format!(
+                                "S1: {source} confirms {server} outdated (already since {since})"
+                            ),
+                        );
+                    }
                     return Response::StateChanged { epoch: pair.epoch };
                 }
                 pair.outdated = Some(OutdatedMark {
