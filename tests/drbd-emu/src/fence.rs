@@ -268,12 +268,14 @@ pub fn apply_result(c: &mut Core, raw: i32, link_epoch: u64) -> bool {
     if let Some(d) = pdsk {
         c.pdsk_fenced = Some(d);
     }
+    c.publish();
     let fenced = c.peer_outdated();
     if c.susp_fen && fenced {
-        // "case1: The outdate peer handler is successful"
+        // "case1: The outdate peer handler is successful": a state change
+        // of its own, after the one that outdated the peer
         c.resume_fencing(true, "the peer is outdated");
+        c.publish();
     }
-    c.publish();
     fenced
 }
 
