@@ -508,3 +508,93 @@ fn secondary_runs_no_handler_on_loss_but_before_promotion() {
         l.starts_with("change resource ") && key(l, "role") == Some("Primary")
     });
 }
+
+const SYNCED_A: &str =
+    "r0 role:Primary\n  disk:UpToDate\n  fs2 role:Secondary\n    peer-disk:UpToDate\n";
+
+/// A cut network (frozen peer, ping timeout) triggers fencing like a dead
+/// peer: `NetworkFailure` and `suspended:fencing` in one state change.
+#[test]
+fn ping_timeout_triggers_fencing() {
+    let h = Handlers::new();
+    h.set_code("fence", 4);
+    let p = Pair::synced(&h.tuning("resource-and-stonith", 10_000));
+    let mut ev = p.a.events(&[]);
+    ev.wait_line(5, "exists -", |l| l == "exists -");
+    p.b.signal(libc::SIGSTOP);
+    let susp = ev.wait_line(5, "suspended:fencing", |l| is_susp(l, "fencing"));
+    let conn = ev.wait_line(1, "NetworkFailure", |l| {
+        l.starts_with("change connection ") && l.contains("connection:NetworkFailure")
+    });
+    let (i, j) = (
+        ev.seen.iter().position(|l| *l == susp).unwrap(),
+        ev.seen.iter().position(|l| *l == conn).unwrap(),
+    );
+    assert_eq!(j, i + 1, "one state change: {:?}", ev.seen);
+    ev.wait_line(5, "peer-disk Outdated", |l| {
+        key(l, "peer-disk") == Some("Outdated")
+    });
+    ev.wait_line(5, "suspended:no", |l| is_susp(l, "no"));
+    assert!(log(&p.a).contains("PingAck did not arrive in time."));
+    assert_eq!(h.runs("fence", 0), 1);
+    p.b.signal(libc::SIGCONT);
+    p.a.wait_status(10, SYNCED_A);
+}
+
+/// Exit codes 3, 5, 7 outdate (or mark Inconsistent) the peer and resume
+/// I/O; 6 ("peer is primary") cannot outdate a Primary: I/O stays
+/// suspended.
+#[test]
+fn exit_codes_3_5_6_7() {
+    let h = Handlers::new();
+    let mut p = Pair::synced(&h.tuning("resource-and-stonith", 10_000));
+    for (code, pdsk, text) in [
+        (3, "Inconsistent", "peer is inconsistent or worse"),
+        (5, "Outdated", "peer is unreachable, assumed to be dead"),
+        (7, "Outdated", "peer was stonithed"),
+    ] {
+        h.set_code("fence", code);
+        let mut ev = p.a.events(&[]);
+        ev.wait_line(5, "exists -", |l| l == "exists -");
+        p.b.kill();
+        ev.wait_line(5, "suspended:fencing", |l| is_susp(l, "fencing"));
+        let r = ev.wait_line(5, "response", |l| is_helper(l, "response", "fence-peer"));
+        assert_eq!(key(&r, "status"), Some((code << 8).to_string().as_str()));
+        ev.wait_line(5, "peer-disk", |l| key(l, "peer-disk") == Some(pdsk));
+        ev.wait_line(5, "suspended:no", |l| is_susp(l, "no"));
+        let want = format!("drbd r0 fs2: fence-peer helper returned {code} ({text})");
+        assert!(log(&p.a).contains(&want), "exit {code}: no {want:?}");
+        p.b.start();
+        p.a.wait_status(10, SYNCED_A);
+    }
+    assert!(!log(&p.a).contains("!= Stonith"), "7 with stonith is fine");
+
+    h.set_code("fence", 6);
+    let mut ev = p.a.events(&[]);
+    ev.wait_line(5, "exists -", |l| l == "exists -");
+    p.b.kill();
+    ev.wait_line(5, "suspended:fencing", |l| is_susp(l, "fencing"));
+    ev.wait_line(5, "response", |l| is_helper(l, "response", "fence-peer"));
+    wait_until(5, "exit 6 logged", || {
+        log(&p.a)
+            .contains("fence-peer helper returned 6 (peer is active)")
+            .then_some(())
+    });
+    ev.settle(300);
+    assert!(json_suspended(&p.a), "6 leaves I/O suspended");
+    assert_eq!(json_peer_disk(&p.a), "DUnknown");
+    p.a.wait_status(
+        2,
+        "r0 role:Primary suspended:fencing\n  disk:UpToDate\n  fs2 connection:Connecting\n",
+    );
+    let l = log(&p.a);
+    assert!(
+        l.contains("drbd r0 fs2: Peer is primary, outdating myself."),
+        "{l}"
+    );
+    assert!(
+        l.contains("drbd r0: State change failed: Need access to UpToDate data"),
+        "{l}"
+    );
+    assert_eq!(h.runs("fence", 0), 4);
+}
