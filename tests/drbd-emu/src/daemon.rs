@@ -936,6 +936,8 @@ pub async fn handle(sh: &Arc<Shared>, req: Request) -> Response {
             c.attached = false;
             c.susp_fen = false;
             c.pdsk_fenced = None;
+            // a fence-peer handler still running belongs to the old resource
+            c.epoch += 1;
             c.publish();
             Response::ok()
         }
