@@ -132,9 +132,14 @@ fn stonith_handler_exit_4_suspends_outdates_peer_and_resumes() {
     });
     ev.wait_line(5, "suspended:no", |l| is_susp(l, "no"));
     // the suspension came first, with the connection loss
-    let order: Vec<usize> = ["suspended:fencing", "call helper", "response helper"]
+    let preds: [&dyn Fn(&str) -> bool; 3] = [
+        &|l| is_susp(l, "fencing"),
+        &|l| is_helper(l, "call", "fence-peer"),
+        &|l| is_helper(l, "response", "fence-peer"),
+    ];
+    let order: Vec<usize> = preds
         .iter()
-        .map(|w| ev.seen.iter().position(|l| l.contains(w)).unwrap())
+        .map(|f| ev.seen.iter().position(|l| f(l)).unwrap())
         .collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{:?}", ev.seen);
 
@@ -292,13 +297,13 @@ fn reconnect_while_suspended_resumes_and_replicates_frozen_write() {
 
     p.b.start();
     let resumed = ev.wait_line(10, "suspended:no on reconnect", |l| is_susp(l, "no"));
-    let connected = ev
-        .seen
-        .iter()
-        .position(|l| l.starts_with("change connection ") && l.contains("connection:Connected"))
-        .expect("Connected line");
-    let resumed_at = ev.seen.iter().position(|l| *l == resumed).unwrap();
-    assert!(connected <= resumed_at + 1, "{:?}", ev.seen);
+    let conn = ev.wait_line(2, "Connected", |l| {
+        l.starts_with("change connection ") && l.contains("connection:Connected")
+    });
+    // one state change: the resource line, then the connection line
+    let i = ev.seen.iter().position(|l| *l == resumed).unwrap();
+    let j = ev.seen.iter().position(|l| *l == conn).unwrap();
+    assert_eq!(j, i + 1, "{:?}", ev.seen);
     wait_same_tree(&p.a.data_dir, &p.b.data_dir, 10);
     // no resync: same generation, the frozen write went as replication
     assert!(
@@ -597,4 +602,52 @@ fn exit_codes_3_5_6_7() {
         "{l}"
     );
     assert_eq!(h.runs("fence", 0), 4);
+}
+
+/// A write made while suspended is "frozen I/O": `drbdadm secondary` waits
+/// for it until I/O resumes (DRBD's demotion flushes the device first).
+#[test]
+fn demotion_waits_for_frozen_write_until_resume() {
+    let h = Handlers::new();
+    h.set_code("fence", 1);
+    let mut p = Pair::synced(&h.tuning("resource-and-stonith", 10_000));
+    let mut ev = p.a.events(&[]);
+    ev.wait_line(5, "exists -", |l| l == "exists -");
+    p.b.kill();
+    ev.wait_line(5, "suspended:fencing", |l| is_susp(l, "fencing"));
+    ev.wait_line(5, "response helper", |l| {
+        is_helper(l, "response", "fence-peer")
+    });
+    write_file(&p.a.data_dir.join("frozen.img"), 64 * 1024, 4);
+
+    let mut demote = std::process::Command::new(BIN)
+        .args(["drbdadm", "secondary", "r0"])
+        .env("DRBD_EMU_CONFIG", &p.a.config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        demote.try_wait().unwrap().is_none(),
+        "demotion must wait for the frozen write"
+    );
+    assert!(p
+        .a
+        .status()
+        .starts_with("r0 role:Primary suspended:fencing\n"));
+
+    p.a.adm_ok(&["resume-io", "r0"]);
+    let st = wait_until(10, "demotion finishes after resume-io", || {
+        demote.try_wait().unwrap()
+    });
+    assert!(st.success(), "{st:?}");
+    p.a.wait_status(
+        2,
+        "r0 role:Secondary\n  disk:UpToDate\n  fs2 connection:Connecting\n",
+    );
+    // the frozen write was taken into the new data generation: the peer
+    // resyncs it when it is back
+    p.b.start();
+    wait_same_tree(&p.a.data_dir, &p.b.data_dir, 10);
 }
