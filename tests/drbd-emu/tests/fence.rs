@@ -651,3 +651,34 @@ fn demotion_waits_for_frozen_write_until_resume() {
     p.b.start();
     wait_same_tree(&p.a.data_dir, &p.b.data_dir, 10);
 }
+
+/// A handler that cannot run (`sh: not found`, exit 127) and a missing
+/// handler (drbdadm exits 0) both count as "broken": I/O stays suspended.
+#[test]
+fn unstartable_or_missing_handler_counts_as_failure() {
+    let base = "ping_interval_ms = 100\nping_timeout_ms = 400\nconnect_retry_ms = 100\n[net]\nfencing = \"resource-and-stonith\"\n";
+    for (handlers, code, raw) in [
+        (
+            "[handlers]\nfence_peer = \"/nonexistent/fence-peer --x\"\n",
+            127,
+            "32512",
+        ),
+        ("", 0, "0"),
+    ] {
+        let mut p = Pair::synced(&format!("{base}{handlers}"));
+        let mut ev = p.a.events(&[]);
+        ev.wait_line(5, "exists -", |l| l == "exists -");
+        p.b.kill();
+        ev.wait_line(5, "suspended:fencing", |l| is_susp(l, "fencing"));
+        let r = ev.wait_line(5, "response", |l| is_helper(l, "response", "fence-peer"));
+        assert_eq!(key(&r, "status"), Some(raw), "{r}");
+        let want = format!("drbd r0 fs2: fence-peer helper broken, returned {code}");
+        wait_until(5, &want, || log(&p.a).contains(&want).then_some(()));
+        ev.settle(300);
+        assert!(json_suspended(&p.a), "{handlers:?}: I/O stays suspended");
+        assert!(!ev.seen.iter().any(|l| is_susp(l, "no")), "{:?}", ev.seen);
+        if handlers.is_empty() {
+            assert!(log(&p.a).contains("no fence-peer handler configured"));
+        }
+    }
+}
