@@ -949,17 +949,14 @@ pub async fn handle(sh: &Arc<Shared>, req: Request) -> Response {
             // retries.
             let mut fenced_tried = false;
             loop {
-                let need_fence = {
+                {
                     let mut c = sh.lock();
-                    match promote(&mut c, force, fenced_tried, &baseline) {
-                        Ok(r) => return r,
-                        Err(()) => true,
+                    if let Ok(r) = promote(&mut c, force, fenced_tried, &baseline) {
+                        return r;
                     }
-                };
-                if need_fence {
-                    fenced_tried = true;
-                    fence::fence_now(sh).await;
                 }
+                fenced_tried = true;
+                fence::fence_now(sh).await;
             }
         }
         Request::Secondary => {
