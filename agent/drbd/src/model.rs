@@ -302,12 +302,15 @@ pub struct PathState {
 /// `split-brain`, `quorum-lost`).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct HelperEvent {
-    /// `true` for `response helper` (then `status` is the exit status),
-    /// `false` for `call helper`.
+    /// `true` for `response helper` (then `status` is set), `false` for
+    /// `call helper`.
     pub response: bool,
     pub helper: String,
     pub peer_node_id: Option<u32>,
     pub volume: Option<u32>,
+    /// The kernel passes the raw wait status of the helper (DRBD's
+    /// `drbd_khelper()` returns what `call_usermodehelper()` returned): the
+    /// exit code is `(status >> 8) & 0xff`, e.g. `status:1024` = exit 4.
     pub status: Option<i64>,
     pub timestamp: Option<String>,
     pub extra: BTreeMap<String, String>,

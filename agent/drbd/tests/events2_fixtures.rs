@@ -620,3 +620,78 @@ fn two_volumes_worst_disk_mid_replay() {
     let s = summarize(&st.resources["some-resource"]);
     assert_eq!(s.disk, DiskState::Diskless);
 }
+
+/// What drbd-emu prints (`tests/drbd-emu`, fencing `resource-and-stonith`)
+/// when a Primary loses its peer and the fence-peer handler exits 4:
+/// `suspended:fencing` (drbdsetup's word for `res_susp_fen`), a
+/// connection-level helper without `volume:` whose `status:` is the raw
+/// wait status (4 << 8), the peer disk Outdated while disconnected, then
+/// `suspended:no`.
+#[test]
+fn fencing_suspension_and_fence_peer_helper() {
+    let lines = [
+        "exists resource name:r0 role:Primary suspended:no force-io-failures:no may_promote:no promotion_score:10102",
+        "exists device name:r0 volume:0 minor:1000 backing_dev:/tmp/x/fs1/data disk:UpToDate client:no open:no quorum:yes",
+        "exists connection name:r0 peer-node-id:1 conn-name:fs2 connection:Connected role:Secondary",
+        "exists peer-device name:r0 peer-node-id:1 conn-name:fs2 volume:0 replication:Established peer-disk:UpToDate peer-client:no resync-suspended:no",
+        "exists path name:r0 peer-node-id:1 conn-name:fs2 local:ipv4:127.0.0.1:7789 peer:ipv4:127.0.0.1:7790 established:yes",
+        "exists -",
+        "change resource name:r0 suspended:fencing may_promote:no promotion_score:10101",
+        "change connection name:r0 peer-node-id:1 conn-name:fs2 connection:BrokenPipe role:Unknown",
+        "change peer-device name:r0 peer-node-id:1 conn-name:fs2 volume:0 replication:Off peer-disk:DUnknown peer-client:no",
+        "change path name:r0 peer-node-id:1 conn-name:fs2 local:ipv4:127.0.0.1:7789 peer:ipv4:127.0.0.1:7790 established:no",
+        "change connection name:r0 peer-node-id:1 conn-name:fs2 connection:Unconnected",
+        "call helper name:r0 peer-node-id:1 conn-name:fs2 helper:fence-peer",
+    ];
+    let mut st = replay_lines(&lines);
+    {
+        let r = &st.resources["r0"];
+        assert_eq!(r.suspended, Some(true));
+        assert_eq!(
+            r.extra.get("suspended").map(String::as_str),
+            Some("fencing")
+        );
+        let h = r.last_helper.as_ref().unwrap();
+        assert!(!h.response);
+        assert_eq!(h.helper, "fence-peer");
+        assert_eq!(h.peer_node_id, Some(1));
+        assert_eq!(h.volume, None, "connection-level helper");
+        let s = summarize(r);
+        assert_eq!(s.role, Role::Primary);
+        assert_eq!(s.peer_disk, DiskState::DUnknown);
+        assert!(
+            s.unknown
+                .contains(&"resource.suspended=fencing".to_string()),
+            "{:?}",
+            s.unknown
+        );
+    }
+    for l in [
+        "response helper name:r0 peer-node-id:1 conn-name:fs2 helper:fence-peer status:1024",
+        "change peer-device name:r0 peer-node-id:1 conn-name:fs2 volume:0 peer-disk:Outdated peer-client:no",
+    ] {
+        assert!(st.apply_line(l).unwrap(), "{l}");
+    }
+    {
+        let r = &st.resources["r0"];
+        let h = r.last_helper.as_ref().unwrap();
+        assert!(h.response);
+        assert_eq!(h.status, Some(1024));
+        assert!(h.extra.is_empty(), "{:?}", h.extra);
+        assert_eq!(r.suspended, Some(true));
+        let s = summarize(r);
+        assert_eq!(s.peer_disk, DiskState::Outdated);
+        assert_eq!(s.connection, ConnectionState::Unconnected);
+    }
+    assert!(st
+        .apply_line("change resource name:r0 suspended:no may_promote:no promotion_score:10101")
+        .unwrap());
+    let r = &st.resources["r0"];
+    assert_eq!(r.suspended, Some(false));
+    assert!(!r.extra.contains_key("suspended"), "{:?}", r.extra);
+    assert!(
+        summarize(r).unknown.is_empty(),
+        "{:?}",
+        summarize(r).unknown
+    );
+}

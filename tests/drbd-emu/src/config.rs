@@ -70,6 +70,72 @@ pub struct Config {
     /// Timing knobs.
     #[serde(default)]
     pub tuning: Tuning,
+    /// DRBD `net { }` options (the fencing policy).
+    #[serde(default)]
+    pub net: NetOptions,
+    /// DRBD `handlers { }`: commands run with `sh -c`.
+    #[serde(default)]
+    pub handlers: Handlers,
+    /// The file this config was read from (`DRBD_CONF` of the handlers).
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+/// DRBD's `fencing` policy (`net { fencing ...; }` in DRBD 9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fencing {
+    /// No fencing: the fence-peer handler never runs.
+    #[default]
+    DontCare,
+    /// Run the fence-peer handler when a Primary loses its peer (and
+    /// before a disconnected Secondary is promoted); I/O keeps going.
+    ResourceOnly,
+    /// Like `resource-only`, and a Primary that loses its peer suspends
+    /// I/O (`suspended:fencing`) until the handler outdated the peer.
+    ResourceAndStonith,
+}
+
+impl std::fmt::Display for Fencing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Fencing::DontCare => "dont-care",
+            Fencing::ResourceOnly => "resource-only",
+            Fencing::ResourceAndStonith => "resource-and-stonith",
+        })
+    }
+}
+
+/// `[net]`: every key is optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetOptions {
+    /// `dont-care` (default), `resource-only`, `resource-and-stonith`.
+    pub fencing: Fencing,
+}
+
+/// `[handlers]`: every key is optional.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Handlers {
+    /// `fence-peer` handler, run with `sh -c`.
+    pub fence_peer: Option<String>,
+    /// `unfence-peer` handler, run with `sh -c`.
+    pub unfence_peer: Option<String>,
+    /// Emulator-only bound on one handler run (DRBD waits forever): the
+    /// handler's process group is killed after this and the run counts
+    /// as failed. 0 = no bound.
+    pub fence_peer_timeout_ms: u64,
+}
+
+impl Default for Handlers {
+    fn default() -> Self {
+        Handlers {
+            fence_peer: None,
+            unfence_peer: None,
+            fence_peer_timeout_ms: 60_000,
+        }
+    }
 }
 
 /// The peer host.
@@ -128,10 +194,11 @@ impl Config {
 
     /// Parses and validates config text (`path` is only used in messages).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        let mut cfg: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: path.to_path_buf(),
             source,
         })?;
+        cfg.path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         cfg.validate().map_err(|msg| ConfigError::Invalid {
             path: path.to_path_buf(),
             msg,
@@ -168,6 +235,14 @@ impl Config {
         }
         if self.state_dir == self.data_dir {
             return Err("state_dir and data_dir must be different directories".into());
+        }
+        for (k, v) in [
+            ("handlers.fence_peer", &self.handlers.fence_peer),
+            ("handlers.unfence_peer", &self.handlers.unfence_peer),
+        ] {
+            if v.as_deref().is_some_and(|c| c.trim().is_empty()) {
+                return Err(format!("{k} must not be empty (leave it out instead)"));
+            }
         }
         let t = &self.tuning;
         if t.ping_interval_ms == 0 || t.connect_retry_ms == 0 || t.scan_interval_ms == 0 {
@@ -226,6 +301,36 @@ resync_rate_kib = 100
         assert_eq!(c.tuning.resync_rate_kib, 100);
         assert_eq!(c.tuning.ping_timeout_ms, 600);
         assert!(c.auto_up);
+        assert_eq!(c.net.fencing, Fencing::DontCare);
+        assert!(c.handlers.fence_peer.is_none());
+        assert_eq!(c.handlers.fence_peer_timeout_ms, 60_000);
+    }
+
+    #[test]
+    fn parses_fencing_and_handlers() {
+        let text = format!(
+            "{GOOD}[net]\nfencing = \"resource-and-stonith\"\n[handlers]\nfence_peer = \"/bin/true --x\"\nunfence_peer = \"/bin/true\"\nfence_peer_timeout_ms = 500\n"
+        );
+        let c = Config::parse(&text, Path::new("x.toml")).unwrap();
+        assert_eq!(c.net.fencing, Fencing::ResourceAndStonith);
+        assert_eq!(c.handlers.fence_peer.as_deref(), Some("/bin/true --x"));
+        assert_eq!(c.handlers.unfence_peer.as_deref(), Some("/bin/true"));
+        assert_eq!(c.handlers.fence_peer_timeout_ms, 500);
+        let c = Config::parse(
+            &format!("{GOOD}[net]\nfencing = \"resource-only\"\n"),
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.net.fencing, Fencing::ResourceOnly);
+        for bad in [
+            "[net]\nfencing = \"stonith\"\n",
+            "[net]\nfencin = \"dont-care\"\n",
+            "[handlers]\nfence-peer = \"/bin/true\"\n",
+            "[handlers]\nfence_peer = \" \"\n",
+        ] {
+            let e = Config::parse(&format!("{GOOD}{bad}"), Path::new("x.toml"));
+            assert!(e.is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

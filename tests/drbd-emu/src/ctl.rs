@@ -41,6 +41,8 @@ pub enum Request {
     Disconnect,
     /// `drbdadm outdate`
     Outdate,
+    /// `drbdadm resume-io`
+    ResumeIo,
     /// `drbdadm create-md`
     CreateMd,
 }

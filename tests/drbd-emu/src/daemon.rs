@@ -22,8 +22,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, Notify};
 
-use crate::config::Config;
+use crate::config::{Config, Fencing};
 use crate::ctl::{Request, Response};
+use crate::fence;
 use crate::meta::Meta;
 use crate::model::*;
 use crate::repl;
@@ -103,6 +104,11 @@ pub struct Core {
     pub link: Option<Link>,
     /// Incremented for every new link; stale link tasks compare it.
     pub epoch: u64,
+    /// I/O suspended by the fencing policy (`suspended:fencing`).
+    pub susp_fen: bool,
+    /// Peer disk state set by a fence-peer result while disconnected
+    /// (`Outdated` / `Inconsistent`; `None` = `DUnknown`).
+    pub pdsk_fenced: Option<DiskState>,
     subs: Vec<mpsc::UnboundedSender<String>>,
     last_pub: Option<Option<Snapshot>>,
     last_persist: Instant,
@@ -178,6 +184,50 @@ impl Core {
         }
         if self.repl.is_syncing() && self.stats.oos_kib > self.stats.rs_total_kib {
             self.stats.rs_total_kib = self.stats.oos_kib;
+        }
+    }
+
+    /// The peer counts as outdated (pdsk <= Outdated) while disconnected.
+    pub fn peer_outdated(&self) -> bool {
+        matches!(
+            self.pdsk_fenced,
+            Some(DiskState::Outdated | DiskState::Inconsistent)
+        )
+    }
+
+    /// Ends the fencing suspension. `new_gen`: start the new data
+    /// generation a Primary that lost its peer owes (DRBD's new current
+    /// UUID at "outdate peer handler is successful" and `resume-io`); a
+    /// re-established connection resumes without one.
+    pub fn resume_fencing(&mut self, new_gen: bool, why: &str) {
+        if !self.susp_fen {
+            return;
+        }
+        self.susp_fen = false;
+        if new_gen && self.need_new_gen && self.role == Role::Primary {
+            self.meta.new_generation();
+            self.need_new_gen = false;
+            self.persist();
+            eprintln!(
+                "drbd {}: new data generation {:016X} (I/O resumed: {why})",
+                self.cfg.resource, self.meta.gen
+            );
+        } else {
+            eprintln!("drbd {}: I/O resumed: {why}", self.cfg.resource);
+        }
+    }
+
+    /// Sends a `call helper` / `response helper` event to events2
+    /// subscribers (after publishing any pending state change).
+    pub fn notify_helper(&mut self, note: HelperNote) {
+        self.publish();
+        let msg = EventMsg {
+            ts_us: now_us(),
+            snap: self.last_pub.clone().flatten(),
+            helper: Some(note),
+        };
+        if let Ok(line) = serde_json::to_string(&msg) {
+            self.subs.retain(|s| s.send(line.clone()).is_ok());
         }
     }
 
@@ -299,7 +349,7 @@ impl Core {
             name: cfg.resource.clone(),
             node_id: cfg.node_id,
             role: self.role,
-            suspended: false,
+            suspended: if self.susp_fen { "fencing" } else { "no" }.into(),
             write_ordering: "flush".into(),
             may_promote,
             promotion_score,
@@ -340,7 +390,7 @@ impl Core {
                 peer_disk: if connected {
                     self.peer_disk
                 } else {
-                    DiskState::DUnknown
+                    self.pdsk_fenced.unwrap_or(DiskState::DUnknown)
                 },
                 peer_client: false,
                 resync_suspended: "no".into(),
@@ -379,6 +429,7 @@ impl Core {
         let msg = EventMsg {
             ts_us: now_us(),
             snap: snap.clone(),
+            helper: None,
         };
         if let Ok(line) = serde_json::to_string(&msg) {
             self.subs.retain(|s| s.send(line.clone()).is_ok());
@@ -415,8 +466,15 @@ fn log_changes(cfg: &Config, old: Option<&Snapshot>, new: Option<&Snapshot>) {
         (None, Some(_)) => eprintln!("drbd {r}: resource created"),
         (Some(_), None) => eprintln!("drbd {r}: resource destroyed"),
         (Some(o), Some(n)) => {
+            let mut parts = Vec::new();
             if o.role != n.role {
-                eprintln!("drbd {r}: role( {} -> {} )", o.role, n.role);
+                parts.push(format!("role( {} -> {} )", o.role, n.role));
+            }
+            if o.suspended != n.suspended {
+                parts.push(format!("susp-io( {} -> {} )", o.suspended, n.suspended));
+            }
+            if !parts.is_empty() {
+                eprintln!("drbd {r}: {}", parts.join(" "));
             }
             if o.device.disk != n.device.disk {
                 eprintln!(
@@ -552,6 +610,8 @@ pub fn run(config_path: &Path) -> i32 {
             stats: Stats::default(),
             link: None,
             epoch: 0,
+            susp_fen: false,
+            pdsk_fenced: None,
             subs: Vec::new(),
             last_pub: None,
             last_persist: Instant::now(),
@@ -646,6 +706,7 @@ async fn client(sh: Arc<Shared>, stream: UnixStream) {
             EventMsg {
                 ts_us: now_us(),
                 snap: c.snapshot(),
+                helper: None,
             }
         };
         if write_json(&mut w, &first).await.is_err() {
@@ -714,6 +775,87 @@ fn scan_local(cfg: &Config) -> Manifest {
     })
 }
 
+/// One attempt of `primary`: the response, or `Err(())` when the
+/// fence-peer handler must run first (it has not been tried yet).
+fn promote(
+    c: &mut Core,
+    force: bool,
+    fenced_tried: bool,
+    baseline: &Manifest,
+) -> Result<Response, ()> {
+    let cfg = c.cfg.clone();
+    if !c.up {
+        return Ok(no_such_resource(&cfg));
+    }
+    if c.role == Role::Primary {
+        return Ok(Response::ok());
+    }
+    let connected = c.conn == ConnState::Connected;
+    if connected && c.peer_role == Role::Primary {
+        return Ok(state_change_failed(
+            &cfg,
+            -1,
+            "Multiple primaries not allowed by config",
+        ));
+    }
+    let mut forced = false;
+    if c.disk() != DiskState::UpToDate {
+        if !force || c.disk() == DiskState::Diskless {
+            return Ok(state_change_failed(
+                &cfg,
+                -2,
+                "Need access to UpToDate data",
+            ));
+        }
+        if connected && c.repl == Repl::SyncTarget {
+            // our data is being overwritten by the peer's resync
+            return Ok(state_change_failed(
+                &cfg,
+                -2,
+                "Need access to UpToDate data",
+            ));
+        }
+        forced = true;
+    }
+    let needs_fencing = cfg.net.fencing != Fencing::DontCare
+        && !(connected && c.repl != Repl::Off)
+        && !c.peer_outdated();
+    if needs_fencing && !forced {
+        if !fenced_tried {
+            return Err(());
+        }
+        if !force {
+            return Ok(state_change_failed(
+                &cfg,
+                -7,
+                "Refusing to be Primary while peer is not outdated",
+            ));
+        }
+        eprintln!(
+            "drbd {} {}: Forced into split brain situation!",
+            cfg.resource, cfg.peer.hostname
+        );
+    }
+    if forced {
+        c.meta.new_generation();
+        c.meta.disk = DiskState::UpToDate;
+        c.persist();
+        c.need_new_gen = false;
+    } else {
+        c.need_new_gen = !(connected && c.repl != Repl::Off);
+    }
+    c.role = Role::Primary;
+    c.local = Some(baseline.clone());
+    c.recompute_oos();
+    let m = c.state_msg();
+    c.send(m);
+    if forced {
+        c.maybe_resync();
+    }
+    c.publish();
+    Ok(Response::ok())
+}
+
 /// Executes one control request.
 pub async fn handle(sh: &Arc<Shared>, req: Request) -> Response {
     let cfg = sh.cfg.clone();
@@ -757,6 +899,8 @@ pub async fn handle(sh: &Arc<Shared>, req: Request) -> Response {
                 c.repl = Repl::Off;
                 c.stats = Stats::default();
                 c.need_new_gen = false;
+                c.susp_fen = false;
+                c.pdsk_fenced = None;
                 c.publish();
                 // attach
                 c.attached = true;
@@ -790,49 +934,30 @@ pub async fn handle(sh: &Arc<Shared>, req: Request) -> Response {
             c.persist();
             c.up = false;
             c.attached = false;
+            c.susp_fen = false;
+            c.pdsk_fenced = None;
+            // a fence-peer handler still running belongs to the old resource
+            c.epoch += 1;
             c.publish();
             Response::ok()
         }
         Request::Primary { force } => {
             let baseline = scan_local(&cfg);
-            let mut c = sh.lock();
-            if !c.up {
-                return no_such_resource(&cfg);
-            }
-            if c.role == Role::Primary {
-                return Response::ok();
-            }
-            let connected = c.conn == ConnState::Connected;
-            if connected && c.peer_role == Role::Primary {
-                return state_change_failed(&cfg, -1, "Multiple primaries not allowed by config");
-            }
-            let mut forced = false;
-            if c.disk() != DiskState::UpToDate {
-                if !force || c.disk() == DiskState::Diskless {
-                    return state_change_failed(&cfg, -2, "Need access to UpToDate data");
+            // DRBD's drbd_set_role(): with fencing, a node without a
+            // connected peer that does not know the peer to be outdated
+            // runs the fence-peer handler first (SS_PRIMARY_NOP), then
+            // retries.
+            let mut fenced_tried = false;
+            loop {
+                {
+                    let mut c = sh.lock();
+                    if let Ok(r) = promote(&mut c, force, fenced_tried, &baseline) {
+                        return r;
+                    }
                 }
-                if connected && c.repl == Repl::SyncTarget {
-                    // our data is being overwritten by the peer's resync
-                    return state_change_failed(&cfg, -2, "Need access to UpToDate data");
-                }
-                c.meta.new_generation();
-                c.meta.disk = DiskState::UpToDate;
-                c.persist();
-                forced = true;
-                c.need_new_gen = false;
-            } else {
-                c.need_new_gen = !(connected && c.repl != Repl::Off);
+                fenced_tried = true;
+                fence::fence_now(sh).await;
             }
-            c.role = Role::Primary;
-            c.local = Some(baseline);
-            c.recompute_oos();
-            let m = c.state_msg();
-            c.send(m);
-            if forced {
-                c.maybe_resync();
-            }
-            c.publish();
-            Response::ok()
         }
         Request::Secondary => {
             {
@@ -843,6 +968,20 @@ pub async fn handle(sh: &Arc<Shared>, req: Request) -> Response {
                 if c.role == Role::Secondary {
                     return Response::ok();
                 }
+            }
+            // While I/O is suspended for fencing, writes made meanwhile are
+            // "frozen I/O": DRBD's demotion (fsync of the device) waits for
+            // them until I/O resumes.
+            loop {
+                let fresh = scan_local(&cfg);
+                let frozen = {
+                    let c = sh.lock();
+                    c.susp_fen && c.role == Role::Primary && c.local.as_ref() != Some(&fresh)
+                };
+                if !frozen {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
             // Like protocol C: the peer has every write before we demote.
             let fresh = scan_local(&cfg);
@@ -937,6 +1076,15 @@ pub async fn handle(sh: &Arc<Shared>, req: Request) -> Response {
                 ),
                 _ => state_change_failed(&cfg, -16, "Disk state is lower than outdated"),
             }
+        }
+        Request::ResumeIo => {
+            let mut c = sh.lock();
+            if !c.up {
+                return no_such_resource(&cfg);
+            }
+            c.resume_fencing(true, "resume-io");
+            c.publish();
+            Response::ok()
         }
         Request::CreateMd => {
             let mut c = sh.lock();

@@ -5,6 +5,7 @@
 //! drbdadm primary [--force] RES        drbdadm secondary RES
 //! drbdadm connect [--discard-my-data] RES    drbdadm disconnect RES
 //! drbdadm outdate RES                  drbdadm create-md [--force] RES
+//! drbdadm resume-io RES
 //! drbdadm status [RES] [--verbose] [--statistics]
 //! drbdadm role|cstate|dstate RES
 //! ```
@@ -28,7 +29,7 @@ use crate::format::{self, StatusOpts};
 use crate::meta::Meta;
 use crate::model::ConnState;
 
-const COMMANDS: &str = "up, down, adjust, primary, secondary, connect, disconnect, outdate, create-md, status, role, cstate, dstate";
+const COMMANDS: &str = "up, down, adjust, primary, secondary, connect, disconnect, outdate, resume-io, create-md, status, role, cstate, dstate";
 
 /// Entry point; returns the exit code.
 pub fn main(cfg: Result<Config, String>, args: &[String]) -> i32 {
@@ -103,6 +104,7 @@ pub fn main(cfg: Result<Config, String>, args: &[String]) -> i32 {
             format!("drbdsetup disconnect {r} {peer}"),
         ),
         "outdate" => (Request::Outdate, format!("drbdsetup outdate {minor}")),
+        "resume-io" => (Request::ResumeIo, format!("drbdsetup resume-io {minor}")),
         "create-md" => (Request::CreateMd, String::new()),
         "adjust" => return adjust(&cfg),
         "role" | "cstate" | "dstate" => {

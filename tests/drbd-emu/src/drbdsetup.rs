@@ -7,6 +7,7 @@
 //! drbdsetup connect RES PEER_ID [--discard-my-data]
 //! drbdsetup disconnect RES PEER_ID     drbdsetup outdate RES|MINOR
 //! drbdsetup down RES                   drbdsetup role RES
+//! drbdsetup resume-io MINOR|RES
 //! ```
 //!
 //! Exit codes: 0 ok; 10 `RES: No such resource` (also when the daemon is
@@ -84,7 +85,7 @@ pub fn snapshot(cfg: &Config, res: &str) -> Result<Option<Snapshot>, i32> {
 pub fn main(cfg: Result<Config, String>, args: &[String]) -> i32 {
     let a = Args::parse(args);
     let Some(cmd) = a.pos.first().cloned() else {
-        eprintln!("USAGE: drbdsetup command {{arguments}} [options]\n(drbd-emu: events2, status, primary, secondary, connect, disconnect, outdate, down, role)");
+        eprintln!("USAGE: drbdsetup command {{arguments}} [options]\n(drbd-emu: events2, status, primary, secondary, connect, disconnect, outdate, resume-io, down, role)");
         return 20;
     };
     let cfg = match cfg {
@@ -103,8 +104,10 @@ pub fn main(cfg: Result<Config, String>, args: &[String]) -> i32 {
                 Err(20)
             }
             Some(r) if r == &cfg.resource => Ok(r.clone()),
-            // `drbdsetup outdate` takes a minor number
-            Some(r) if cmd == "outdate" && r == &cfg.minor.to_string() => Ok(cfg.resource.clone()),
+            // `drbdsetup outdate` / `resume-io` take a minor number
+            Some(r) if (cmd == "outdate" || cmd == "resume-io") && r == &cfg.minor.to_string() => {
+                Ok(cfg.resource.clone())
+            }
             Some(r) => Err(no_such_resource(r)),
         }
     };
@@ -166,7 +169,7 @@ pub fn main(cfg: Result<Config, String>, args: &[String]) -> i32 {
                 Err(c) => c,
             }
         }
-        "primary" | "secondary" | "connect" | "disconnect" | "outdate" | "down" => {
+        "primary" | "secondary" | "connect" | "disconnect" | "outdate" | "resume-io" | "down" => {
             let res = match need_res() {
                 Ok(r) => r,
                 Err(c) => return c,
@@ -181,6 +184,7 @@ pub fn main(cfg: Result<Config, String>, args: &[String]) -> i32 {
                 },
                 "disconnect" => Request::Disconnect,
                 "outdate" => Request::Outdate,
+                "resume-io" => Request::ResumeIo,
                 _ => Request::Down,
             };
             match ctl::call(&cfg, &req) {
@@ -256,7 +260,11 @@ fn events2(
             l.push("exists -".into());
             l
         } else {
-            format::change_lines(prev.as_ref(), snap.as_ref(), opts)
+            let mut l = format::change_lines(prev.as_ref(), snap.as_ref(), opts);
+            if let (Some(h), Some(s)) = (&msg.helper, &snap) {
+                l.push(format::helper_line(s, h));
+            }
+            l
         };
         if !first && lines.is_empty() {
             prev = snap;

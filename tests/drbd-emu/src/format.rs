@@ -16,7 +16,7 @@
 
 use std::fmt::Write as _;
 
-use crate::model::{ConnState, Repl, Snapshot};
+use crate::model::{ConnState, HelperNote, Repl, Snapshot};
 
 /// How a key behaves on `change` lines.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -60,7 +60,7 @@ fn objects(s: &Snapshot) -> Vec<Obj> {
         keys: vec![
             ("name", name.clone(), Id),
             ("role", s.role.to_string(), Diff),
-            ("suspended", yn(s.suspended), Diff),
+            ("suspended", s.suspended.clone(), Diff),
             ("force-io-failures", yn(false), Diff),
             ("write-ordering", s.write_ordering.clone(), Stat),
             ("may_promote", yn(s.may_promote), Always),
@@ -254,6 +254,25 @@ pub fn change_lines(
     }
 }
 
+/// The `call helper` / `response helper` line of a connection-level helper
+/// (drbdsetup prints no `volume:` when the kernel passed no device).
+pub fn helper_line(s: &Snapshot, h: &HelperNote) -> String {
+    let verb = if h.status.is_some() {
+        "response"
+    } else {
+        "call"
+    };
+    let mut l = format!(
+        "{verb} helper name:{} peer-node-id:{} conn-name:{} helper:{}",
+        s.name, s.connection.peer_node_id, s.connection.conn_name, h.name
+    );
+    if let Some(st) = h.status {
+        // drbdsetup prints the kernel's int with %u
+        let _ = write!(l, " status:{}", st as u32);
+    }
+    l
+}
+
 /// A timestamp as `drbdsetup events2 --timestamps` prints it
 /// (`2017-03-27T08:28:17.072611-07:00`, local time).
 pub fn timestamp(ts_us: i64) -> String {
@@ -305,8 +324,8 @@ pub fn status_text(s: &Snapshot, o: StatusOpts) -> String {
         let _ = write!(out, " node-id:{}", s.node_id);
     }
     let _ = write!(out, " role:{}", s.role);
-    if o.verbose || s.suspended {
-        let _ = write!(out, " suspended:{}", yn(s.suspended));
+    if o.verbose || s.suspended != "no" {
+        let _ = write!(out, " suspended:{}", s.suspended);
     }
     out.push('\n');
     if o.statistics {
@@ -408,7 +427,7 @@ pub fn status_json(s: Option<&Snapshot>) -> String {
     let _ = writeln!(o, "  \"name\": {},", json_str(&s.name));
     let _ = writeln!(o, "  \"node-id\": {},", s.node_id);
     let _ = writeln!(o, "  \"role\": \"{}\",", s.role);
-    let _ = writeln!(o, "  \"suspended\": {},", b(s.suspended));
+    let _ = writeln!(o, "  \"suspended\": {},", b(s.suspended != "no"));
     let _ = writeln!(o, "  \"write-ordering\": {},", json_str(&s.write_ordering));
     o.push_str("  \"devices\": [\n    {\n");
     let _ = writeln!(o, "      \"volume\": {},", d.volume);
@@ -505,7 +524,7 @@ mod tests {
             name: "some-resource".into(),
             node_id: 0,
             role: Role::Secondary,
-            suspended: false,
+            suspended: "no".into(),
             write_ordering: "flush".into(),
             may_promote: false,
             promotion_score: 0,
@@ -643,6 +662,51 @@ mod tests {
         assert_eq!(
             j[0]["connections"][0]["peer_devices"][0]["replication-state"],
             "SyncTarget"
+        );
+    }
+
+    #[test]
+    fn fencing_suspension_and_helper_lines() {
+        let mut s = snap();
+        s.role = Role::Primary;
+        s.device.disk = DiskState::UpToDate;
+        s.connection.connection = ConnState::Connecting;
+        let mut f = s.clone();
+        f.suspended = "fencing".into();
+        let lines = change_lines(Some(&s), Some(&f), EventOpts::default());
+        assert_eq!(
+            lines,
+            vec!["change resource name:some-resource suspended:fencing may_promote:no promotion_score:0"]
+        );
+        let back = change_lines(Some(&f), Some(&s), EventOpts::default());
+        assert_eq!(
+            back,
+            vec![
+                "change resource name:some-resource suspended:no may_promote:no promotion_score:0"
+            ]
+        );
+        assert!(status_text(&f, StatusOpts::default())
+            .starts_with("some-resource role:Primary suspended:fencing\n"));
+        assert!(status_text(&s, StatusOpts::default()).starts_with("some-resource role:Primary\n"));
+        let j: serde_json::Value = serde_json::from_str(&status_json(Some(&f))).unwrap();
+        assert_eq!(j[0]["suspended"], true);
+        let j: serde_json::Value = serde_json::from_str(&status_json(Some(&s))).unwrap();
+        assert_eq!(j[0]["suspended"], false);
+        let call = HelperNote {
+            name: "fence-peer".into(),
+            status: None,
+        };
+        assert_eq!(
+            helper_line(&s, &call),
+            "call helper name:some-resource peer-node-id:1 conn-name:some-peer helper:fence-peer"
+        );
+        let resp = HelperNote {
+            name: "fence-peer".into(),
+            status: Some(4 << 8),
+        };
+        assert_eq!(
+            helper_line(&s, &resp),
+            "response helper name:some-resource peer-node-id:1 conn-name:some-peer helper:fence-peer status:1024"
         );
     }
 }

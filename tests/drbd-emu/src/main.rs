@@ -16,6 +16,7 @@ mod ctl;
 mod daemon;
 mod drbdadm;
 mod drbdsetup;
+mod fence;
 mod format;
 mod meta;
 mod model;

@@ -69,8 +69,9 @@ pub struct Snapshot {
     pub node_id: u32,
     /// Local role.
     pub role: Role,
-    /// I/O suspended (never, in the emulator).
-    pub suspended: bool,
+    /// I/O suspension as drbdsetup prints it: `no`, or the reason
+    /// (`fencing` while a Primary waits for its fence-peer handler).
+    pub suspended: String,
     /// Write ordering method (statistics key).
     pub write_ordering: String,
     /// `may_promote` of events2.
@@ -175,6 +176,20 @@ pub struct EventMsg {
     pub ts_us: i64,
     /// The new state.
     pub snap: Option<Snapshot>,
+    /// A user-mode helper was called / returned (events2 `call helper` /
+    /// `response helper`); the state is unchanged by such a message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub helper: Option<HelperNote>,
+}
+
+/// A connection-level helper (`fence-peer`, `unfence-peer`) call or response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HelperNote {
+    /// Helper name as DRBD passes it to drbdadm (`fence-peer`).
+    pub name: String,
+    /// `None` for the call, the raw wait status (exit code << 8, or the
+    /// signal number) for the response, as the kernel reports it.
+    pub status: Option<i32>,
 }
 
 /// Formats an address as drbdsetup does (`ipv4:1.2.3.4:7789`).

@@ -408,6 +408,8 @@ pub async fn connector(sh: Arc<Shared>) {
                     c.link_lost();
                     if was_connected {
                         c.conn = state;
+                        // same state change: suspend I/O (stonith), start fence-peer
+                        crate::fence::on_link_lost(&sh, &mut c);
                         c.publish();
                     }
                     c.conn = if c.want_connect {
@@ -570,7 +572,11 @@ async fn run_link(sh: &Arc<Shared>, stream: TcpStream) -> Outcome {
         c.conn = ConnState::Connected;
         c.peer_role = peer_role;
         c.peer_disk = peer_disk;
+        c.pdsk_fenced = None;
         c.repl = Repl::Off;
+        // "case2: The connection was established again": resume without
+        // a new data generation
+        c.resume_fencing(false, "connection established again");
         c.publish();
         match decision {
             Decision::Source => c.start_sync_source(),
@@ -1129,6 +1135,7 @@ async fn sender_task(
                             c.stats.rs_total_kib = 0;
                             c.stats.rs_start = None;
                             c.publish();
+                            crate::fence::after_sync_source_done(&sh, &c);
                         }
                         Step::Idle
                     }
@@ -1312,8 +1319,12 @@ pub async fn scanner(sh: Arc<Shared>) {
         tokio::time::sleep(iv).await;
         let need = {
             let mut c = sh.lock();
-            let need =
-                c.up && c.attached && (c.role == Role::Primary || c.repl == Repl::SyncSource);
+            // While I/O is suspended for fencing nothing new reaches the
+            // "device": the Primary's view of its tree stays frozen.
+            let need = c.up
+                && c.attached
+                && !c.susp_fen
+                && (c.role == Role::Primary || c.repl == Repl::SyncSource);
             if !need && c.local.is_some() && c.role != Role::Primary && c.repl != Repl::SyncSource {
                 c.local = None;
             }

@@ -241,6 +241,14 @@ impl Events {
         }
     }
 
+    /// Collects lines for `ms` milliseconds (to assert on what did not come).
+    pub fn settle(&mut self, ms: u64) {
+        let deadline = Instant::now() + Duration::from_millis(ms);
+        while Instant::now() < deadline {
+            self.pump(Duration::from_millis(20));
+        }
+    }
+
     /// Waits for the process to exit; returns its status.
     pub fn wait_exit(&mut self, secs: u64) -> std::process::ExitStatus {
         wait_until(secs, "events2 to exit", || self.child.try_wait().unwrap())
