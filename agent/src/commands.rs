@@ -104,11 +104,35 @@ impl Handler {
             .as_ref()
             .ok_or_else(|| AgentError::Refused("command without an action".into()))?;
         // S4: refuse stale tokens; persist the new highest before acting.
-        self.tokens.accept(Token {
+        let token = Token {
             epoch: cmd.epoch,
             term: cmd.raft_term,
-        })?;
+        };
+        self.tokens.accept(token)?;
         let mut a = self.actions.lock().await;
+        // Commands run in token order: one accepted before a newer one but
+        // scheduled after it must not run at all.
+        let now = self.tokens.current();
+        if now > token {
+            return Err(AgentError::Superseded {
+                epoch: token.epoch,
+                term: token.term,
+                newer_epoch: now.epoch,
+                newer_term: now.term,
+            });
+        }
+        let run = Self::act(&mut a, action);
+        if cmd.timeout_ms == 0 {
+            return run.await;
+        }
+        tokio::time::timeout(Duration::from_millis(cmd.timeout_ms), run)
+            .await
+            .map_err(|_| AgentError::ActionTimeout {
+                timeout_ms: cmd.timeout_ms,
+            })?
+    }
+
+    async fn act(a: &mut HostActions, action: &Action) -> Result<String, AgentError> {
         Ok(match action {
             Action::Promote(p) => {
                 a.promote(p.force).await?;
@@ -139,12 +163,12 @@ impl Handler {
                 "NFS unexported".into()
             }
             Action::ClaimIp(c) => {
-                check_ip(&a, &c.ip)?;
+                check_ip(a, &c.ip)?;
                 a.claim_ip().await?;
                 format!("{} configured, gratuitous ARP sent", c.ip)
             }
             Action::ReleaseIp(c) => {
-                check_ip(&a, &c.ip)?;
+                check_ip(a, &c.ip)?;
                 a.release_ip().await?;
                 format!("{} released", c.ip)
             }
@@ -163,5 +187,89 @@ fn check_ip(a: &HostActions, ip: &str) -> Result<(), AgentError> {
         None => Err(AgentError::Refused(
             "this agent has no [serving] configuration: it only observes".into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actions::DrbdActionsConfig;
+    use std::os::unix::fs::PermissionsExt;
+    use understudy_proto::{DrbdDemote, DrbdPromote};
+
+    /// A handler whose `drbdadm` sleeps `secs` and logs each call to `calls`.
+    fn handler(dir: &std::path::Path, secs: &str) -> Arc<Handler> {
+        let fake = dir.join("drbdadm");
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\necho \"$1\" >> {}/calls\nsleep {secs}\nexit 0\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let host = HostActions::new(DrbdActionsConfig::new("r0", &fake), None).unwrap();
+        let tokens = EpochStore::open(&dir.join("state")).unwrap();
+        Handler::new("p".into(), tokens, host)
+    }
+
+    fn cmd(epoch: u64, timeout_ms: u64, action: Action) -> Command {
+        Command {
+            command_id: epoch,
+            raft_term: 1,
+            epoch,
+            pair_id: "p".into(),
+            timeout_ms,
+            action: Some(action),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_older_command_queued_behind_a_newer_token_never_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = handler(dir.path(), "0.3");
+        // A slow command holds the host; an older and then a newer one queue up.
+        let busy = tokio::spawn({
+            let h = h.clone();
+            async move { h.handle(cmd(1, 0, Action::Demote(DrbdDemote {}))).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let older = tokio::spawn({
+            let h = h.clone();
+            async move {
+                h.handle(cmd(1, 0, Action::Promote(DrbdPromote { force: false })))
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let newer = h.handle(cmd(2, 0, Action::Demote(DrbdDemote {}))).await;
+        assert!(busy.await.unwrap().ok);
+        let older = older.await.unwrap();
+        assert!(!older.ok, "{older:?}");
+        assert!(older.error.starts_with("superseded"), "{}", older.error);
+        assert!(newer.ok, "{newer:?}");
+        let calls = std::fs::read_to_string(dir.path().join("calls")).unwrap();
+        assert_eq!(
+            calls, "secondary\nsecondary\n",
+            "the older promote never ran"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_action_is_stopped_at_the_controllers_bound_with_a_definite_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = handler(dir.path(), "5");
+        let t0 = Instant::now();
+        let r = h
+            .handle(cmd(1, 300, Action::Promote(DrbdPromote { force: false })))
+            .await;
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+        assert!(!r.ok);
+        assert!(
+            r.error.contains("did not finish within the 300 ms"),
+            "{}",
+            r.error
+        );
     }
 }

@@ -38,6 +38,17 @@ pub enum AgentError {
     #[error("the controller refused this agent: {0}; fix the agent or controller configuration")]
     Refused(String),
 
+    #[error("the action did not finish within the {timeout_ms} ms the controller waits; it was stopped (the controller records the step failed; it may retry)")]
+    ActionTimeout { timeout_ms: u64 },
+
+    #[error("superseded: a newer command (epoch {newer_epoch} term {newer_term}) was accepted while this one (epoch {epoch} term {term}) waited for its turn; commands run in token order (S4)")]
+    Superseded {
+        epoch: u64,
+        term: u64,
+        newer_epoch: u64,
+        newer_term: u64,
+    },
+
     #[error("stale command refused: epoch {epoch} term {term} is older than the highest accepted (epoch {highest_epoch} term {highest_term}); it comes from a deposed leader or an earlier failover (S4)")]
     StaleToken {
         epoch: u64,

@@ -298,3 +298,70 @@ async fn startup_failures_carry_ganesha_log() {
     let e = b.export(&missing).await.unwrap_err();
     assert!(matches!(e, ActionError::NotADirectory { .. }), "{e}");
 }
+
+#[tokio::test]
+async fn a_frozen_ganesha_is_not_counted_as_exporting_and_export_restarts_it() {
+    let s = setup();
+    std::fs::write(s.export_dir.join("hello.bin"), payload()).unwrap();
+    let spec = ExportSpec::new(&s.export_dir, "/data");
+    let mut b = NfsBackend::new(&NfsConfig::Ganesha(s.cfg.clone()), &spec).unwrap();
+    b.export(&spec).await.unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", s.cfg.port).parse().unwrap();
+    understudy_agent::actions::nfs::nfs_null(addr, Duration::from_secs(2))
+        .await
+        .expect("a running ganesha answers the NFS NULL call");
+    assert_eq!(b.exports().await.unwrap(), ["/data"]);
+    let pid = ganesha(&mut b).running_pid().unwrap();
+    // Frozen: the kernel still completes TCP handshakes, so a port check passes.
+    let st = Command::new("kill")
+        .args(["-STOP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // Wait until every thread is stopped (state T in /proc/PID/task/*/stat).
+    let stopped = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| {
+                d.flatten().all(|t| {
+                    std::fs::read_to_string(t.path().join("stat"))
+                        .map(|st| {
+                            st.rsplit(')')
+                                .next()
+                                .unwrap_or("")
+                                .trim_start()
+                                .starts_with('T')
+                        })
+                        .unwrap_or(true)
+                })
+            })
+            .unwrap_or(false)
+    };
+    let t0 = Instant::now();
+    while !stopped() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "ganesha did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(answers(s.cfg.port), "the kernel accepts connections for it");
+    let t0 = Instant::now();
+    assert!(
+        b.exports().await.unwrap().is_empty(),
+        "frozen ganesha counted as exporting"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    let checks = ganesha(&mut b).self_checks().await;
+    let c = checks.iter().find(|c| c.name == "ganesha_answers").unwrap();
+    assert!(!c.ok && c.detail.contains("frozen"), "{c:?}");
+    // Exporting again replaces the frozen process with one that answers.
+    b.export(&spec).await.unwrap();
+    let new = ganesha(&mut b).running_pid().unwrap();
+    assert_ne!(new, pid);
+    assert_eq!(b.exports().await.unwrap(), ["/data"]);
+    assert_eq!(
+        nfs_cat(&nfs_url(s.cfg.port, "/data", "hello.bin")).unwrap(),
+        payload()
+    );
+    b.unexport().await.unwrap();
+}

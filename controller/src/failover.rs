@@ -69,6 +69,10 @@ impl Default for ExecutorConfig {
     }
 }
 
+/// How long past a command's bound the executor waits for the agent's answer
+/// (transport and reporting time).
+const RESULT_GRACE: Duration = Duration::from_secs(2);
+
 /// Runs plans; one per controller node, used while it leads.
 pub struct Executor {
     pub raft: Raft,
@@ -338,6 +342,7 @@ impl Executor {
                 raft_term: view.term,
                 epoch,
                 pair_id: pair_id.into(),
+                timeout_ms: self.cfg.agent_step_timeout_ms,
                 action: Some(Cmd::Outdate(understudy_proto::DrbdOutdate {})),
             };
             let rx = match self.liveness.send_command(server, cmd) {
@@ -499,17 +504,25 @@ impl Executor {
             if !self.leader.borrow().is_leader {
                 return Err("this controller is no longer the leader: command not sent".into());
             }
+            // The agent stops its action at this bound and always answers, so
+            // the result recorded is the definite one (never "failed" for an
+            // action that then succeeds late).
+            let bound = deadline
+                .saturating_duration_since(Instant::now())
+                .saturating_sub(Duration::from_millis(200))
+                .max(Duration::from_millis(100));
             let cmd = Command {
                 command_id: 0,
                 raft_term: term,
                 epoch: plan.epoch,
                 pair_id: pair.spec.id.clone(),
+                timeout_ms: bound.as_millis() as u64,
                 action: Some(action.clone()),
             };
             match self.liveness.send_command(&plan.to, cmd) {
                 Err(e) => last = e,
                 Ok(rx) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
+                    let left = bound + RESULT_GRACE;
                     match tokio::time::timeout(left, rx).await {
                         Ok(Ok(r)) if r.ok => {
                             return Ok(format!("{} ({} ms on the agent)", r.detail, r.duration_ms))
@@ -518,7 +531,14 @@ impl Executor {
                         Ok(Err(_)) => {
                             last = format!("{}'s session closed before answering", plan.to)
                         }
-                        Err(_) => last = format!("{} did not answer in time", plan.to),
+                        Err(_) => {
+                            return Err(format!(
+                                "{} gave no answer within {} ms of its {} ms bound: its agent is stuck; check it before retrying",
+                                plan.to,
+                                RESULT_GRACE.as_millis(),
+                                bound.as_millis()
+                            ))
+                        }
                     }
                 }
             }

@@ -23,8 +23,19 @@ use crate::raft::store::SharedState;
 use crate::raft::Raft;
 use crate::state::{PairRecord, Request, Response};
 
+/// What to do with a request that passed [`check`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// The serving server lost its peer: record the peer outdated.
+    Outdate,
+    /// The failover target promotes (DRBD runs the handler before promoting
+    /// without a connected peer): its peer, the old primary, is already fenced
+    /// by the plan's Fence step; nothing to record.
+    AlreadyFenced(String),
+}
+
 /// Why a fence-peer request is refused before anything is committed; pure.
-pub fn check(pair: &PairRecord, req: &FencePeerRequest) -> Result<(), Status> {
+pub fn check(pair: &PairRecord, req: &FencePeerRequest) -> Result<Verdict, Status> {
     if pair.server(&req.server_id).is_none() {
         return Err(Status::permission_denied(format!(
             "server {:?} is not a member of pair {:?}",
@@ -38,6 +49,16 @@ pub fn check(pair: &PairRecord, req: &FencePeerRequest) -> Result<(), Status> {
         )));
     }
     if let Some(plan) = &pair.failover {
+        let fenced = plan.steps.iter().any(|s| {
+            s.step == crate::state::Step::Fence
+                && matches!(s.status, crate::state::StepStatus::Done { .. })
+        });
+        if fenced && req.server_id == plan.to {
+            return Ok(Verdict::AlreadyFenced(format!(
+                "{} was fenced by failover epoch {} (step Fence done): {} may promote",
+                plan.from, plan.epoch, plan.to
+            )));
+        }
         return Err(Status::failed_precondition(format!(
             "pair {} is failing over from {} to {} (epoch {}): {} must not write unprotected; its I/O stays suspended",
             pair.spec.id, plan.from, plan.to, plan.epoch, req.server_id
@@ -58,7 +79,7 @@ pub fn check(pair: &PairRecord, req: &FencePeerRequest) -> Result<(), Status> {
             req.server_id, req.highest_epoch, pair.spec.id, pair.epoch
         )));
     }
-    Ok(())
+    Ok(Verdict::Outdate)
 }
 
 /// Handle one request on this node.
@@ -92,7 +113,14 @@ pub async fn handle(
                 req.pair_id
             ))
         })?;
-    check(&pair, &req)?;
+    if let Verdict::AlreadyFenced(detail) = check(&pair, &req)? {
+        tracing::info!(pair = %pair.spec.id, server = %req.server_id, %detail, "fence-peer before promotion");
+        return Ok(FencePeerResponse {
+            outdated_server: pair.failover.map(|p| p.from).unwrap_or_default(),
+            epoch: pair.epoch,
+            detail,
+        });
+    }
     let peer = pair.standby_id().to_owned();
     let now = now_unix_ms();
     let span = tracing::info_span!("fence_peer", pair = %pair.spec.id, epoch = pair.epoch, server = %req.server_id, peer = %peer);
@@ -148,7 +176,7 @@ mod tests {
     #[test]
     fn only_the_serving_server_may_outdate_its_peer() {
         let p = pair(PairState::Healthy);
-        assert!(check(&p, &req("a")).is_ok());
+        assert_eq!(check(&p, &req("a")).unwrap(), Verdict::Outdate);
         let e = check(&p, &req("b")).unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
         assert!(e.message().contains("stood down (S10)"), "{}", e.message());
@@ -178,9 +206,32 @@ mod tests {
             reason: "test".into(),
             automatic: true,
             started_unix_ms: 0,
-            steps: vec![],
+            steps: crate::state::Step::ALL
+                .iter()
+                .map(|s| crate::state::StepRecord {
+                    step: *s,
+                    status: crate::state::StepStatus::Pending,
+                    attempts: 0,
+                })
+                .collect(),
         });
         let e = check(&p, &req("a")).unwrap_err();
         assert!(e.message().contains("stays suspended"), "{}", e.message());
+        // The target promoting before the old primary is fenced: refused too.
+        assert!(check(&p, &req("b")).is_err());
+        // Once Fence is done, the target's promotion may go ahead.
+        let plan = p.failover.as_mut().unwrap();
+        plan.steps[1].status = crate::state::StepStatus::Done {
+            duration_ms: 5,
+            detail: "fenced".into(),
+        };
+        assert!(matches!(
+            check(&p, &req("b")).unwrap(),
+            Verdict::AlreadyFenced(d) if d.contains("a was fenced by failover epoch 4")
+        ));
+        assert!(
+            check(&p, &req("a")).is_err(),
+            "the old primary stays frozen"
+        );
     }
 }

@@ -468,6 +468,12 @@ drbdadm = "{adm}"
         for h in &mut c.hosts {
             h.start_emulator();
         }
+        // As an operator creates a resource: both sides up and connected, then
+        // the file server forced Primary to start the initial sync.
+        wait_for("both sides connected", Duration::from_secs(20), || {
+            let o = c.hosts[0].drbdadm(&["cstate", RESOURCE]);
+            (String::from_utf8_lossy(&o.stdout).trim() == "Connected").then_some(())
+        });
         let out = c.hosts[0].drbdadm(&["primary", "--force", RESOURCE]);
         assert!(
             out.status.success(),

@@ -246,6 +246,12 @@ state_dir = "{}"
 data_dir = "{}"
 listen = "{}:7789"
 
+[net]
+fencing = "resource-and-stonith"
+
+[handlers]
+fence_peer = "{} --config {} --timeout-secs 30"
+
 [peer]
 hostname = "{}"
 node_id = {}
@@ -255,6 +261,8 @@ address = "{}:7789"
                     hdir.join("drbd-state").display(),
                     data_dir.display(),
                     net.addr(name),
+                    bin("understudy-fence-peer").display(),
+                    hdir.join("agent.toml").display(),
                     sid(peer),
                     1 - i,
                     net.addr(peer),
@@ -316,6 +324,12 @@ address = "{}:7789"
         for i in 0..2 {
             c.start_emulator(i);
         }
+        // As an operator creates a resource: both sides up and connected, then
+        // the file server forced Primary to start the initial sync.
+        crate::wait_for("fsa and fsb connected", Duration::from_secs(20), || {
+            let o = c.drbdadm(0, &["cstate", RESOURCE]);
+            (String::from_utf8_lossy(&o.stdout).trim() == "Connected").then_some(())
+        });
         let out = c.drbdadm(0, &["primary", "--force", RESOURCE]);
         assert!(
             out.status.success(),

@@ -32,6 +32,15 @@ struct FakeController {
 impl AgentService for FakeController {
     type SessionStream = ReceiverStream<Result<ControllerMessage, Status>>;
 
+    async fn fence_peer(
+        &self,
+        _req: Request<understudy_proto::FencePeerRequest>,
+    ) -> Result<Response<understudy_proto::FencePeerResponse>, Status> {
+        Err(Status::unimplemented(
+            "this minimal controller only tests fencing tokens",
+        ))
+    }
+
     async fn session(
         &self,
         req: Request<Streaming<AgentMessage>>,
@@ -69,6 +78,7 @@ fn demote(id: u64, epoch: u64, term: u64) -> Command {
         raft_term: term,
         epoch,
         pair_id: "fs1".into(),
+        timeout_ms: 5000,
         action: Some(Action::Demote(DrbdDemote {})),
     }
 }

@@ -67,7 +67,13 @@ pub(crate) fn merge_resource<'a>(
             "suspended" => {
                 // DRBD prints `no` or the suspend reason(s): user, quorum, ...
                 r.suspended = Some(v != "no");
+                const KNOWN: [&str; 4] = ["user", "no-data", "fencing", "quorum"];
+                let reasons: Vec<&str> = v.split(',').collect();
+                r.suspended_reasons.clear();
                 if bool_word(v).is_some() {
+                    r.extra.remove(k);
+                } else if reasons.iter().all(|w| KNOWN.contains(w)) {
+                    r.suspended_reasons = reasons.iter().map(|w| w.to_string()).collect();
                     r.extra.remove(k);
                 } else {
                     r.extra.insert(k.into(), v.into());

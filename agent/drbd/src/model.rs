@@ -206,9 +206,14 @@ pub struct ResourceState {
     pub name: String,
     pub role: Role,
     /// `suspended:no` → `Some(false)`; `yes` or any suspend reason
-    /// (`user`, `quorum`, `fencing`, ...) → `Some(true)`, and a reason word is
-    /// also kept in `extra["suspended"]`.
+    /// (`user`, `no-data`, `fencing`, `quorum`) → `Some(true)`. The known
+    /// reasons are in `suspended_reasons`; an unknown reason word is kept in
+    /// `extra["suspended"]`.
     pub suspended: Option<bool>,
+    /// Why I/O is suspended, as DRBD says it (`fencing`: a fence-peer handler
+    /// runs or failed; `user`: `drbdadm suspend-io`; ...). Empty when not.
+    #[serde(default)]
+    pub suspended_reasons: Vec<String>,
     pub may_promote: Option<bool>,
     pub promotion_score: Option<u64>,
     pub write_ordering: Option<String>,

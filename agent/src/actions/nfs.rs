@@ -432,6 +432,76 @@ async fn port_answers(addr: SocketAddr) -> bool {
     )
 }
 
+/// How long an NFS server may take to answer the NULL call before it counts as
+/// not serving (a frozen ganesha still completes TCP handshakes in the kernel).
+pub const NFS_NULL_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// An NFSv4 NULL call (ONC RPC program 100003, version 4, procedure 0, AUTH_NONE)
+/// over TCP: what a client's first ping is. `Ok` only for an accepted, successful
+/// reply to our xid within `timeout`.
+pub async fn nfs_null(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let xid: u32 = nanos ^ std::process::id().rotate_left(16);
+    let words: [u32; 10] = [xid, 0, 2, 100_003, 4, 0, 0, 0, 0, 0];
+    let mut msg = Vec::with_capacity(44);
+    msg.extend_from_slice(&(0x8000_0000u32 | 40).to_be_bytes());
+    for w in words {
+        msg.extend_from_slice(&w.to_be_bytes());
+    }
+    let call = async {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        s.write_all(&msg).await.map_err(|e| format!("send: {e}"))?;
+        let mut mark = [0u8; 4];
+        s.read_exact(&mut mark)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        let len = (u32::from_be_bytes(mark) & 0x7fff_ffff) as usize;
+        if !(24..=4096).contains(&len) {
+            return Err(format!("reply of {len} bytes is not an RPC reply"));
+        }
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        parse_null_reply(&body, xid)
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+    }
+}
+
+/// Check an RPC reply body: our xid, REPLY, MSG_ACCEPTED, SUCCESS.
+fn parse_null_reply(body: &[u8], xid: u32) -> Result<(), String> {
+    let word = |i: usize| -> Result<u32, String> {
+        body.get(i * 4..i * 4 + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            .ok_or_else(|| "truncated RPC reply".to_string())
+    };
+    if word(0)? != xid {
+        return Err("reply to another call".into());
+    }
+    if word(1)? != 1 {
+        return Err("not an RPC reply".into());
+    }
+    if word(2)? != 0 {
+        return Err("RPC call denied".into());
+    }
+    let verf_len = word(4)? as usize;
+    let at = 5 + verf_len.div_ceil(4);
+    match word(at)? {
+        0 => Ok(()),
+        2 => Err("NFS version 4 is not served (PROG_MISMATCH)".into()),
+        n => Err(format!("RPC accept status {n}")),
+    }
+}
+
 /// The last `n` lines of `text`.
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
@@ -507,11 +577,29 @@ impl GaneshaBackend {
             let same = std::fs::read_to_string(&conf)
                 .map(|t| t == text)
                 .unwrap_or(false);
-            if same && port_answers(self.cfg.probe_addr()).await {
+            let answers = nfs_null(self.cfg.probe_addr(), NFS_NULL_TIMEOUT).await;
+            if same && answers.is_ok() {
                 return Ok(());
             }
-            tracing::info!(pid, "nfs-ganesha configuration changed: restarting it");
-            self.stop(pid).await?;
+            match answers {
+                Err(why) if same => {
+                    // Frozen or wedged: it would not act on SIGTERM either.
+                    tracing::warn!(pid, %why, "nfs-ganesha does not answer an NFS NULL call: killing and restarting it");
+                    self.signal(pid, "KILL").await?;
+                    if !self.wait_gone(pid, Duration::from_secs(5)).await {
+                        return Err(ActionError::GaneshaStop {
+                            pid,
+                            reason: "it survived SIGKILL for 5s (stuck in the kernel on I/O?)"
+                                .into(),
+                        });
+                    }
+                    let _ = std::fs::remove_file(self.cfg.pid_path());
+                }
+                _ => {
+                    tracing::info!(pid, "nfs-ganesha configuration changed: restarting it");
+                    self.stop(pid).await?;
+                }
+            }
         }
         let tmp = self.cfg.state_dir.join("ganesha.conf.tmp");
         std::fs::write(&tmp, &text)
@@ -692,9 +780,14 @@ impl GaneshaBackend {
         }
     }
 
-    /// The pseudo paths served now (empty when ganesha is not running).
+    /// The pseudo paths served now: empty when ganesha is not running or does
+    /// not answer an NFS NULL call (frozen: the kernel still accepts connections).
     pub async fn exports(&mut self) -> Result<Vec<String>, ActionError> {
-        if self.running_pid().is_none() {
+        let Some(pid) = self.running_pid() else {
+            return Ok(Vec::new());
+        };
+        if let Err(why) = nfs_null(self.cfg.probe_addr(), NFS_NULL_TIMEOUT).await {
+            tracing::warn!(pid, %why, "nfs-ganesha is running but does not answer NFS: not exporting");
             return Ok(Vec::new());
         }
         let conf =
@@ -729,6 +822,19 @@ impl GaneshaBackend {
                 None => "not running".into(),
             },
         });
+        if let Some(pid) = running {
+            let answers = nfs_null(self.cfg.probe_addr(), NFS_NULL_TIMEOUT).await;
+            v.push(SelfCheck {
+                name: "ganesha_answers".into(),
+                ok: answers.is_ok(),
+                detail: match answers {
+                    Ok(()) => format!("pid {pid} answers an NFSv4 NULL call"),
+                    Err(why) => format!(
+                        "pid {pid} runs but does not answer an NFSv4 NULL call ({why}): frozen or overloaded; clients hang"
+                    ),
+                },
+            });
+        }
         v
     }
 }
@@ -1107,6 +1213,20 @@ mod tests {
             ]
         );
         assert_eq!(gcfg().probe_addr().to_string(), "198.18.0.10:20049");
+        // RPC NULL replies: accepted/success, wrong xid, denied, PROG_MISMATCH.
+        let reply = |xid: u32, stat: u32, accept: u32| -> Vec<u8> {
+            [xid, 1, stat, 0, 0, accept]
+                .iter()
+                .flat_map(|w| w.to_be_bytes())
+                .collect()
+        };
+        assert!(parse_null_reply(&reply(7, 0, 0), 7).is_ok());
+        assert!(parse_null_reply(&reply(8, 0, 0), 7).is_err());
+        assert!(parse_null_reply(&reply(7, 1, 0), 7).is_err());
+        assert!(parse_null_reply(&reply(7, 0, 2), 7)
+            .unwrap_err()
+            .contains("PROG_MISMATCH"));
+        assert!(parse_null_reply(&reply(7, 0, 0)[..12], 7).is_err());
         assert_eq!(
             GaneshaConfig::new("/x", "p").probe_addr().to_string(),
             "127.0.0.1:2049"
