@@ -9,6 +9,7 @@
 //! - `liveness`: the leader's in-memory view of agents (never written to Raft);
 //! - `observe`: the pure function from (pair, agent views) to state changes and alerts;
 //! - `agents`, `operator`: the agent-session and operator gRPC services;
+//! - `fence`: S3, the fence of an old primary through a cloud (no Raft needed);
 //! - `node`: wiring, cluster bootstrap and the leader's duties;
 //! - `config`, `error`: the TOML configuration and the error type.
 
@@ -17,6 +18,7 @@ pub mod config;
 pub mod detector;
 pub mod error;
 pub mod failover;
+pub mod fence;
 pub mod liveness;
 pub mod node;
 pub mod observe;

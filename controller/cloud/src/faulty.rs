@@ -7,7 +7,9 @@
 //! stays pending until the caller drops it, as a request to an endpoint that
 //! accepted the connection and went silent), [`Fault::Error`] answers an error
 //! without calling it (the request was refused before it did anything, as EC2 does
-//! when it throttles).
+//! when it throttles), [`Fault::Unapplied`] acknowledges a change without making
+//! it (moto keeps a reassigned IP on the old interface too; EC2 applies some
+//! changes late), so the caller's verification has something to catch.
 //!
 //! Faults are queued per operation and consumed in order: `inject(op, f, Some(2))`
 //! then `inject(op, g, None)` applies `f` to the next two calls of `op` and `g` to
@@ -51,6 +53,11 @@ impl Op {
         Op::InstanceState,
     ];
 
+    /// Whether the operation changes something (the others only read).
+    pub fn is_change(self) -> bool {
+        matches!(self, Op::MoveClientIp | Op::Isolate | Op::ForceStop)
+    }
+
     /// The trait method's name (`move_client_ip`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -79,6 +86,10 @@ pub enum Fault {
     Hang,
     /// Answer this error without calling the wrapped cloud.
     Error(CloudError),
+    /// Answer success without calling the wrapped cloud. Only for the changes
+    /// ([`Op::is_change`]: move the IP, isolate, force stop); the queries have no
+    /// answer to invent, so [`FaultyCloud::inject`] refuses it for them.
+    Unapplied,
 }
 
 #[derive(Debug)]
@@ -118,7 +129,16 @@ impl<C: Cloud> FaultyCloud<C> {
 
     /// Apply `fault` to the next `times` calls of `op` (`None`: every call until
     /// [`FaultyCloud::clear`]), after the faults already queued for `op`.
+    ///
+    /// # Panics
+    ///
+    /// If `fault` is [`Fault::Unapplied`] and `op` is a query: that is a mistake
+    /// in the test's setup.
     pub fn inject(&self, op: Op, fault: Fault, times: Option<u32>) {
+        assert!(
+            op.is_change() || fault != Fault::Unapplied,
+            "Fault::Unapplied is for changes only, not for {op}"
+        );
         if times == Some(0) {
             return;
         }
@@ -194,14 +214,19 @@ impl<C: Cloud> FaultyCloud<C> {
         Some(fault)
     }
 
-    /// Apply the fault for this call of `op`: `Ok` means call the wrapped cloud.
-    async fn gate(&self, op: Op) -> Result<(), CloudError> {
+    /// Apply the fault for this call of `op`: `Ok(true)` means call the wrapped
+    /// cloud, `Ok(false)` answer success without calling it.
+    async fn gate(&self, op: Op) -> Result<bool, CloudError> {
         match self.next_fault(op) {
-            None => Ok(()),
+            None => Ok(true),
             Some(Fault::Delay(d)) => {
                 tracing::debug!(%op, ?d, "injected delay");
                 tokio::time::sleep(d).await;
-                Ok(())
+                Ok(true)
+            }
+            Some(Fault::Unapplied) => {
+                tracing::debug!(%op, "change acknowledged, not applied");
+                Ok(false)
             }
             Some(Fault::Hang) => {
                 tracing::debug!(%op, "injected hang");
@@ -228,7 +253,9 @@ impl<C: Cloud> Cloud for FaultyCloud<C> {
         from: &CloudServer,
         to: &CloudServer,
     ) -> Result<(), CloudError> {
-        self.gate(Op::MoveClientIp).await?;
+        if !self.gate(Op::MoveClientIp).await? {
+            return Ok(());
+        }
         self.inner.move_client_ip(client_ip, from, to).await
     }
 
@@ -238,7 +265,9 @@ impl<C: Cloud> Cloud for FaultyCloud<C> {
     }
 
     async fn isolate(&self, server: &CloudServer) -> Result<(), CloudError> {
-        self.gate(Op::Isolate).await?;
+        if !self.gate(Op::Isolate).await? {
+            return Ok(());
+        }
         self.inner.isolate(server).await
     }
 
@@ -248,7 +277,9 @@ impl<C: Cloud> Cloud for FaultyCloud<C> {
     }
 
     async fn force_stop(&self, server: &CloudServer) -> Result<(), CloudError> {
-        self.gate(Op::ForceStop).await?;
+        if !self.gate(Op::ForceStop).await? {
+            return Ok(());
+        }
         self.inner.force_stop(server).await
     }
 
@@ -335,5 +366,28 @@ mod tests {
         c.clear(Op::InstanceState);
         assert_eq!(c.instance_state(&a).await.unwrap(), InstanceState::Stopping);
         assert_eq!(c.calls(Op::InstanceState), 2);
+    }
+
+    #[tokio::test]
+    async fn unapplied_changes_are_acknowledged_and_not_made() {
+        let (c, a, b) = world();
+        c.inject(Op::MoveClientIp, Fault::Unapplied, Some(1));
+        c.inject(Op::Isolate, Fault::Unapplied, Some(1));
+        c.move_client_ip("10.0.0.9", &a, &b).await.unwrap();
+        assert_eq!(c.ip_holders("10.0.0.9").await.unwrap(), vec!["eni-a"]);
+        c.isolate(&a).await.unwrap();
+        assert!(!c.is_isolated(&a).await.unwrap());
+        // Next calls pass through.
+        c.move_client_ip("10.0.0.9", &a, &b).await.unwrap();
+        assert_eq!(c.ip_holders("10.0.0.9").await.unwrap(), vec!["eni-b"]);
+        c.isolate(&a).await.unwrap();
+        assert!(c.is_isolated(&a).await.unwrap());
+    }
+
+    #[test]
+    #[should_panic(expected = "Fault::Unapplied is for changes only, not for ip_holders")]
+    fn unapplied_is_refused_for_queries() {
+        let (c, _, _) = world();
+        c.inject(Op::IpHolders, Fault::Unapplied, None);
     }
 }
