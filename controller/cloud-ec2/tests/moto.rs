@@ -13,10 +13,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aws_sdk_ec2::types::{Filter, InstanceType};
+use aws_sdk_ec2::types::{Filter, InstanceType, IpPermission, IpRange};
 use aws_sdk_ec2::Client;
 use understudy_cloud::{Cloud, CloudError, CloudServer, InstanceState};
-use understudy_cloud_ec2::{Ec2Cloud, Ec2Config, ISOLATION_GROUP_PREFIX};
+use understudy_cloud_ec2::{Ec2Cloud, Ec2Config, IsolationGroupError, ISOLATION_GROUP_PREFIX};
 
 const CLIENT_IP: &str = "10.0.1.100";
 
@@ -381,6 +381,187 @@ async fn every_operation_twice_is_fine() {
         again.ip_holders(CLIENT_IP).await.unwrap(),
         vec![fs.interface_id.clone()]
     );
+}
+
+async fn create_group(ec2: &Client, vpc: &str, name: &str) -> String {
+    ec2.create_security_group()
+        .group_name(name)
+        .description("operator's isolating group")
+        .vpc_id(vpc)
+        .send()
+        .await
+        .unwrap()
+        .group_id()
+        .unwrap()
+        .to_string()
+}
+
+fn rule(proto: &str, port: Option<i32>, cidr: &str) -> IpPermission {
+    IpPermission::builder()
+        .ip_protocol(proto)
+        .set_from_port(port)
+        .set_to_port(port)
+        .ip_ranges(IpRange::builder().cidr_ip(cidr).build())
+        .build()
+}
+
+#[tokio::test]
+async fn a_configured_isolation_group_must_have_no_rules() {
+    let moto = start_moto();
+    let admin = Ec2Cloud::new(config(&moto)).unwrap();
+    let ec2 = admin.client().clone();
+    let w = setup(&ec2).await;
+    let fs = &w.file_server;
+    let before = groups_of(&ec2, &fs.interface_id).await;
+
+    // The operator's group: a VPC group comes with an allow-all egress rule, and
+    // this one also lets NFS in.
+    let ops = create_group(&ec2, &w.vpc, "ops-isolation").await;
+    let nfs = rule("tcp", Some(2049), "10.0.0.0/16");
+    ec2.authorize_security_group_ingress()
+        .group_id(&ops)
+        .ip_permissions(nfs.clone())
+        .send()
+        .await
+        .unwrap();
+    let cloud = Ec2Cloud::new(Ec2Config {
+        isolation_group_id: Some(ops.clone()),
+        ..config(&moto)
+    })
+    .unwrap();
+    let e = timed(
+        "check_isolation_group (rules)",
+        cloud.check_isolation_group(),
+    )
+    .await
+    .unwrap_err();
+    eprintln!("{e}");
+    assert_eq!(
+        e,
+        IsolationGroupError::HasRules {
+            group_id: ops.clone(),
+            name: "ops-isolation".into(),
+            ingress: vec!["tcp 2049 from 10.0.0.0/16".into()],
+            egress: vec!["all traffic to 0.0.0.0/0".into()],
+        }
+    );
+    assert!(e.to_string().contains("remove every rule from it"), "{e}");
+
+    // Isolation with it is refused before anything changes.
+    let e = timed("isolate (group with rules)", cloud.isolate(fs))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CloudError::Refused { .. }), "{e}");
+    assert!(
+        e.to_string().contains(&format!(
+            "isolation_group_id {ops} (ops-isolation) has rules"
+        )),
+        "{e}"
+    );
+    assert_eq!(groups_of(&ec2, &fs.interface_id).await, before);
+    assert!(matches!(
+        cloud.is_isolated(fs).await,
+        Err(CloudError::Refused { .. })
+    ));
+
+    // Ingress removed, the default egress rule still there: still refused.
+    ec2.revoke_security_group_ingress()
+        .group_id(&ops)
+        .ip_permissions(nfs)
+        .send()
+        .await
+        .unwrap();
+    let e = cloud.check_isolation_group().await.unwrap_err();
+    assert!(
+        matches!(&e, IsolationGroupError::HasRules { ingress, egress, .. } if ingress.is_empty() && egress.len() == 1),
+        "{e}"
+    );
+
+    // Egress revoked too: the group is accepted and used.
+    ec2.revoke_security_group_egress()
+        .group_id(&ops)
+        .ip_permissions(rule("-1", None, "0.0.0.0/0"))
+        .send()
+        .await
+        .unwrap();
+    timed(
+        "check_isolation_group (empty)",
+        cloud.check_isolation_group(),
+    )
+    .await
+    .unwrap();
+    timed("isolate (operator's group)", cloud.isolate(fs))
+        .await
+        .unwrap();
+    assert!(cloud.is_isolated(fs).await.unwrap());
+    assert_eq!(groups_of(&ec2, &fs.interface_id).await, vec![ops.clone()]);
+    // Understudy did not create a group of its own.
+    let own = ec2
+        .describe_security_groups()
+        .filters(
+            Filter::builder()
+                .name("group-name")
+                .values(format!("{ISOLATION_GROUP_PREFIX}{}", w.vpc))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(own.security_groups().is_empty(), "{own:?}");
+
+    // A group that does not exist.
+    let ghost = Ec2Cloud::new(Ec2Config {
+        isolation_group_id: Some("sg-0123456789abcdef0".into()),
+        ..config(&moto)
+    })
+    .unwrap();
+    let e = ghost.check_isolation_group().await.unwrap_err();
+    eprintln!("{e}");
+    assert!(
+        matches!(&e, IsolationGroupError::NotFound { group_id, .. } if group_id == "sg-0123456789abcdef0"),
+        "{e}"
+    );
+    assert!(matches!(
+        ghost.isolate(&w.backup).await,
+        Err(CloudError::Refused { .. })
+    ));
+
+    // An empty group of another VPC cannot isolate these servers.
+    let vpc2 = ec2
+        .create_vpc()
+        .cidr_block("10.1.0.0/16")
+        .send()
+        .await
+        .unwrap()
+        .vpc()
+        .unwrap()
+        .vpc_id()
+        .unwrap()
+        .to_string();
+    let elsewhere = create_group(&ec2, &vpc2, "ops-isolation-2").await;
+    ec2.revoke_security_group_egress()
+        .group_id(&elsewhere)
+        .ip_permissions(rule("-1", None, "0.0.0.0/0"))
+        .send()
+        .await
+        .unwrap();
+    let wrong = Ec2Cloud::new(Ec2Config {
+        isolation_group_id: Some(elsewhere.clone()),
+        ..config(&moto)
+    })
+    .unwrap();
+    wrong.check_isolation_group().await.unwrap();
+    let bk_before = groups_of(&ec2, &w.backup.interface_id).await;
+    let e = wrong.isolate(&w.backup).await.unwrap_err();
+    eprintln!("{e}");
+    assert!(
+        e.to_string().contains(&format!(
+            "isolation_group_id {elsewhere} is in VPC {vpc2} but server fs2's instance is in VPC {}",
+            w.vpc
+        )),
+        "{e}"
+    );
+    assert_eq!(groups_of(&ec2, &w.backup.interface_id).await, bk_before);
 }
 
 #[tokio::test]
