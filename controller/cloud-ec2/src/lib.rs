@@ -36,6 +36,9 @@ use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use serde::Deserialize;
 use understudy_cloud::{Cloud, CloudError, CloudServer, InstanceState};
 
+/// The SDK this backend is built on, for callers of [`Ec2Cloud::client`].
+pub use aws_sdk_ec2;
+
 /// Provider name in logs and errors.
 const PROVIDER: &str = "ec2";
 
