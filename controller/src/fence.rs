@@ -482,6 +482,9 @@ impl Fencer {
 }
 
 #[cfg(test)]
+mod moto_tests;
+
+#[cfg(test)]
 mod tests {
     //! The fence against the strict in-memory cloud (EC2's rules), with faults
     //! injected by `FaultyCloud`. Real time, short deadlines.
