@@ -251,6 +251,13 @@ impl ControllerConfig {
                 "timing: agent_timeout_ms must be at least twice agent_heartbeat_ms".into(),
             );
         }
+        let x = &self.executor;
+        if x.fence_deadline_ms == 0 || x.forced_stop_deadline_ms == 0 {
+            return Err(format!(
+                "executor: fence_deadline_ms and forced_stop_deadline_ms must be above 0 (got {} / {}); the defaults are 3000 / 30000",
+                x.fence_deadline_ms, x.forced_stop_deadline_ms
+            ));
+        }
         let mut pair_ids = BTreeSet::new();
         let mut server_ids = BTreeSet::new();
         for p in &self.pairs {
@@ -327,6 +334,10 @@ backup = { id = "fs1-b", address = "198.18.0.3", zone = "a" }
             (
                 GOOD.replace(", { id = 3, addr = \"127.0.0.1:7103\" }", ""),
                 "use 3 or 5",
+            ),
+            (
+                format!("{GOOD}[executor]\nforced_stop_deadline_ms = 0\n"),
+                "forced_stop_deadline_ms must be above 0",
             ),
         ];
         for (text, want) in cases {

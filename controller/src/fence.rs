@@ -401,8 +401,11 @@ impl Fencer {
                 st @ (InstanceState::Stopped | InstanceState::Terminated) => Ok(st),
                 st => Err(CloudError::Unverified {
                     provider: self.cloud.name(),
-                    op: "instance_state",
-                    reason: format!("instance {} is {st}", from.instance_id),
+                    op: "force_stop",
+                    reason: format!(
+                        "instance {} is {st}, not Stopped or Terminated",
+                        from.instance_id
+                    ),
                 }),
             }
         })
