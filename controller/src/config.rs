@@ -127,10 +127,25 @@ impl CloudConfig {
     ) -> Result<std::sync::Arc<dyn understudy_cloud::Cloud>, String> {
         match self {
             CloudConfig::Ec2(c) => {
-                let cloud =
-                    understudy_cloud_ec2::Ec2Cloud::new(c.clone()).map_err(|e| e.to_string())?;
+                let cloud = std::sync::Arc::new(
+                    understudy_cloud_ec2::Ec2Cloud::new(c.clone()).map_err(|e| e.to_string())?,
+                );
                 cloud.track_servers(servers.iter());
-                Ok(std::sync::Arc::new(cloud))
+                // Check a configured isolation group at start, so a group with
+                // rules is reported now rather than at the first failover (which
+                // checks it again and refuses to isolate with it).
+                if let (Some(_), Ok(rt)) =
+                    (&c.isolation_group_id, tokio::runtime::Handle::try_current())
+                {
+                    let check = cloud.clone();
+                    rt.spawn(async move {
+                        match check.check_isolation_group().await {
+                            Ok(()) => tracing::info!("ec2 isolation group checked: no rules"),
+                            Err(e) => tracing::error!(error = %e, "ec2 isolation group cannot isolate; fix it before a failover needs it"),
+                        }
+                    });
+                }
+                Ok(cloud)
             }
             CloudConfig::None => Ok(std::sync::Arc::new(NoCloud)),
             CloudConfig::Local {
