@@ -454,8 +454,8 @@ impl Fencer {
             async move {
                 let (cloud, from) = (&cloud, &from);
                 let r = retry("isolate", deadline, || async move {
-                    cloud.isolate(&from).await?;
-                    if cloud.is_isolated(&from).await? {
+                    cloud.isolate(from).await?;
+                    if cloud.is_isolated(from).await? {
                         Ok(())
                     } else {
                         Err(CloudError::Unverified {
