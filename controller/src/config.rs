@@ -134,10 +134,25 @@ impl CloudConfig {
     ) -> Result<std::sync::Arc<dyn understudy_cloud::Cloud>, String> {
         match self {
             CloudConfig::Ec2(c) => {
-                let cloud =
-                    understudy_cloud_ec2::Ec2Cloud::new(c.clone()).map_err(|e| e.to_string())?;
+                let cloud = std::sync::Arc::new(
+                    understudy_cloud_ec2::Ec2Cloud::new(c.clone()).map_err(|e| e.to_string())?,
+                );
                 cloud.track_servers(servers.iter());
-                Ok(std::sync::Arc::new(cloud))
+                // Check a configured isolation group at start, so a group with
+                // rules is reported now rather than at the first failover (which
+                // checks it again and refuses to isolate with it).
+                if let (Some(_), Ok(rt)) =
+                    (&c.isolation_group_id, tokio::runtime::Handle::try_current())
+                {
+                    let check = cloud.clone();
+                    rt.spawn(async move {
+                        match check.check_isolation_group().await {
+                            Ok(()) => tracing::info!("ec2 isolation group checked: no rules"),
+                            Err(e) => tracing::error!(error = %e, "ec2 isolation group cannot isolate; fix it before a failover needs it"),
+                        }
+                    });
+                }
+                Ok(cloud)
             }
             CloudConfig::None => Ok(std::sync::Arc::new(NoCloud)),
             CloudConfig::Local {
@@ -261,6 +276,13 @@ impl ControllerConfig {
             return Err("timing: agent_heartbeat_ms must be above 0".into());
         }
         self.detector.validate(t.agent_heartbeat_ms)?;
+        let x = &self.executor;
+        if x.fence_deadline_ms == 0 || x.forced_stop_deadline_ms == 0 {
+            return Err(format!(
+                "executor: fence_deadline_ms and forced_stop_deadline_ms must be above 0 (got {} / {}); the defaults are 3000 / 30000",
+                x.fence_deadline_ms, x.forced_stop_deadline_ms
+            ));
+        }
         let mut pair_ids = BTreeSet::new();
         let mut server_ids = BTreeSet::new();
         for p in &self.pairs {
@@ -357,6 +379,10 @@ backup = { id = "fs1-b", address = "198.18.0.3", zone = "a" }
             (
                 format!("{GOOD}\n[detector]\npeer_loss_ms = 0\n"),
                 "peer_loss_ms must be above 0",
+            ),
+            (
+                format!("{GOOD}[executor]\nforced_stop_deadline_ms = 0\n"),
+                "forced_stop_deadline_ms must be above 0",
             ),
         ];
         for (text, want) in cases {

@@ -9,10 +9,11 @@
 //!   step is idempotent (moving an IP that has moved, promoting a Primary, exporting
 //!   what is exported are all no-ops), so a repeat is harmless.
 //! - **S3, fence before serve.** Promote, Export and ClaimIp only run after Fence is
-//!   `Done`, which needs the client IP verified away from the old primary or its
-//!   network verified isolated (the fallback when one of them fails), and a forced
-//!   stop requested (not awaited). Fence has a deadline; past it the plan fails
-//!   and the pair is `Blocked`.
+//!   `Done`, which needs the client IP verified away from the old primary or, as a
+//!   fallback, its instance verified stopped or terminated (`crate::fence`).
+//!   Isolation runs too but is never a fence by itself; a forced stop is fired and
+//!   not awaited. Fence has a deadline; past it the plan fails and the pair is
+//!   `Blocked`.
 //! - **S4, fencing tokens.** Every agent command carries the leader's Raft term and
 //!   the plan's epoch; agents refuse older ones.
 //! - **S6.** The executor only runs on a leader, and every status change it commits
@@ -30,6 +31,7 @@ use understudy_cloud::{Cloud, CloudServer};
 use understudy_proto::command::Action as Cmd;
 use understudy_proto::{ClaimIp, Command, DrbdPromote, ExportNfs, Mount};
 
+use crate::fence::Fencer;
 use crate::liveness::Liveness;
 use crate::node::{now_unix_ms, write, LeaderView};
 use crate::raft::store::SharedState;
@@ -44,6 +46,9 @@ use crate::state::{
 pub struct ExecutorConfig {
     /// Fence must be verified within this long, else the pair is blocked.
     pub fence_deadline_ms: u64,
+    /// The forced stop of the old primary (fired by Fence, not awaited) is
+    /// retried for this long.
+    pub forced_stop_deadline_ms: u64,
     /// An agent step (promote, mount, export, claim) must succeed within this long.
     pub agent_step_timeout_ms: u64,
     /// Verify must read through the client IP within this long.
@@ -61,6 +66,7 @@ impl Default for ExecutorConfig {
     fn default() -> Self {
         Self {
             fence_deadline_ms: 3000,
+            forced_stop_deadline_ms: 30_000,
             agent_step_timeout_ms: 5000,
             verify_timeout_ms: 10_000,
             verify_program: "nfs-ls".into(),
@@ -392,101 +398,27 @@ impl Executor {
         }
     }
 
-    /// S3: IP away from the old primary, its network isolated, a forced stop fired.
+    /// S3: the client IP verified away from the old primary, or (fallback) its
+    /// instance verified stopped; isolation and a forced stop fired alongside. See
+    /// [`crate::fence`].
     async fn fence(
         &self,
         pair: &PairRecord,
         from: &ServerSpec,
         to: &ServerSpec,
     ) -> Result<String, String> {
-        let (cf, ct) = (cloud_server(from), cloud_server(to));
-        let ip = &pair.spec.client_ip;
-        let deadline = Instant::now() + Duration::from_millis(self.cfg.fence_deadline_ms);
-        let left = || deadline.saturating_duration_since(Instant::now());
-        // All three are started together: each is a fast API call, none waits on the others.
-        let move_ip = async {
-            loop {
-                let r = async {
-                    self.cloud.move_client_ip(ip, &cf, &ct).await?;
-                    let holders = self.cloud.ip_holders(ip).await?;
-                    if holders.contains(&cf.interface_id) {
-                        return Err(understudy_cloud::CloudError::Unverified {
-                            provider: self.cloud.name(),
-                            op: "move_client_ip",
-                            reason: format!("{ip} is still on {} ({holders:?})", cf.interface_id),
-                        });
-                    }
-                    Ok(holders)
-                }
-                .await;
-                match r {
-                    Ok(h) => return Ok(h),
-                    Err(e) if left() > Duration::from_millis(100) => {
-                        tracing::warn!(error = %e, "moving the client IP failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    Err(e) => return Err(e.to_string()),
-                }
-            }
+        let fencer = Fencer {
+            cloud: self.cloud.clone(),
+            client_ip: pair.spec.client_ip.clone(),
+            from: cloud_server(from),
+            to: cloud_server(to),
+            deadline: Duration::from_millis(self.cfg.fence_deadline_ms),
+            forced_stop_deadline: Duration::from_millis(self.cfg.forced_stop_deadline_ms),
         };
-        let isolate = async {
-            loop {
-                let r = async {
-                    self.cloud.isolate(&cf).await?;
-                    self.cloud.is_isolated(&cf).await
-                }
-                .await;
-                match r {
-                    Ok(true) => return Ok(()),
-                    Ok(false) if left() > Duration::from_millis(100) => {
-                        tokio::time::sleep(Duration::from_millis(100)).await
-                    }
-                    Ok(false) => return Err("isolation not verified".to_string()),
-                    Err(e) if left() > Duration::from_millis(100) => {
-                        tracing::warn!(error = %e, "isolating the old primary failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    Err(e) => return Err(e.to_string()),
-                }
-            }
-        };
-        let stop = self.cloud.force_stop(&cf);
-        let (moved, isolated, stopped) =
-            tokio::time::timeout(left(), async { tokio::join!(move_ip, isolate, stop) })
-                .await
-                .unwrap_or_else(|_| {
-                    (
-                        Err("fence deadline passed".into()),
-                        Err("fence deadline passed".into()),
-                        Err(understudy_cloud::CloudError::Transient {
-                            provider: "executor",
-                            op: "force_stop",
-                            reason: "fence deadline passed".into(),
-                        }),
-                    )
-                });
-        let stop_note = match &stopped {
-            Ok(()) => "forced stop requested".to_string(),
-            Err(e) => format!("forced stop NOT requested: {e}"),
-        };
-        match (moved, isolated) {
-            (Ok(h), Ok(())) => Ok(format!(
-                "client IP {ip} no longer on {} (holders {h:?}); {} isolated; {stop_note}",
-                from.id, from.id
-            )),
-            (Ok(h), Err(e)) => Ok(format!(
-                "client IP {ip} no longer on {} (holders {h:?}); isolation failed ({e}), the IP move fences it; {stop_note}",
-                from.id
-            )),
-            (Err(e), Ok(())) => Ok(format!(
-                "moving the client IP failed ({e}); fallback: {} verified isolated; {stop_note}",
-                from.id
-            )),
-            (Err(e1), Err(e2)) => Err(format!(
-                "could not fence {}: client IP: {e1}; isolation: {e2}; {stop_note}. Power it off by hand, then promote by hand",
-                from.id
-            )),
-        }
+        // The forced stop and a still-running isolation go on in their own tasks
+        // (dropping the handles detaches them) and log their outcomes in this span.
+        let run = fencer.run().await;
+        run.result.map(|f| f.to_string()).map_err(|e| e.to_string())
     }
 
     /// Send a command to the new primary's agent and wait for its result.

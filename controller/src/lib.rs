@@ -13,6 +13,7 @@
 //! - `detector`, `failover`: the pure failure detector and the plan executor;
 //! - `agents`, `operator`: the agent-session and operator gRPC services;
 //! - `fence_peer`: DRBD fence-peer requests from a Primary's handler (S1);
+//! - `fence`: S3, the fence of an old primary through a cloud (no Raft needed);
 //! - `node`: wiring, cluster bootstrap and the leader's duties;
 //! - `config`, `error`: the TOML configuration and the error type.
 
@@ -21,6 +22,7 @@ pub mod config;
 pub mod detector;
 pub mod error;
 pub mod failover;
+pub mod fence;
 pub mod fence_peer;
 pub mod leadership;
 pub mod liveness;

@@ -7,7 +7,13 @@
 //! - Isolation: every interface of the instance gets exactly one security group,
 //!   the isolating group: either `isolation_group_id` from the configuration, or a
 //!   group `understudy-isolate-<vpc>` this backend creates once per VPC, with no
-//!   ingress and every egress rule revoked.
+//!   ingress and every egress rule revoked. A configured group is the operator's:
+//!   on first use (or [`Ec2Cloud::check_isolation_group`]) `DescribeSecurityGroups`
+//!   must show it without any ingress or egress rule and in the instance's VPC,
+//!   else isolation is refused with an [`IsolationGroupError`] saying what to fix.
+//!   Isolation is not a fence by itself: EC2 keeps connections it already tracks
+//!   when security groups change (the controller's fence needs the client IP
+//!   moved or the instance stopped).
 //! - Fencing: `StopInstances` with `Force`, without waiting for the stop.
 //!
 //! Nothing is left for EC2 (or moto, which enforces far less than EC2) to enforce:
@@ -24,11 +30,14 @@ use std::time::{Duration, Instant};
 use aws_sdk_ec2::config::timeout::TimeoutConfig;
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_ec2::types::{Filter, IpPermission, NetworkInterface};
+use aws_sdk_ec2::types::{Filter, IpPermission, NetworkInterface, SecurityGroup};
 use aws_sdk_ec2::Client;
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use serde::Deserialize;
 use understudy_cloud::{Cloud, CloudError, CloudServer, InstanceState};
+
+/// The SDK this backend is built on, for callers of [`Ec2Cloud::client`].
+pub use aws_sdk_ec2;
 
 /// Provider name in logs and errors.
 const PROVIDER: &str = "ec2";
@@ -91,6 +100,8 @@ pub struct Ec2Cloud {
     /// VPC id -> id of the isolating group this backend found or created there.
     /// The async mutex serializes creation, so one process creates a group once.
     groups: tokio::sync::Mutex<BTreeMap<String, String>>,
+    /// The configured isolating group, once checked without rules: its VPC.
+    checked_group: tokio::sync::Mutex<Option<CheckedGroup>>,
     /// Interfaces of servers this backend was told about or has seen; `ip_holders`
     /// checks them directly besides asking EC2 to search (moto's address filter
     /// only matches primary addresses).
@@ -112,6 +123,121 @@ fn config_error(reason: String) -> CloudError {
         op: "configure",
         reason,
     }
+}
+
+/// A configured isolating group (`isolation_group_id`) that cannot isolate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IsolationGroupError {
+    #[error("isolation_group_id {group_id} does not exist in this account and region ({code}); create a security group without rules in the servers' VPC and set its id, or remove isolation_group_id to let Understudy create one")]
+    NotFound { group_id: String, code: String },
+    #[error("isolation_group_id {group_id} ({name}) has rules (ingress: {ingress:?}; egress: {egress:?}), so it does not isolate; remove every rule from it (a new VPC security group comes with an allow-all egress rule: revoke that too), or remove isolation_group_id to let Understudy create and manage {ISOLATION_GROUP_PREFIX}<vpc>")]
+    HasRules {
+        group_id: String,
+        name: String,
+        /// Each ingress rule, described (`tcp 2049 from 10.0.0.0/16`).
+        ingress: Vec<String>,
+        /// Each egress rule, described (`all traffic to 0.0.0.0/0`).
+        egress: Vec<String>,
+    },
+    #[error("isolation_group_id {group_id} is in VPC {group_vpc} but server {server}'s instance is in VPC {server_vpc}; a security group only applies in its own VPC: use a group of {server_vpc} without rules, or remove isolation_group_id")]
+    WrongVpc {
+        group_id: String,
+        group_vpc: String,
+        server: String,
+        server_vpc: String,
+    },
+    #[error("checking isolation_group_id: {0}")]
+    Cloud(CloudError),
+}
+
+impl IsolationGroupError {
+    /// As the cloud interface's error, for operation `op`: a configuration the
+    /// operator must fix is a refusal; a failed EC2 call stays what it was.
+    pub fn into_cloud_error(self, op: &'static str) -> CloudError {
+        match self {
+            IsolationGroupError::Cloud(e) => e,
+            e => CloudError::Refused {
+                provider: PROVIDER,
+                op,
+                reason: e.to_string(),
+            },
+        }
+    }
+}
+
+/// The configured isolating group, checked.
+#[derive(Debug, Clone)]
+struct CheckedGroup {
+    vpc_id: Option<String>,
+}
+
+/// One security-group rule in words: `tcp 2049 from 10.0.0.0/16, sg-1`.
+fn describe_rule(p: &IpPermission, egress: bool) -> String {
+    let proto = match p.ip_protocol() {
+        Some("-1") | None => "all traffic".to_string(),
+        Some(x) => {
+            let name = match x {
+                "6" => "tcp",
+                "17" => "udp",
+                "1" => "icmp",
+                other => other,
+            };
+            match (p.from_port(), p.to_port()) {
+                (Some(a), Some(b)) if a == b => format!("{name} {a}"),
+                (Some(a), Some(b)) if a >= 0 => format!("{name} {a}-{b}"),
+                _ => name.to_string(),
+            }
+        }
+    };
+    let peers: Vec<String> = p
+        .ip_ranges()
+        .iter()
+        .filter_map(|r| r.cidr_ip().map(str::to_string))
+        .chain(
+            p.ipv6_ranges()
+                .iter()
+                .filter_map(|r| r.cidr_ipv6().map(str::to_string)),
+        )
+        .chain(
+            p.user_id_group_pairs()
+                .iter()
+                .filter_map(|g| g.group_id().map(str::to_string)),
+        )
+        .chain(
+            p.prefix_list_ids()
+                .iter()
+                .filter_map(|l| l.prefix_list_id().map(str::to_string)),
+        )
+        .collect();
+    let dir = if egress { "to" } else { "from" };
+    if peers.is_empty() {
+        proto
+    } else {
+        format!("{proto} {dir} {}", peers.join(", "))
+    }
+}
+
+/// Check a security group as EC2 describes it: no rule in either direction.
+fn check_no_rules(g: &SecurityGroup, group_id: &str) -> Result<(), IsolationGroupError> {
+    let ingress: Vec<String> = g
+        .ip_permissions()
+        .iter()
+        .map(|p| describe_rule(p, false))
+        .collect();
+    let egress: Vec<String> = g
+        .ip_permissions_egress()
+        .iter()
+        .map(|p| describe_rule(p, true))
+        .collect();
+    if ingress.is_empty() && egress.is_empty() {
+        return Ok(());
+    }
+    Err(IsolationGroupError::HasRules {
+        group_id: group_id.to_string(),
+        name: g.group_name().unwrap_or("unnamed").to_string(),
+        ingress,
+        egress,
+    })
 }
 
 impl Ec2Cloud {
@@ -193,6 +319,7 @@ impl Ec2Cloud {
             timeout,
             isolation_group_id: cfg.isolation_group_id,
             groups: tokio::sync::Mutex::new(BTreeMap::new()),
+            checked_group: tokio::sync::Mutex::new(None),
             known_interfaces: Mutex::new(BTreeSet::new()),
         })
     }
@@ -439,17 +566,107 @@ impl Ec2Cloud {
         Ok(out)
     }
 
+    /// Check the configured isolating group (`isolation_group_id`) with
+    /// `DescribeSecurityGroups`: it must exist and have no ingress and no egress
+    /// rule. Done on first use by isolation; call it at start to learn of a
+    /// misconfiguration before a failover needs the group. A passed check is
+    /// remembered; a failed one is repeated next time (after the operator's fix).
+    /// Without a configured group there is nothing to check: the group Understudy
+    /// creates is emptied by Understudy.
+    pub async fn check_isolation_group(&self) -> Result<(), IsolationGroupError> {
+        self.checked_isolation_group("check_isolation_group")
+            .await
+            .map(|_| ())
+    }
+
+    /// The configured group's VPC after a (remembered) check; `None` if no group
+    /// is configured.
+    async fn checked_isolation_group(
+        &self,
+        op: &'static str,
+    ) -> Result<Option<(String, Option<String>)>, IsolationGroupError> {
+        let Some(gid) = &self.isolation_group_id else {
+            return Ok(None);
+        };
+        let mut checked = self.checked_group.lock().await;
+        if let Some(c) = &*checked {
+            return Ok(Some((gid.clone(), c.vpc_id.clone())));
+        }
+        let r = self
+            .timed(
+                op,
+                "DescribeSecurityGroups",
+                self.client.describe_security_groups().group_ids(gid).send(),
+            )
+            .await
+            .map_err(IsolationGroupError::Cloud)?;
+        let out = match r {
+            Ok(out) => out,
+            Err(e) => {
+                let code = e.code().unwrap_or("").to_string();
+                if code.starts_with("InvalidGroup") || code.starts_with("InvalidSecurityGroup") {
+                    return Err(IsolationGroupError::NotFound {
+                        group_id: gid.clone(),
+                        code,
+                    });
+                }
+                return Err(IsolationGroupError::Cloud(map_sdk_error(
+                    op,
+                    "DescribeSecurityGroups",
+                    gid,
+                    &e,
+                )));
+            }
+        };
+        let Some(g) = out
+            .security_groups()
+            .iter()
+            .find(|g| g.group_id() == Some(gid.as_str()))
+        else {
+            return Err(IsolationGroupError::NotFound {
+                group_id: gid.clone(),
+                code: "not listed by DescribeSecurityGroups".into(),
+            });
+        };
+        if let Err(e) = check_no_rules(g, gid) {
+            tracing::error!(error = %e, "configured isolating group cannot isolate");
+            return Err(e);
+        }
+        let vpc_id = g.vpc_id().map(str::to_string);
+        tracing::info!(group = %gid, vpc = ?vpc_id, "configured isolating group checked: no rules");
+        *checked = Some(CheckedGroup {
+            vpc_id: vpc_id.clone(),
+        });
+        Ok(Some((gid.clone(), vpc_id)))
+    }
+
     /// The isolating group for `vpc`: the configured one, or `understudy-isolate-<vpc>`
     /// (created without rules if `create` and missing; `None` if not `create` and
     /// missing).
     async fn isolation_group(
         &self,
         op: &'static str,
+        server: &CloudServer,
         vpc: Option<&str>,
         create: bool,
     ) -> Result<Option<String>, CloudError> {
-        if let Some(g) = &self.isolation_group_id {
-            return Ok(Some(g.clone()));
+        if let Some((gid, group_vpc)) = self
+            .checked_isolation_group(op)
+            .await
+            .map_err(|e| e.into_cloud_error(op))?
+        {
+            if let (Some(gv), Some(sv)) = (&group_vpc, vpc) {
+                if gv != sv {
+                    return Err(IsolationGroupError::WrongVpc {
+                        group_id: gid,
+                        group_vpc: gv.clone(),
+                        server: server.server_id.clone(),
+                        server_vpc: sv.to_string(),
+                    }
+                    .into_cloud_error(op));
+                }
+            }
+            return Ok(Some(gid));
         }
         let Some(vpc) = vpc else {
             return Err(CloudError::Refused {
@@ -958,7 +1175,7 @@ impl Cloud for Ec2Cloud {
             return Ok(());
         }
         let Some(group) = self
-            .isolation_group(OP, view.vpc_id.as_deref(), true)
+            .isolation_group(OP, server, view.vpc_id.as_deref(), true)
             .await?
         else {
             return Err(CloudError::Transient {
@@ -1034,7 +1251,7 @@ impl Cloud for Ec2Cloud {
             return Ok(true);
         }
         let Some(group) = self
-            .isolation_group(OP, view.vpc_id.as_deref(), false)
+            .isolation_group(OP, server, view.vpc_id.as_deref(), false)
             .await?
         else {
             return Ok(false);
@@ -1123,6 +1340,68 @@ mod tests {
         Ec2Cloud::new(c.clone()).unwrap();
         c.isolation_group_id = Some("bogus".into());
         assert!(Ec2Cloud::new(c).is_err());
+    }
+
+    #[test]
+    fn rules_are_described_and_any_rule_refuses_the_group() {
+        use aws_sdk_ec2::types::{IpRange, UserIdGroupPair};
+        let nfs = IpPermission::builder()
+            .ip_protocol("tcp")
+            .from_port(2049)
+            .to_port(2049)
+            .ip_ranges(IpRange::builder().cidr_ip("10.0.0.0/16").build())
+            .user_id_group_pairs(UserIdGroupPair::builder().group_id("sg-peer").build())
+            .build();
+        assert_eq!(
+            describe_rule(&nfs, false),
+            "tcp 2049 from 10.0.0.0/16, sg-peer"
+        );
+        let all = IpPermission::builder()
+            .ip_protocol("-1")
+            .ip_ranges(IpRange::builder().cidr_ip("0.0.0.0/0").build())
+            .build();
+        assert_eq!(describe_rule(&all, true), "all traffic to 0.0.0.0/0");
+        let ports = IpPermission::builder()
+            .ip_protocol("udp")
+            .from_port(7788)
+            .to_port(7790)
+            .build();
+        assert_eq!(describe_rule(&ports, false), "udp 7788-7790");
+
+        let empty = SecurityGroup::builder()
+            .group_id("sg-1")
+            .group_name("iso")
+            .build();
+        assert_eq!(check_no_rules(&empty, "sg-1"), Ok(()));
+        let default_egress = SecurityGroup::builder()
+            .group_id("sg-1")
+            .group_name("iso")
+            .ip_permissions_egress(all)
+            .build();
+        let e = check_no_rules(&default_egress, "sg-1").unwrap_err();
+        assert_eq!(
+            e,
+            IsolationGroupError::HasRules {
+                group_id: "sg-1".into(),
+                name: "iso".into(),
+                ingress: vec![],
+                egress: vec!["all traffic to 0.0.0.0/0".into()],
+            }
+        );
+        let msg = e.clone().into_cloud_error("isolate").to_string();
+        assert!(
+            msg.starts_with("ec2: isolate refused: isolation_group_id sg-1 (iso) has rules"),
+            "{msg}"
+        );
+        assert!(msg.contains("revoke that too"), "{msg}");
+        let ingress_only = SecurityGroup::builder()
+            .group_id("sg-1")
+            .ip_permissions(nfs)
+            .build();
+        assert!(matches!(
+            check_no_rules(&ingress_only, "sg-1"),
+            Err(IsolationGroupError::HasRules { ingress, egress, .. }) if ingress.len() == 1 && egress.is_empty()
+        ));
     }
 
     #[test]

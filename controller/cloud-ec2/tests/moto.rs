@@ -7,231 +7,14 @@
 //! may sit on two interfaces), so these tests check what the backend itself
 //! guarantees. Latency of every call is printed (`--nocapture` to see it).
 
-use std::future::Future;
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod support;
 
-use aws_sdk_ec2::types::{Filter, InstanceType};
+use aws_sdk_ec2::types::{Filter, IpPermission, IpRange};
 use aws_sdk_ec2::Client;
+use std::net::TcpListener;
+use support::*;
 use understudy_cloud::{Cloud, CloudError, CloudServer, InstanceState};
-use understudy_cloud_ec2::{Ec2Cloud, Ec2Config, ISOLATION_GROUP_PREFIX};
-
-const CLIENT_IP: &str = "10.0.1.100";
-
-/// A `moto_server` child process, killed on drop (also when a test panics).
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn find_moto_server() -> PathBuf {
-    let venv = std::env::var_os("UNDERSTUDY_VENV")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/understudy-venv"))
-        });
-    if let Some(p) = venv.map(|v| v.join("bin/moto_server")) {
-        if p.is_file() {
-            return p;
-        }
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let p = dir.join("moto_server");
-            if p.is_file() {
-                return p;
-            }
-        }
-    }
-    panic!("moto_server not found: run ./scripts/install-deps.sh (pip install \"moto[server]\")");
-}
-
-fn start_moto() -> Moto {
-    let bin = find_moto_server();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(&bin)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-    let mut moto = Moto { child, port };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return moto;
-        }
-        if let Some(st) = moto.child.try_wait().unwrap() {
-            panic!("{} exited with {st} before answering", bin.display());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "moto_server did not listen on 127.0.0.1:{port} within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn config(moto: &Moto) -> Ec2Config {
-    Ec2Config {
-        endpoint_url: Some(format!("http://127.0.0.1:{}", moto.port)),
-        access_key_id: Some("testing".into()),
-        secret_access_key: Some("testing".into()),
-        ..Ec2Config::new("us-east-1")
-    }
-}
-
-/// Await `fut`, printing how long it took.
-async fn timed<T>(label: &str, fut: impl Future<Output = T>) -> T {
-    let start = Instant::now();
-    let r = fut.await;
-    eprintln!(
-        "latency {label}: {:.1} ms",
-        start.elapsed().as_secs_f64() * 1e3
-    );
-    r
-}
-
-/// VPC, subnets in us-east-1a and us-east-1b, a group for the servers, the file
-/// server and the backup in 1a, another server in 1b; the client IP is a
-/// secondary address of the file server's interface.
-struct World {
-    vpc: String,
-    file_server: CloudServer,
-    backup: CloudServer,
-    other_zone: CloudServer,
-}
-
-async fn run_instance(
-    ec2: &Client,
-    image: &str,
-    subnet: &str,
-    group: &str,
-    name: &str,
-    zone: &str,
-) -> CloudServer {
-    let out = ec2
-        .run_instances()
-        .image_id(image)
-        .instance_type(InstanceType::T2Micro)
-        .min_count(1)
-        .max_count(1)
-        .subnet_id(subnet)
-        .security_group_ids(group)
-        .send()
-        .await
-        .unwrap();
-    let id = out.instances()[0].instance_id().unwrap().to_string();
-    let enis = ec2
-        .describe_network_interfaces()
-        .filters(
-            Filter::builder()
-                .name("attachment.instance-id")
-                .values(&id)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    let eni = enis.network_interfaces()[0]
-        .network_interface_id()
-        .unwrap()
-        .to_string();
-    CloudServer {
-        server_id: name.into(),
-        instance_id: id,
-        interface_id: eni,
-        zone: zone.into(),
-    }
-}
-
-async fn setup(ec2: &Client) -> World {
-    let vpc = ec2
-        .create_vpc()
-        .cidr_block("10.0.0.0/16")
-        .send()
-        .await
-        .unwrap()
-        .vpc()
-        .unwrap()
-        .vpc_id()
-        .unwrap()
-        .to_string();
-    let mut subnets = Vec::new();
-    for (cidr, zone) in [("10.0.1.0/24", "us-east-1a"), ("10.0.2.0/24", "us-east-1b")] {
-        subnets.push(
-            ec2.create_subnet()
-                .vpc_id(&vpc)
-                .cidr_block(cidr)
-                .availability_zone(zone)
-                .send()
-                .await
-                .unwrap()
-                .subnet()
-                .unwrap()
-                .subnet_id()
-                .unwrap()
-                .to_string(),
-        );
-    }
-    let group = ec2
-        .create_security_group()
-        .group_name("understudy-servers")
-        .description("NFS servers")
-        .vpc_id(&vpc)
-        .send()
-        .await
-        .unwrap()
-        .group_id()
-        .unwrap()
-        .to_string();
-    let images = ec2.describe_images().send().await.unwrap();
-    let image = images.images()[0].image_id().unwrap().to_string();
-    let file_server = run_instance(ec2, &image, &subnets[0], &group, "fs1", "us-east-1a").await;
-    let backup = run_instance(ec2, &image, &subnets[0], &group, "fs2", "us-east-1a").await;
-    let other_zone = run_instance(ec2, &image, &subnets[1], &group, "fs3", "us-east-1b").await;
-    ec2.assign_private_ip_addresses()
-        .network_interface_id(&file_server.interface_id)
-        .private_ip_addresses(CLIENT_IP)
-        .send()
-        .await
-        .unwrap();
-    World {
-        vpc,
-        file_server,
-        backup,
-        other_zone,
-    }
-}
-
-/// The security groups of an interface, straight from moto.
-async fn groups_of(ec2: &Client, eni: &str) -> Vec<String> {
-    let out = ec2
-        .describe_network_interfaces()
-        .network_interface_ids(eni)
-        .send()
-        .await
-        .unwrap();
-    out.network_interfaces()[0]
-        .groups()
-        .iter()
-        .map(|g| g.group_id().unwrap().to_string())
-        .collect()
-}
+use understudy_cloud_ec2::{Ec2Cloud, Ec2Config, IsolationGroupError, ISOLATION_GROUP_PREFIX};
 
 #[tokio::test]
 async fn failover_moves_ip_isolates_and_stops() {
@@ -381,6 +164,187 @@ async fn every_operation_twice_is_fine() {
         again.ip_holders(CLIENT_IP).await.unwrap(),
         vec![fs.interface_id.clone()]
     );
+}
+
+async fn create_group(ec2: &Client, vpc: &str, name: &str) -> String {
+    ec2.create_security_group()
+        .group_name(name)
+        .description("operator's isolating group")
+        .vpc_id(vpc)
+        .send()
+        .await
+        .unwrap()
+        .group_id()
+        .unwrap()
+        .to_string()
+}
+
+fn rule(proto: &str, port: Option<i32>, cidr: &str) -> IpPermission {
+    IpPermission::builder()
+        .ip_protocol(proto)
+        .set_from_port(port)
+        .set_to_port(port)
+        .ip_ranges(IpRange::builder().cidr_ip(cidr).build())
+        .build()
+}
+
+#[tokio::test]
+async fn a_configured_isolation_group_must_have_no_rules() {
+    let moto = start_moto();
+    let admin = Ec2Cloud::new(config(&moto)).unwrap();
+    let ec2 = admin.client().clone();
+    let w = setup(&ec2).await;
+    let fs = &w.file_server;
+    let before = groups_of(&ec2, &fs.interface_id).await;
+
+    // The operator's group: a VPC group comes with an allow-all egress rule, and
+    // this one also lets NFS in.
+    let ops = create_group(&ec2, &w.vpc, "ops-isolation").await;
+    let nfs = rule("tcp", Some(2049), "10.0.0.0/16");
+    ec2.authorize_security_group_ingress()
+        .group_id(&ops)
+        .ip_permissions(nfs.clone())
+        .send()
+        .await
+        .unwrap();
+    let cloud = Ec2Cloud::new(Ec2Config {
+        isolation_group_id: Some(ops.clone()),
+        ..config(&moto)
+    })
+    .unwrap();
+    let e = timed(
+        "check_isolation_group (rules)",
+        cloud.check_isolation_group(),
+    )
+    .await
+    .unwrap_err();
+    eprintln!("{e}");
+    assert_eq!(
+        e,
+        IsolationGroupError::HasRules {
+            group_id: ops.clone(),
+            name: "ops-isolation".into(),
+            ingress: vec!["tcp 2049 from 10.0.0.0/16".into()],
+            egress: vec!["all traffic to 0.0.0.0/0".into()],
+        }
+    );
+    assert!(e.to_string().contains("remove every rule from it"), "{e}");
+
+    // Isolation with it is refused before anything changes.
+    let e = timed("isolate (group with rules)", cloud.isolate(fs))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CloudError::Refused { .. }), "{e}");
+    assert!(
+        e.to_string().contains(&format!(
+            "isolation_group_id {ops} (ops-isolation) has rules"
+        )),
+        "{e}"
+    );
+    assert_eq!(groups_of(&ec2, &fs.interface_id).await, before);
+    assert!(matches!(
+        cloud.is_isolated(fs).await,
+        Err(CloudError::Refused { .. })
+    ));
+
+    // Ingress removed, the default egress rule still there: still refused.
+    ec2.revoke_security_group_ingress()
+        .group_id(&ops)
+        .ip_permissions(nfs)
+        .send()
+        .await
+        .unwrap();
+    let e = cloud.check_isolation_group().await.unwrap_err();
+    assert!(
+        matches!(&e, IsolationGroupError::HasRules { ingress, egress, .. } if ingress.is_empty() && egress.len() == 1),
+        "{e}"
+    );
+
+    // Egress revoked too: the group is accepted and used.
+    ec2.revoke_security_group_egress()
+        .group_id(&ops)
+        .ip_permissions(rule("-1", None, "0.0.0.0/0"))
+        .send()
+        .await
+        .unwrap();
+    timed(
+        "check_isolation_group (empty)",
+        cloud.check_isolation_group(),
+    )
+    .await
+    .unwrap();
+    timed("isolate (operator's group)", cloud.isolate(fs))
+        .await
+        .unwrap();
+    assert!(cloud.is_isolated(fs).await.unwrap());
+    assert_eq!(groups_of(&ec2, &fs.interface_id).await, vec![ops.clone()]);
+    // Understudy did not create a group of its own.
+    let own = ec2
+        .describe_security_groups()
+        .filters(
+            Filter::builder()
+                .name("group-name")
+                .values(format!("{ISOLATION_GROUP_PREFIX}{}", w.vpc))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(own.security_groups().is_empty(), "{own:?}");
+
+    // A group that does not exist.
+    let ghost = Ec2Cloud::new(Ec2Config {
+        isolation_group_id: Some("sg-0123456789abcdef0".into()),
+        ..config(&moto)
+    })
+    .unwrap();
+    let e = ghost.check_isolation_group().await.unwrap_err();
+    eprintln!("{e}");
+    assert!(
+        matches!(&e, IsolationGroupError::NotFound { group_id, .. } if group_id == "sg-0123456789abcdef0"),
+        "{e}"
+    );
+    assert!(matches!(
+        ghost.isolate(&w.backup).await,
+        Err(CloudError::Refused { .. })
+    ));
+
+    // An empty group of another VPC cannot isolate these servers.
+    let vpc2 = ec2
+        .create_vpc()
+        .cidr_block("10.1.0.0/16")
+        .send()
+        .await
+        .unwrap()
+        .vpc()
+        .unwrap()
+        .vpc_id()
+        .unwrap()
+        .to_string();
+    let elsewhere = create_group(&ec2, &vpc2, "ops-isolation-2").await;
+    ec2.revoke_security_group_egress()
+        .group_id(&elsewhere)
+        .ip_permissions(rule("-1", None, "0.0.0.0/0"))
+        .send()
+        .await
+        .unwrap();
+    let wrong = Ec2Cloud::new(Ec2Config {
+        isolation_group_id: Some(elsewhere.clone()),
+        ..config(&moto)
+    })
+    .unwrap();
+    wrong.check_isolation_group().await.unwrap();
+    let bk_before = groups_of(&ec2, &w.backup.interface_id).await;
+    let e = wrong.isolate(&w.backup).await.unwrap_err();
+    eprintln!("{e}");
+    assert!(
+        e.to_string().contains(&format!(
+            "isolation_group_id {elsewhere} is in VPC {vpc2} but server fs2's instance is in VPC {}",
+            w.vpc
+        )),
+        "{e}"
+    );
+    assert_eq!(groups_of(&ec2, &w.backup.interface_id).await, bk_before);
 }
 
 #[tokio::test]

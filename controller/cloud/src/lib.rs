@@ -4,12 +4,14 @@
 //! backend: `ec2` (aws-sdk-ec2, crate `understudy-cloud-ec2`), `local` (network
 //! namespaces on one machine, for the demo and namespace tests) and [`strict::StrictCloud`]
 //! (in memory, enforcing the rules real EC2 enforces and moto does not, for
-//! exhaustive executor tests).
+//! exhaustive executor tests), and [`faulty::FaultyCloud`] around any of them to make
+//! chosen calls slow, hung or failing.
 //!
 //! Every operation is idempotent: the executor may repeat a step after a leader
 //! change (S7). No backend may be trusted to enforce anything by itself: after
 //! moving the client IP the caller checks [`Cloud::ip_holders`].
 
+pub mod faulty;
 pub mod local;
 pub mod strict;
 

@@ -2,9 +2,16 @@
 //! interface at a time, a reassignment must be allowed explicitly, instances and
 //! interfaces live in one zone) and records every call, so executor tests can
 //! assert order and idempotence. It can also be told to fail an operation.
+//!
+//! A forced stop leaves the instance `Stopping`, as EC2 does, until the test says
+//! otherwise: [`StrictCloud::stop_completes_after`] makes stops complete by
+//! themselves (`Stopped` that long after the request), [`StrictCloud::set_state`]
+//! sets a state outright. For slow, hung or throttled calls, wrap it in
+//! [`crate::faulty::FaultyCloud`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::{Cloud, CloudError, CloudServer, InstanceState};
 
@@ -19,6 +26,10 @@ struct Inner {
     /// ip -> interface id (one holder at most)
     ips: BTreeMap<String, String>,
     isolated: BTreeSet<String>,
+    /// instance id -> when its forced stop was requested
+    stop_requested: BTreeMap<String, Instant>,
+    /// How long a requested stop takes; `None`: it never completes by itself.
+    stop_time: Option<Duration>,
     fail: BTreeSet<&'static str>,
     calls: Vec<String>,
 }
@@ -46,6 +57,20 @@ impl StrictCloud {
             .unwrap()
             .ips
             .insert(ip.into(), interface_id.into());
+    }
+
+    /// Set an instance's lifecycle state (an instance stopped or terminated by
+    /// someone else, or a stop that completed).
+    pub fn set_state(&self, instance_id: &str, state: InstanceState) {
+        let mut i = self.inner.lock().unwrap();
+        i.stop_requested.remove(instance_id);
+        i.instances.insert(instance_id.into(), state);
+    }
+
+    /// From now on a forced stop completes by itself: the instance is `Stopped`
+    /// `after` the request (`Stopping` before), as EC2 reports it.
+    pub fn stop_completes_after(&self, after: Duration) {
+        self.inner.lock().unwrap().stop_time = Some(after);
     }
 
     /// Make every call of operation `op` fail (a transient error) until cleared.
@@ -164,12 +189,23 @@ impl Cloud for StrictCloud {
         let st = i.instances.get_mut(&server.instance_id).expect("known");
         if matches!(st, InstanceState::Running | InstanceState::Pending) {
             *st = InstanceState::Stopping;
+            i.stop_requested
+                .insert(server.instance_id.clone(), Instant::now());
         }
         Ok(())
     }
 
     async fn instance_state(&self, server: &CloudServer) -> Result<InstanceState, CloudError> {
-        let i = self.enter("instance_state", server.server_id.clone())?;
+        let mut i = self.enter("instance_state", server.server_id.clone())?;
+        let done = match (i.stop_time, i.stop_requested.get(&server.instance_id)) {
+            (Some(t), Some(at)) => at.elapsed() >= t,
+            _ => false,
+        };
+        if done {
+            i.stop_requested.remove(&server.instance_id);
+            i.instances
+                .insert(server.instance_id.clone(), InstanceState::Stopped);
+        }
         i.instances
             .get(&server.instance_id)
             .cloned()
@@ -210,6 +246,17 @@ mod tests {
         c.force_stop(&a).await.unwrap();
         c.force_stop(&a).await.unwrap();
         assert_eq!(c.instance_state(&a).await.unwrap(), InstanceState::Stopping);
+        // Stops complete by themselves once told to.
+        c.stop_completes_after(Duration::from_millis(50));
+        c.force_stop(&b).await.unwrap();
+        assert_eq!(c.instance_state(&b).await.unwrap(), InstanceState::Stopping);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(c.instance_state(&b).await.unwrap(), InstanceState::Stopped);
+        c.set_state("i-x", InstanceState::Terminated);
+        assert_eq!(
+            c.instance_state(&x).await.unwrap(),
+            InstanceState::Terminated
+        );
         c.fail("isolate", true);
         assert!(matches!(
             c.isolate(&a).await,
