@@ -286,5 +286,6 @@ pub fn agent_view(
             _ => String::new(),
         },
         unknown: res.map(|r| r.unknown.clone()).unwrap_or_default(),
+        highest_epoch: Some(v.hello.highest_epoch),
     }
 }
