@@ -60,6 +60,10 @@ pub struct NsOptions {
     pub flap_holdoff_ms: Option<u64>,
     /// The emulators' `[tuning] resync_rate_kib` (replication throttle).
     pub resync_rate_kib: Option<u64>,
+    /// `[cloud] kill_processes = false`: the fence takes the client IP away and
+    /// cuts the cable but its forced stop kills nothing (an EC2 isolate whose stop
+    /// has not landed), so a frozen file server survives its failover.
+    pub fence_keeps_processes: bool,
 }
 
 /// See the module documentation.
@@ -150,6 +154,7 @@ step_pause_ms = {pause}
 kind = "local"
 netns_prefix = "{prefix}"
 prefix_len = 24
+kill_processes = {kill}
 
 [[pairs]]
 id = "{PAIR}"
@@ -166,6 +171,7 @@ backup = {b}
                     data = root.join(format!("controller-{}", i + 1)).display(),
                     prefix = net.prefix(),
                     pause = opts.step_pause_ms,
+                    kill = !opts.fence_keeps_processes,
                     holdoff = opts
                         .flap_holdoff_ms
                         .map(|h| format!("[detector]\nflap_holdoff_ms = {h}\n"))
@@ -353,6 +359,44 @@ address = "{}:7789"
         self.net.cut(h.name);
     }
 
+    /// Freeze host `i`: SIGSTOP every process in its namespace (agent, DRBD
+    /// emulator, ganesha and their children), as a hung VM. Its cable stays in.
+    /// Short-lived `ip` commands are left alone: the harness (and a test's
+    /// sampling thread) runs `ip -n NS ...`, which is in the namespace while it runs.
+    pub fn freeze_host(&self, i: usize) {
+        self.signal_host(i, libc::SIGSTOP);
+    }
+
+    /// Undo [`NsCluster::freeze_host`]: SIGCONT every process in the namespace.
+    pub fn thaw_host(&self, i: usize) {
+        self.signal_host(i, libc::SIGCONT);
+    }
+
+    fn signal_host(&self, i: usize, sig: i32) {
+        let ns = self.net.ns_name(self.hosts[i].name);
+        let pids = crate::netns::run("ip", &["netns", "pids", &ns])
+            .unwrap_or_else(|e| panic!("listing the processes of {ns}: {e}"));
+        let pids: Vec<i32> = pids
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .filter(|p| {
+                fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() != "ip")
+            })
+            .collect();
+        assert!(!pids.is_empty(), "no process in {ns} to signal");
+        for pid in pids {
+            // SAFETY: plain kill(2); a pid that exited meanwhile gives ESRCH, ignored.
+            unsafe {
+                libc::kill(pid, sig);
+            }
+        }
+    }
+
+    /// Whether host `i`'s cable is in (the root side of its veth is up).
+    pub fn link_up(&self, i: usize) -> bool {
+        link_up(&self.net.root_veth(self.hosts[i].name))
+    }
+
     /// `understudyctl --output json status`.
     pub fn try_status(&self) -> Result<Value, String> {
         self.controllers.status()
@@ -524,6 +568,17 @@ impl Drop for NsCluster {
                 .status();
         }
     }
+}
+
+/// Whether the root-namespace link `veth` is administratively up.
+pub fn link_up(veth: &str) -> bool {
+    crate::netns::run("ip", &["-o", "link", "show", "dev", veth])
+        .map(|o| {
+            o.split_once('<')
+                .and_then(|(_, r)| r.split_once('>'))
+                .is_some_and(|(flags, _)| flags.split(',').any(|f| f == "UP"))
+        })
+        .unwrap_or(false)
 }
 
 /// Whether `server` reports mounted, exporting and holding the client IP.
