@@ -70,7 +70,7 @@ pub enum Action {
     Serve(Vec<Step>),
     /// S10: the standby serves (or its DRBD must reconnect after serving): run
     /// these steps, in order, with the pair's current epoch. All on the standby
-    /// except [`StandDownStep::ReconnectServing`], on the serving server.
+    /// except those of [`StandDownStep::on_serving`], on the serving server.
     StandDown(Vec<StandDownStep>),
 }
 
@@ -98,6 +98,9 @@ fn reachable(v: &AgentView, cfg: &DetectorConfig) -> bool {
 /// - `ReleaseIp`, `UnexportNfs`, `Unmount` when it reports the client IP, exports,
 ///   a mount (only on an agent configured to serve: an observe-only agent cannot
 ///   act on them, the alert says it).
+/// - `AnnounceServingIp` right after `ReleaseIp` when the serving server is
+///   reachable and holds the client IP: its gratuitous ARP takes back clients
+///   that resolved the address to the standby.
 /// - `Demote` when it is DRBD Primary.
 /// - `DiscardAndReconnect` when it was Primary (its data diverged from the serving
 ///   server's) or its DRBD is `StandAlone` (a split brain was detected), and only
@@ -118,6 +121,11 @@ pub fn stand_down_steps(
     if let Some(h) = standby.host.as_ref().filter(|h| h.serving_managed) {
         if h.client_ip_present {
             steps.push(StandDownStep::ReleaseIp);
+            let serving_holds = reachable(serving, cfg)
+                && serving.host.as_ref().is_some_and(|h| h.client_ip_present);
+            if serving_holds {
+                steps.push(StandDownStep::AnnounceServingIp);
+            }
         }
         if !h.exports.is_empty() {
             steps.push(StandDownStep::UnexportNfs);
@@ -218,7 +226,9 @@ pub fn decide(
             )
         };
         let stale = match standby.highest_epoch {
-            Some(e) if e < pair.epoch => format!(" ({b_id} is stale: its highest epoch is {e})"),
+            Some(e) if e < pair.epoch => {
+                format!(" ({b_id} is stale: it said hello with epoch {e})")
+            }
             _ => String::new(),
         };
         return d(
@@ -981,7 +991,7 @@ mod tests {
         );
         assert_eq!(
             dec.reason,
-            "S10 stand down: a is Primary/mounted/exporting while b is the pair's file server (a is stale: its highest epoch is 2); with epoch 3: UnexportNfs, Unmount, Demote, DiscardAndReconnect, ReconnectServing"
+            "S10 stand down: a is Primary/mounted/exporting while b is the pair's file server (a is stale: it said hello with epoch 2); with epoch 3: UnexportNfs, Unmount, Demote, DiscardAndReconnect, ReconnectServing"
         );
         assert!(
             dec.alerts
@@ -1081,7 +1091,12 @@ mod tests {
                             for s_reach in [true, false] {
                                 for s_role in ["Primary", "Secondary"] {
                                     for s_disk in ["UpToDate", "Outdated"] {
-                                        for s_conn in ["Connected", "StandAlone"] {
+                                        for (s_conn, s_ip) in [
+                                            ("Connected", true),
+                                            ("StandAlone", true),
+                                            ("Connected", false),
+                                            ("StandAlone", false),
+                                        ] {
                                             for state in [
                                                 PairState::Healthy,
                                                 PairState::Suspect,
@@ -1122,7 +1137,7 @@ mod tests {
                                                         "DUnknown",
                                                         Some(0),
                                                     )),
-                                                    host: Some(host(true, true, true, true)),
+                                                    host: Some(host(true, true, s_ip, true)),
                                                     ..Default::default()
                                                 };
                                                 let mut p = pair(state);
@@ -1136,6 +1151,9 @@ mod tests {
                                                 if b_reach {
                                                     if managed && ip {
                                                         want.push(StandDownStep::ReleaseIp);
+                                                    }
+                                                    if managed && ip && s_reach && s_ip {
+                                                        want.push(StandDownStep::AnnounceServingIp);
                                                     }
                                                     if managed && exports {
                                                         want.push(StandDownStep::UnexportNfs);
@@ -1224,6 +1242,10 @@ mod tests {
         // The grid reaches the interesting step lists, not only the empty one.
         assert!(seen.len() > 20, "{}", seen.len());
         assert!(seen.contains(&vec![StandDownStep::ReconnectServing]));
+        assert!(seen.contains(&vec![
+            StandDownStep::ReleaseIp,
+            StandDownStep::AnnounceServingIp
+        ]));
         assert!(seen.contains(&vec![
             StandDownStep::DiscardAndReconnect,
             StandDownStep::ReconnectServing

@@ -495,6 +495,16 @@ impl Executor {
         }
         let (serving, standby) = (pair.serving_id().to_owned(), pair.standby_id().to_owned());
         let span = tracing::info_span!("stand_down", pair = %pair_id, epoch = pair.epoch, server = %standby);
+        let commanded: std::collections::BTreeSet<&str> = steps
+            .iter()
+            .map(|s| {
+                if s.on_serving() {
+                    serving.as_str()
+                } else {
+                    standby.as_str()
+                }
+            })
+            .collect();
         async {
             for step in steps {
                 let server = if step.on_serving() { &serving } else { &standby };
@@ -555,7 +565,7 @@ impl Executor {
                         .and_then(|v| v.last_report_at)
                         .is_some_and(|t| t > done)
                 };
-                if fresh(&standby) && fresh(&serving) {
+                if commanded.iter().all(|id| fresh(id)) {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -612,6 +622,10 @@ impl Executor {
 fn stand_down_command(step: StandDownStep, pair: &PairRecord) -> Cmd {
     match step {
         StandDownStep::ReleaseIp => Cmd::ReleaseIp(ReleaseIp {
+            ip: pair.spec.client_ip.clone(),
+            prefix_len: pair.spec.client_ip_prefix_len as u32,
+        }),
+        StandDownStep::AnnounceServingIp => Cmd::ClaimIp(ClaimIp {
             ip: pair.spec.client_ip.clone(),
             prefix_len: pair.spec.client_ip_prefix_len as u32,
         }),

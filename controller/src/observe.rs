@@ -77,7 +77,7 @@ pub fn serving_state(v: &AgentView) -> Vec<&'static str> {
             what.push("exporting");
         }
         if h.client_ip_present {
-            what.push("holds the client IP");
+            what.push("holding the client IP");
         }
     }
     what
@@ -102,7 +102,7 @@ fn standby_serving_alert(
     let stale = match backup.highest_epoch {
         Some(e) if e < pair.epoch => {
             format!(
-                " (stale: its highest epoch is {e}, the pair's is {})",
+                " (stale: it said hello with epoch {e}, the pair's is {})",
                 pair.epoch
             )
         }
@@ -425,7 +425,7 @@ mod tests {
         b.highest_epoch = Some(2);
         let o = observe(&pair(PairState::Degraded), &primary_ok(), &b, 1000);
         assert!(
-            o.alerts.contains(&"STANDBY SERVING: b is Primary/mounted/exporting/holds the client IP (stale: its highest epoch is 2, the pair's is 3): standing it down".to_string()),
+            o.alerts.contains(&"STANDBY SERVING: b is Primary/mounted/exporting/holding the client IP (stale: it said hello with epoch 2, the pair's is 3): standing it down".to_string()),
             "{:?}",
             o.alerts
         );
@@ -437,7 +437,7 @@ mod tests {
             (
                 "Secondary",
                 host(false, false, true),
-                "is holds the client IP",
+                "is holding the client IP",
             ),
         ] {
             let mut b = backup_ok();
@@ -458,7 +458,7 @@ mod tests {
         silent.silent_ms = Some(60_000);
         let o = observe(&pair(PairState::Degraded), &primary_ok(), &silent, 1000);
         assert!(
-            o.alerts.iter().any(|a| a.starts_with("STANDBY SERVING: b was Primary/mounted/exporting/holds the client IP at its last report and its agent is unreachable")),
+            o.alerts.iter().any(|a| a.starts_with("STANDBY SERVING: b was Primary/mounted/exporting/holding the client IP at its last report and its agent is unreachable")),
             "{:?}",
             o.alerts
         );

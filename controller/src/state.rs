@@ -170,11 +170,15 @@ impl fmt::Display for Step {
 
 /// The steps of standing down a server that serves while it is not the pair's
 /// serving server (S10), in the order they run. All run on the standby, with the
-/// pair's current epoch as fencing token, except [`StandDownStep::ReconnectServing`].
+/// pair's current epoch as fencing token, except those of [`StandDownStep::on_serving`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum StandDownStep {
     /// The client IP removed from the standby's interface.
     ReleaseIp,
+    /// Right after `ReleaseIp`: the serving server, which holds the client IP,
+    /// announces it again (gratuitous ARP), so clients that learned the
+    /// standby's MAC meanwhile come back to it.
+    AnnounceServingIp,
     /// NFS no longer exported by the standby.
     UnexportNfs,
     /// The replicated filesystem unmounted on the standby.
@@ -193,7 +197,10 @@ pub enum StandDownStep {
 impl StandDownStep {
     /// Whether the step runs on the serving server (otherwise on the standby).
     pub fn on_serving(self) -> bool {
-        self == StandDownStep::ReconnectServing
+        matches!(
+            self,
+            StandDownStep::AnnounceServingIp | StandDownStep::ReconnectServing
+        )
     }
 }
 

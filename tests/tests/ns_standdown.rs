@@ -391,3 +391,70 @@ fn a_thawed_old_primary_is_stood_down_and_returns_as_an_in_sync_backup() {
     assert!(h.contains("Degraded -> Rebuilding"), "{h}");
     assert!(h.contains("Rebuilding -> Healthy"), "{h}");
 }
+
+/// Any standby that serves is stood down, not only a returning old primary: the
+/// client IP configured by mistake on the backup (which stays a DRBD Secondary) is
+/// released, and the file server re-announces it so clients come back to it.
+#[test]
+fn a_backup_holding_the_client_ip_is_made_to_release_it() {
+    let c = NsCluster::start();
+    let _logs = c.keep_logs_on_panic();
+    c.nfs_write("kept.txt", b"served by fsa")
+        .expect("write through NFS");
+    let cidr = format!("{}/24", c.client_ip);
+    c.net
+        .ip_in("fsb", &["addr", "add", &cidr, "dev", "eth0"])
+        .expect("configure the client IP on fsb");
+    let mut seen: Vec<String> = Vec::new();
+    let mut alert_seen = false;
+    let s = c.wait_status("fsb released the client IP", Duration::from_secs(20), |s| {
+        alert_seen |= alerts(s)
+            .iter()
+            .any(|a| a == "STANDBY SERVING: fs1-fsb is holding the client IP: standing it down");
+        for l in history(s) {
+            if !seen.contains(&l) {
+                seen.push(l);
+            }
+        }
+        server(s, PAIR, "fs1-fsb")["host"]["client_ip_present"] == false
+            && seen
+                .iter()
+                .any(|l| l.starts_with("S10 stand-down of fs1-fsa: AnnounceServingIp done"))
+    });
+    let h = seen.join("\n");
+    let release = h
+        .find("S10 stand-down of fs1-fsb: ReleaseIp started")
+        .unwrap_or_else(|| panic!("{h}"));
+    let released = h
+        .find("S10 stand-down of fs1-fsb: ReleaseIp done")
+        .unwrap_or_else(|| panic!("{h}"));
+    let announced = h
+        .find("S10 stand-down of fs1-fsa: AnnounceServingIp done")
+        .unwrap_or_else(|| panic!("{h}"));
+    assert!(release < released && released < announced, "{h}");
+    assert!(
+        !h.contains("fs1-fsb: Demote"),
+        "a Secondary is not demoted:\n{h}"
+    );
+    assert!(
+        !h.contains("DiscardAndReconnect"),
+        "nothing to discard:\n{h}"
+    );
+    eprintln!("S10 alert seen while fsb held the IP: {alert_seen}");
+    assert_eq!(c.ip_holders(), vec!["fsa"]);
+    assert_eq!(c.exporting_hosts(), vec!["fsa"]);
+    assert_eq!(pair(&s, PAIR)["serving"], "fs1-fsa");
+    assert_eq!(pair(&s, PAIR)["epoch"], 0, "no failover");
+    let after = c.try_status().expect("status");
+    assert!(
+        !alerts(&after)
+            .iter()
+            .any(|a| a.starts_with("STANDBY SERVING")),
+        "{:?}",
+        alerts(&after)
+    );
+    let got = wait_for("NFS read from fsa", Duration::from_secs(15), || {
+        c.nfs_read("kept.txt").ok()
+    });
+    assert_eq!(got, b"served by fsa");
+}
