@@ -109,9 +109,14 @@ fn reachable(v: &AgentView, cfg: &DetectorConfig) -> bool {
 /// - `ReconnectServing` when the serving server is reachable, Primary and
 ///   `StandAlone` (the split brain dropped its connection too) and the standby is,
 ///   or after these steps will be, a Secondary trying to connect.
+/// - A stale standby (its highest epoch below `pair_epoch`) that is a DRBD
+///   Secondary also gets `Demote`, a no-op there that carries the current epoch:
+///   the agent persists it (S4), so commands of a deposed leader or of an earlier
+///   epoch can no longer move it.
 pub fn stand_down_steps(
     serving: &AgentView,
     standby: &AgentView,
+    pair_epoch: u64,
     cfg: &DetectorConfig,
 ) -> Vec<StandDownStep> {
     let mut steps = Vec::new();
@@ -137,7 +142,8 @@ pub fn stand_down_steps(
     let b = standby.drbd.as_ref();
     let b_primary = b.is_some_and(|d| d.role == "Primary");
     let b_standalone = b.is_some_and(|d| d.connection == "StandAlone");
-    if b_primary {
+    let b_stale = standby.highest_epoch.is_some_and(|e| e < pair_epoch);
+    if b_primary || (b_stale && b.is_some_and(|d| d.role == "Secondary")) {
         steps.push(StandDownStep::Demote);
     }
     let s = serving.drbd.as_ref().filter(|_| reachable(serving, cfg));
@@ -206,17 +212,21 @@ pub fn decide(
     }
 
     // S10: a standby that serves is stood down before anything else.
-    let steps = stand_down_steps(serving, standby, cfg);
+    let steps = stand_down_steps(serving, standby, pair.epoch, cfg);
     if !steps.is_empty() {
         let names: Vec<String> = steps.iter().map(|s| s.to_string()).collect();
         let what = serving_state(standby);
         let why = if what.is_empty() {
-            match standby.drbd.as_ref() {
-                Some(b) if b.connection == "StandAlone" => format!(
+            match (standby.drbd.as_ref(), serving.drbd.as_ref()) {
+                (Some(b), _) if b.connection == "StandAlone" => format!(
                     "{b_id}'s DRBD is StandAlone (split brain): it must resynchronise from {s_id}, discarding its data"
                 ),
-                _ => format!(
+                (_, Some(s)) if s.connection == "StandAlone" && steps.contains(&StandDownStep::ReconnectServing) => format!(
                     "{s_id}'s DRBD is StandAlone (split brain with {b_id}): it must listen again so {b_id} resynchronises from it"
+                ),
+                _ => format!(
+                    "{b_id} serves nothing but has not accepted epoch {} yet (a no-op demote carries it)",
+                    pair.epoch
                 ),
             }
         } else {
@@ -1012,6 +1022,8 @@ mod tests {
             Some(0),
         ));
         after.host = Some(host(false, false, false, true));
+        // It accepted epoch 3 with the stand-down's commands.
+        after.highest_epoch = Some(3);
         let dec = decide(&p, &serving, &after, NOW, &cfg());
         assert_eq!(
             dec.action,
@@ -1043,6 +1055,48 @@ mod tests {
         after.peer_lost_ms = None;
         let dec = decide(&p, &serving_back, &after, NOW, &cfg());
         assert_eq!(dec.action, Action::SetState(PairState::Rebuilding));
+    }
+
+    #[test]
+    fn a_stale_standby_that_serves_nothing_is_given_the_current_epoch() {
+        let mut stale = standby(in_sync(), None, Some(in_sync()));
+        stale.highest_epoch = Some(2);
+        let dec = decide(
+            &pair(PairState::Healthy),
+            &serving_alive(),
+            &stale,
+            NOW,
+            &cfg(),
+        );
+        assert_eq!(dec.action, Action::StandDown(vec![StandDownStep::Demote]));
+        assert!(
+            dec.reason
+                .contains("b serves nothing but has not accepted epoch 3 yet"),
+            "{}",
+            dec.reason
+        );
+        // At the pair's epoch (or above, or never said): nothing to do.
+        for e in [Some(3), Some(4), None] {
+            let mut b = stale.clone();
+            b.highest_epoch = e;
+            let dec = decide(&pair(PairState::Healthy), &serving_alive(), &b, NOW, &cfg());
+            assert_eq!(dec.action, Action::Nothing, "{e:?}: {dec:?}");
+        }
+        // Unreachable: nothing can be sent. DRBD not reported or not a
+        // Secondary: no demote that could not succeed.
+        let mut gone = stale.clone();
+        gone.connected = false;
+        gone.silent_ms = Some(5000);
+        let mut down = stale.clone();
+        down.drbd = None;
+        let mut unknown = stale.clone();
+        unknown.drbd.as_mut().unwrap().role = "Unknown".into();
+        for b in [gone, down, unknown] {
+            assert!(
+                stand_down_steps(&serving_alive(), &b, 3, &cfg()).is_empty(),
+                "{b:?}"
+            );
+        }
     }
 
     #[test]
@@ -1081,153 +1135,172 @@ mod tests {
     fn stand_down_steps_over_every_combination() {
         let mut n = 0;
         let mut seen = std::collections::BTreeSet::new();
-        for b_reach in [true, false] {
-            for b_role in ["Primary", "Secondary", "Unknown"] {
-                for b_conn in ["Connected", "Connecting", "StandAlone"] {
-                    for (mounted, exports, ip) in
-                        (0..8).map(|i| (i & 1 != 0, i & 2 != 0, i & 4 != 0))
-                    {
-                        for managed in [true, false] {
-                            for s_reach in [true, false] {
-                                for s_role in ["Primary", "Secondary"] {
-                                    for s_disk in ["UpToDate", "Outdated"] {
-                                        for (s_conn, s_ip) in [
-                                            ("Connected", true),
-                                            ("StandAlone", true),
-                                            ("Connected", false),
-                                            ("StandAlone", false),
-                                        ] {
-                                            for state in [
-                                                PairState::Healthy,
-                                                PairState::Suspect,
-                                                PairState::Rebuilding,
-                                                PairState::Degraded,
+        for b_epoch in [None, Some(2u64)] {
+            for b_reach in [true, false] {
+                for b_role in ["Primary", "Secondary", "Unknown"] {
+                    for b_conn in ["Connected", "Connecting", "StandAlone"] {
+                        for (mounted, exports, ip) in
+                            (0..8).map(|i| (i & 1 != 0, i & 2 != 0, i & 4 != 0))
+                        {
+                            for managed in [true, false] {
+                                for s_reach in [true, false] {
+                                    for s_role in ["Primary", "Secondary"] {
+                                        for s_disk in ["UpToDate", "Outdated"] {
+                                            for (s_conn, s_ip) in [
+                                                ("Connected", true),
+                                                ("StandAlone", true),
+                                                ("Connected", false),
+                                                ("StandAlone", false),
                                             ] {
-                                                n += 1;
-                                                let b = AgentView {
-                                                    connected: b_reach,
-                                                    silent_ms: Some(if b_reach {
-                                                        10
+                                                for state in [
+                                                    PairState::Healthy,
+                                                    PairState::Suspect,
+                                                    PairState::Rebuilding,
+                                                    PairState::Degraded,
+                                                ] {
+                                                    n += 1;
+                                                    let b = AgentView {
+                                                        connected: b_reach,
+                                                        highest_epoch: b_epoch,
+                                                        silent_ms: Some(if b_reach {
+                                                            10
+                                                        } else {
+                                                            5000
+                                                        }),
+                                                        drbd: Some(sum(
+                                                            b_role,
+                                                            "UpToDate",
+                                                            b_conn,
+                                                            "Off",
+                                                            "DUnknown",
+                                                            Some(0),
+                                                        )),
+                                                        host: Some(host(
+                                                            mounted, exports, ip, managed,
+                                                        )),
+                                                        ..Default::default()
+                                                    };
+                                                    let s = AgentView {
+                                                        connected: s_reach,
+                                                        silent_ms: Some(if s_reach {
+                                                            10
+                                                        } else {
+                                                            5000
+                                                        }),
+                                                        drbd: Some(sum(
+                                                            s_role,
+                                                            s_disk,
+                                                            s_conn,
+                                                            "Off",
+                                                            "DUnknown",
+                                                            Some(0),
+                                                        )),
+                                                        host: Some(host(true, true, s_ip, true)),
+                                                        ..Default::default()
+                                                    };
+                                                    let mut p = pair(state);
+                                                    p.serving = Some("a".into());
+                                                    let got =
+                                                        stand_down_steps(&s, &b, p.epoch, &cfg());
+                                                    // The rules, restated.
+                                                    let mut want = Vec::new();
+                                                    let keeps = s_reach
+                                                        && s_role == "Primary"
+                                                        && s_disk == "UpToDate";
+                                                    if b_reach {
+                                                        if managed && ip {
+                                                            want.push(StandDownStep::ReleaseIp);
+                                                        }
+                                                        if managed && ip && s_reach && s_ip {
+                                                            want.push(
+                                                                StandDownStep::AnnounceServingIp,
+                                                            );
+                                                        }
+                                                        if managed && exports {
+                                                            want.push(StandDownStep::UnexportNfs);
+                                                        }
+                                                        if managed && mounted {
+                                                            want.push(StandDownStep::Unmount);
+                                                        }
+                                                        let stale =
+                                                            b_epoch.is_some_and(|e| e < p.epoch);
+                                                        if b_role == "Primary"
+                                                            || (stale && b_role == "Secondary")
+                                                        {
+                                                            want.push(StandDownStep::Demote);
+                                                        }
+                                                        let discard = keeps
+                                                            && (b_role == "Primary"
+                                                                || b_conn == "StandAlone");
+                                                        if discard {
+                                                            want.push(
+                                                                StandDownStep::DiscardAndReconnect,
+                                                            );
+                                                        }
+                                                        if keeps
+                                                            && s_conn == "StandAlone"
+                                                            && (discard
+                                                                || (b_role != "Primary"
+                                                                    && b_conn != "StandAlone"))
+                                                        {
+                                                            want.push(
+                                                                StandDownStep::ReconnectServing,
+                                                            );
+                                                        }
+                                                    }
+                                                    assert_eq!(got, want, "b {b_reach} {b_role} {b_conn} m{mounted} e{exports} ip{ip} managed {managed}; s {s_reach} {s_role} {s_disk} {s_conn}");
+                                                    // In order, each at most once.
+                                                    assert!(
+                                                        got.windows(2).all(|w| w[0] < w[1]),
+                                                        "{got:?}"
+                                                    );
+                                                    // Never discard the data of a standby unless a
+                                                    // live UpToDate Primary keeps its own.
+                                                    if got.contains(
+                                                        &StandDownStep::DiscardAndReconnect,
+                                                    ) {
+                                                        assert!(keeps);
+                                                    }
+                                                    // Demote always after the IP, NFS and mount are gone.
+                                                    if let Some(i) = got
+                                                        .iter()
+                                                        .position(|s| *s == StandDownStep::Demote)
+                                                    {
+                                                        assert!(got[i..]
+                                                            .iter()
+                                                            .all(|s| *s >= StandDownStep::Demote));
+                                                    }
+                                                    // decide() acts on exactly these steps, before any other rule.
+                                                    let dec = decide(&p, &s, &b, NOW, &cfg());
+                                                    if got.is_empty() {
+                                                        assert!(
+                                                            !matches!(
+                                                                dec.action,
+                                                                Action::StandDown(_)
+                                                            ),
+                                                            "{dec:?}"
+                                                        );
                                                     } else {
-                                                        5000
-                                                    }),
-                                                    drbd: Some(sum(
-                                                        b_role,
-                                                        "UpToDate",
-                                                        b_conn,
-                                                        "Off",
-                                                        "DUnknown",
-                                                        Some(0),
-                                                    )),
-                                                    host: Some(host(mounted, exports, ip, managed)),
-                                                    ..Default::default()
-                                                };
-                                                let s = AgentView {
-                                                    connected: s_reach,
-                                                    silent_ms: Some(if s_reach {
-                                                        10
-                                                    } else {
-                                                        5000
-                                                    }),
-                                                    drbd: Some(sum(
-                                                        s_role,
-                                                        s_disk,
-                                                        s_conn,
-                                                        "Off",
-                                                        "DUnknown",
-                                                        Some(0),
-                                                    )),
-                                                    host: Some(host(true, true, s_ip, true)),
-                                                    ..Default::default()
-                                                };
-                                                let mut p = pair(state);
-                                                p.serving = Some("a".into());
-                                                let got = stand_down_steps(&s, &b, &cfg());
-                                                // The rules, restated.
-                                                let mut want = Vec::new();
-                                                let keeps = s_reach
-                                                    && s_role == "Primary"
-                                                    && s_disk == "UpToDate";
-                                                if b_reach {
-                                                    if managed && ip {
-                                                        want.push(StandDownStep::ReleaseIp);
-                                                    }
-                                                    if managed && ip && s_reach && s_ip {
-                                                        want.push(StandDownStep::AnnounceServingIp);
-                                                    }
-                                                    if managed && exports {
-                                                        want.push(StandDownStep::UnexportNfs);
-                                                    }
-                                                    if managed && mounted {
-                                                        want.push(StandDownStep::Unmount);
-                                                    }
-                                                    if b_role == "Primary" {
-                                                        want.push(StandDownStep::Demote);
-                                                    }
-                                                    let discard = keeps
-                                                        && (b_role == "Primary"
-                                                            || b_conn == "StandAlone");
-                                                    if discard {
-                                                        want.push(
-                                                            StandDownStep::DiscardAndReconnect,
+                                                        assert_eq!(
+                                                            dec.action,
+                                                            Action::StandDown(got.clone())
+                                                        );
+                                                        assert!(
+                                                            dec.reason
+                                                                .starts_with("S10 stand down: "),
+                                                            "{}",
+                                                            dec.reason
                                                         );
                                                     }
-                                                    if keeps
-                                                        && s_conn == "StandAlone"
-                                                        && (discard
-                                                            || (b_role != "Primary"
-                                                                && b_conn != "StandAlone"))
-                                                    {
-                                                        want.push(StandDownStep::ReconnectServing);
+                                                    // A standby that serves never gets a failover on top.
+                                                    if !serving_state(&b).is_empty() && b_reach {
+                                                        assert!(!matches!(
+                                                            dec.action,
+                                                            Action::StartFailover { .. }
+                                                        ));
                                                     }
+                                                    seen.insert(got);
                                                 }
-                                                assert_eq!(got, want, "b {b_reach} {b_role} {b_conn} m{mounted} e{exports} ip{ip} managed {managed}; s {s_reach} {s_role} {s_disk} {s_conn}");
-                                                // In order, each at most once.
-                                                assert!(
-                                                    got.windows(2).all(|w| w[0] < w[1]),
-                                                    "{got:?}"
-                                                );
-                                                // Never discard the data of a standby unless a
-                                                // live UpToDate Primary keeps its own.
-                                                if got.contains(&StandDownStep::DiscardAndReconnect)
-                                                {
-                                                    assert!(keeps);
-                                                }
-                                                // Demote always after the IP, NFS and mount are gone.
-                                                if let Some(i) = got
-                                                    .iter()
-                                                    .position(|s| *s == StandDownStep::Demote)
-                                                {
-                                                    assert!(got[i..]
-                                                        .iter()
-                                                        .all(|s| *s >= StandDownStep::Demote));
-                                                }
-                                                // decide() acts on exactly these steps, before any other rule.
-                                                let dec = decide(&p, &s, &b, NOW, &cfg());
-                                                if got.is_empty() {
-                                                    assert!(
-                                                        !matches!(dec.action, Action::StandDown(_)),
-                                                        "{dec:?}"
-                                                    );
-                                                } else {
-                                                    assert_eq!(
-                                                        dec.action,
-                                                        Action::StandDown(got.clone())
-                                                    );
-                                                    assert!(
-                                                        dec.reason.starts_with("S10 stand down: "),
-                                                        "{}",
-                                                        dec.reason
-                                                    );
-                                                }
-                                                // A standby that serves never gets a failover on top.
-                                                if !serving_state(&b).is_empty() && b_reach {
-                                                    assert!(!matches!(
-                                                        dec.action,
-                                                        Action::StartFailover { .. }
-                                                    ));
-                                                }
-                                                seen.insert(got);
                                             }
                                         }
                                     }

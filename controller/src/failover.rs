@@ -464,7 +464,8 @@ impl Executor {
                     let left = deadline.saturating_duration_since(Instant::now());
                     match tokio::time::timeout(left, rx).await {
                         Ok(Ok(r)) if r.ok => {
-                            return Ok(format!("{} ({} ms on the agent)", r.detail, r.duration_ms))
+                            self.liveness.note_epoch(server, epoch);
+                            return Ok(format!("{} ({} ms on the agent)", r.detail, r.duration_ms));
                         }
                         Ok(Ok(r)) => return Err(format!("{server} refused: {}", r.error)),
                         Ok(Err(_)) => last = format!("{server}'s session closed before answering"),

@@ -167,6 +167,19 @@ impl Liveness {
         self.bump();
     }
 
+    /// `server_id`'s agent accepted a command carrying `epoch` (it persisted it,
+    /// S4): its view's highest epoch is at least that now, until it says hello again.
+    pub fn note_epoch(&self, server_id: &str, epoch: u64) {
+        if let Some(e) = self
+            .servers
+            .lock()
+            .expect("liveness lock")
+            .get_mut(server_id)
+        {
+            e.hello.highest_epoch = e.hello.highest_epoch.max(epoch);
+        }
+    }
+
     /// A copy of one server's view.
     pub fn get(&self, server_id: &str) -> Option<ServerView> {
         self.servers

@@ -87,6 +87,13 @@ pub fn secondary_command(cfg: &DrbdActionsConfig) -> CommandLine {
         .arg(&cfg.resource)
 }
 
+/// `drbdadm role RES`: `Primary` or `Secondary` (DRBD 8.4: `Primary/Secondary`).
+pub fn role_command(cfg: &DrbdActionsConfig) -> CommandLine {
+    CommandLine::new(&cfg.drbdadm)
+        .arg("role")
+        .arg(&cfg.resource)
+}
+
 /// `drbdadm disconnect RES`: to `StandAlone` (a no-op when already there).
 pub fn disconnect_command(cfg: &DrbdActionsConfig) -> CommandLine {
     CommandLine::new(&cfg.drbdadm)
@@ -156,6 +163,24 @@ pub async fn demote(cfg: &DrbdActionsConfig) -> Result<(), ActionError> {
 /// and resynchronised from the peer (a stood-down old primary, S10). Idempotent:
 /// repeating it restarts the handshake, with the same outcome.
 pub async fn reconnect(cfg: &DrbdActionsConfig, discard_my_data: bool) -> Result<(), ActionError> {
+    if discard_my_data {
+        // Never throw away the data of a Primary: it may be the one serving.
+        let cmd = role_command(cfg);
+        let out = command::run(&cmd, cfg.timeout()).await?;
+        if !out.success() {
+            return Err(ActionError::DrbdConnectFailed {
+                resource: cfg.resource.clone(),
+                command: cmd.to_string(),
+                code: out.code,
+                stderr: out.message(),
+            });
+        }
+        if out.stdout.trim().starts_with("Primary") {
+            return Err(ActionError::DiscardOnPrimary {
+                resource: cfg.resource.clone(),
+            });
+        }
+    }
     for cmd in [
         disconnect_command(cfg),
         connect_command(cfg, discard_my_data),
@@ -223,11 +248,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("calls");
         let fake = dir.path().join("drbdadm");
-        // Records every call; refuses `connect` when told to by a marker file.
+        // Records every call; `role` says Primary when a marker file exists;
+        // refuses `connect` when told to by another marker file.
         std::fs::write(
             &fake,
             format!(
-                "#!/bin/sh\necho \"$@\" >> '{log}'\nif [ \"$1\" = connect ] && [ -e '{log}.refuse' ]; then echo \"r0: Failure: (125) Device has a net-config (use disconnect first)\" >&2; exit 10; fi\nexit 0\n",
+                "#!/bin/sh\necho \"$@\" >> '{log}'\nif [ \"$1\" = role ]; then if [ -e '{log}.primary' ]; then echo Primary; else echo Secondary; fi; exit 0; fi\nif [ \"$1\" = connect ] && [ -e '{log}.refuse' ]; then echo \"r0: Failure: (125) Device has a net-config (use disconnect first)\" >&2; exit 10; fi\nexit 0\n",
                 log = log.display()
             ),
         )
@@ -238,8 +264,17 @@ mod tests {
         reconnect(&c, false).await.unwrap();
         assert_eq!(
             std::fs::read_to_string(&log).unwrap(),
-            "disconnect r0\nconnect --discard-my-data r0\ndisconnect r0\nconnect r0\n"
+            "role r0\ndisconnect r0\nconnect --discard-my-data r0\ndisconnect r0\nconnect r0\n"
         );
+        // A Primary's data is never discarded; a plain connect is fine.
+        std::fs::write(format!("{}.primary", log.display()), "").unwrap();
+        std::fs::write(&log, "").unwrap();
+        let e = reconnect(&c, true).await.unwrap_err();
+        assert!(matches!(e, ActionError::DiscardOnPrimary { .. }), "{e}");
+        assert!(e.to_string().contains("drbdadm secondary r0"), "{e}");
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "role r0\n");
+        reconnect(&c, false).await.unwrap();
+        std::fs::remove_file(format!("{}.primary", log.display())).unwrap();
         std::fs::write(format!("{}.refuse", log.display()), "").unwrap();
         let e = reconnect(&c, true).await.unwrap_err();
         assert!(

@@ -78,6 +78,9 @@ pub enum ActionError {
         stderr: String,
     },
 
+    #[error("refusing `drbdadm connect --discard-my-data {resource}`: this host is DRBD Primary and may be serving; stop serving and demote it first (unexport, unmount, `drbdadm secondary {resource}`), then retry")]
+    DiscardOnPrimary { resource: String },
+
     #[error("`{command}` failed ({}): {stderr}; check that the device exists and holds a {fstype} filesystem (is DRBD Primary here?) and that the mountpoint is free", fmt_code(*.code))]
     MountFailed {
         command: String,
