@@ -95,6 +95,7 @@ fn reachable(v: &AgentView, cfg: &DetectorConfig) -> bool {
 /// order; empty when there is nothing to do. Pure.
 ///
 /// - Only a reachable standby can be commanded; an unreachable one is an alert.
+///   Only reports of the agents' current sessions count (`stale_report`).
 /// - `ReleaseIp`, `UnexportNfs`, `Unmount` when it reports the client IP, exports,
 ///   a mount (only on an agent configured to serve: an observe-only agent cannot
 ///   act on them, the alert says it).
@@ -120,14 +121,17 @@ pub fn stand_down_steps(
     cfg: &DetectorConfig,
 ) -> Vec<StandDownStep> {
     let mut steps = Vec::new();
-    if !reachable(standby, cfg) {
+    // Only on what the agent reported on its current session: a reconnected
+    // (maybe restarted) agent's previous report says nothing about it now.
+    if !reachable(standby, cfg) || standby.stale_report {
         return steps;
     }
+    let serving_current = reachable(serving, cfg) && !serving.stale_report;
     if let Some(h) = standby.host.as_ref().filter(|h| h.serving_managed) {
         if h.client_ip_present {
             steps.push(StandDownStep::ReleaseIp);
-            let serving_holds = reachable(serving, cfg)
-                && serving.host.as_ref().is_some_and(|h| h.client_ip_present);
+            let serving_holds =
+                serving_current && serving.host.as_ref().is_some_and(|h| h.client_ip_present);
             if serving_holds {
                 steps.push(StandDownStep::AnnounceServingIp);
             }
@@ -146,7 +150,7 @@ pub fn stand_down_steps(
     if b_primary || (b_stale && b.is_some_and(|d| d.role == "Secondary")) {
         steps.push(StandDownStep::Demote);
     }
-    let s = serving.drbd.as_ref().filter(|_| reachable(serving, cfg));
+    let s = serving.drbd.as_ref().filter(|_| serving_current);
     let s_keeps = s.is_some_and(|d| d.role == "Primary" && d.disk == "UpToDate");
     let discard = (b_primary || b_standalone) && s_keeps;
     if discard {
@@ -1010,6 +1014,26 @@ mod tests {
             "{:?}",
             dec.alerts
         );
+        // Just reconnected, still showing the report of its previous session: not
+        // acted on until it reports on this one.
+        let mut reconnected = thawed.clone();
+        reconnected.stale_report = true;
+        assert!(!matches!(
+            decide(&p, &serving, &reconnected, NOW, &cfg()).action,
+            Action::StandDown(_)
+        ));
+        // The serving server's report is from an earlier session: its data is
+        // not known to be the one to keep, nothing is discarded yet.
+        let mut serving_reconnected = serving.clone();
+        serving_reconnected.stale_report = true;
+        assert_eq!(
+            decide(&p, &serving_reconnected, &thawed, NOW, &cfg()).action,
+            Action::StandDown(vec![
+                StandDownStep::UnexportNfs,
+                StandDownStep::Unmount,
+                StandDownStep::Demote,
+            ])
+        );
         // Stood down and reconnecting, the serving side still StandAlone: only
         // the serving side's reconnection is left.
         let mut after = thawed.clone();
@@ -1091,7 +1115,9 @@ mod tests {
         down.drbd = None;
         let mut unknown = stale.clone();
         unknown.drbd.as_mut().unwrap().role = "Unknown".into();
-        for b in [gone, down, unknown] {
+        let mut reconnected = stale.clone();
+        reconnected.stale_report = true;
+        for b in [gone, down, unknown, reconnected] {
             assert!(
                 stand_down_steps(&serving_alive(), &b, 3, &cfg()).is_empty(),
                 "{b:?}"

@@ -35,6 +35,9 @@ pub struct AgentView {
     /// The highest pair epoch the agent said (in its Hello) it has accepted (S4);
     /// `None` if it never said hello to this leader.
     pub highest_epoch: Option<u64>,
+    /// `drbd` and `host` come from a report of an earlier session: the agent
+    /// reconnected (maybe restarted) and has not reported on this one yet.
+    pub stale_report: bool,
 }
 
 /// Result of [`observe`].
@@ -113,6 +116,9 @@ fn standby_serving_alert(
         (_, PairState::Paused | PairState::Blocked) => format!(
             "STANDBY SERVING: {b_id} is {what}{stale}, but the pair is {}: not standing it down automatically; stand it down by hand (release the IP, unexport, unmount, `drbdadm secondary`, `drbdadm connect --discard-my-data`)",
             pair.state
+        ),
+        (true, _) if backup.stale_report => format!(
+            "STANDBY SERVING: {b_id} was {what} at its last report; its agent reconnected and has not reported yet"
         ),
         (true, _) => format!("STANDBY SERVING: {b_id} is {what}{stale}: standing it down"),
         (false, _) => format!(
@@ -452,6 +458,20 @@ mod tests {
             assert_eq!(a.len(), 1, "{:?}", o.alerts);
             assert!(a[0].contains(want), "{a:?}");
         }
+        // Reconnected, not reported yet: from the last report, saying so.
+        let mut reconnected = b.clone();
+        reconnected.stale_report = true;
+        let o = observe(
+            &pair(PairState::Degraded),
+            &primary_ok(),
+            &reconnected,
+            1000,
+        );
+        assert!(
+            o.alerts.iter().any(|a| a.starts_with("STANDBY SERVING: b was Primary/mounted/exporting/holding the client IP at its last report; its agent reconnected")),
+            "{:?}",
+            o.alerts
+        );
         // Unreachable: the last report still raises it, saying so.
         let mut silent = b.clone();
         silent.connected = false;

@@ -458,3 +458,80 @@ fn a_backup_holding_the_client_ip_is_made_to_release_it() {
     });
     assert_eq!(got, b"served by fsa");
 }
+
+/// The old primary that died (fenced and killed as usual) and comes back clean is
+/// still stale: it said hello with the old epoch. The controller gives it the
+/// current one (a no-op demote), so commands of the earlier epoch can no longer
+/// move it, and it rejoins as the in-sync backup.
+#[test]
+fn a_killed_old_primary_that_returns_learns_the_epoch_and_rejoins() {
+    let mut c = NsCluster::start();
+    let _logs = c.keep_logs_on_panic();
+    c.nfs_write("kept.txt", b"before the crash")
+        .expect("write through NFS");
+    c.wait_replicated(Duration::from_secs(4), Duration::from_secs(30));
+    c.kill_host(0);
+    c.wait_status("failover to fsb", Duration::from_secs(30), |s| {
+        pair(s, PAIR)["state"] == "Degraded" && pair(s, PAIR)["serving"] == "fs1-fsb"
+    });
+    let epoch_file = c.hosts[0].dir.join("agent-state").join("highest-epoch");
+    let before = fs::read_to_string(&epoch_file).unwrap_or_default();
+    assert!(
+        before.trim().is_empty() || before.starts_with("0 "),
+        "{before:?}"
+    );
+    c.revive_host(0);
+    let mut seen: Vec<String> = Vec::new();
+    c.wait_status(
+        "pair Healthy with fsa back as the backup",
+        Duration::from_secs(60),
+        |s| {
+            for l in history(s) {
+                if !seen.contains(&l) {
+                    seen.push(l);
+                }
+            }
+            let a = &server(s, PAIR, "fs1-fsa")["drbd"];
+            pair(s, PAIR)["state"] == "Healthy"
+                && a["role"] == "Secondary"
+                && a["disk"] == "UpToDate"
+                && a["replication"] == "Established"
+        },
+    );
+    // It accepts (and persists) the current epoch with a no-op demote.
+    wait_for("fsa at epoch 1", Duration::from_secs(10), || {
+        fs::read_to_string(&epoch_file)
+            .ok()
+            .filter(|e| e.starts_with("1 "))
+    });
+    let s = c.wait_status("the demote in the history", Duration::from_secs(5), |s| {
+        for l in history(s) {
+            if !seen.contains(&l) {
+                seen.push(l);
+            }
+        }
+        seen.iter()
+            .any(|l| l.starts_with("S10 stand-down of fs1-fsa: Demote done"))
+    });
+    let h = seen.join("\n");
+    // Nothing but the demote: the restarted agent's report from before the crash
+    // (Primary, mounted, exporting, client IP) is not acted on.
+    let s10: Vec<&String> = seen.iter().filter(|l| l.starts_with("S10")).collect();
+    assert_eq!(s10.len(), 2, "{h}");
+    assert!(
+        s10[0].starts_with("S10 stand-down of fs1-fsa: Demote started"),
+        "{h}"
+    );
+    assert!(
+        s10[1].starts_with("S10 stand-down of fs1-fsa: Demote done"),
+        "{h}"
+    );
+    assert_eq!(pair(&s, PAIR)["epoch"], 1);
+    assert_eq!(pair(&s, PAIR)["serving"], "fs1-fsb");
+    assert_eq!(c.exporting_hosts(), vec!["fsb"]);
+    assert_eq!(c.ip_holders(), vec!["fsb"]);
+    let got = wait_for("NFS read", Duration::from_secs(15), || {
+        c.nfs_read("kept.txt").ok()
+    });
+    assert_eq!(got, b"before the crash");
+}
