@@ -172,6 +172,17 @@ impl Handler {
                 a.release_ip().await?;
                 format!("{} released", c.ip)
             }
+            Action::Connect(c) => {
+                a.reconnect(c.discard_my_data).await?;
+                format!(
+                    "drbdadm disconnect; drbdadm connect{}",
+                    if c.discard_my_data {
+                        " --discard-my-data"
+                    } else {
+                        ""
+                    }
+                )
+            }
         })
     }
 }

@@ -114,6 +114,11 @@ pub enum CloudConfig {
         /// a namespace of its own (namespace tests with controller partitions).
         #[serde(default)]
         root_netns: Option<String>,
+        /// Whether the fence's forced stop SIGKILLs the server's processes
+        /// (default true). false: the fence isolates without killing, like an
+        /// EC2 isolate whose stop has not landed (tests of S10 use it).
+        #[serde(default = "default_kill_processes")]
+        kill_processes: bool,
     },
     /// Amazon EC2 (or moto's EC2 server, with `endpoint_url`).
     Ec2(understudy_cloud_ec2::Ec2Config),
@@ -124,6 +129,9 @@ fn default_netns_prefix() -> String {
 }
 fn default_prefix_len() -> u8 {
     24
+}
+fn default_kill_processes() -> bool {
+    true
 }
 
 impl CloudConfig {
@@ -159,10 +167,12 @@ impl CloudConfig {
                 netns_prefix,
                 prefix_len,
                 root_netns,
+                kill_processes,
             } => {
                 let mut c =
                     understudy_cloud::local::LocalConfig::new(netns_prefix.clone(), *prefix_len);
                 c.root_netns = root_netns.clone();
+                c.kill_processes = *kill_processes;
                 Ok(std::sync::Arc::new(
                     understudy_cloud::local::LocalCloud::new(c),
                 ))
@@ -330,6 +340,25 @@ zone = "a"
 primary = { id = "fs1-a", address = "198.18.0.2", zone = "a" }
 backup = { id = "fs1-b", address = "198.18.0.3", zone = "a" }
 "#;
+
+    #[test]
+    fn local_cloud_kills_processes_unless_told_not_to() {
+        let kills = |extra: &str| {
+            let c = ControllerConfig::parse(&format!("{GOOD}\n[cloud]\nkind = \"local\"\n{extra}"))
+                .unwrap();
+            match c.cloud {
+                CloudConfig::Local { kill_processes, .. } => kill_processes,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert!(kills(""));
+        assert!(!kills("kill_processes = false"));
+        assert!(ControllerConfig::parse(&format!(
+            "{GOOD}\n[cloud]\nkind = \"local\"\nkill_process = false"
+        ))
+        .unwrap_err()
+        .contains("unknown field"));
+    }
 
     #[test]
     fn parses_a_good_config() {

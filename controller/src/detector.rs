@@ -19,9 +19,13 @@
 //!   resumed. After an automatic failover, another one within `flap_holdoff_ms`
 //!   blocks the pair unless an operator acknowledged.
 //! - `Paused` and `Blocked` pairs get no automatic action.
+//! - **S10, stand down.** A reachable standby that reports any serving state (DRBD
+//!   Primary, mounted, exporting, the client IP) outside a failover plan is stood
+//!   down before anything else is decided: release the IP, unexport, unmount,
+//!   demote, then reconnect DRBD discarding its data (see [`stand_down_steps`]).
 
-use crate::observe::{backup_in_sync, observe, AgentView, Observation};
-use crate::state::{PairRecord, PairState, Step};
+use crate::observe::{backup_in_sync, observe, serving_state, AgentView, Observation};
+use crate::state::{PairRecord, PairState, StandDownStep, Step};
 
 /// Detector timings, in milliseconds.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
@@ -100,6 +104,10 @@ pub enum Action {
     /// The serving server holds the DRBD primary role but does not serve yet
     /// (bring-up, or an agent restart): run these steps on it, no fencing needed.
     Serve(Vec<Step>),
+    /// S10: the standby serves (or its DRBD must reconnect after serving): run
+    /// these steps, in order, with the pair's current epoch. All on the standby
+    /// except those of [`StandDownStep::on_serving`], on the serving server.
+    StandDown(Vec<StandDownStep>),
     /// S1: commit that the standby `server` is outdated: it lost replication at
     /// `lost_peer_unix_ms` while the serving server was alive at
     /// `primary_alive_unix_ms`.
@@ -164,6 +172,82 @@ fn ms(v: Option<u64>) -> String {
         .unwrap_or_else(|| "never".into())
 }
 
+fn reachable(v: &AgentView, cfg: &DetectorConfig) -> bool {
+    v.connected && v.silent_ms.is_some_and(|s| s <= cfg.agent_timeout_ms)
+}
+
+/// S10: what it takes to stand the standby down and bring it back as a backup, in
+/// order; empty when there is nothing to do. Pure.
+///
+/// - Only a reachable standby can be commanded; an unreachable one is an alert.
+///   Only reports of the agents' current sessions count (`stale_report`).
+/// - `ReleaseIp`, `UnexportNfs`, `Unmount` when it reports the client IP, exports,
+///   a mount (only on an agent configured to serve: an observe-only agent cannot
+///   act on them, the alert says it).
+/// - `AnnounceServingIp` right after `ReleaseIp` when the serving server is
+///   reachable and holds the client IP: its gratuitous ARP takes back clients
+///   that resolved the address to the standby.
+/// - `Demote` when it is DRBD Primary.
+/// - `DiscardAndReconnect` when it was Primary (its data diverged from the serving
+///   server's) or its DRBD is `StandAlone` (a split brain was detected), and only
+///   if the serving server is reachable, Primary and UpToDate: its data is the one
+///   kept.
+/// - `ReconnectServing` when the serving server is reachable, Primary and
+///   `StandAlone` (the split brain dropped its connection too) and the standby is,
+///   or after these steps will be, a Secondary trying to connect.
+/// - A stale standby (its highest epoch below `pair_epoch`) that is a DRBD
+///   Secondary also gets `Demote`, a no-op there that carries the current epoch:
+///   the agent persists it (S4), so commands of a deposed leader or of an earlier
+///   epoch can no longer move it.
+pub fn stand_down_steps(
+    serving: &AgentView,
+    standby: &AgentView,
+    pair_epoch: u64,
+    cfg: &DetectorConfig,
+) -> Vec<StandDownStep> {
+    let mut steps = Vec::new();
+    // Only on what the agent reported on its current session: a reconnected
+    // (maybe restarted) agent's previous report says nothing about it now.
+    if !reachable(standby, cfg) || standby.stale_report {
+        return steps;
+    }
+    let serving_current = reachable(serving, cfg) && !serving.stale_report;
+    if let Some(h) = standby.host.as_ref().filter(|h| h.serving_managed) {
+        if h.client_ip_present {
+            steps.push(StandDownStep::ReleaseIp);
+            let serving_holds =
+                serving_current && serving.host.as_ref().is_some_and(|h| h.client_ip_present);
+            if serving_holds {
+                steps.push(StandDownStep::AnnounceServingIp);
+            }
+        }
+        if !h.exports.is_empty() {
+            steps.push(StandDownStep::UnexportNfs);
+        }
+        if h.mounted {
+            steps.push(StandDownStep::Unmount);
+        }
+    }
+    let b = standby.drbd.as_ref();
+    let b_primary = b.is_some_and(|d| d.role == "Primary");
+    let b_standalone = b.is_some_and(|d| d.connection == "StandAlone");
+    let b_stale = standby.highest_epoch.is_some_and(|e| e < pair_epoch);
+    if b_primary || (b_stale && b.is_some_and(|d| d.role == "Secondary")) {
+        steps.push(StandDownStep::Demote);
+    }
+    let s = serving.drbd.as_ref().filter(|_| serving_current);
+    let s_keeps = s.is_some_and(|d| d.role == "Primary" && d.disk == "UpToDate");
+    let discard = (b_primary || b_standalone) && s_keeps;
+    if discard {
+        steps.push(StandDownStep::DiscardAndReconnect);
+    }
+    let b_trying = discard || (b.is_some() && !b_primary && !b_standalone);
+    if s_keeps && s.is_some_and(|d| d.connection == "StandAlone") && b_trying {
+        steps.push(StandDownStep::ReconnectServing);
+    }
+    steps
+}
+
 /// Decide what to do with `pair` now. Pure; see the module documentation.
 pub fn decide(
     pair: &PairRecord,
@@ -188,8 +272,11 @@ pub fn decide(
         PairState::FailingOver | PairState::SwitchingOver
     ) {
         // S1 first, in every state: a standby that lost replication while the
-        // serving server went on is outdated, durably, before anything else.
-        if marked.is_none() {
+        // serving server went on is outdated, durably, before anything else but
+        // its stand-down (S10, below), which comes first where it applies.
+        let standing_down = !matches!(pair.state, PairState::Paused | PairState::Blocked)
+            && !stand_down_steps(serving, standby, pair.epoch, cfg).is_empty();
+        if marked.is_none() && !standing_down {
             if let Some((lost, alive)) =
                 replication_lost_while_serving(serving, standby, now_unix_ms, cfg)
             {
@@ -281,6 +368,46 @@ fn decide_main(
             }
         }
         _ => {}
+    }
+
+    // S10: a standby that serves is stood down before anything else.
+    let steps = stand_down_steps(serving, standby, pair.epoch, cfg);
+    if !steps.is_empty() {
+        let names: Vec<String> = steps.iter().map(|s| s.to_string()).collect();
+        let what = serving_state(standby);
+        let why = if what.is_empty() {
+            match (standby.drbd.as_ref(), serving.drbd.as_ref()) {
+                (Some(b), _) if b.connection == "StandAlone" => format!(
+                    "{b_id}'s DRBD is StandAlone (split brain): it must resynchronise from {s_id}, discarding its data"
+                ),
+                (_, Some(s)) if s.connection == "StandAlone" && steps.contains(&StandDownStep::ReconnectServing) => format!(
+                    "{s_id}'s DRBD is StandAlone (split brain with {b_id}): it must listen again so {b_id} resynchronises from it"
+                ),
+                _ => format!(
+                    "{b_id} serves nothing but has not accepted epoch {} yet (a no-op demote carries it)",
+                    pair.epoch
+                ),
+            }
+        } else {
+            format!(
+                "{b_id} is {} while {s_id} is the pair's file server",
+                what.join("/")
+            )
+        };
+        let stale = match standby.highest_epoch {
+            Some(e) if e < pair.epoch => {
+                format!(" ({b_id} is stale: it said hello with epoch {e})")
+            }
+            _ => String::new(),
+        };
+        return d(
+            Action::StandDown(steps),
+            format!(
+                "S10 stand down: {why}{stale}; with epoch {}: {}",
+                pair.epoch,
+                names.join(", ")
+            ),
+        );
     }
 
     let standby_up =
@@ -1247,6 +1374,414 @@ mod tests {
         for c in bad {
             assert!(c.validate(200).is_err(), "{c:?}");
         }
+    }
+
+    fn host(mounted: bool, exports: bool, ip: bool, managed: bool) -> understudy_proto::HostStatus {
+        understudy_proto::HostStatus {
+            mounted,
+            exports: if exports {
+                vec!["/export".into()]
+            } else {
+                vec![]
+            },
+            client_ip_present: ip,
+            self_checks: vec![],
+            serving_managed: managed,
+        }
+    }
+
+    /// The brief's scenario: the old primary thaws after the failover, still
+    /// Primary, mounted and exporting (the fence took its IP), split-brained.
+    #[test]
+    fn a_thawed_old_primary_is_stood_down_with_the_current_epoch() {
+        let mut p = pair(PairState::Degraded);
+        p.serving = Some("b".into());
+        let serving = AgentView {
+            drbd: Some(sum(
+                "Primary",
+                "UpToDate",
+                "StandAlone",
+                "Off",
+                "DUnknown",
+                Some(4096),
+            )),
+            host: Some(host(true, true, true, true)),
+            highest_epoch: Some(3),
+            ..serving_alive()
+        };
+        let thawed = AgentView {
+            connected: true,
+            silent_ms: Some(20),
+            drbd: Some(sum(
+                "Primary",
+                "UpToDate",
+                "StandAlone",
+                "Off",
+                "DUnknown",
+                Some(8192),
+            )),
+            peer_lost_ms: Some(30_000),
+            host: Some(host(true, true, false, true)),
+            highest_epoch: Some(2),
+            ..Default::default()
+        };
+        let dec = decide(&p, &serving, &thawed, NOW, &cfg());
+        assert_eq!(
+            dec.action,
+            Action::StandDown(vec![
+                StandDownStep::UnexportNfs,
+                StandDownStep::Unmount,
+                StandDownStep::Demote,
+                StandDownStep::DiscardAndReconnect,
+                StandDownStep::ReconnectServing,
+            ])
+        );
+        assert_eq!(
+            dec.reason,
+            "S10 stand down: a is Primary/mounted/exporting while b is the pair's file server (a is stale: it said hello with epoch 2); with epoch 3: UnexportNfs, Unmount, Demote, DiscardAndReconnect, ReconnectServing"
+        );
+        assert!(
+            dec.alerts
+                .iter()
+                .any(|a| a.starts_with("STANDBY SERVING: a is Primary/mounted/exporting")),
+            "{:?}",
+            dec.alerts
+        );
+        // Just reconnected, still showing the report of its previous session: not
+        // acted on until it reports on this one.
+        let mut reconnected = thawed.clone();
+        reconnected.stale_report = true;
+        assert!(!matches!(
+            decide(&p, &serving, &reconnected, NOW, &cfg()).action,
+            Action::StandDown(_)
+        ));
+        // The serving server's report is from an earlier session: its data is
+        // not known to be the one to keep, nothing is discarded yet.
+        let mut serving_reconnected = serving.clone();
+        serving_reconnected.stale_report = true;
+        assert_eq!(
+            decide(&p, &serving_reconnected, &thawed, NOW, &cfg()).action,
+            Action::StandDown(vec![
+                StandDownStep::UnexportNfs,
+                StandDownStep::Unmount,
+                StandDownStep::Demote,
+            ])
+        );
+        // Stood down and reconnecting, the serving side still StandAlone: only
+        // the serving side's reconnection is left.
+        let mut after = thawed.clone();
+        after.drbd = Some(sum(
+            "Secondary",
+            "UpToDate",
+            "Connecting",
+            "Off",
+            "DUnknown",
+            Some(0),
+        ));
+        after.host = Some(host(false, false, false, true));
+        // It accepted epoch 3 with the stand-down's commands.
+        after.highest_epoch = Some(3);
+        let dec = decide(&p, &serving, &after, NOW, &cfg());
+        assert_eq!(
+            dec.action,
+            Action::StandDown(vec![StandDownStep::ReconnectServing])
+        );
+        assert!(
+            dec.reason.contains("b's DRBD is StandAlone"),
+            "{}",
+            dec.reason
+        );
+        // Both listening again: back to the usual Degraded -> Rebuilding path.
+        let mut serving_back = serving.clone();
+        serving_back.drbd = Some(sum(
+            "Primary",
+            "UpToDate",
+            "Connected",
+            "SyncSource",
+            "Inconsistent",
+            Some(4096),
+        ));
+        after.drbd = Some(sum(
+            "Secondary",
+            "Inconsistent",
+            "Connected",
+            "SyncTarget",
+            "UpToDate",
+            Some(4096),
+        ));
+        after.peer_lost_ms = None;
+        let dec = decide(&p, &serving_back, &after, NOW, &cfg());
+        assert_eq!(dec.action, Action::SetState(PairState::Rebuilding));
+    }
+
+    #[test]
+    fn a_stale_standby_that_serves_nothing_is_given_the_current_epoch() {
+        let mut stale = standby(in_sync(), None, Some(in_sync()));
+        stale.highest_epoch = Some(2);
+        let dec = decide(
+            &pair(PairState::Healthy),
+            &serving_alive(),
+            &stale,
+            NOW,
+            &cfg(),
+        );
+        assert_eq!(dec.action, Action::StandDown(vec![StandDownStep::Demote]));
+        assert!(
+            dec.reason
+                .contains("b serves nothing but has not accepted epoch 3 yet"),
+            "{}",
+            dec.reason
+        );
+        // At the pair's epoch (or above, or never said): nothing to do.
+        for e in [Some(3), Some(4), None] {
+            let mut b = stale.clone();
+            b.highest_epoch = e;
+            let dec = decide(&pair(PairState::Healthy), &serving_alive(), &b, NOW, &cfg());
+            assert_eq!(dec.action, Action::Nothing, "{e:?}: {dec:?}");
+        }
+        // Unreachable: nothing can be sent. DRBD not reported or not a
+        // Secondary: no demote that could not succeed.
+        let mut gone = stale.clone();
+        gone.connected = false;
+        gone.silent_ms = Some(5000);
+        let mut down = stale.clone();
+        down.drbd = None;
+        let mut unknown = stale.clone();
+        unknown.drbd.as_mut().unwrap().role = "Unknown".into();
+        let mut reconnected = stale.clone();
+        reconnected.stale_report = true;
+        for b in [gone, down, unknown, reconnected] {
+            assert!(
+                stand_down_steps(&serving_alive(), &b, 3, &cfg()).is_empty(),
+                "{b:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn stand_down_is_never_automatic_when_paused_blocked_or_during_a_plan() {
+        let b = AgentView {
+            connected: true,
+            silent_ms: Some(10),
+            drbd: Some(sum(
+                "Primary",
+                "UpToDate",
+                "StandAlone",
+                "Off",
+                "DUnknown",
+                Some(0),
+            )),
+            host: Some(host(true, true, true, true)),
+            ..Default::default()
+        };
+        for state in [
+            PairState::Paused,
+            PairState::Blocked,
+            PairState::FailingOver,
+            PairState::SwitchingOver,
+        ] {
+            let dec = decide(&pair(state), &serving_alive(), &b, NOW, &cfg());
+            assert!(
+                !matches!(dec.action, Action::StandDown(_)),
+                "{state}: {dec:?}"
+            );
+        }
+    }
+
+    /// Every combination of what the standby and the serving server report:
+    /// the steps are exactly those the rules call for, in order.
+    #[test]
+    fn stand_down_steps_over_every_combination() {
+        let mut n = 0;
+        let mut seen = std::collections::BTreeSet::new();
+        for b_epoch in [None, Some(2u64)] {
+            for b_reach in [true, false] {
+                for b_role in ["Primary", "Secondary", "Unknown"] {
+                    for b_conn in ["Connected", "Connecting", "StandAlone"] {
+                        for (mounted, exports, ip) in
+                            (0..8).map(|i| (i & 1 != 0, i & 2 != 0, i & 4 != 0))
+                        {
+                            for managed in [true, false] {
+                                for s_reach in [true, false] {
+                                    for s_role in ["Primary", "Secondary"] {
+                                        for s_disk in ["UpToDate", "Outdated"] {
+                                            for (s_conn, s_ip) in [
+                                                ("Connected", true),
+                                                ("StandAlone", true),
+                                                ("Connected", false),
+                                                ("StandAlone", false),
+                                            ] {
+                                                for state in [
+                                                    PairState::Healthy,
+                                                    PairState::Suspect,
+                                                    PairState::Rebuilding,
+                                                    PairState::Degraded,
+                                                ] {
+                                                    n += 1;
+                                                    let b = AgentView {
+                                                        connected: b_reach,
+                                                        highest_epoch: b_epoch,
+                                                        silent_ms: Some(if b_reach {
+                                                            10
+                                                        } else {
+                                                            5000
+                                                        }),
+                                                        drbd: Some(sum(
+                                                            b_role,
+                                                            "UpToDate",
+                                                            b_conn,
+                                                            "Off",
+                                                            "DUnknown",
+                                                            Some(0),
+                                                        )),
+                                                        host: Some(host(
+                                                            mounted, exports, ip, managed,
+                                                        )),
+                                                        ..Default::default()
+                                                    };
+                                                    let s = AgentView {
+                                                        connected: s_reach,
+                                                        silent_ms: Some(if s_reach {
+                                                            10
+                                                        } else {
+                                                            5000
+                                                        }),
+                                                        drbd: Some(sum(
+                                                            s_role,
+                                                            s_disk,
+                                                            s_conn,
+                                                            "Off",
+                                                            "DUnknown",
+                                                            Some(0),
+                                                        )),
+                                                        host: Some(host(true, true, s_ip, true)),
+                                                        ..Default::default()
+                                                    };
+                                                    let mut p = pair(state);
+                                                    p.serving = Some("a".into());
+                                                    let got =
+                                                        stand_down_steps(&s, &b, p.epoch, &cfg());
+                                                    // The rules, restated.
+                                                    let mut want = Vec::new();
+                                                    let keeps = s_reach
+                                                        && s_role == "Primary"
+                                                        && s_disk == "UpToDate";
+                                                    if b_reach {
+                                                        if managed && ip {
+                                                            want.push(StandDownStep::ReleaseIp);
+                                                        }
+                                                        if managed && ip && s_reach && s_ip {
+                                                            want.push(
+                                                                StandDownStep::AnnounceServingIp,
+                                                            );
+                                                        }
+                                                        if managed && exports {
+                                                            want.push(StandDownStep::UnexportNfs);
+                                                        }
+                                                        if managed && mounted {
+                                                            want.push(StandDownStep::Unmount);
+                                                        }
+                                                        let stale =
+                                                            b_epoch.is_some_and(|e| e < p.epoch);
+                                                        if b_role == "Primary"
+                                                            || (stale && b_role == "Secondary")
+                                                        {
+                                                            want.push(StandDownStep::Demote);
+                                                        }
+                                                        let discard = keeps
+                                                            && (b_role == "Primary"
+                                                                || b_conn == "StandAlone");
+                                                        if discard {
+                                                            want.push(
+                                                                StandDownStep::DiscardAndReconnect,
+                                                            );
+                                                        }
+                                                        if keeps
+                                                            && s_conn == "StandAlone"
+                                                            && (discard
+                                                                || (b_role != "Primary"
+                                                                    && b_conn != "StandAlone"))
+                                                        {
+                                                            want.push(
+                                                                StandDownStep::ReconnectServing,
+                                                            );
+                                                        }
+                                                    }
+                                                    assert_eq!(got, want, "b {b_reach} {b_role} {b_conn} m{mounted} e{exports} ip{ip} managed {managed}; s {s_reach} {s_role} {s_disk} {s_conn}");
+                                                    // In order, each at most once.
+                                                    assert!(
+                                                        got.windows(2).all(|w| w[0] < w[1]),
+                                                        "{got:?}"
+                                                    );
+                                                    // Never discard the data of a standby unless a
+                                                    // live UpToDate Primary keeps its own.
+                                                    if got.contains(
+                                                        &StandDownStep::DiscardAndReconnect,
+                                                    ) {
+                                                        assert!(keeps);
+                                                    }
+                                                    // Demote always after the IP, NFS and mount are gone.
+                                                    if let Some(i) = got
+                                                        .iter()
+                                                        .position(|s| *s == StandDownStep::Demote)
+                                                    {
+                                                        assert!(got[i..]
+                                                            .iter()
+                                                            .all(|s| *s >= StandDownStep::Demote));
+                                                    }
+                                                    // decide() acts on exactly these steps, before any other rule.
+                                                    let dec = decide(&p, &s, &b, NOW, &cfg());
+                                                    if got.is_empty() {
+                                                        assert!(
+                                                            !matches!(
+                                                                dec.action,
+                                                                Action::StandDown(_)
+                                                            ),
+                                                            "{dec:?}"
+                                                        );
+                                                    } else {
+                                                        assert_eq!(
+                                                            dec.action,
+                                                            Action::StandDown(got.clone())
+                                                        );
+                                                        assert!(
+                                                            dec.reason
+                                                                .starts_with("S10 stand down: "),
+                                                            "{}",
+                                                            dec.reason
+                                                        );
+                                                    }
+                                                    // A standby that serves never gets a failover on top.
+                                                    if !serving_state(&b).is_empty() && b_reach {
+                                                        assert!(!matches!(
+                                                            dec.action,
+                                                            Action::StartFailover { .. }
+                                                        ));
+                                                    }
+                                                    seen.insert(got);
+                                                }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(n > 10_000, "{n}");
+        // The grid reaches the interesting step lists, not only the empty one.
+        assert!(seen.len() > 20, "{}", seen.len());
+        assert!(seen.contains(&vec![StandDownStep::ReconnectServing]));
+        assert!(seen.contains(&vec![
+            StandDownStep::ReleaseIp,
+            StandDownStep::AnnounceServingIp
+        ]));
+        assert!(seen.contains(&vec![
+            StandDownStep::DiscardAndReconnect,
+            StandDownStep::ReconnectServing
+        ]));
     }
 
     #[test]

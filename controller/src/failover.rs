@@ -29,7 +29,10 @@ use tokio::sync::watch;
 use tracing::Instrument;
 use understudy_cloud::{Cloud, CloudServer};
 use understudy_proto::command::Action as Cmd;
-use understudy_proto::{ClaimIp, Command, DrbdPromote, ExportNfs, Mount};
+use understudy_proto::{
+    ClaimIp, Command, DrbdConnect, DrbdDemote, DrbdPromote, ExportNfs, Mount, ReleaseIp,
+    UnexportNfs, Unmount,
+};
 
 use crate::fence::Fencer;
 use crate::liveness::Liveness;
@@ -37,7 +40,8 @@ use crate::node::{now_unix_ms, write, LeaderView};
 use crate::raft::store::SharedState;
 use crate::raft::Raft;
 use crate::state::{
-    FailoverPlan, PairRecord, PairState, Request, Response, ServerSpec, Step, StepStatus,
+    FailoverPlan, PairRecord, PairState, Request, Response, ServerSpec, StandDownStatus,
+    StandDownStep, Step, StepStatus,
 };
 
 /// Executor timings and the Verify probe.
@@ -429,6 +433,21 @@ impl Executor {
         term: u64,
         action: Cmd,
     ) -> Result<String, String> {
+        self.command(&plan.to, &pair.spec.id, plan.epoch, term, action)
+            .await
+    }
+
+    /// Send a command carrying the fencing token (`epoch`, `term`) to `server`'s
+    /// agent and wait for its result, retrying while its session is not there,
+    /// for up to `agent_step_timeout_ms`.
+    async fn command(
+        &self,
+        server: &str,
+        pair_id: &str,
+        epoch: u64,
+        term: u64,
+        action: Cmd,
+    ) -> Result<String, String> {
         let deadline = Instant::now() + Duration::from_millis(self.cfg.agent_step_timeout_ms);
         let mut last = String::new();
         while Instant::now() < deadline {
@@ -446,27 +465,28 @@ impl Executor {
             let cmd = Command {
                 command_id: 0,
                 raft_term: term,
-                epoch: plan.epoch,
-                pair_id: pair.spec.id.clone(),
+                epoch,
+                pair_id: pair_id.to_owned(),
                 timeout_ms: bound.as_millis() as u64,
                 action: Some(action.clone()),
             };
-            match self.liveness.send_command(&plan.to, cmd) {
+            match self.liveness.send_command(server, cmd) {
                 Err(e) => last = e,
                 Ok(rx) => {
                     let left = bound + RESULT_GRACE;
                     match tokio::time::timeout(left, rx).await {
                         Ok(Ok(r)) if r.ok => {
-                            return Ok(format!("{} ({} ms on the agent)", r.detail, r.duration_ms))
+                            self.liveness.note_epoch(server, epoch);
+                            return Ok(format!("{} ({} ms on the agent)", r.detail, r.duration_ms));
                         }
-                        Ok(Ok(r)) => return Err(format!("{} refused: {}", plan.to, r.error)),
+                        Ok(Ok(r)) => return Err(format!("{server} refused: {}", r.error)),
                         Ok(Err(_)) => {
-                            last = format!("{}'s session closed before answering", plan.to)
+                            last = format!("{server}'s session closed before answering")
                         }
                         Err(_) => {
                             return Err(format!(
                                 "{} gave no answer within {} ms of its {} ms bound: its agent is stuck; check it before retrying",
-                                plan.to,
+                                server,
                                 RESULT_GRACE.as_millis(),
                                 bound.as_millis()
                             ))
@@ -480,6 +500,101 @@ impl Executor {
             "no result within {} ms: {last}",
             self.cfg.agent_step_timeout_ms
         ))
+    }
+
+    /// S10: stand down the standby that serves, then let it reconnect as the
+    /// backup, discarding its data: each step's command carries the pair's current
+    /// epoch (so a stale old primary learns it, S4) and is recorded in Raft
+    /// (`Started` committed before the command is sent, the result after). Stops at
+    /// the first failure; the next decision retries from what the agents report.
+    pub async fn stand_down(&self, pair_id: &str, steps: Vec<StandDownStep>) {
+        let view = self.leader.borrow().clone();
+        let Some(pair) = self.pair(pair_id) else {
+            return;
+        };
+        if !view.is_leader || pair.failover.is_some() {
+            return;
+        }
+        let (serving, standby) = (pair.serving_id().to_owned(), pair.standby_id().to_owned());
+        let span = tracing::info_span!("stand_down", pair = %pair_id, epoch = pair.epoch, server = %standby);
+        let commanded: std::collections::BTreeSet<&str> = steps
+            .iter()
+            .map(|s| {
+                if s.on_serving() {
+                    serving.as_str()
+                } else {
+                    standby.as_str()
+                }
+            })
+            .collect();
+        async {
+            for step in steps {
+                let server = if step.on_serving() { &serving } else { &standby };
+                let record = |status| Request::StandDownStep {
+                    pair_id: pair_id.into(),
+                    epoch: pair.epoch,
+                    server: server.clone(),
+                    step,
+                    status,
+                    at_unix_ms: now_unix_ms(),
+                };
+                if let Err(e) = self
+                    .commit(record(StandDownStatus::Started { term: view.term }))
+                    .await
+                {
+                    tracing::warn!(%step, error = %e, "stand-down paused: cannot commit");
+                    return;
+                }
+                let t0 = Instant::now();
+                let out = self
+                    .command(server, pair_id, pair.epoch, view.term, stand_down_command(step, &pair))
+                    .await;
+                let duration_ms = t0.elapsed().as_millis() as u64;
+                let status = match &out {
+                    Ok(detail) => {
+                        tracing::info!(%step, on = %server, duration_ms, %detail, "stand-down step done");
+                        StandDownStatus::Done {
+                            duration_ms,
+                            detail: detail.clone(),
+                        }
+                    }
+                    Err(reason) => {
+                        tracing::warn!(%step, on = %server, duration_ms, %reason, "stand-down step failed");
+                        StandDownStatus::Failed {
+                            duration_ms,
+                            reason: reason.clone(),
+                        }
+                    }
+                };
+                if let Err(e) = self.commit(record(status)).await {
+                    tracing::warn!(%step, error = %e, "stand-down paused: cannot commit");
+                    return;
+                }
+                if out.is_err() {
+                    // Let the next decision retry, not too eagerly.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    return;
+                }
+            }
+            // Decide again only on reports sent after the last command, so the
+            // same steps are not started twice on a view from before them.
+            let done = Instant::now();
+            let deadline = done + Duration::from_secs(2);
+            while Instant::now() < deadline {
+                let fresh = |id: &str| {
+                    self.liveness
+                        .get(id)
+                        .and_then(|v| v.last_report_at)
+                        .is_some_and(|t| t > done)
+                };
+                if commanded.iter().all(|id| fresh(id)) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        .instrument(span)
+        .await
     }
 
     /// An NFS read through the client IP, as a client would do it.
@@ -522,5 +637,28 @@ impl Executor {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// The agent command of a stand-down step (S10).
+fn stand_down_command(step: StandDownStep, pair: &PairRecord) -> Cmd {
+    match step {
+        StandDownStep::ReleaseIp => Cmd::ReleaseIp(ReleaseIp {
+            ip: pair.spec.client_ip.clone(),
+            prefix_len: pair.spec.client_ip_prefix_len as u32,
+        }),
+        StandDownStep::AnnounceServingIp => Cmd::ClaimIp(ClaimIp {
+            ip: pair.spec.client_ip.clone(),
+            prefix_len: pair.spec.client_ip_prefix_len as u32,
+        }),
+        StandDownStep::UnexportNfs => Cmd::UnexportNfs(UnexportNfs {}),
+        StandDownStep::Unmount => Cmd::Unmount(Unmount {}),
+        StandDownStep::Demote => Cmd::Demote(DrbdDemote {}),
+        StandDownStep::DiscardAndReconnect => Cmd::Connect(DrbdConnect {
+            discard_my_data: true,
+        }),
+        StandDownStep::ReconnectServing => Cmd::Connect(DrbdConnect {
+            discard_my_data: false,
+        }),
     }
 }

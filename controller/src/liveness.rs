@@ -22,6 +22,9 @@ pub struct ServerView {
     pub connected: bool,
     /// Identifies the session that last touched this entry.
     pub session: u64,
+    /// When the current session opened: a report older than this was sent by an
+    /// earlier session (maybe an earlier agent process) and is not current.
+    pub session_started: Instant,
     /// Last message of any kind (heartbeat or report).
     pub last_seen: Instant,
     pub last_report: Option<Report>,
@@ -79,6 +82,7 @@ impl Liveness {
                 hello: hello.clone(),
                 connected: true,
                 session,
+                session_started: now,
                 last_seen: now,
                 last_report: None,
                 last_report_at: None,
@@ -88,6 +92,7 @@ impl Liveness {
             e.hello = hello;
             e.connected = true;
             e.session = session;
+            e.session_started = now;
             e.last_seen = now;
         }
         self.sessions
@@ -165,6 +170,19 @@ impl Liveness {
         }
         drop(sessions);
         self.bump();
+    }
+
+    /// `server_id`'s agent accepted a command carrying `epoch` (it persisted it,
+    /// S4): its view's highest epoch is at least that now, until it says hello again.
+    pub fn note_epoch(&self, server_id: &str, epoch: u64) {
+        if let Some(e) = self
+            .servers
+            .lock()
+            .expect("liveness lock")
+            .get_mut(server_id)
+        {
+            e.hello.highest_epoch = e.hello.highest_epoch.max(epoch);
+        }
     }
 
     /// A copy of one server's view.
@@ -286,5 +304,7 @@ pub fn agent_view(
             _ => String::new(),
         },
         unknown: res.map(|r| r.unknown.clone()).unwrap_or_default(),
+        highest_epoch: Some(v.hello.highest_epoch),
+        stale_report: v.last_report_at.is_none_or(|t| t < v.session_started),
     }
 }

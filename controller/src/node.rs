@@ -428,6 +428,15 @@ async fn leader_duties(
                             );
                         }
                     }
+                    Action::StandDown(steps) => {
+                        if !running.contains_key(&id) {
+                            let ex = executor.clone();
+                            running.insert(
+                                id.clone(),
+                                tokio::spawn(async move { ex.stand_down(&id, steps).await }),
+                            );
+                        }
+                    }
                     Action::ResumePlan => {
                         if !running.contains_key(&id) {
                             let ex = executor.clone();

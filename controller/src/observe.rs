@@ -32,6 +32,12 @@ pub struct AgentView {
     pub last_connected: Option<DrbdSummary>,
     /// What it reports of its host (mount, exports, client IP).
     pub host: Option<understudy_proto::HostStatus>,
+    /// The highest pair epoch the agent said (in its Hello) it has accepted (S4);
+    /// `None` if it never said hello to this leader.
+    pub highest_epoch: Option<u64>,
+    /// `drbd` and `host` come from a report of an earlier session: the agent
+    /// reconnected (maybe restarted) and has not reported on this one yet.
+    pub stale_report: bool,
 }
 
 /// Result of [`observe`].
@@ -67,6 +73,69 @@ pub fn backup_in_sync(b: &DrbdSummary) -> bool {
         && b.replication == "Established"
         && b.peer_disk == "UpToDate"
         && b.out_of_sync_bytes == Some(0)
+}
+
+/// What a server serves according to its latest report: DRBD `Primary`, the
+/// replicated filesystem mounted, NFS exported, the client IP configured. Empty when
+/// it serves nothing. On the standby, anything here is the S10 evidence.
+pub fn serving_state(v: &AgentView) -> Vec<&'static str> {
+    let mut what = Vec::new();
+    if v.drbd.as_ref().is_some_and(|d| d.role == "Primary") {
+        what.push("Primary");
+    }
+    if let Some(h) = &v.host {
+        if h.mounted {
+            what.push("mounted");
+        }
+        if !h.exports.is_empty() {
+            what.push("exporting");
+        }
+        if h.client_ip_present {
+            what.push("holding the client IP");
+        }
+    }
+    what
+}
+
+/// The S10 alert: the standby `b_id` reports serving state (see [`serving_state`]).
+fn standby_serving_alert(
+    pair: &PairRecord,
+    b_id: &str,
+    backup: &AgentView,
+    reachable: bool,
+) -> Option<String> {
+    let what = serving_state(backup);
+    if what.is_empty()
+        || matches!(
+            pair.state,
+            PairState::FailingOver | PairState::SwitchingOver
+        )
+    {
+        return None;
+    }
+    let stale = match backup.highest_epoch {
+        Some(e) if e < pair.epoch => {
+            format!(
+                " (stale: it said hello with epoch {e}, the pair's is {})",
+                pair.epoch
+            )
+        }
+        _ => String::new(),
+    };
+    let what = what.join("/");
+    Some(match (reachable, pair.state) {
+        (_, PairState::Paused | PairState::Blocked) => format!(
+            "STANDBY SERVING: {b_id} is {what}{stale}, but the pair is {}: not standing it down automatically; stand it down by hand (release the IP, unexport, unmount, `drbdadm secondary`, `drbdadm connect --discard-my-data`)",
+            pair.state
+        ),
+        (true, _) if backup.stale_report => format!(
+            "STANDBY SERVING: {b_id} was {what} at its last report; its agent reconnected and has not reported yet"
+        ),
+        (true, _) => format!("STANDBY SERVING: {b_id} is {what}{stale}: standing it down"),
+        (false, _) => format!(
+            "STANDBY SERVING: {b_id} was {what} at its last report and its agent is unreachable: it is stood down as soon as it returns; until then only the fence keeps clients away from it"
+        ),
+    })
 }
 
 /// Decide what the pair's state should be, and which alerts hold, now.
@@ -125,6 +194,7 @@ pub fn observe(
             ));
         }
     }
+    alerts.extend(standby_serving_alert(pair, b_id, backup, b_up));
     if let Some(p) = p_drbd {
         if p.role != "Primary" {
             alerts.push(format!(
@@ -407,6 +477,105 @@ mod tests {
             why.contains("a's DRBD connection to it is Connecting, peer disk DUnknown"),
             "{why}"
         );
+    }
+
+    #[test]
+    fn a_standby_that_serves_raises_the_s10_alert() {
+        let host = |mounted: bool, export: bool, ip: bool| understudy_proto::HostStatus {
+            mounted,
+            exports: if export {
+                vec!["/export".into()]
+            } else {
+                vec![]
+            },
+            client_ip_present: ip,
+            self_checks: vec![],
+            serving_managed: true,
+        };
+        let mut b = up(drbd(
+            "Primary",
+            "UpToDate",
+            "StandAlone",
+            "Off",
+            "DUnknown",
+            0,
+        ));
+        b.host = Some(host(true, true, true));
+        b.highest_epoch = Some(2);
+        let o = observe(&pair(PairState::Degraded), &primary_ok(), &b, 1000);
+        assert!(
+            o.alerts.contains(&"STANDBY SERVING: b is Primary/mounted/exporting/holding the client IP (stale: it said hello with epoch 2, the pair's is 3): standing it down".to_string()),
+            "{:?}",
+            o.alerts
+        );
+        // Every single piece of serving state is enough, and named.
+        for (role, h, want) in [
+            ("Primary", host(false, false, false), "is Primary"),
+            ("Secondary", host(true, false, false), "is mounted"),
+            ("Secondary", host(false, true, false), "is exporting"),
+            (
+                "Secondary",
+                host(false, false, true),
+                "is holding the client IP",
+            ),
+        ] {
+            let mut b = backup_ok();
+            b.drbd.as_mut().unwrap().role = role.into();
+            b.host = Some(h);
+            let o = observe(&pair(PairState::Healthy), &primary_ok(), &b, 1000);
+            let a: Vec<&String> = o
+                .alerts
+                .iter()
+                .filter(|a| a.starts_with("STANDBY SERVING: b"))
+                .collect();
+            assert_eq!(a.len(), 1, "{:?}", o.alerts);
+            assert!(a[0].contains(want), "{a:?}");
+        }
+        // Reconnected, not reported yet: from the last report, saying so.
+        let mut reconnected = b.clone();
+        reconnected.stale_report = true;
+        let o = observe(
+            &pair(PairState::Degraded),
+            &primary_ok(),
+            &reconnected,
+            1000,
+        );
+        assert!(
+            o.alerts.iter().any(|a| a.starts_with("STANDBY SERVING: b was Primary/mounted/exporting/holding the client IP at its last report; its agent reconnected")),
+            "{:?}",
+            o.alerts
+        );
+        // Unreachable: the last report still raises it, saying so.
+        let mut silent = b.clone();
+        silent.connected = false;
+        silent.silent_ms = Some(60_000);
+        let o = observe(&pair(PairState::Degraded), &primary_ok(), &silent, 1000);
+        assert!(
+            o.alerts.iter().any(|a| a.starts_with("STANDBY SERVING: b was Primary/mounted/exporting/holding the client IP at its last report and its agent is unreachable")),
+            "{:?}",
+            o.alerts
+        );
+        // Paused or Blocked: the alert tells the operator to act.
+        let o = observe(&pair(PairState::Blocked), &primary_ok(), &b, 1000);
+        assert!(
+            o.alerts
+                .iter()
+                .any(|a| a.contains("not standing it down automatically")),
+            "{:?}",
+            o.alerts
+        );
+        // During a failover the target serving is the plan, not an alert.
+        let o = observe(&pair(PairState::FailingOver), &primary_ok(), &b, 1000);
+        assert!(
+            !o.alerts.iter().any(|a| a.starts_with("STANDBY SERVING")),
+            "{:?}",
+            o.alerts
+        );
+        // A standby serving nothing: no alert.
+        let mut quiet = backup_ok();
+        quiet.host = Some(host(false, false, false));
+        let o = observe(&pair(PairState::Healthy), &primary_ok(), &quiet, 1000);
+        assert!(o.alerts.is_empty(), "{:?}", o.alerts);
     }
 
     #[test]

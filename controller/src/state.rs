@@ -186,6 +186,57 @@ impl fmt::Display for Step {
     }
 }
 
+/// The steps of standing down a server that serves while it is not the pair's
+/// serving server (S10), in the order they run. All run on the standby, with the
+/// pair's current epoch as fencing token, except those of [`StandDownStep::on_serving`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum StandDownStep {
+    /// The client IP removed from the standby's interface.
+    ReleaseIp,
+    /// Right after `ReleaseIp`: the serving server, which holds the client IP,
+    /// announces it again (gratuitous ARP), so clients that learned the
+    /// standby's MAC meanwhile come back to it.
+    AnnounceServingIp,
+    /// NFS no longer exported by the standby.
+    UnexportNfs,
+    /// The replicated filesystem unmounted on the standby.
+    Unmount,
+    /// `drbdadm secondary` on the standby.
+    Demote,
+    /// `drbdadm disconnect; drbdadm connect --discard-my-data` on the standby: its
+    /// divergent data is thrown away and resynchronised from the serving server.
+    DiscardAndReconnect,
+    /// `drbdadm disconnect; drbdadm connect` on the serving server, which went
+    /// `StandAlone` on the split brain with the old primary: it listens again so
+    /// the stood-down standby can resynchronise from it.
+    ReconnectServing,
+}
+
+impl StandDownStep {
+    /// Whether the step runs on the serving server (otherwise on the standby).
+    pub fn on_serving(self) -> bool {
+        matches!(
+            self,
+            StandDownStep::AnnounceServingIp | StandDownStep::ReconnectServing
+        )
+    }
+}
+
+impl fmt::Display for StandDownStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Where a stand-down step stands: `Started` is committed before its command is
+/// sent, `Done`/`Failed` after (S10, like S7 for failover steps).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum StandDownStatus {
+    Started { term: u64 },
+    Done { duration_ms: u64, detail: String },
+    Failed { duration_ms: u64, reason: String },
+}
+
 /// Where a step stands; committed before it runs and after (S7).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum StepStatus {
@@ -356,6 +407,18 @@ pub enum Request {
         command: String,
         at_unix_ms: i64,
     },
+    /// Record a stand-down step (S10) on `server`: `Started` before its command is
+    /// sent, its result after. Refused for another epoch than the pair's (stale
+    /// executor), while a failover plan is in flight (S5) or the pair is paused,
+    /// and for a server that is not the one the step runs on.
+    StandDownStep {
+        pair_id: String,
+        epoch: u64,
+        server: String,
+        step: StandDownStep,
+        status: StandDownStatus,
+        at_unix_ms: i64,
+    },
 }
 
 /// What applying a request did.
@@ -417,6 +480,17 @@ impl fmt::Display for Request {
                 command,
                 ..
             } => write!(f, "IssueCommand({pair_id}@{epoch}: {command} on {server})"),
+            Request::StandDownStep {
+                pair_id,
+                epoch,
+                server,
+                step,
+                status,
+                ..
+            } => write!(
+                f,
+                "StandDownStep({pair_id}@{epoch}: {server} {step} {status:?})"
+            ),
         }
     }
 }
@@ -758,6 +832,65 @@ impl ClusterState {
                 pair.record(*at_unix_ms, format!("command {command} sent to {server}"));
                 Response::StateChanged { epoch: pair.epoch }
             }
+            Request::StandDownStep {
+                pair_id,
+                epoch,
+                server,
+                step,
+                status,
+                at_unix_ms,
+            } => {
+                let pair = match self.pair_mut(pair_id) {
+                    Ok(p) => p,
+                    Err(r) => return r,
+                };
+                if let Some(f) = &pair.failover {
+                    return refused(format!(
+                        "pair {pair_id}: failover epoch {} is in flight (S5): no stand-down meanwhile",
+                        f.epoch
+                    ));
+                }
+                if pair.epoch != *epoch {
+                    return refused(format!(
+                        "pair {pair_id} is at epoch {}, not {epoch}: stale stand-down",
+                        pair.epoch
+                    ));
+                }
+                if pair.state == PairState::Paused {
+                    return refused(format!(
+                        "pair {pair_id} is paused for maintenance: no automatic stand-down"
+                    ));
+                }
+                let target = if step.on_serving() {
+                    pair.serving_id()
+                } else {
+                    pair.standby_id()
+                };
+                if server != target {
+                    return refused(format!(
+                        "pair {pair_id}: stand-down step {step} runs on {target}, not {server}"
+                    ));
+                }
+                let line = match status {
+                    StandDownStatus::Started { term } => {
+                        format!("S10 stand-down of {server}: {step} started (leader term {term})")
+                    }
+                    StandDownStatus::Done {
+                        duration_ms,
+                        detail,
+                    } => format!(
+                        "S10 stand-down of {server}: {step} done in {duration_ms} ms: {detail}"
+                    ),
+                    StandDownStatus::Failed {
+                        duration_ms,
+                        reason,
+                    } => format!(
+                        "S10 stand-down of {server}: {step} failed after {duration_ms} ms: {reason}"
+                    ),
+                };
+                pair.record(*at_unix_ms, line);
+                Response::StateChanged { epoch: pair.epoch }
+            }
         }
     }
 
@@ -938,6 +1071,102 @@ mod tests {
         let h = &st.pairs["p1"].history;
         assert_eq!(h.len(), HISTORY_LIMIT);
         assert_eq!(h.last().unwrap().at_unix_ms, HISTORY_LIMIT as i64 + 49);
+    }
+
+    #[test]
+    fn stand_down_steps_are_recorded_and_guarded() {
+        let mut st = ClusterState::default();
+        st.apply(&Request::SyncInventory {
+            pairs: vec![spec("p1", "198.18.0.10")],
+            at_unix_ms: 1,
+        });
+        let step = |epoch, server: &str, step, status| Request::StandDownStep {
+            pair_id: "p1".into(),
+            epoch,
+            server: server.into(),
+            step,
+            status,
+            at_unix_ms: 5,
+        };
+        let started = StandDownStatus::Started { term: 4 };
+        // The standby is p1-b (p1-a serves): the standby steps run there only.
+        assert_eq!(
+            st.apply(&step(0, "p1-b", StandDownStep::Demote, started.clone())),
+            Response::StateChanged { epoch: 0 }
+        );
+        assert_eq!(
+            st.apply(&step(
+                0,
+                "p1-b",
+                StandDownStep::Demote,
+                StandDownStatus::Done {
+                    duration_ms: 7,
+                    detail: "drbdadm secondary".into()
+                }
+            )),
+            Response::StateChanged { epoch: 0 }
+        );
+        let h: Vec<&str> = st.pairs["p1"]
+            .history
+            .iter()
+            .map(|h| h.event.as_str())
+            .collect();
+        assert!(
+            h.contains(&"S10 stand-down of p1-b: Demote started (leader term 4)"),
+            "{h:?}"
+        );
+        assert!(
+            h.contains(&"S10 stand-down of p1-b: Demote done in 7 ms: drbdadm secondary"),
+            "{h:?}"
+        );
+        for (req, why) in [
+            (
+                step(0, "p1-a", StandDownStep::Demote, started.clone()),
+                "runs on p1-b, not p1-a",
+            ),
+            (
+                step(0, "p1-b", StandDownStep::ReconnectServing, started.clone()),
+                "runs on p1-a, not p1-b",
+            ),
+            (
+                step(1, "p1-b", StandDownStep::Demote, started.clone()),
+                "stale stand-down",
+            ),
+        ] {
+            let before = st.clone();
+            let r = st.apply(&req);
+            assert!(
+                matches!(&r, Response::Refused { reason } if reason.contains(why)),
+                "{r:?}"
+            );
+            assert_eq!(st, before, "a refusal changes nothing");
+        }
+        // The serving server's own step is accepted on it.
+        assert_eq!(
+            st.apply(&step(
+                0,
+                "p1-a",
+                StandDownStep::ReconnectServing,
+                started.clone()
+            )),
+            Response::StateChanged { epoch: 0 }
+        );
+        // No stand-down while a failover plan is in flight (S5).
+        st.apply(&Request::StartFailover {
+            pair_id: "p1".into(),
+            expect: PairState::Rebuilding,
+            expect_epoch: 0,
+            from: "p1-a".into(),
+            to: "p1-b".into(),
+            reason: "test".into(),
+            automatic: true,
+            at_unix_ms: 6,
+        });
+        let r = st.apply(&step(1, "p1-b", StandDownStep::Demote, started.clone()));
+        assert!(
+            matches!(&r, Response::Refused { reason } if reason.contains("in flight")),
+            "{r:?}"
+        );
     }
 
     #[test]

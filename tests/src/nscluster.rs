@@ -63,6 +63,10 @@ pub struct NsOptions {
     pub flap_holdoff_ms: Option<u64>,
     /// The emulators' `[tuning] resync_rate_kib` (replication throttle).
     pub resync_rate_kib: Option<u64>,
+    /// `[cloud] kill_processes = false`: the fence takes the client IP away and
+    /// cuts the cable but its forced stop kills nothing (an EC2 isolate whose stop
+    /// has not landed), so a frozen file server survives its failover.
+    pub fence_keeps_processes: bool,
     /// Run each controller in a namespace of its own (hosts `c1`..`c3`), so the
     /// links between controllers can be cut while agents still reach all three.
     pub controllers_in_namespaces: bool,
@@ -196,6 +200,8 @@ kind = "local"
 netns_prefix = "{prefix}"
 prefix_len = 24
 {root_netns}
+kill_processes = {kill}
+
 [[pairs]]
 id = "{PAIR}"
 resource = "{RESOURCE}"
@@ -215,6 +221,7 @@ backup = {b}
                         .map(|r| format!("root_netns = \"{}\"\n", r.0))
                         .unwrap_or_default(),
                     pause = opts.step_pause_ms,
+                    kill = !opts.fence_keeps_processes,
                     holdoff = opts
                         .flap_holdoff_ms
                         .map(|h| format!("[detector]\nflap_holdoff_ms = {h}\n"))
@@ -423,6 +430,44 @@ address = "{}:7789"
         self.net.cut(h.name);
     }
 
+    /// Freeze host `i`: SIGSTOP every process in its namespace (agent, DRBD
+    /// emulator, ganesha and their children), as a hung VM. Its cable stays in.
+    /// Short-lived `ip` commands are left alone: the harness (and a test's
+    /// sampling thread) runs `ip -n NS ...`, which is in the namespace while it runs.
+    pub fn freeze_host(&self, i: usize) {
+        self.signal_host(i, libc::SIGSTOP);
+    }
+
+    /// Undo [`NsCluster::freeze_host`]: SIGCONT every process in the namespace.
+    pub fn thaw_host(&self, i: usize) {
+        self.signal_host(i, libc::SIGCONT);
+    }
+
+    fn signal_host(&self, i: usize, sig: i32) {
+        let ns = self.net.ns_name(self.hosts[i].name);
+        let pids = crate::netns::run("ip", &["netns", "pids", &ns])
+            .unwrap_or_else(|e| panic!("listing the processes of {ns}: {e}"));
+        let pids: Vec<i32> = pids
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .filter(|p| {
+                fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() != "ip")
+            })
+            .collect();
+        assert!(!pids.is_empty(), "no process in {ns} to signal");
+        for pid in pids {
+            // SAFETY: plain kill(2); a pid that exited meanwhile gives ESRCH, ignored.
+            unsafe {
+                libc::kill(pid, sig);
+            }
+        }
+    }
+
+    /// Whether host `i`'s cable is in (the root side of its veth is up).
+    pub fn link_up(&self, i: usize) -> bool {
+        link_up(&self.net.root_veth(self.hosts[i].name))
+    }
+
     /// `understudyctl --output json status`.
     pub fn try_status(&self) -> Result<Value, String> {
         self.controllers.status()
@@ -615,6 +660,17 @@ impl Drop for NsCluster {
                 .status();
         }
     }
+}
+
+/// Whether the root-namespace link `veth` is administratively up.
+pub fn link_up(veth: &str) -> bool {
+    crate::netns::run("ip", &["-o", "link", "show", "dev", veth])
+        .map(|o| {
+            o.split_once('<')
+                .and_then(|(_, r)| r.split_once('>'))
+                .is_some_and(|(flags, _)| flags.split(',').any(|f| f == "UP"))
+        })
+        .unwrap_or(false)
 }
 
 /// Whether `server` reports mounted, exporting and holding the client IP.

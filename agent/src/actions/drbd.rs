@@ -1,5 +1,7 @@
 //! DRBD role changes through `drbdadm`: `drbdadm primary [--force] RES` to
-//! promote and `drbdadm secondary RES` to demote.
+//! promote and `drbdadm secondary RES` to demote; and the reconnection of a
+//! stood-down old primary (S10): `drbdadm disconnect RES` then `drbdadm connect
+//! [--discard-my-data] RES`, the operator's split-brain recovery.
 //!
 //! Both are idempotent as drbdadm 9 makes them: promoting a Primary or
 //! demoting a Secondary prints nothing and exits 0. A refused state change
@@ -92,6 +94,32 @@ pub fn outdate_command(cfg: &DrbdActionsConfig) -> CommandLine {
         .arg(&cfg.resource)
 }
 
+/// `drbdadm role RES`: `Primary` or `Secondary` (DRBD 8.4: `Primary/Secondary`).
+pub fn role_command(cfg: &DrbdActionsConfig) -> CommandLine {
+    CommandLine::new(&cfg.drbdadm)
+        .arg("role")
+        .arg(&cfg.resource)
+}
+
+/// `drbdadm disconnect RES`: to `StandAlone` (a no-op when already there).
+pub fn disconnect_command(cfg: &DrbdActionsConfig) -> CommandLine {
+    CommandLine::new(&cfg.drbdadm)
+        .arg("disconnect")
+        .arg(&cfg.resource)
+}
+
+/// `drbdadm connect [--discard-my-data] RES`: leave `StandAlone`; with
+/// `discard_my_data` this host becomes the SyncTarget of the next handshake.
+pub fn connect_command(cfg: &DrbdActionsConfig, discard_my_data: bool) -> CommandLine {
+    let c = CommandLine::new(&cfg.drbdadm).arg("connect");
+    let c = if discard_my_data {
+        c.arg("--discard-my-data")
+    } else {
+        c
+    };
+    c.arg(&cfg.resource)
+}
+
 /// Turn a drbdadm result into `Ok` or the right error. `target` is the role
 /// asked for ("Primary" or "Secondary").
 pub fn classify(
@@ -148,6 +176,47 @@ pub async fn outdate(cfg: &DrbdActionsConfig) -> Result<(), ActionError> {
     classify(cfg, "Outdated", &cmd, &out)
 }
 
+/// Reconnect the resource to its peer: `drbdadm disconnect` (whatever the
+/// connection state was, including a split brain's `StandAlone`), then `drbdadm
+/// connect`, with `--discard-my-data` when this host's data is to be thrown away
+/// and resynchronised from the peer (a stood-down old primary, S10). Idempotent:
+/// repeating it restarts the handshake, with the same outcome.
+pub async fn reconnect(cfg: &DrbdActionsConfig, discard_my_data: bool) -> Result<(), ActionError> {
+    if discard_my_data {
+        // Never throw away the data of a Primary: it may be the one serving.
+        let cmd = role_command(cfg);
+        let out = command::run(&cmd, cfg.timeout()).await?;
+        if !out.success() {
+            return Err(ActionError::DrbdConnectFailed {
+                resource: cfg.resource.clone(),
+                command: cmd.to_string(),
+                code: out.code,
+                stderr: out.message(),
+            });
+        }
+        if out.stdout.trim().starts_with("Primary") {
+            return Err(ActionError::DiscardOnPrimary {
+                resource: cfg.resource.clone(),
+            });
+        }
+    }
+    for cmd in [
+        disconnect_command(cfg),
+        connect_command(cfg, discard_my_data),
+    ] {
+        let out = command::run(&cmd, cfg.timeout()).await?;
+        if !out.success() {
+            return Err(ActionError::DrbdConnectFailed {
+                resource: cfg.resource.clone(),
+                command: cmd.to_string(),
+                code: out.code,
+                stderr: out.message(),
+            });
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +251,62 @@ mod tests {
             outdate_command(&cfg()).argv(),
             ["/opt/drbd/drbdadm", "outdate", "r0"]
         );
+        assert_eq!(
+            disconnect_command(&cfg()).argv(),
+            ["/opt/drbd/drbdadm", "disconnect", "r0"]
+        );
+        assert_eq!(
+            connect_command(&cfg(), true).argv(),
+            ["/opt/drbd/drbdadm", "connect", "--discard-my-data", "r0"]
+        );
+        assert_eq!(
+            connect_command(&cfg(), false).argv(),
+            ["/opt/drbd/drbdadm", "connect", "r0"]
+        );
+    }
+
+    #[tokio::test]
+    async fn reconnect_runs_disconnect_then_connect_and_reports_failures() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("calls");
+        let fake = dir.path().join("drbdadm");
+        // Records every call; `role` says Primary when a marker file exists;
+        // refuses `connect` when told to by another marker file.
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\necho \"$@\" >> '{log}'\nif [ \"$1\" = role ]; then if [ -e '{log}.primary' ]; then echo Primary; else echo Secondary; fi; exit 0; fi\nif [ \"$1\" = connect ] && [ -e '{log}.refuse' ]; then echo \"r0: Failure: (125) Device has a net-config (use disconnect first)\" >&2; exit 10; fi\nexit 0\n",
+                log = log.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let c = DrbdActionsConfig::new("r0", &fake);
+        reconnect(&c, true).await.unwrap();
+        reconnect(&c, false).await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "role r0\ndisconnect r0\nconnect --discard-my-data r0\ndisconnect r0\nconnect r0\n"
+        );
+        // A Primary's data is never discarded; a plain connect is fine.
+        std::fs::write(format!("{}.primary", log.display()), "").unwrap();
+        std::fs::write(&log, "").unwrap();
+        let e = reconnect(&c, true).await.unwrap_err();
+        assert!(matches!(e, ActionError::DiscardOnPrimary { .. }), "{e}");
+        assert!(e.to_string().contains("drbdadm secondary r0"), "{e}");
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "role r0\n");
+        reconnect(&c, false).await.unwrap();
+        std::fs::remove_file(format!("{}.primary", log.display())).unwrap();
+        std::fs::write(format!("{}.refuse", log.display()), "").unwrap();
+        let e = reconnect(&c, true).await.unwrap_err();
+        assert!(
+            matches!(e, ActionError::DrbdConnectFailed { code: Some(10), .. }),
+            "{e}"
+        );
+        let msg = e.to_string();
+        assert!(msg.contains("net-config"), "{msg}");
+        assert!(msg.contains("drbdadm status r0"), "{msg}");
     }
 
     #[test]

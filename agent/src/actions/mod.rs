@@ -70,6 +70,17 @@ pub enum ActionError {
         stderr: String,
     },
 
+    #[error("`{command}` failed ({}): {stderr}; see `drbdadm status {resource}`: the resource must be up on this host; to recover by hand, run `drbdadm disconnect {resource}` then `drbdadm connect --discard-my-data {resource}` on the server whose data is to be discarded (the one that is not serving), and `drbdadm connect {resource}` on the serving one if it is StandAlone", fmt_code(*.code))]
+    DrbdConnectFailed {
+        resource: String,
+        command: String,
+        code: Option<i32>,
+        stderr: String,
+    },
+
+    #[error("refusing `drbdadm connect --discard-my-data {resource}`: this host is DRBD Primary and may be serving; stop serving and demote it first (unexport, unmount, `drbdadm secondary {resource}`), then retry")]
+    DiscardOnPrimary { resource: String },
+
     #[error("`{command}` failed ({}): {stderr}; check that the device exists and holds a {fstype} filesystem (is DRBD Primary here?) and that the mountpoint is free", fmt_code(*.code))]
     MountFailed {
         command: String,
@@ -202,6 +213,11 @@ impl HostActions {
     /// `drbdadm outdate`.
     pub async fn outdate(&self) -> Result<(), ActionError> {
         drbd::outdate(&self.drbd).await
+    }
+
+    /// `drbdadm disconnect` then `drbdadm connect [--discard-my-data]`.
+    pub async fn reconnect(&self, discard_my_data: bool) -> Result<(), ActionError> {
+        drbd::reconnect(&self.drbd, discard_my_data).await
     }
 
     pub async fn mount(&mut self) -> Result<(), ActionError> {

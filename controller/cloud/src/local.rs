@@ -21,7 +21,12 @@
 //!   cannot undo it from inside, like a security group outside the instance.
 //! - [`Cloud::force_stop`] SIGKILLs every process in the namespace without waiting;
 //!   [`Cloud::instance_state`] is `Running` while the namespace has processes,
-//!   `Stopped` when it has none and `Terminated` when it is gone.
+//!   `Stopped` when it has none and `Terminated` when it is gone. With
+//!   [`LocalConfig::kill_processes`] `= false` it kills nothing: the stop is
+//!   requested but never lands, like an EC2 forced stop that has not taken effect
+//!   yet, so a fenced server keeps running behind its cut cable (an isolate that
+//!   does not kill). Tests use it to thaw a frozen file server after its failover
+//!   and check that the controller stands it down (S10).
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -55,6 +60,15 @@ pub struct LocalConfig {
     /// namespace of its own; `None`: the controller's own namespace.
     #[serde(default)]
     pub root_netns: Option<String>,
+    /// Whether `force_stop` SIGKILLs the server's processes (default true). With
+    /// false the stop never lands: the fence isolates (client IP removed, cable
+    /// cut) without killing, like an EC2 isolate whose stop is still pending.
+    #[serde(default = "default_kill_processes")]
+    pub kill_processes: bool,
+}
+
+fn default_kill_processes() -> bool {
+    true
 }
 
 impl LocalConfig {
@@ -64,6 +78,7 @@ impl LocalConfig {
             netns_prefix: netns_prefix.into(),
             prefix_len,
             command_timeout_ms: default_timeout_ms(),
+            kill_processes: default_kill_processes(),
             root_netns: None,
         }
     }
@@ -555,6 +570,11 @@ impl Cloud for LocalCloud {
         let (ns, _) = self.locate(OP, server)?;
         if !self.netns_exists(OP, ns).await? {
             tracing::info!(server = %server.server_id, ns, "force_stop: namespace already gone");
+            return Ok(());
+        }
+        if !self.cfg.kill_processes {
+            tracing::warn!(server = %server.server_id, ns,
+                "force_stop: kill_processes = false, the stop is requested but does not land: its processes keep running behind the isolation");
             return Ok(());
         }
         let pids = self.pids(OP, ns).await?;
