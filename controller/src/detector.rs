@@ -294,7 +294,7 @@ pub fn decide(
             }
         }
     }
-    let dec = decide_main(pair, serving, standby, now_unix_ms, cfg, monitoring, d);
+    let dec = decide_main(pair, serving, standby, cfg, monitoring, d);
     if dec.action != Action::Nothing
         || matches!(
             pair.state,
@@ -329,7 +329,6 @@ fn decide_main(
     pair: &PairRecord,
     serving: &AgentView,
     standby: &AgentView,
-    now_unix_ms: i64,
     cfg: &DetectorConfig,
     monitoring: Option<(PairState, String)>,
     d: impl Fn(Action, String) -> Decision,
@@ -431,9 +430,12 @@ fn decide_main(
                 ),
             );
         }
-        if let Some(last) = pair.last_auto_failover_unix_ms {
-            let ago = now_unix_ms.saturating_sub(last);
-            if !pair.flap_acknowledged && ago < cfg.flap_holdoff_ms as i64 {
+        if pair.last_auto_failover_unix_ms.is_some() {
+            // Measured by monotonic clocks (`pair.holdoff_elapsed_ms`, committed in
+            // ticks plus the leader's own time since its last tick), never by
+            // the wall clock: a clock step cannot lift the hold-off early.
+            let ago = pair.holdoff_elapsed_ms;
+            if !pair.flap_acknowledged && ago < cfg.flap_holdoff_ms {
                 return d(
                     Action::Block,
                     format!(
@@ -885,6 +887,7 @@ mod tests {
     fn flapping_is_blocked_unless_acknowledged_s5() {
         let mut p = pair(PairState::Healthy);
         p.last_auto_failover_unix_ms = Some(NOW - 60_000);
+        p.holdoff_elapsed_ms = 60_000;
         let args = (
             serving_silent(1500),
             standby(lost_peer(), Some(800), Some(in_sync())),
@@ -898,11 +901,34 @@ mod tests {
             Action::StartFailover { .. }
         ));
         p.flap_acknowledged = false;
-        p.last_auto_failover_unix_ms = Some(NOW - 11 * 60_000);
+        p.holdoff_elapsed_ms = 11 * 60_000;
         assert!(matches!(
             decide(&p, &args.0, &args.1, NOW, &cfg()).action,
             Action::StartFailover { .. }
         ));
+    }
+
+    /// A wall-clock step (on whichever controller leads) does not lift the
+    /// hold-off: only the monotonic time measured since the failover counts.
+    #[test]
+    fn a_clock_step_does_not_lift_the_hold_off() {
+        let mut p = pair(PairState::Healthy);
+        p.last_auto_failover_unix_ms = Some(NOW);
+        p.holdoff_elapsed_ms = 30_000;
+        let args = (
+            serving_silent(1500),
+            standby(lost_peer(), Some(800), Some(in_sync())),
+        );
+        for wall in [NOW, NOW + 3_600_000, NOW + 86_400_000, NOW - 3_600_000] {
+            let dec = decide(&p, &args.0, &args.1, wall, &cfg());
+            assert_eq!(dec.action, Action::Block, "wall {wall}: {dec:?}");
+            assert!(
+                dec.reason
+                    .starts_with("S5: the last automatic failover was 30 s ago"),
+                "{}",
+                dec.reason
+            );
+        }
     }
 
     #[test]

@@ -64,6 +64,10 @@ pub struct ExecutorConfig {
     /// fault-injection tests use it to kill the leader in the middle of a step, and
     /// the demo to let people watch the steps.
     pub step_pause_ms: u64,
+    /// Pause after a step's action ran, before its result is committed. 0 in
+    /// production; fault-injection tests kill the leader there (the action is
+    /// done on the host but Raft still says Running: the next leader re-runs it).
+    pub result_pause_ms: u64,
 }
 
 impl Default for ExecutorConfig {
@@ -75,6 +79,7 @@ impl Default for ExecutorConfig {
             verify_timeout_ms: 10_000,
             verify_program: "nfs-ls".into(),
             step_pause_ms: 0,
+            result_pause_ms: 0,
         }
     }
 }
@@ -199,6 +204,9 @@ impl Executor {
                 match &out {
                     Ok(detail) => tracing::info!(duration_ms, %detail, "step done"),
                     Err(reason) => tracing::warn!(duration_ms, %reason, "step failed"),
+                }
+                if self.cfg.result_pause_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(self.cfg.result_pause_ms)).await;
                 }
                 let status = match out {
                     Ok(detail) => StepStatus::Done {

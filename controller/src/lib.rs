@@ -24,6 +24,7 @@ pub mod error;
 pub mod failover;
 pub mod fence;
 pub mod fence_peer;
+pub mod holdoff;
 pub mod leadership;
 pub mod liveness;
 pub mod node;

@@ -267,6 +267,7 @@ async fn leader_duties(
         let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
         let mut said: HashMap<String, String> = HashMap::new();
         let mut outdating: HashMap<String, Instant> = HashMap::new();
+        let mut holdoff = crate::holdoff::HoldoffClock::default();
         loop {
             if !inventory_synced {
                 let current: Vec<_> = shared
@@ -314,6 +315,23 @@ async fn leader_duties(
                         continue;
                     }
                 }
+                let hold = cfg.detector.flap_holdoff_ms;
+                let mono = Instant::now();
+                if let Some(add_ms) = holdoff.due(pair, mono, hold) {
+                    let r = propose(
+                        &raft,
+                        Request::HoldoffElapsed {
+                            pair_id: pair.spec.id.clone(),
+                            epoch: pair.epoch,
+                            add_ms,
+                        },
+                    )
+                    .await;
+                    if matches!(r, Some(Response::StateChanged { .. })) {
+                        holdoff.ticked(pair, mono);
+                    }
+                }
+                let pair = &holdoff.view(pair, mono, hold);
                 let res = &pair.spec.resource;
                 let sv = agent_view(
                     liveness.get(pair.serving_id()).as_ref(),

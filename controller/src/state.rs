@@ -132,6 +132,11 @@ pub struct PairRecord {
     /// handler marks it) until it is seen in sync again (the pair `Healthy`).
     #[serde(default)]
     pub outdated: Option<OutdatedMark>,
+    /// S5: how long the hold-off after the last automatic failover has run, as
+    /// measured by the leaders' monotonic clocks and committed in ticks
+    /// (`Request::HoldoffElapsed`), so no wall-clock step lifts it early.
+    #[serde(default)]
+    pub holdoff_elapsed_ms: u64,
 }
 
 /// Why and since when a standby is known to be outdated (S1).
@@ -376,6 +381,13 @@ pub enum Request {
     },
     /// An operator acknowledges the last automatic failover (lifts the S5 hold-off).
     Acknowledge { pair_id: String, at_unix_ms: i64 },
+    /// S5: the leader's monotonic clock measured `add_ms` more of the hold-off
+    /// after the automatic failover of `epoch`.
+    HoldoffElapsed {
+        pair_id: String,
+        epoch: u64,
+        add_ms: u64,
+    },
     /// Record that `server`, the pair's standby at `epoch`, is outdated (S1): it
     /// lost replication while the serving server was alive. A mark already held is
     /// kept (the earliest loss counts).
@@ -467,6 +479,9 @@ impl fmt::Display for Request {
                 ..
             } => write!(f, "FinishFailover({pair_id}@{epoch}: {state})"),
             Request::Acknowledge { pair_id, .. } => write!(f, "Acknowledge({pair_id})"),
+            Request::HoldoffElapsed {
+                pair_id, add_ms, ..
+            } => write!(f, "HoldoffElapsed({pair_id}: +{add_ms} ms)"),
             Request::MarkOutdated {
                 pair_id, server, ..
             } => write!(f, "MarkOutdated({pair_id}: {server})"),
@@ -699,6 +714,7 @@ impl ClusterState {
                     if plan.automatic {
                         pair.last_auto_failover_unix_ms = Some(*at_unix_ms);
                         pair.flap_acknowledged = false;
+                        pair.holdoff_elapsed_ms = 0;
                     }
                 }
                 pair.state = *state;
@@ -726,6 +742,24 @@ impl ClusterState {
                     *at_unix_ms,
                     "operator acknowledged the last failover".into(),
                 );
+                Response::StateChanged { epoch: pair.epoch }
+            }
+            Request::HoldoffElapsed {
+                pair_id,
+                epoch,
+                add_ms,
+            } => {
+                let pair = match self.pair_mut(pair_id) {
+                    Ok(p) => p,
+                    Err(r) => return r,
+                };
+                if pair.epoch != *epoch {
+                    return refused(format!(
+                        "pair {pair_id} is at epoch {}, not {epoch}: stale hold-off tick",
+                        pair.epoch
+                    ));
+                }
+                pair.holdoff_elapsed_ms = pair.holdoff_elapsed_ms.saturating_add(*add_ms);
                 Response::StateChanged { epoch: pair.epoch }
             }
             Request::MarkOutdated {
@@ -923,6 +957,7 @@ impl ClusterState {
                         last_auto_failover_unix_ms: None,
                         flap_acknowledged: false,
                         outdated: None,
+                        holdoff_elapsed_ms: 0,
                     };
                     rec.record(at, "pair added to the inventory".into());
                     self.pairs.insert(spec.id.clone(), rec);

@@ -31,6 +31,7 @@ pub fn pair(state: PairState) -> PairRecord {
         last_auto_failover_unix_ms: None,
         flap_acknowledged: false,
         outdated: None,
+        holdoff_elapsed_ms: 0,
     }
 }
 

@@ -59,6 +59,8 @@ pub struct NsHost {
 pub struct NsOptions {
     /// `[executor] step_pause_ms` of the controllers.
     pub step_pause_ms: u64,
+    /// `[executor] result_pause_ms`: after a step's action, before its result.
+    pub result_pause_ms: u64,
     /// `[detector] flap_holdoff_ms`; `None` keeps the default (10 minutes).
     pub flap_holdoff_ms: Option<u64>,
     /// The emulators' `[tuning] resync_rate_kib` (replication throttle).
@@ -194,6 +196,7 @@ members = [ {members} ]
 
 [executor]
 step_pause_ms = {pause}
+result_pause_ms = {rpause}
 {holdoff}
 [cloud]
 kind = "local"
@@ -221,6 +224,7 @@ backup = {b}
                         .map(|r| format!("root_netns = \"{}\"\n", r.0))
                         .unwrap_or_default(),
                     pause = opts.step_pause_ms,
+                    rpause = opts.result_pause_ms,
                     kill = !opts.fence_keeps_processes,
                     holdoff = opts
                         .flap_holdoff_ms
