@@ -60,6 +60,10 @@ fn default_events_args() -> Vec<String> {
 fn default_restart_ms() -> u64 {
     200
 }
+fn default_report_refresh_ms() -> u64 {
+    5000
+}
+
 fn default_heartbeat_ms() -> u64 {
     200
 }
@@ -78,6 +82,12 @@ pub struct AgentConfig {
     /// Heartbeat period until the controller asks for another.
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_ms: u64,
+    /// A full report is re-sent at least this often even when nothing changed,
+    /// so the controller always holds a recent one (a DRBD state that changed
+    /// and came back between two reports is confirmed current, e.g. to lift an
+    /// S1 outdated mark after a short loss). 0: only on change.
+    #[serde(default = "default_report_refresh_ms")]
+    pub report_refresh_ms: u64,
     pub drbd: DrbdConfig,
     /// What this server mounts, exports and claims when it serves. Without it,
     /// the agent only observes and reports.

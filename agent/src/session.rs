@@ -163,6 +163,13 @@ async fn session(
     let mut beat = tokio::time::interval(period);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq = 0u64;
+    // A full report at least every `report_refresh_ms`, changed or not.
+    let mut refresh = (cfg.report_refresh_ms > 0).then(|| {
+        let every = Duration::from_millis(cfg.report_refresh_ms);
+        let mut i = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    });
     let report = |seq: u64, d: &DrbdStatus, h: &HostStatus| AgentMessage {
         msg: Some(Msg::Report(Report {
             seq,
@@ -210,6 +217,20 @@ async fn session(
                 }
                 seq += 1;
                 let msg = report(seq, &drbd.borrow_and_update(), &host.borrow_and_update());
+                if tx.send(msg).await.is_err() {
+                    return broken("stream closed".into());
+                }
+            }
+            _ = async {
+                match refresh.as_mut() {
+                    Some(i) => {
+                        i.tick().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {
+                seq += 1;
+                let msg = report(seq, &drbd.borrow(), &host.borrow());
                 if tx.send(msg).await.is_err() {
                     return broken("stream closed".into());
                 }

@@ -116,6 +116,9 @@ pub enum Action {
         lost_peer_unix_ms: i64,
         primary_alive_unix_ms: i64,
     },
+    /// S1: a report received after the mark shows the marked standby connected
+    /// and in sync again (DRBD resynchronised it): lift the mark.
+    ClearOutdated { server: String, why: String },
     /// S1: the standby is marked outdated but its DRBD disk still says UpToDate:
     /// tell its agent to `drbdadm outdate` (as DRBD's fence-peer handler does).
     OutdateStandby(String),
@@ -147,6 +150,49 @@ pub fn replication_lost_while_serving(
         .filter(|lost| *lost > silent + cfg.outdate_tolerance_ms);
     let lost = from_standby.into_iter().chain(from_serving).max()?;
     Some((now_unix_ms - lost as i64, alive_at))
+}
+
+/// How much later than the mark a report must have been received to lift it:
+/// covers the clock difference between the controller that marked and this one.
+const CLEAR_MARGIN_MS: i64 = 1000;
+
+/// S1: whether a report received after `mark` shows the standby connected and in
+/// sync, from either side (the standby's own DRBD, or the serving Primary's view
+/// of its peer: protocol C, nothing out of sync).
+pub fn back_in_sync(
+    mark: &crate::state::OutdatedMark,
+    serving: &AgentView,
+    standby: &AgentView,
+    now_unix_ms: i64,
+    cfg: &DetectorConfig,
+) -> Option<String> {
+    let fresh = |v: &AgentView| {
+        v.connected
+            && v.silent_ms.is_some_and(|s| s <= cfg.agent_timeout_ms)
+            && !v.stale_report
+            && v.report_age_ms.is_some_and(|age| {
+                now_unix_ms - age as i64 > mark.lost_peer_unix_ms + CLEAR_MARGIN_MS
+            })
+    };
+    if fresh(standby) && standby.drbd.as_ref().is_some_and(backup_in_sync) {
+        return Some(format!(
+            "{} reports itself UpToDate, connected and in sync after the mark",
+            mark.server
+        ));
+    }
+    let primary_sees_it = serving.drbd.as_ref().is_some_and(|p| {
+        p.role == "Primary"
+            && p.connection == "Connected"
+            && p.replication == "Established"
+            && p.peer_disk == "UpToDate"
+            && p.out_of_sync_bytes == Some(0)
+    });
+    (fresh(serving) && primary_sees_it).then(|| {
+        format!(
+            "the serving Primary reports {} UpToDate, connected, nothing out of sync, after the mark",
+            mark.server
+        )
+    })
 }
 
 fn times(lost: i64, alive: i64) -> String {
@@ -276,6 +322,16 @@ pub fn decide(
         // its stand-down (S10, below), which comes first where it applies.
         let standing_down = !matches!(pair.state, PairState::Paused | PairState::Blocked)
             && !stand_down_steps(serving, standby, pair.epoch, cfg).is_empty();
+        if let Some(why) = marked.and_then(|m| back_in_sync(m, serving, standby, now_unix_ms, cfg))
+        {
+            return d(
+                Action::ClearOutdated {
+                    server: b_id.to_owned(),
+                    why: why.clone(),
+                },
+                format!("S1: {b_id} is no longer outdated: {why}"),
+            );
+        }
         if marked.is_none() && !standing_down {
             if let Some((lost, alive)) =
                 replication_lost_while_serving(serving, standby, now_unix_ms, cfg)
@@ -1296,6 +1352,68 @@ mod tests {
             &cfg(),
         );
         assert!(matches!(dec.action, Action::MarkOutdated { .. }), "{dec:?}");
+    }
+
+    /// A short loss (the fence-peer handler marked the standby, DRBD reconnected
+    /// and resynchronised before any witness held): a report received after the
+    /// mark showing it in sync lifts the mark; one from before never does.
+    #[test]
+    fn a_mark_is_lifted_only_by_an_in_sync_report_received_after_it() {
+        let p = marked(PairState::Healthy, NOW - 10_000, NOW - 10_000);
+        let mut b = standby(in_sync(), None, Some(in_sync()));
+        b.report_age_ms = Some(2_000);
+        let dec = decide(&p, &serving_alive(), &b, NOW, &cfg());
+        assert!(
+            matches!(&dec.action, Action::ClearOutdated { server, why } if server == "b" && why.contains("b reports itself UpToDate")),
+            "{dec:?}"
+        );
+        // Received before the mark (or within the margin): stays marked.
+        for age in [9_500, 10_000, 20_000] {
+            b.report_age_ms = Some(age);
+            let dec = decide(&p, &serving_alive(), &b, NOW, &cfg());
+            assert!(
+                !matches!(dec.action, Action::ClearOutdated { .. }),
+                "{age}: {dec:?}"
+            );
+        }
+        // Not in sync: stays marked.
+        let mut syncing = standby(
+            sum(
+                "Secondary",
+                "Inconsistent",
+                "Connected",
+                "SyncTarget",
+                "UpToDate",
+                Some(4096),
+            ),
+            None,
+            None,
+        );
+        syncing.report_age_ms = Some(100);
+        let dec = decide(&p, &serving_alive(), &syncing, NOW, &cfg());
+        assert!(
+            !matches!(dec.action, Action::ClearOutdated { .. }),
+            "{dec:?}"
+        );
+        // The serving Primary's own fresh view of its peer is enough.
+        let mut s = serving_alive();
+        s.report_age_ms = Some(100);
+        let gone = AgentView {
+            silent_ms: Some(5_000),
+            ..Default::default()
+        };
+        let dec = decide(&p, &s, &gone, NOW, &cfg());
+        assert!(
+            matches!(&dec.action, Action::ClearOutdated { why, .. } if why.contains("serving Primary reports b")),
+            "{dec:?}"
+        );
+        // ... but not a report of an earlier session.
+        s.stale_report = true;
+        let dec = decide(&p, &s, &gone, NOW, &cfg());
+        assert!(
+            !matches!(dec.action, Action::ClearOutdated { .. }),
+            "{dec:?}"
+        );
     }
 
     #[test]

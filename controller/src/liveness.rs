@@ -306,5 +306,8 @@ pub fn agent_view(
         unknown: res.map(|r| r.unknown.clone()).unwrap_or_default(),
         highest_epoch: Some(v.hello.highest_epoch),
         stale_report: v.last_report_at.is_none_or(|t| t < v.session_started),
+        report_age_ms: v
+            .last_report_at
+            .map(|t| now.saturating_duration_since(t).as_millis() as u64),
     }
 }

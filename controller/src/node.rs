@@ -167,7 +167,8 @@ async fn follow_leader(raft: Raft, cfg: ControllerConfig, tx: watch::Sender<Lead
                 .as_ref()
                 .is_some_and(|t| openraft::Instant::elapsed(&**t) < lease);
             let lease_ok = alone || acked;
-            if raft_leader && !lease_ok && !lease_lost {
+            // (Right after an election nothing is acknowledged yet: not worth a warning.)
+            if raft_leader && !lease_ok && !lease_lost && m.last_quorum_acked.is_some() {
                 tracing::warn!(node = cfg.node_id, term = m.current_term, lease_ms = lease.as_millis() as u64, "no quorum acknowledged this leader within its lease: standing down (sessions redirected, no commands)");
             }
             lease_lost = raft_leader && !lease_ok;
@@ -425,6 +426,18 @@ async fn leader_duties(
                                 lost_peer_unix_ms,
                                 primary_alive_unix_ms,
                                 source: "seen by the controller in the agents' DRBD reports".into(),
+                                at_unix_ms,
+                            },
+                        )
+                        .await;
+                    }
+                    Action::ClearOutdated { server, why } => {
+                        propose(
+                            &raft,
+                            Request::ClearOutdated {
+                                pair_id: id,
+                                server,
+                                why,
                                 at_unix_ms,
                             },
                         )

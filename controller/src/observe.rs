@@ -38,6 +38,8 @@ pub struct AgentView {
     /// `drbd` and `host` come from a report of an earlier session: the agent
     /// reconnected (maybe restarted) and has not reported on this one yet.
     pub stale_report: bool,
+    /// Milliseconds since its last report was received; `None` if none.
+    pub report_age_ms: Option<u64>,
 }
 
 /// Result of [`observe`].

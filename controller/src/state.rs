@@ -400,6 +400,13 @@ pub enum Request {
         source: String,
         at_unix_ms: i64,
     },
+    /// A report after the mark shows `server` in sync again: lift it.
+    ClearOutdated {
+        pair_id: String,
+        server: String,
+        why: String,
+        at_unix_ms: i64,
+    },
     /// An agent holds a higher epoch than the replicated one (a pair re-added, a
     /// restored controller): raise the pair's epoch to it, never lower (S4).
     RaiseEpoch {
@@ -488,6 +495,9 @@ impl fmt::Display for Request {
             Request::RaiseEpoch {
                 pair_id, at_least, ..
             } => write!(f, "RaiseEpoch({pair_id}: >= {at_least})"),
+            Request::ClearOutdated {
+                pair_id, server, ..
+            } => write!(f, "ClearOutdated({pair_id}: {server})"),
             Request::IssueCommand {
                 pair_id,
                 epoch,
@@ -808,6 +818,26 @@ impl ClusterState {
                         pair.serving_id(),
                         fmt_unix_ms(*primary_alive_unix_ms),
                     ),
+                );
+                Response::StateChanged { epoch: pair.epoch }
+            }
+            Request::ClearOutdated {
+                pair_id,
+                server,
+                why,
+                at_unix_ms,
+            } => {
+                let pair = match self.pair_mut(pair_id) {
+                    Ok(p) => p,
+                    Err(r) => return r,
+                };
+                if pair.outdated.as_ref().is_none_or(|m| m.server != *server) {
+                    return refused(format!("pair {pair_id}: {server} is not marked outdated"));
+                }
+                pair.outdated = None;
+                pair.record(
+                    *at_unix_ms,
+                    format!("S1: {server} is no longer outdated: {why}"),
                 );
                 Response::StateChanged { epoch: pair.epoch }
             }
@@ -1418,6 +1448,21 @@ mod tests {
         assert!(st.pairs["p1"].outdated.is_some(), "Suspect keeps the mark");
         st.apply(&set(PairState::Suspect, PairState::Healthy));
         assert!(st.pairs["p1"].outdated.is_none(), "in sync again clears it");
+        // Lifted explicitly (a report after the mark shows it in sync).
+        st.apply(&mark("p1-b", 0, 7000));
+        let clear = |server: &str| Request::ClearOutdated {
+            pair_id: "p1".into(),
+            server: server.into(),
+            why: "in sync".into(),
+            at_unix_ms: 9500,
+        };
+        assert!(matches!(st.apply(&clear("p1-a")), Response::Refused { .. }));
+        assert_eq!(
+            st.apply(&clear("p1-b")),
+            Response::StateChanged { epoch: 0 }
+        );
+        assert!(st.pairs["p1"].outdated.is_none());
+        assert!(matches!(st.apply(&clear("p1-b")), Response::Refused { .. }));
         let h: Vec<&str> = st.pairs["p1"]
             .history
             .iter()

@@ -137,8 +137,26 @@ fn a_backup_that_missed_acknowledged_writes_is_never_promoted() {
     });
     let o = &pair(&s, PAIR)["outdated"];
     assert!(
-        o["primary_alive_unix_ms"].as_i64().unwrap() > o["lost_peer_unix_ms"].as_i64().unwrap(),
+        o["primary_alive_unix_ms"].as_i64().unwrap() >= o["lost_peer_unix_ms"].as_i64().unwrap(),
         "{o}"
+    );
+    // fsa's DRBD suspended its I/O and ran the fence-peer handler, which got
+    // the mark committed (exit 4) before I/O resumed.
+    let log = wait_for(
+        "fence-peer handler ran on fsa",
+        Duration::from_secs(10),
+        || {
+            fs::read_to_string(c.hosts[0].dir.join("emu.log"))
+                .ok()
+                .filter(|l| l.contains("fence-peer helper returned 4"))
+        },
+    );
+    assert!(log.contains("susp-io( no -> fencing )"), "{log}");
+    let now = c.try_status().unwrap();
+    assert!(
+        history(&now).contains("DRBD fence-peer handler on fs1-fsa"),
+        "{}",
+        history(&now)
     );
     // The controller told fsb's DRBD so (drbdadm outdate through its agent).
     c.wait_status("fsb's disk Outdated", Duration::from_secs(15), |s| {

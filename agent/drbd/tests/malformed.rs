@@ -145,7 +145,7 @@ fn apply_errors_are_typed_and_leave_state_untouched() {
 fn unknown_words_and_keys_are_kept_and_reported() {
     let mut st = DrbdState::default();
     for line in [
-        "exists resource name:r0 role:Tertiary suspended:quorum frob:1",
+        "exists resource name:r0 role:Tertiary suspended:quorum,meditating frob:1",
         "exists device name:r0 volume:0 minor:1 disk:Shiny quorum:maybe",
         "exists connection name:r0 peer-node-id:3 conn-name:b connection:Levitating role:Secondary",
         "exists peer-device name:r0 peer-node-id:3 conn-name:b volume:0 replication:Teleporting peer-disk:UpToDate out-of-sync:18446744073709551608",
@@ -163,7 +163,7 @@ fn unknown_words_and_keys_are_kept_and_reported() {
     assert_eq!(s.out_of_sync_bytes, None, "underflowed counter");
     for want in [
         "resource.role=Tertiary",
-        "resource.suspended=quorum",
+        "resource.suspended=quorum,meditating",
         "resource.frob=1",
         "device[0].disk=Shiny",
         "device[0].quorum=maybe",

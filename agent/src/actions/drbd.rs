@@ -87,6 +87,63 @@ pub fn secondary_command(cfg: &DrbdActionsConfig) -> CommandLine {
         .arg(&cfg.resource)
 }
 
+/// `drbdadm status RES`.
+pub fn status_command(cfg: &DrbdActionsConfig) -> CommandLine {
+    CommandLine::new(&cfg.drbdadm)
+        .arg("status")
+        .arg(&cfg.resource)
+}
+
+/// `drbdadm resume-io RES`.
+pub fn resume_io_command(cfg: &DrbdActionsConfig) -> CommandLine {
+    CommandLine::new(&cfg.drbdadm)
+        .arg("resume-io")
+        .arg(&cfg.resource)
+}
+
+/// The suspend reason(s) `drbdadm status` prints on the resource line
+/// (`r0 role:Primary suspended:fencing`), if I/O is suspended.
+pub fn suspended_in_status(status: &str) -> Option<String> {
+    let first = status.lines().next()?;
+    first
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("suspended:"))
+        .filter(|v| *v != "no")
+        .map(str::to_owned)
+}
+
+/// Before a server that is being stood down unmounts or demotes: if DRBD froze
+/// its I/O (fencing: its fence-peer handler was refused because it no longer
+/// serves), resume it. Safe only there: its client IP is released and NFS is
+/// stopped, so nothing that completes now is acknowledged to a client, and its
+/// data is discarded on reconnect. Without this, `umount` and `drbdadm
+/// secondary` wait for the frozen writes forever.
+pub async fn resume_io_if_suspended(
+    cfg: &DrbdActionsConfig,
+) -> Result<Option<String>, ActionError> {
+    let cmd = status_command(cfg);
+    let out = command::run(&cmd, cfg.timeout()).await?;
+    let Some(why) = out
+        .success()
+        .then(|| suspended_in_status(&out.stdout))
+        .flatten()
+    else {
+        return Ok(None);
+    };
+    tracing::warn!(resource = %cfg.resource, reason = %why, "DRBD I/O is suspended on a server being stood down: resuming it");
+    let cmd = resume_io_command(cfg);
+    let out = command::run(&cmd, cfg.timeout()).await?;
+    if !out.success() {
+        return Err(ActionError::DrbdFailed {
+            resource: cfg.resource.clone(),
+            command: cmd.to_string(),
+            code: out.code,
+            stderr: out.message(),
+        });
+    }
+    Ok(Some(why))
+}
+
 /// `drbdadm outdate RES`.
 pub fn outdate_command(cfg: &DrbdActionsConfig) -> CommandLine {
     CommandLine::new(&cfg.drbdadm)
@@ -250,6 +307,26 @@ mod tests {
         assert_eq!(
             outdate_command(&cfg()).argv(),
             ["/opt/drbd/drbdadm", "outdate", "r0"]
+        );
+        assert_eq!(
+            resume_io_command(&cfg()).argv(),
+            ["/opt/drbd/drbdadm", "resume-io", "r0"]
+        );
+        assert_eq!(
+            suspended_in_status("r0 role:Primary suspended:fencing\n  disk:UpToDate\n"),
+            Some("fencing".into())
+        );
+        assert_eq!(
+            suspended_in_status("r0 role:Primary suspended:user,fencing\n"),
+            Some("user,fencing".into())
+        );
+        assert_eq!(
+            suspended_in_status("r0 role:Primary\n  disk:UpToDate\n"),
+            None
+        );
+        assert_eq!(
+            suspended_in_status("r0 role:Secondary suspended:no\n"),
+            None
         );
         assert_eq!(
             disconnect_command(&cfg()).argv(),

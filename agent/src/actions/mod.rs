@@ -206,7 +206,10 @@ impl HostActions {
     }
 
     /// `drbdadm secondary`.
+    /// A server told to demote is being stood down (or switched over): its
+    /// client IP and NFS are gone first, so frozen I/O is resumed before.
     pub async fn demote(&self) -> Result<(), ActionError> {
+        drbd::resume_io_if_suspended(&self.drbd).await?;
         drbd::demote(&self.drbd).await
     }
 
@@ -226,6 +229,8 @@ impl HostActions {
     }
 
     pub async fn unmount(&mut self) -> Result<(), ActionError> {
+        // A filesystem on frozen DRBD I/O cannot be unmounted; see `demote`.
+        drbd::resume_io_if_suspended(&self.drbd).await?;
         let (s, _) = self.serving("unmount")?;
         mount::unmount(&s.mount).await
     }
