@@ -17,8 +17,7 @@ use tonic::Status;
 use tracing::Instrument;
 use understudy_proto::{FencePeerRequest, FencePeerResponse};
 
-use crate::leadership::{now_unix_ms, write, LeaderView};
-use crate::operator::LEADER_METADATA;
+use crate::leadership::{not_leader, now_unix_ms, write, LeaderView};
 use crate::raft::store::SharedState;
 use crate::raft::Raft;
 use crate::state::{PairRecord, Request, Response};
@@ -90,16 +89,7 @@ pub async fn handle(
     req: FencePeerRequest,
 ) -> Result<FencePeerResponse, Status> {
     if !view.is_leader {
-        let mut st = Status::failed_precondition(match &view.leader_addr {
-            Some(a) => format!("this controller is not the leader; the leader is at {a}"),
-            None => "no leader is known yet; retry in a moment".into(),
-        });
-        if let Some(a) = &view.leader_addr {
-            if let Ok(v) = a.parse() {
-                st.metadata_mut().insert(LEADER_METADATA, v);
-            }
-        }
-        return Err(st);
+        return Err(not_leader(view));
     }
     let pair = state
         .snapshot()

@@ -17,6 +17,25 @@ pub struct LeaderView {
     pub term: u64,
 }
 
+/// gRPC metadata key carrying the leader's address on a redirect.
+pub const LEADER_METADATA: &str = "understudy-leader";
+
+/// What a node that is not the leader answers a request only the leader may
+/// take: `FAILED_PRECONDITION`, with the leader's address (if known) in the
+/// `understudy-leader` metadata so the client retries there.
+pub fn not_leader(view: &LeaderView) -> tonic::Status {
+    let mut st = tonic::Status::failed_precondition(match &view.leader_addr {
+        Some(a) => format!("this controller is not the leader; the leader is at {a}"),
+        None => "no leader is known yet; retry in a moment".into(),
+    });
+    if let Some(a) = &view.leader_addr {
+        if let Ok(v) = a.parse() {
+            st.metadata_mut().insert(LEADER_METADATA, v);
+        }
+    }
+    st
+}
+
 /// Milliseconds since the Unix epoch, for history records.
 pub fn now_unix_ms() -> i64 {
     SystemTime::now()

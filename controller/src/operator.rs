@@ -28,8 +28,7 @@ use crate::raft::store::SharedState;
 use crate::raft::Raft;
 use crate::state::StepStatus;
 
-/// gRPC metadata key carrying the leader's address on a redirect.
-pub const LEADER_METADATA: &str = "understudy-leader";
+pub use crate::leadership::LEADER_METADATA;
 
 /// The operator-facing gRPC service of one controller node.
 pub struct OperatorGrpc {
@@ -45,16 +44,7 @@ impl OperatorGrpc {
     async fn leader_barrier(&self) -> Result<LeaderView, Status> {
         let view = self.leader.borrow().clone();
         if !view.is_leader {
-            let mut st = Status::failed_precondition(match &view.leader_addr {
-                Some(a) => format!("this controller is not the leader; the leader is at {a}"),
-                None => "no leader is known yet; retry in a moment".into(),
-            });
-            if let Some(a) = &view.leader_addr {
-                if let Ok(v) = a.parse() {
-                    st.metadata_mut().insert(LEADER_METADATA, v);
-                }
-            }
-            return Err(st);
+            return Err(crate::leadership::not_leader(&view));
         }
         match tokio::time::timeout(
             Duration::from_secs(3),

@@ -759,16 +759,10 @@ impl ClusterState {
                 epoch,
                 add_ms,
             } => {
-                let pair = match self.pair_mut(pair_id) {
+                let pair = match self.pair_at(pair_id, *epoch, "stale hold-off tick") {
                     Ok(p) => p,
                     Err(r) => return r,
                 };
-                if pair.epoch != *epoch {
-                    return refused(format!(
-                        "pair {pair_id} is at epoch {}, not {epoch}: stale hold-off tick",
-                        pair.epoch
-                    ));
-                }
                 pair.holdoff_elapsed_ms = pair.holdoff_elapsed_ms.saturating_add(*add_ms);
                 Response::StateChanged { epoch: pair.epoch }
             }
@@ -874,16 +868,10 @@ impl ClusterState {
                 command,
                 at_unix_ms,
             } => {
-                let pair = match self.pair_mut(pair_id) {
+                let pair = match self.pair_at(pair_id, *epoch, "command not sent") {
                     Ok(p) => p,
                     Err(r) => return r,
                 };
-                if pair.epoch != *epoch {
-                    return refused(format!(
-                        "pair {pair_id} is at epoch {}, not {epoch}: command not sent",
-                        pair.epoch
-                    ));
-                }
                 if let Some(f) = &pair.failover {
                     return refused(format!(
                         "pair {pair_id}: failover epoch {} is in flight: command not sent",
@@ -956,6 +944,18 @@ impl ClusterState {
                 Response::StateChanged { epoch: pair.epoch }
             }
         }
+    }
+
+    /// The pair, if it is still at `epoch`; `what` says what is refused otherwise.
+    fn pair_at(&mut self, id: &str, epoch: u64, what: &str) -> Result<&mut PairRecord, Response> {
+        let pair = self.pair_mut(id)?;
+        if pair.epoch != epoch {
+            return Err(refused(format!(
+                "pair {id} is at epoch {}, not {epoch}: {what}",
+                pair.epoch
+            )));
+        }
+        Ok(pair)
     }
 
     fn pair_mut(&mut self, id: &str) -> Result<&mut PairRecord, Response> {

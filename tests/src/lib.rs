@@ -580,6 +580,18 @@ impl Drop for KeepLogs {
     }
 }
 
+/// The history lines of `pair` in a status JSON (the latest 20), oldest first.
+pub fn history_lines(status: &Value, pair_id: &str) -> Vec<String> {
+    pair(status, pair_id)["history"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .map(|l| l["event"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A server entry of a pair in a status JSON.
 pub fn server<'a>(status: &'a Value, pair: &str, server: &str) -> &'a Value {
     status["pairs"]

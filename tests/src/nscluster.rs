@@ -590,36 +590,19 @@ address = "{}:7789"
 
     /// Which hosts have the client IP configured now.
     pub fn ip_holders(&self) -> Vec<&'static str> {
-        self.hosts
-            .iter()
-            .filter(|h| {
-                self.net
-                    .ip_in(h.name, &["-o", "addr", "show"])
-                    .map(|o| o.contains(&format!(" {}/", self.client_ip)))
-                    .unwrap_or(false)
-            })
-            .map(|h| h.name)
-            .collect()
+        ip_holders_in(&self.host_namespaces(), self.client_ip)
     }
 
     /// Which hosts run an NFS server now (a ganesha process in their namespace).
     pub fn exporting_hosts(&self) -> Vec<&'static str> {
+        exporters_in(&self.host_namespaces())
+    }
+
+    /// (namespace, host) of every server host, for samplers in other threads.
+    pub fn host_namespaces(&self) -> Vec<(String, &'static str)> {
         self.hosts
             .iter()
-            .filter(|h| {
-                let ns = self.net.ns_name(h.name);
-                let pids = Command::new("ip")
-                    .args(["netns", "pids", &ns])
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                    .unwrap_or_default();
-                pids.split_whitespace().any(|pid| {
-                    fs::read_to_string(format!("/proc/{pid}/comm"))
-                        .map(|c| c.trim().starts_with("ganesha"))
-                        .unwrap_or(false)
-                })
-            })
-            .map(|h| h.name)
+            .map(|h| (self.net.ns_name(h.name), h.name))
             .collect()
     }
 
@@ -675,6 +658,42 @@ pub fn link_up(veth: &str) -> bool {
                 .is_some_and(|(flags, _)| flags.split(',').any(|f| f == "UP"))
         })
         .unwrap_or(false)
+}
+
+/// Which of these (namespace, host) have `client_ip` configured now.
+pub fn ip_holders_in(hosts: &[(String, &'static str)], client_ip: Ipv4Addr) -> Vec<&'static str> {
+    let needle = format!(" {client_ip}/");
+    hosts
+        .iter()
+        .filter(|(ns, _)| {
+            Command::new("ip")
+                .args(["-n", ns, "-o", "addr", "show"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains(&needle))
+                .unwrap_or(false)
+        })
+        .map(|(_, h)| *h)
+        .collect()
+}
+
+/// Which of these (namespace, host) run an NFS server now (a ganesha process).
+pub fn exporters_in(hosts: &[(String, &'static str)]) -> Vec<&'static str> {
+    hosts
+        .iter()
+        .filter(|(ns, _)| {
+            let pids = Command::new("ip")
+                .args(["netns", "pids", ns])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            pids.split_whitespace().any(|pid| {
+                fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .map(|c| c.trim().starts_with("ganesha"))
+                    .unwrap_or(false)
+            })
+        })
+        .map(|(_, h)| *h)
+        .collect()
 }
 
 /// Whether `server` reports mounted, exporting and holding the client IP.

@@ -8,14 +8,7 @@ use understudy_tests::nscluster::{serving_ok, NsCluster, PAIR};
 use understudy_tests::{pair, wait_for};
 
 fn history(s: &serde_json::Value) -> Vec<String> {
-    pair(s, PAIR)["history"]
-        .as_array()
-        .map(|h| {
-            h.iter()
-                .map(|l| l["event"].as_str().unwrap_or_default().to_string())
-                .collect()
-        })
-        .unwrap_or_default()
+    understudy_tests::history_lines(s, PAIR)
 }
 
 #[test]

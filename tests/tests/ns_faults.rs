@@ -22,15 +22,7 @@ fn alerts(s: &Value) -> Vec<String> {
 }
 
 fn history(s: &Value) -> String {
-    pair(s, PAIR)["history"]
-        .as_array()
-        .map(|h| {
-            h.iter()
-                .map(|l| l["event"].as_str().unwrap_or_default().to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .unwrap_or_default()
+    understudy_tests::history_lines(s, PAIR).join("\n")
 }
 
 /// A single witness holds: the pair is Suspect with `alert`, and stays served

@@ -9,22 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use understudy_tests::nscluster::{NsCluster, NsOptions, PAIR};
+use understudy_tests::nscluster::{exporters_in, ip_holders_in, NsCluster, NsOptions, PAIR};
 use understudy_tests::{pair, server, wait_for, Cluster};
 
 const FSA: &str = "fs1-fsa";
 const FSB: &str = "fs1-fsb";
 
 fn history(s: &Value) -> String {
-    pair(s, PAIR)["history"]
-        .as_array()
-        .map(|h| {
-            h.iter()
-                .map(|l| l["event"].as_str().unwrap_or_default().to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .unwrap_or_default()
+    understudy_tests::history_lines(s, PAIR).join("\n")
 }
 
 fn reason(s: &Value) -> String {
@@ -46,44 +38,13 @@ impl Invariants {
     fn watch(c: &NsCluster) -> Invariants {
         let stop = Arc::new(AtomicBool::new(false));
         let worst = Arc::new(Mutex::new((0, 0, String::new())));
-        // The cluster is not Sync-shared across threads; sample through the same
-        // commands with copies of what they need.
-        let ns: Vec<(String, &'static str)> = c
-            .hosts
-            .iter()
-            .map(|h| (c.net.ns_name(h.name), h.name))
-            .collect();
-        let ip = format!(" {}/", c.client_ip);
+        let ns = c.host_namespaces();
+        let ip = c.client_ip;
         let (s2, w2) = (stop.clone(), worst.clone());
         let thread = std::thread::spawn(move || {
             while !s2.load(Ordering::Relaxed) {
-                let holders: Vec<&str> = ns
-                    .iter()
-                    .filter(|(n, _)| {
-                        std::process::Command::new("ip")
-                            .args(["-n", n, "-o", "addr", "show"])
-                            .output()
-                            .map(|o| String::from_utf8_lossy(&o.stdout).contains(&ip))
-                            .unwrap_or(false)
-                    })
-                    .map(|(_, h)| *h)
-                    .collect();
-                let exporting: Vec<&str> = ns
-                    .iter()
-                    .filter(|(n, _)| {
-                        let pids = std::process::Command::new("ip")
-                            .args(["netns", "pids", n])
-                            .output()
-                            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                            .unwrap_or_default();
-                        pids.split_whitespace().any(|pid| {
-                            fs::read_to_string(format!("/proc/{pid}/comm"))
-                                .map(|c| c.trim().starts_with("ganesha"))
-                                .unwrap_or(false)
-                        })
-                    })
-                    .map(|(_, h)| *h)
-                    .collect();
+                let holders = ip_holders_in(&ns, ip);
+                let exporting = exporters_in(&ns);
                 let mut w = w2.lock().unwrap();
                 if holders.len() > w.0 || exporting.len() > w.1 {
                     w.0 = w.0.max(holders.len());

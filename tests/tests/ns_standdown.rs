@@ -143,14 +143,7 @@ fn alerts(s: &Value) -> Vec<String> {
 }
 
 fn history(s: &Value) -> Vec<String> {
-    pair(s, PAIR)["history"]
-        .as_array()
-        .map(|h| {
-            h.iter()
-                .map(|l| l["event"].as_str().unwrap_or_default().to_string())
-                .collect()
-        })
-        .unwrap_or_default()
+    understudy_tests::history_lines(s, PAIR)
 }
 
 /// Whether `server_id` reports no serving state at all (Secondary, nothing

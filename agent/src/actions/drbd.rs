@@ -80,25 +80,34 @@ pub fn primary_command(cfg: &DrbdActionsConfig, force: bool) -> CommandLine {
     c.arg(&cfg.resource)
 }
 
+/// `drbdadm VERB RES`.
+fn adm(cfg: &DrbdActionsConfig, verb: &str) -> CommandLine {
+    CommandLine::new(&cfg.drbdadm).arg(verb).arg(&cfg.resource)
+}
+
 /// `drbdadm secondary RES`.
 pub fn secondary_command(cfg: &DrbdActionsConfig) -> CommandLine {
-    CommandLine::new(&cfg.drbdadm)
-        .arg("secondary")
-        .arg(&cfg.resource)
+    adm(cfg, "secondary")
+}
+
+/// A drbdadm command that failed, as the error to report.
+fn failed(cfg: &DrbdActionsConfig, cmd: &CommandLine, out: &Outcome) -> ActionError {
+    ActionError::DrbdFailed {
+        resource: cfg.resource.clone(),
+        command: cmd.to_string(),
+        code: out.code,
+        stderr: out.message(),
+    }
 }
 
 /// `drbdadm status RES`.
 pub fn status_command(cfg: &DrbdActionsConfig) -> CommandLine {
-    CommandLine::new(&cfg.drbdadm)
-        .arg("status")
-        .arg(&cfg.resource)
+    adm(cfg, "status")
 }
 
 /// `drbdadm resume-io RES`.
 pub fn resume_io_command(cfg: &DrbdActionsConfig) -> CommandLine {
-    CommandLine::new(&cfg.drbdadm)
-        .arg("resume-io")
-        .arg(&cfg.resource)
+    adm(cfg, "resume-io")
 }
 
 /// The suspend reason(s) `drbdadm status` prints on the resource line
@@ -134,35 +143,24 @@ pub async fn resume_io_if_suspended(
     let cmd = resume_io_command(cfg);
     let out = command::run(&cmd, cfg.timeout()).await?;
     if !out.success() {
-        return Err(ActionError::DrbdFailed {
-            resource: cfg.resource.clone(),
-            command: cmd.to_string(),
-            code: out.code,
-            stderr: out.message(),
-        });
+        return Err(failed(cfg, &cmd, &out));
     }
     Ok(Some(why))
 }
 
 /// `drbdadm outdate RES`.
 pub fn outdate_command(cfg: &DrbdActionsConfig) -> CommandLine {
-    CommandLine::new(&cfg.drbdadm)
-        .arg("outdate")
-        .arg(&cfg.resource)
+    adm(cfg, "outdate")
 }
 
 /// `drbdadm role RES`: `Primary` or `Secondary` (DRBD 8.4: `Primary/Secondary`).
 pub fn role_command(cfg: &DrbdActionsConfig) -> CommandLine {
-    CommandLine::new(&cfg.drbdadm)
-        .arg("role")
-        .arg(&cfg.resource)
+    adm(cfg, "role")
 }
 
 /// `drbdadm disconnect RES`: to `StandAlone` (a no-op when already there).
 pub fn disconnect_command(cfg: &DrbdActionsConfig) -> CommandLine {
-    CommandLine::new(&cfg.drbdadm)
-        .arg("disconnect")
-        .arg(&cfg.resource)
+    adm(cfg, "disconnect")
 }
 
 /// `drbdadm connect [--discard-my-data] RES`: leave `StandAlone`; with
