@@ -552,12 +552,11 @@ impl fuser::Filesystem for DevFs {
             return;
         }
         if flags & libc::O_ACCMODE != libc::O_RDONLY {
-            let mut c = self.sh.lock();
+            let c = self.sh.lock();
+            // allow_rw_open: the daemon's own losetup, which may open the
+            // file more than once when it races for a free loop device
             let allowed =
                 c.role == Role::Primary || c.blk.as_ref().is_some_and(|b| b.allow_rw_open);
-            if let Some(b) = c.blk.as_mut() {
-                b.allow_rw_open = false;
-            }
             if !allowed {
                 // DRBD: a Secondary's device cannot be opened for writing
                 reply.error(libc::EROFS);

@@ -46,12 +46,10 @@ struct BPair {
     mounts: Vec<PathBuf>,
 }
 
-const SIZE_MIB: u64 = 64;
-
-fn block_sections(n: &Node, extra_net: &str) -> String {
+fn block_sections(n: &Node, size_mib: u64, extra_net: &str) -> String {
     let base = n.state_dir.parent().unwrap();
     format!(
-        "[device]\nmode = \"block\"\nsize_mib = {SIZE_MIB}\nbacking_file = \"{}\"\ndevice_link = \"{}\"\n[net]\n{extra_net}\n",
+        "[device]\nmode = \"block\"\nsize_mib = {size_mib}\nbacking_file = \"{}\"\ndevice_link = \"{}\"\n[net]\n{extra_net}\n",
         base.join("disk.img").display(),
         base.join("drbd1000").display()
     )
@@ -60,12 +58,12 @@ fn block_sections(n: &Node, extra_net: &str) -> String {
 impl BPair {
     /// Configured, not started. `tuning`: keys of `[tuning]`; `net`: keys
     /// of `[net]`; `more`: further sections (`[handlers]`).
-    fn new(tuning: &str, net: &str, more: &str) -> BPair {
+    fn new(size_mib: u64, tuning: &str, net: &str, more: &str) -> BPair {
         require_env();
         let p = Pair::new(tuning);
         for n in [&p.a, &p.b] {
             let mut text = std::fs::read_to_string(&n.config).unwrap();
-            text.push_str(&block_sections(n, net));
+            text.push_str(&block_sections(n, size_mib, net));
             text.push_str(more);
             std::fs::write(&n.config, text).unwrap();
         }
@@ -75,8 +73,8 @@ impl BPair {
         }
     }
 
-    fn started(tuning: &str, net: &str, more: &str) -> BPair {
-        let mut bp = BPair::new(tuning, net, more);
+    fn started(size_mib: u64, tuning: &str, net: &str, more: &str) -> BPair {
+        let mut bp = BPair::new(size_mib, tuning, net, more);
         bp.p.a.start();
         bp.p.b.start();
         bp.p.a.wait_status(10, "r0 role:Secondary\n  disk:Inconsistent\n  fs2 role:Secondary\n    peer-disk:Inconsistent\n");
@@ -85,8 +83,8 @@ impl BPair {
     }
 
     /// Started, fs1 forced Primary and the full initial sync done.
-    fn synced(tuning: &str, net: &str, more: &str) -> BPair {
-        let bp = BPair::started(tuning, net, more);
+    fn synced(size_mib: u64, tuning: &str, net: &str, more: &str) -> BPair {
+        let bp = BPair::started(size_mib, tuning, net, more);
         bp.p.a.adm_ok(&["primary", "--force", "r0"]);
         bp.p.a.wait_status(60, SYNCED_A);
         bp.p.b.wait_status(60, SYNCED_B);
@@ -109,7 +107,15 @@ impl Drop for BPair {
         self.p.b.kill();
         for n in [&self.p.a, &self.p.b] {
             if let Ok(d) = std::fs::read_to_string(n.state_dir.join("device")) {
-                let _ = Command::new("losetup").arg("-d").arg(d.trim()).output();
+                // only if it is still ours (a daemon of another test may
+                // have cleaned it up and the number been reused)
+                let d = d.trim();
+                let short = d.trim_start_matches("/dev/");
+                let back = std::fs::read_to_string(format!("/sys/block/{short}/loop/backing_file"))
+                    .unwrap_or_default();
+                if back.trim().trim_end_matches(" (deleted)") == dev_file(n).display().to_string() {
+                    let _ = Command::new("losetup").arg("-d").arg(d).output();
+                }
             }
             let _ = Command::new("umount")
                 .arg("-l")
@@ -220,6 +226,7 @@ fn log(n: &Node) -> String {
 #[test]
 fn protocol_c_write_waits_for_the_peer() {
     let bp = BPair::synced(
+        16,
         "ping_interval_ms = 200\nping_timeout_ms = 2500\nconnect_retry_ms = 100",
         "",
         "",
@@ -280,6 +287,7 @@ fn protocol_c_write_waits_for_the_peer() {
 #[test]
 fn protocol_a_does_not_wait_for_the_peer() {
     let bp = BPair::synced(
+        16,
         "ping_interval_ms = 200\nping_timeout_ms = 5000",
         "protocol = \"A\"",
         "",
@@ -302,7 +310,9 @@ fn protocol_a_does_not_wait_for_the_peer() {
 /// out-of-sync falls to 0 at the configured rate.
 #[test]
 fn resync_by_bitmap_after_reconnect() {
-    let bp = BPair::synced("resync_rate_kib = 256", "", "");
+    // 2 MiB at 512 KiB/s: the initial full sync takes 4 s, the bitmap
+    // resync below (388 KiB) about 0.8 s
+    let bp = BPair::synced(2, "resync_rate_kib = 512", "", "");
     let (a, b) = (&bp.p.a, &bp.p.b);
     b.adm_ok(&["disconnect", "r0"]);
     a.wait_status(
@@ -311,13 +321,13 @@ fn resync_by_bitmap_after_reconnect() {
     );
     // three 128 KiB regions far apart + one sub-block write = 97 blocks
     let mut expect = Vec::new();
-    for (i, off) in [0u64, 20 << 20, 50 << 20].iter().enumerate() {
+    for (i, off) in [0u64, 640 << 10, 1536 << 10].iter().enumerate() {
         let d = pattern(128 << 10, 10 + i as u64);
         write_sync(a, *off, &d);
         expect.push((*off, d));
     }
     let small = pattern(100, 99);
-    write_sync(a, (40 << 20) + 1000, &small);
+    write_sync(a, (1200 << 10) + 1000, &small);
     assert_eq!(oos(a), 3 * 128 + 4, "out-of-sync KiB after the writes");
     let rx0 = received(b);
     b.adm_ok(&["connect", "r0"]);
@@ -346,7 +356,7 @@ fn resync_by_bitmap_after_reconnect() {
     for (off, d) in &expect {
         assert_eq!(&read_at(&backing(b), *off, d.len()), d);
     }
-    assert_eq!(read_at(&backing(b), (40 << 20) + 1000, 100), small);
+    assert_eq!(read_at(&backing(b), (1200 << 10) + 1000, 100), small);
     assert_eq!(
         std::fs::read(backing(a)).unwrap(),
         std::fs::read(backing(b)).unwrap(),
@@ -359,7 +369,7 @@ fn resync_by_bitmap_after_reconnect() {
 /// victim resolves it and its blocks are overwritten.
 #[test]
 fn split_brain_detected_and_resolved_with_discard_my_data() {
-    let bp = BPair::synced("", "", "");
+    let bp = BPair::synced(16, "", "", "");
     let (a, b) = (&bp.p.a, &bp.p.b);
     b.adm_ok(&["disconnect", "r0"]);
     a.wait_status(
@@ -419,6 +429,7 @@ fn fencing_suspends_writes_until_the_handler_returns() {
         script.display()
     );
     let mut bp = BPair::synced(
+        16,
         "ping_interval_ms = 100\nping_timeout_ms = 400\nconnect_retry_ms = 100",
         "fencing = \"resource-and-stonith\"",
         &more,
@@ -450,7 +461,7 @@ fn fencing_suspends_writes_until_the_handler_returns() {
 /// device); reads work; promotion is refused while the peer is Primary.
 #[test]
 fn secondary_refuses_writes_and_second_primary() {
-    let bp = BPair::synced("", "", "");
+    let bp = BPair::synced(16, "", "", "");
     let (a, b) = (&bp.p.a, &bp.p.b);
     let d = pattern(4096, 41);
     write_sync(a, 4096 * 7, &d);
@@ -459,14 +470,20 @@ fn secondary_refuses_writes_and_second_primary() {
         .open(dev_file(b))
         .expect_err("a Secondary's device opened for writing");
     assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    // the loop device is read-only (BLKROSET): writing to it fails
     let e = std::fs::OpenOptions::new()
         .write(true)
         .open(loop_dev(b))
-        .expect_err("a Secondary's loop device opened for writing");
+        .and_then(|f| f.write_all_at(&[1u8; 4096], 0))
+        .expect_err("a write to a Secondary's loop device succeeded");
     assert!(
-        matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES)),
+        matches!(
+            e.raw_os_error(),
+            Some(libc::EROFS) | Some(libc::EACCES) | Some(libc::EPERM)
+        ),
         "{e}"
     );
+    assert_eq!(read_at(&backing(b), 0, 4096), read_at(&backing(a), 0, 4096));
     // reads as DRBD allows them
     assert_eq!(read_at(&dev_file(b), 4096 * 7, 4096), d);
     // the Primary's loop device is writable
@@ -491,6 +508,7 @@ fn secondary_refuses_writes_and_second_primary() {
 #[test]
 fn ext4_survives_primary_crash() {
     let mut bp = BPair::synced(
+        64,
         "ping_interval_ms = 100\nping_timeout_ms = 500\nconnect_retry_ms = 100",
         "",
         "",
