@@ -1608,6 +1608,21 @@ mod tests {
         let mut victim = b.clone();
         victim.discard = true;
         assert_eq!(both(&a, &victim), (Decision::Source, Decision::Target));
+        // block mode: same generation, bits left from writes in flight
+        let (a, b) = (side(0, UpToDate, 9, &[7]), side(1, UpToDate, 9, &[7]));
+        let bits = [1u64, 0];
+        let none = [0u64, 0];
+        let bd = |x: &Side, y: &Side, r: (Role, Role), m: &[u64], t: &[u64]| {
+            block_decision(decide(x, y), x, y, r, m, t)
+        };
+        let (p, s) = (Role::Primary, Role::Secondary);
+        assert_eq!(bd(&a, &b, (s, s), &none, &none), Decision::InSync);
+        assert_eq!(bd(&a, &b, (s, p), &bits, &none), Decision::Target);
+        assert_eq!(bd(&b, &a, (p, s), &none, &bits), Decision::Source);
+        assert_eq!(bd(&a, &b, (s, s), &none, &bits), Decision::Target);
+        assert_eq!(bd(&b, &a, (s, s), &bits, &none), Decision::Source);
+        assert_eq!(bd(&a, &b, (s, s), &bits, &bits), Decision::Source);
+        assert_eq!(bd(&b, &a, (s, s), &bits, &bits), Decision::Target);
         // outdated with same generation catches up
         let b = side(1, Outdated, 9, &[7]);
         assert_eq!(both(&a, &b), (Decision::Source, Decision::Target));
