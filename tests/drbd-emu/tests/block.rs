@@ -330,6 +330,7 @@ fn resync_by_bitmap_after_reconnect() {
     write_sync(a, (1200 << 10) + 1000, &small);
     assert_eq!(oos(a), 3 * 128 + 4, "out-of-sync KiB after the writes");
     let rx0 = received(b);
+    let t0 = Instant::now();
     b.adm_ok(&["connect", "r0"]);
     // the target is Inconsistent and SyncTarget while the resync runs
     wait_until(10, "fs2 is SyncTarget and Inconsistent", || {
@@ -339,6 +340,22 @@ fn resync_by_bitmap_after_reconnect() {
             && p["replication-state"] == "SyncTarget")
             .then_some(())
     });
+    // the agent's parsers read the block mode's output mid-resync
+    for n in [a, b] {
+        let o = n.drbdsetup(&["events2", "--now", "--statistics", "r0"]);
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let mut count = 0;
+        for ev in understudy_drbd::events2::parse_lines(&text) {
+            ev.unwrap_or_else(|e| panic!("{}: events2 line not parsed: {e:?}\n{text}", n.name));
+            count += 1;
+        }
+        assert!(count >= 6, "{text}");
+        let o = n.drbdsetup(&["status", "r0", "--json"]);
+        let res =
+            understudy_drbd::status_json::parse_status_json(&String::from_utf8_lossy(&o.stdout))
+                .unwrap_or_else(|e| panic!("{}: status --json not parsed: {e:?}", n.name));
+        assert_eq!(res.len(), 1);
+    }
     let mut seen_partial = false;
     wait_until(20, "the resync to finish", || {
         let o = oos(a);
@@ -348,6 +365,12 @@ fn resync_by_bitmap_after_reconnect() {
         (a.status() == SYNCED_A).then_some(())
     });
     assert!(seen_partial, "out-of-sync never fell gradually");
+    // 388 KiB at resync_rate_kib = 512: at least ~0.75 s
+    assert!(
+        t0.elapsed() >= Duration::from_millis(600),
+        "resync faster than resync_rate_kib allows: {:?}",
+        t0.elapsed()
+    );
     b.wait_status(10, SYNCED_B);
     assert_eq!(oos(a), 0);
     assert_eq!(oos(b), 0);
