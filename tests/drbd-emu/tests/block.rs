@@ -586,5 +586,27 @@ fn ext4_survives_primary_crash() {
     std::fs::write(mnt_b.join("after-failover"), b"ok").unwrap();
     let _ = Command::new("umount").arg(&mnt_b).output();
     bp.mounts.retain(|m| m != &mnt_b);
+    // the crashed host comes back: what it leaked (loop device on a dead
+    // FUSE mount) is cleaned up, and it resyncs from the new Primary
+    bp.p.a.start();
+    let a_file = dev_file(&bp.p.a).display().to_string();
+    let attached = run("losetup", &["-l", "-n", "--raw", "-O", "BACK-FILE"])
+        .lines()
+        .filter(|l| l.replace("\\x20", " ").trim_end_matches(" (deleted)") == a_file)
+        .count();
+    assert_eq!(attached, 1, "loop devices on {a_file} after the restart");
+    assert_ne!(loop_dev(&bp.p.a), "", "no loop device after the restart");
+    bp.p.b.wait_status(
+        30,
+        "r0 role:Primary\n  disk:UpToDate\n  fs1 role:Secondary\n    peer-disk:UpToDate\n",
+    );
+    bp.p.a.wait_status(
+        30,
+        "r0 role:Secondary\n  disk:UpToDate\n  fs2 role:Primary\n    peer-disk:UpToDate\n",
+    );
+    assert!(
+        std::fs::read(backing(&bp.p.a)).unwrap() == std::fs::read(backing(&bp.p.b)).unwrap(),
+        "backing files differ after the old Primary rejoined"
+    );
     bp.p.b.adm_ok(&["secondary", "r0"]);
 }
