@@ -57,7 +57,9 @@ pub struct Config {
     pub minor: u32,
     /// Control socket, lock file and persisted metadata live here.
     pub state_dir: PathBuf,
-    /// The emulated backing device: a plain directory tree.
+    /// The emulated backing device of the directory mode: a plain
+    /// directory tree (unused, and optional, in block mode).
+    #[serde(default)]
     pub data_dir: PathBuf,
     /// Replication TCP endpoint of this host (`IP:port`).
     pub listen: SocketAddr,
@@ -76,6 +78,9 @@ pub struct Config {
     /// DRBD `handlers { }`: commands run with `sh -c`.
     #[serde(default)]
     pub handlers: Handlers,
+    /// The replicated device: directory mode (default) or block mode.
+    #[serde(default)]
+    pub device: DeviceOptions,
     /// The file this config was read from (`DRBD_CONF` of the handlers).
     #[serde(skip)]
     pub path: PathBuf,
@@ -106,13 +111,70 @@ impl std::fmt::Display for Fencing {
     }
 }
 
+/// DRBD's replication protocol (`net { protocol A|B|C; }`), block mode only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum Protocol {
+    /// Asynchronous: a write completes once it is on the local disk and
+    /// handed to the network.
+    A,
+    /// Memory synchronous: ... once the peer has received it.
+    B,
+    /// Synchronous (default): ... once the peer has written it.
+    #[default]
+    C,
+}
+
 /// `[net]`: every key is optional.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NetOptions {
     /// `dont-care` (default), `resource-only`, `resource-and-stonith`.
     pub fencing: Fencing,
+    /// `"A"`, `"B"` or `"C"` (default); only the block mode has write
+    /// acknowledgements to hold back.
+    pub protocol: Protocol,
 }
+
+/// What backs the replicated device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceMode {
+    /// `data_dir` is replicated by scanning it (the original emulator).
+    #[default]
+    Directory,
+    /// A fixed-size block device: one file served through FUSE, with a
+    /// loop device on it, replicated write by write.
+    Block,
+}
+
+/// `[device]`: every key is optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeviceOptions {
+    /// `directory` (default) or `block`.
+    pub mode: DeviceMode,
+    /// Device size in MiB (block mode; required there).
+    pub size_mib: u64,
+    /// The backing "disk" of the block mode (created sparse at `size_mib`
+    /// if missing). Default `STATE_DIR/backing.img`.
+    pub backing_file: Option<PathBuf>,
+    /// Where the FUSE file system serving the device file is mounted.
+    /// Default `STATE_DIR/fuse`; the device file is `MOUNT_DIR/drbd-emu-device`.
+    pub mount_dir: Option<PathBuf>,
+    /// Set up a loop device on the device file (default true).
+    pub loop_device: Option<bool>,
+    /// A symlink created here points at the loop device (`/dev/loopN`),
+    /// the `/dev/drbdMINOR` stand-in. The path is also written to
+    /// `STATE_DIR/device`.
+    pub device_link: Option<PathBuf>,
+}
+
+/// Name of the device file inside `mount_dir` (also how leaked loop
+/// devices of crashed daemons are recognised).
+pub const DEVICE_FILE_NAME: &str = "drbd-emu-device";
+
+/// Size of one bit of the out-of-sync bitmap.
+pub const BM_BLOCK: u64 = 4096;
 
 /// `[handlers]`: every key is optional.
 #[derive(Debug, Clone, Deserialize)]
@@ -230,10 +292,30 @@ impl Config {
         if self.node_id > 31 || self.peer.node_id > 31 {
             return Err("node ids must be in 0..=31".into());
         }
-        if self.state_dir.as_os_str().is_empty() || self.data_dir.as_os_str().is_empty() {
-            return Err("state_dir and data_dir must be set".into());
+        if self.state_dir.as_os_str().is_empty() {
+            return Err("state_dir must be set".into());
         }
-        if self.state_dir == self.data_dir {
+        if self.is_block() {
+            if self.device.size_mib == 0 {
+                return Err("device.size_mib must be > 0 in block mode".into());
+            }
+            if self.device.size_mib > 1 << 20 {
+                return Err("device.size_mib must be at most 1048576 (1 TiB)".into());
+            }
+        } else {
+            if self.data_dir.as_os_str().is_empty() {
+                return Err("data_dir must be set (directory mode)".into());
+            }
+            if self.device.size_mib != 0
+                || self.device.backing_file.is_some()
+                || self.device.mount_dir.is_some()
+                || self.device.loop_device.is_some()
+                || self.device.device_link.is_some()
+            {
+                return Err("device.size_mib, backing_file, mount_dir, loop_device and device_link need device.mode = \"block\"".into());
+            }
+        }
+        if !self.is_block() && self.state_dir == self.data_dir {
             return Err("state_dir and data_dir must be different directories".into());
         }
         for (k, v) in [
@@ -265,6 +347,51 @@ impl Config {
     /// Path of the persisted disk metadata.
     pub fn meta_path(&self) -> PathBuf {
         self.state_dir.join("meta.json")
+    }
+
+    /// Block mode (`[device] mode = "block"`).
+    pub fn is_block(&self) -> bool {
+        self.device.mode == DeviceMode::Block
+    }
+
+    /// Device size in bytes (block mode).
+    pub fn device_bytes(&self) -> u64 {
+        self.device.size_mib << 20
+    }
+
+    /// The backing file of the block mode.
+    pub fn backing_file(&self) -> PathBuf {
+        self.device
+            .backing_file
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("backing.img"))
+    }
+
+    /// The FUSE mount point of the block mode.
+    pub fn mount_dir(&self) -> PathBuf {
+        self.device
+            .mount_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("fuse"))
+    }
+
+    /// The device file served through FUSE (block mode).
+    pub fn device_file(&self) -> PathBuf {
+        self.mount_dir().join(DEVICE_FILE_NAME)
+    }
+
+    /// Path of the persisted out-of-sync bitmap (block mode).
+    pub fn bitmap_path(&self) -> PathBuf {
+        self.state_dir.join("bitmap")
+    }
+
+    /// What the handlers see as the backing device.
+    pub fn backing_dev(&self) -> PathBuf {
+        if self.is_block() {
+            self.backing_file()
+        } else {
+            self.data_dir.clone()
+        }
     }
 
     /// Path of the lock file held by a running daemon.
@@ -331,6 +458,39 @@ resync_rate_kib = 100
             let e = Config::parse(&format!("{GOOD}{bad}"), Path::new("x.toml"));
             assert!(e.is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn parses_block_mode() {
+        let c = Config::parse(GOOD, Path::new("x.toml")).unwrap();
+        assert!(!c.is_block());
+        assert_eq!(c.net.protocol, Protocol::C);
+        let text = GOOD.replace("data_dir = \"/tmp/x/fs1/data\"\n", "")
+            + "[device]\nmode = \"block\"\nsize_mib = 64\ndevice_link = \"/tmp/x/drbd1000\"\n[net]\nprotocol = \"A\"\n";
+        let c = Config::parse(&text, Path::new("x.toml")).unwrap();
+        assert!(c.is_block());
+        assert_eq!(c.device_bytes(), 64 << 20);
+        assert_eq!(c.net.protocol, Protocol::A);
+        assert_eq!(c.backing_file(), Path::new("/tmp/x/fs1/drbd/backing.img"));
+        assert_eq!(
+            c.device_file(),
+            Path::new("/tmp/x/fs1/drbd/fuse/drbd-emu-device")
+        );
+        for bad in [
+            "[device]\nmode = \"block\"\n",
+            "[device]\nmode = \"blocks\"\nsize_mib = 1\n",
+            "[device]\nsize_mib = 1\n",
+            "[net]\nprotocol = \"D\"\n",
+        ] {
+            let e = Config::parse(&format!("{GOOD}{bad}"), Path::new("x.toml"));
+            assert!(e.is_err(), "{bad} accepted");
+        }
+        // directory mode still needs data_dir
+        let e = Config::parse(
+            &GOOD.replace("data_dir = \"/tmp/x/fs1/data\"\n", ""),
+            Path::new("x.toml"),
+        );
+        assert!(e.is_err());
     }
 
     #[test]

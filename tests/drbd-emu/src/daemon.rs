@@ -109,6 +109,8 @@ pub struct Core {
     /// Peer disk state set by a fence-peer result while disconnected
     /// (`Outdated` / `Inconsistent`; `None` = `DUnknown`).
     pub pdsk_fenced: Option<DiskState>,
+    /// Block mode: the device, its bitmap and the writes in flight.
+    pub blk: Option<crate::block::BlockState>,
     subs: Vec<mpsc::UnboundedSender<String>>,
     last_pub: Option<Option<Snapshot>>,
     last_persist: Instant,
@@ -177,7 +179,9 @@ impl Core {
     pub fn recompute_oos(&mut self) {
         let source_side = self.role == Role::Primary || self.repl == Repl::SyncSource;
         if source_side {
-            if let Some(l) = &self.local {
+            if let Some(b) = &self.blk {
+                self.stats.oos_kib = b.oos_blocks() * (crate::config::BM_BLOCK / 1024);
+            } else if let Some(l) = &self.local {
                 let kib = tree::out_of_sync_kib(l, &self.meta.peer_known);
                 self.stats.oos_kib = kib.saturating_sub(self.stats.inflight_acked_b / 1024);
             }
@@ -236,6 +240,29 @@ impl Core {
         if let Some(l) = &self.link {
             let _ = l.ctrl.send((msg, None));
         }
+    }
+
+    /// Sends a frame with a payload (block data) on the live link, in
+    /// order with the control frames.
+    pub fn send_payload(&self, msg: repl::Msg, payload: Vec<u8>) {
+        if let Some(l) = &self.link {
+            let _ = l.ctrl.send((msg, Some(payload)));
+        }
+    }
+
+    /// A write reached only the local disk: a Primary that owes a new data
+    /// generation (lost its peer, or promoted without one) starts it now.
+    pub fn local_write_without_peer(&mut self) {
+        if self.role == Role::Primary && self.need_new_gen && !self.susp_fen {
+            self.meta.new_generation();
+            self.need_new_gen = false;
+            self.persist();
+            eprintln!(
+                "drbd {}: new data generation {:016X} (write without peer)",
+                self.cfg.resource, self.meta.gen
+            );
+        }
+        self.recompute_oos();
     }
 
     /// Our state as sent to the peer.
@@ -356,7 +383,7 @@ impl Core {
             device: DeviceSnap {
                 volume: 0,
                 minor: cfg.minor,
-                backing_dev: attached.then(|| cfg.data_dir.display().to_string()),
+                backing_dev: attached.then(|| cfg.backing_dev().display().to_string()),
                 disk,
                 client: false,
                 open: false,
@@ -451,6 +478,12 @@ impl Core {
         if was_connected && self.role == Role::Primary {
             self.need_new_gen = true;
         }
+        if let Some(b) = self.blk.as_mut() {
+            // writes in flight become out of sync; their waiters wake up
+            // (and see a fencing suspension set in the same state change)
+            b.link_down();
+            let _ = b.flush_bitmap();
+        }
         self.recompute_oos();
         if self.meta_dirty {
             self.persist();
@@ -518,7 +551,12 @@ pub fn run(config_path: &Path) -> i32 {
             return 1;
         }
     };
-    for d in [&cfg.state_dir, &cfg.data_dir] {
+    let dirs = if cfg.is_block() {
+        vec![&cfg.state_dir]
+    } else {
+        vec![&cfg.state_dir, &cfg.data_dir]
+    };
+    for d in dirs {
         if let Err(e) = std::fs::create_dir_all(d) {
             eprintln!("drbd-emu: cannot create {}: {e}", d.display());
             return 1;
@@ -563,8 +601,22 @@ pub fn run(config_path: &Path) -> i32 {
             return 1;
         }
     };
-    tree::remove_temp_files(&cfg.data_dir);
-    let fs_size_kib = fs_size_kib(&cfg.data_dir);
+    let (blk, fs_size_kib) = if cfg.is_block() {
+        crate::block::cleanup_stale(&cfg);
+        match crate::block::BlockState::open(&cfg) {
+            Ok(b) => (Some(b), cfg.device_bytes() / 1024),
+            Err(e) => {
+                eprintln!(
+                    "drbd-emu: cannot open backing file {}: {e}",
+                    cfg.backing_file().display()
+                );
+                return 1;
+            }
+        }
+    } else {
+        tree::remove_temp_files(&cfg.data_dir);
+        (None, fs_size_kib(&cfg.data_dir))
+    };
     let _ = std::fs::remove_file(cfg.socket_path());
 
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -612,6 +664,7 @@ pub fn run(config_path: &Path) -> i32 {
             epoch: 0,
             susp_fen: false,
             pdsk_fenced: None,
+            blk,
             subs: Vec::new(),
             last_pub: None,
             last_persist: Instant::now(),
@@ -623,6 +676,35 @@ pub fn run(config_path: &Path) -> i32 {
             wake: Notify::new(),
         });
         sh.lock().publish();
+        // Block mode: the device file through FUSE, a loop device on it.
+        let _fuse = if cfg.is_block() {
+            match crate::block::mount(&sh) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    eprintln!(
+                        "drbd-emu: cannot mount the device file system on {}: {e} (needs /dev/fuse and root)",
+                        cfg.mount_dir().display()
+                    );
+                    return 1;
+                }
+            }
+        } else {
+            None
+        };
+        if cfg.is_block() && cfg.device.loop_device.unwrap_or(true) {
+            let s2 = sh.clone();
+            match tokio::task::spawn_blocking(move || crate::block::setup_loop(&s2)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    eprintln!("drbd-emu: cannot set up the loop device: {e}");
+                    return 1;
+                }
+                Err(e) => {
+                    eprintln!("drbd-emu: cannot set up the loop device: {e}");
+                    return 1;
+                }
+            }
+        }
         tokio::spawn(repl::connector(sh.clone()));
         tokio::spawn(repl::scanner(sh.clone()));
         tokio::spawn(ticker(sh.clone()));
@@ -676,6 +758,11 @@ async fn ticker(sh: Arc<Shared>) {
         let mut c = sh.lock();
         c.recompute_oos();
         c.publish();
+        if let Some(b) = c.blk.as_mut() {
+            if let Err(e) = b.flush_bitmap() {
+                eprintln!("drbd {}: writing the bitmap: {e}", sh.cfg.resource);
+            }
+        }
         if c.meta_dirty && c.last_persist.elapsed() > Duration::from_millis(500) {
             c.persist();
         }
@@ -769,6 +856,9 @@ async fn wait_for(sh: &Shared, limit: Duration, cond: impl Fn(&Core) -> bool) ->
 }
 
 fn scan_local(cfg: &Config) -> Manifest {
+    if cfg.is_block() {
+        return Manifest::new();
+    }
     tokio::task::block_in_place(|| tree::scan(&cfg.data_dir)).unwrap_or_else(|e| {
         eprintln!("drbd-emu: scanning {}: {e}", cfg.data_dir.display());
         Manifest::new()
@@ -841,11 +931,21 @@ fn promote(
         c.meta.disk = DiskState::UpToDate;
         c.persist();
         c.need_new_gen = false;
+        if let Some(b) = c.blk.as_mut() {
+            // nothing is known about the peer's blocks: full sync
+            b.set_all();
+            let _ = b.flush_bitmap();
+        }
     } else {
         c.need_new_gen = !(connected && c.repl != Repl::Off);
     }
     c.role = Role::Primary;
-    c.local = Some(baseline.clone());
+    if let Some(dev) = c.blk.as_ref().and_then(|b| b.loop_dev.clone()) {
+        crate::block::set_loop_writable(&dev, true);
+    }
+    if !cfg.is_block() {
+        c.local = Some(baseline.clone());
+    }
     c.recompute_oos();
     let m = c.state_msg();
     c.send(m);
@@ -968,6 +1068,9 @@ pub async fn handle(sh: &Arc<Shared>, req: Request) -> Response {
                 if c.role == Role::Secondary {
                     return Response::ok();
                 }
+            }
+            if cfg.is_block() {
+                return demote_block(sh).await;
             }
             // While I/O is suspended for fencing, writes made meanwhile are
             // "frozen I/O": DRBD's demotion (fsync of the device) waits for
@@ -1095,18 +1198,61 @@ pub async fn handle(sh: &Arc<Shared>, req: Request) -> Response {
                         "Device '{}' is configured!\nCommand 'drbdmeta {} v09 {} internal create-md 1' terminated with exit code 20",
                         cfg.minor,
                         cfg.minor,
-                        cfg.data_dir.display()
+                        cfg.backing_dev().display()
                     ),
                 );
             }
             c.meta = Meta::fresh();
             c.persist();
+            if let Some(b) = c.blk.as_mut() {
+                b.clear_oos(0..b.nblocks());
+                let _ = b.flush_bitmap();
+            }
             Response {
                 stdout: CREATE_MD_OUTPUT.into(),
                 ..Response::ok()
             }
         }
     }
+}
+
+/// `secondary` in block mode: refused while the loop device is mounted
+/// (DRBD: held open); waits for frozen writes (fencing) and for the peer
+/// to acknowledge every write, then demotes and makes the loop device
+/// read-only.
+async fn demote_block(sh: &Arc<Shared>) -> Response {
+    let cfg = sh.cfg.clone();
+    let dev = sh.lock().blk.as_ref().and_then(|b| b.loop_dev.clone());
+    if dev.as_deref().is_some_and(crate::block::loop_in_use) {
+        return state_change_failed(&cfg, -12, "Device is held open by someone");
+    }
+    loop {
+        let busy = {
+            let c = sh.lock();
+            c.blk.as_ref().is_some_and(|b| b.writers > 0)
+        };
+        if !busy {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    wait_for(sh, Duration::from_secs(120), |c| {
+        c.blk.as_ref().is_none_or(|b| b.pending_count() == 0)
+    })
+    .await;
+    let mut c = sh.lock();
+    if c.role == Role::Secondary {
+        return Response::ok();
+    }
+    c.role = Role::Secondary;
+    c.need_new_gen = false;
+    if let Some(d) = &dev {
+        crate::block::set_loop_writable(d, false);
+    }
+    let m = c.state_msg();
+    c.send(m);
+    c.publish();
+    Response::ok()
 }
 
 /// What `drbdadm create-md` prints on success.

@@ -50,7 +50,7 @@ fn af(a: &std::net::SocketAddr) -> &'static str {
 /// `drbd_khelper()` plus what drbdadm adds), for this host.
 pub fn helper_env(c: &Core) -> Vec<(String, String)> {
     let cfg = &c.cfg;
-    let data = cfg.data_dir.display().to_string();
+    let data = cfg.backing_dev().display().to_string();
     let conf = cfg.path.display().to_string();
     let mut up_to_date: u32 = 0;
     if c.disk() == DiskState::UpToDate {

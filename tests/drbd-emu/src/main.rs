@@ -11,6 +11,7 @@
 //! or `drbdadm`, the binary behaves as that CLI. See README.md for the full
 //! contract.
 
+mod block;
 mod config;
 mod ctl;
 mod daemon;

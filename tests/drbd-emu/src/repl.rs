@@ -131,6 +131,45 @@ pub enum Msg {
         /// KiB total of this resync.
         total_kib: u64,
     },
+    /// Block mode, third handshake frame: the sender's out-of-sync bitmap
+    /// (4 KiB blocks, 64 per word) and device size.
+    Bitmap {
+        /// Device size in bytes.
+        size: u64,
+        /// Bitmap words.
+        words: Vec<u64>,
+    },
+    /// Block mode: an application write (payload follows).
+    BlkWrite {
+        /// Sequence number for the acknowledgement.
+        seq: u64,
+        /// Byte offset.
+        off: u64,
+        /// Protocol B: acknowledge on receipt, not after the write.
+        ack_on_receive: bool,
+    },
+    /// Block mode: flush (fdatasync) everything written before.
+    BlkFlush {
+        /// Sequence number for the acknowledgement.
+        seq: u64,
+    },
+    /// Block mode: write / flush `seq` done (protocol C) or received (B).
+    BlkAck {
+        /// Sequence number.
+        seq: u64,
+    },
+    /// Block mode: resync data (payload follows).
+    BlkSync {
+        /// Byte offset.
+        off: u64,
+    },
+    /// Block mode: resync data written.
+    BlkSyncAck {
+        /// Byte offset.
+        off: u64,
+        /// Bytes.
+        len: u64,
+    },
     /// Resync complete: adopt this generation and disk state.
     SyncDone {
         /// Generation.
@@ -171,7 +210,7 @@ async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Frame> {
     r.read_exact(&mut j).await?;
     let msg: Msg =
         serde_json::from_slice(&j).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    let payload = if matches!(msg, Msg::Chunk) {
+    let payload = if matches!(msg, Msg::Chunk | Msg::BlkWrite { .. } | Msg::BlkSync { .. }) {
         let n = r.read_u32().await? as usize;
         if n > MAX_FRAME {
             return Err(io::Error::new(
@@ -431,6 +470,9 @@ pub async fn connector(sh: Arc<Shared>) {
 }
 
 fn scan_or_empty(sh: &Shared) -> Manifest {
+    if sh.cfg.is_block() {
+        return Manifest::new();
+    }
     tokio::task::block_in_place(|| tree::scan(&sh.cfg.data_dir)).unwrap_or_else(|e| {
         eprintln!("drbd-emu: scanning {}: {e}", sh.cfg.data_dir.display());
         Manifest::new()
@@ -472,6 +514,19 @@ async fn run_link(sh: &Arc<Shared>, stream: TcpStream) -> Outcome {
         },
         None,
     ));
+    let my_bitmap = {
+        let c = sh.lock();
+        c.blk.as_ref().map(|b| (b.size, b.handshake_bitmap()))
+    };
+    if let Some((size, words)) = &my_bitmap {
+        let _ = ctrl_tx.send((
+            Msg::Bitmap {
+                size: *size,
+                words: words.clone(),
+            },
+            None,
+        ));
+    }
     let hs = Duration::from_millis(cfg.tuning.ping_timeout_ms + 2000);
     let peer = match tokio::time::timeout(hs, read_frame(&mut r)).await {
         Ok(Ok((
@@ -502,6 +557,23 @@ async fn run_link(sh: &Arc<Shared>, stream: TcpStream) -> Outcome {
         Ok(Ok((Msg::Manifest { entries }, _))) => entries,
         _ => return Outcome::HandshakeFailed,
     };
+    let peer_bitmap = if let Some((size, _)) = &my_bitmap {
+        match tokio::time::timeout(hs, read_frame(&mut r)).await {
+            Ok(Ok((Msg::Bitmap { size: ps, words }, _))) => {
+                if ps != *size || words.len() != my_bitmap.as_ref().map_or(0, |b| b.1.len()) {
+                    eprintln!(
+                        "drbd {}: the peer's device has {ps} bytes, ours {size}: dropping connection",
+                        cfg.resource
+                    );
+                    return Outcome::HandshakeFailed;
+                }
+                Some(words)
+            }
+            _ => return Outcome::HandshakeFailed,
+        }
+    } else {
+        None
+    };
     let (peer_role, peer_disk, peer_gen, peer_history, peer_discard) = peer;
     let abort = Arc::new(Notify::new());
     let decision = {
@@ -527,6 +599,9 @@ async fn run_link(sh: &Arc<Shared>, stream: TcpStream) -> Outcome {
                 cfg.resource
             );
             decision = Decision::SplitBrain;
+        }
+        if let (Some((_, mine)), Some(theirs)) = (&my_bitmap, &peer_bitmap) {
+            decision = block_decision(decision, &me, &them, (c.role, peer_role), mine, theirs);
         }
         if decision == Decision::SplitBrain {
             None
@@ -574,6 +649,26 @@ async fn run_link(sh: &Arc<Shared>, stream: TcpStream) -> Outcome {
         c.peer_disk = peer_disk;
         c.pdsk_fenced = None;
         c.repl = Repl::Off;
+        if let (Some((_, mine)), Some(theirs)) = (&my_bitmap, &peer_bitmap) {
+            // block mode: the resync covers the union of both bitmaps, all
+            // blocks if the target never held data
+            let target_gen = match decision {
+                Decision::Source => peer_gen,
+                _ => c.meta.gen,
+            };
+            let b = c.blk.as_mut().expect("block mode");
+            for (i, w) in b.oos.iter_mut().enumerate() {
+                *w = mine[i] | theirs[i];
+            }
+            match decision {
+                Decision::Source | Decision::Target if target_gen == 0 => b.set_all(),
+                Decision::Source | Decision::Target => {}
+                _ => b.clear_oos(0..b.nblocks()),
+            }
+            if let Err(e) = b.flush_bitmap() {
+                eprintln!("drbd {}: writing the bitmap: {e}", cfg.resource);
+            }
+        }
         // "case2: The connection was established again": resume without
         // a new data generation
         c.resume_fencing(false, "connection established again");
@@ -593,13 +688,26 @@ async fn run_link(sh: &Arc<Shared>, stream: TcpStream) -> Outcome {
 
     let last_rx = Arc::new(Mutex::new(Instant::now()));
     let (ack_tx, ack_rx) = mpsc::unbounded_channel::<()>();
-    let sender = tokio::spawn(sender_task(
-        sh.clone(),
-        epoch,
-        data_tx,
-        ctrl_tx.clone(),
-        ack_rx,
-    ));
+    let _data_tx_keepalive;
+    let sender = if cfg.is_block() {
+        // block data goes on the control queue (in order with the acks);
+        // the data queue stays open for the writer
+        _data_tx_keepalive = data_tx;
+        drop(ack_rx);
+        tokio::spawn(crate::block::resync_sender(
+            sh.clone(),
+            epoch,
+            ctrl_tx.clone(),
+        ))
+    } else {
+        tokio::spawn(sender_task(
+            sh.clone(),
+            epoch,
+            data_tx,
+            ctrl_tx.clone(),
+            ack_rx,
+        ))
+    };
     guard.0.push(sender.abort_handle());
     let (apply_tx, apply_rx) = std::sync::mpsc::channel::<Frame>();
     let fail = Arc::new(Notify::new());
@@ -643,6 +751,41 @@ async fn run_link(sh: &Arc<Shared>, stream: TcpStream) -> Outcome {
     )
     .await;
     outcome
+}
+
+/// Block mode: same generation but blocks that may differ (writes in
+/// flight when a Primary crashed or lost its peer, then came back without a
+/// new generation) need a resync too: from the Primary, else from the side
+/// whose own bitmap has bits, else from the lower node id. Symmetric.
+fn block_decision(
+    d: Decision,
+    me: &Side,
+    peer: &Side,
+    roles: (Role, Role),
+    mine: &[u64],
+    theirs: &[u64],
+) -> Decision {
+    if d != Decision::InSync || !me.disk.has_good_data() || !peer.disk.has_good_data() {
+        return d;
+    }
+    let any = |w: &[u64]| w.iter().any(|x| *x != 0);
+    if !any(mine) && !any(theirs) {
+        return d;
+    }
+    let me_source = match (roles.0 == Role::Primary, roles.1 == Role::Primary) {
+        (true, false) => true,
+        (false, true) => false,
+        _ => match (any(mine), any(theirs)) {
+            (true, false) => true,
+            (false, true) => false,
+            _ => me.node_id < peer.node_id,
+        },
+    };
+    if me_source {
+        Decision::Source
+    } else {
+        Decision::Target
+    }
 }
 
 fn role_conflict(a: Role, b: Role) -> bool {
@@ -764,6 +907,9 @@ impl Receiver {
             let is_data = matches!(
                 msg,
                 Msg::FileBegin { .. }
+                    | Msg::BlkWrite { .. }
+                    | Msg::BlkFlush { .. }
+                    | Msg::BlkSync { .. }
                     | Msg::Chunk
                     | Msg::FileEnd { .. }
                     | Msg::Put { .. }
@@ -908,8 +1054,62 @@ impl Receiver {
                     }
                 }
             }
+            Msg::Bitmap { .. } => return Err(bad("unexpected Bitmap")),
+            Msg::BlkWrite {
+                seq,
+                off,
+                ack_on_receive,
+            } => {
+                let p = payload.unwrap_or_default();
+                if ack_on_receive {
+                    self.reply(Msg::BlkAck { seq });
+                }
+                crate::block::apply_write(&self.sh, off, &p)?;
+                if !ack_on_receive {
+                    self.reply(Msg::BlkAck { seq });
+                }
+            }
+            Msg::BlkFlush { seq } => {
+                crate::block::apply_flush(&self.sh)?;
+                self.reply(Msg::BlkAck { seq });
+            }
+            Msg::BlkSync { off } => {
+                let p = payload.unwrap_or_default();
+                crate::block::apply_write(&self.sh, off, &p)?;
+                let len = p.len() as u64;
+                {
+                    let mut c = self.sh.lock();
+                    if let Some(b) = c.blk.as_mut() {
+                        b.clear_oos(crate::block::block_range(off, len));
+                    }
+                }
+                self.reply(Msg::BlkSyncAck { off, len });
+            }
+            Msg::BlkAck { seq } => {
+                let mut c = self.sh.lock();
+                if let Some(b) = c.blk.as_mut() {
+                    b.acked(seq);
+                }
+            }
+            Msg::BlkSyncAck { off, len } => {
+                let mut c = self.sh.lock();
+                if let Some(b) = c.blk.as_mut() {
+                    let r = crate::block::block_range(off, len);
+                    for x in r.clone() {
+                        b.rs_inflight.remove(&x);
+                    }
+                    b.clear_oos(r);
+                }
+                c.recompute_oos();
+            }
             Msg::SyncDone { gen, history, disk } => {
                 let mut c = self.sh.lock();
+                if let Some(b) = c.blk.as_mut() {
+                    b.clear_oos(0..b.nblocks());
+                    // the received blocks must be durable before UpToDate
+                    let _ = b.file.sync_data();
+                    let _ = b.flush_bitmap();
+                }
                 c.meta.gen = gen;
                 c.meta.history = history;
                 c.meta.disk = disk;
@@ -1045,12 +1245,13 @@ impl Throttle {
 /// Keeps the peer's view of `out-of-sync` / `done` current (at most every
 /// 100 ms, and immediately when it reaches 0).
 #[derive(Default)]
-struct ProgressTx {
+pub struct ProgressTx {
     last: Option<(Instant, u64)>,
 }
 
 impl ProgressTx {
-    fn tick(&mut self, sh: &Shared, ctrl: &mpsc::UnboundedSender<Frame>) {
+    /// Sends a `Progress` frame if due.
+    pub fn tick(&mut self, sh: &Shared, ctrl: &mpsc::UnboundedSender<Frame>) {
         let c = sh.lock();
         if !c.is_sender() {
             return;
@@ -1071,6 +1272,36 @@ impl ProgressTx {
             self.last = Some((Instant::now(), oos));
         }
     }
+}
+
+/// The resync as SyncSource is complete: `SyncDone` to the target.
+pub fn finish_sync_source(
+    sh: &Arc<Shared>,
+    c: &mut crate::daemon::Core,
+    ctrl: &mpsc::UnboundedSender<Frame>,
+) {
+    let done = Msg::SyncDone {
+        gen: c.meta.gen,
+        history: c.meta.history.clone(),
+        disk: c.disk(),
+    };
+    c.stats.oos_kib = 0;
+    let _ = ctrl.send((
+        Msg::Progress {
+            oos_kib: 0,
+            total_kib: c.stats.rs_total_kib,
+        },
+        None,
+    ));
+    let _ = ctrl.send((done, None));
+    c.repl = Repl::Established;
+    if c.peer_disk == DiskState::Inconsistent {
+        c.peer_disk = c.disk();
+    }
+    c.stats.rs_total_kib = 0;
+    c.stats.rs_start = None;
+    c.publish();
+    crate::fence::after_sync_source_done(sh, c);
 }
 
 enum Step {
@@ -1110,32 +1341,7 @@ async fn sender_task(
                     Some(op) => Step::Op(op),
                     None => {
                         if c.repl == Repl::SyncSource {
-                            let done = Msg::SyncDone {
-                                gen: c.meta.gen,
-                                history: c.meta.history.clone(),
-                                disk: if c.disk() == DiskState::UpToDate {
-                                    DiskState::UpToDate
-                                } else {
-                                    c.disk()
-                                },
-                            };
-                            c.stats.oos_kib = 0;
-                            let _ = ctrl.send((
-                                Msg::Progress {
-                                    oos_kib: 0,
-                                    total_kib: c.stats.rs_total_kib,
-                                },
-                                None,
-                            ));
-                            let _ = ctrl.send((done, None));
-                            c.repl = Repl::Established;
-                            if c.peer_disk == DiskState::Inconsistent {
-                                c.peer_disk = c.disk();
-                            }
-                            c.stats.rs_total_kib = 0;
-                            c.stats.rs_start = None;
-                            c.publish();
-                            crate::fence::after_sync_source_done(&sh, &c);
+                            finish_sync_source(&sh, &mut c, &ctrl);
                         }
                         Step::Idle
                     }
@@ -1317,6 +1523,9 @@ pub async fn scanner(sh: Arc<Shared>) {
     let iv = Duration::from_millis(cfg.tuning.scan_interval_ms);
     loop {
         tokio::time::sleep(iv).await;
+        if cfg.is_block() {
+            return; // writes are replicated one by one (block.rs)
+        }
         let need = {
             let mut c = sh.lock();
             // While I/O is suspended for fencing nothing new reaches the
@@ -1399,6 +1608,21 @@ mod tests {
         let mut victim = b.clone();
         victim.discard = true;
         assert_eq!(both(&a, &victim), (Decision::Source, Decision::Target));
+        // block mode: same generation, bits left from writes in flight
+        let (a, b) = (side(0, UpToDate, 9, &[7]), side(1, UpToDate, 9, &[7]));
+        let bits = [1u64, 0];
+        let none = [0u64, 0];
+        let bd = |x: &Side, y: &Side, r: (Role, Role), m: &[u64], t: &[u64]| {
+            block_decision(decide(x, y), x, y, r, m, t)
+        };
+        let (p, s) = (Role::Primary, Role::Secondary);
+        assert_eq!(bd(&a, &b, (s, s), &none, &none), Decision::InSync);
+        assert_eq!(bd(&a, &b, (s, p), &bits, &none), Decision::Target);
+        assert_eq!(bd(&b, &a, (p, s), &none, &bits), Decision::Source);
+        assert_eq!(bd(&a, &b, (s, s), &none, &bits), Decision::Target);
+        assert_eq!(bd(&b, &a, (s, s), &bits, &none), Decision::Source);
+        assert_eq!(bd(&a, &b, (s, s), &bits, &bits), Decision::Source);
+        assert_eq!(bd(&b, &a, (s, s), &bits, &bits), Decision::Target);
         // outdated with same generation catches up
         let b = side(1, Outdated, 9, &[7]);
         assert_eq!(both(&a, &b), (Decision::Source, Decision::Target));
