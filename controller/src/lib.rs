@@ -9,6 +9,7 @@
 //! - `liveness`: the leader's in-memory view of agents (never written to Raft);
 //! - `observe`: the pure function from (pair, agent views) to state changes and alerts;
 //! - `agents`, `operator`: the agent-session and operator gRPC services;
+//! - `probe`: the leader's direct UDP liveness probes to agents;
 //! - `node`: wiring, cluster bootstrap and the leader's duties;
 //! - `config`, `error`: the TOML configuration and the error type.
 
@@ -21,6 +22,7 @@ pub mod liveness;
 pub mod node;
 pub mod observe;
 pub mod operator;
+pub mod probe;
 pub mod raft;
 pub mod state;
 #[cfg(test)]

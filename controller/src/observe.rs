@@ -32,6 +32,9 @@ pub struct AgentView {
     pub last_connected: Option<DrbdSummary>,
     /// What it reports of its host (mount, exports, client IP).
     pub host: Option<understudy_proto::HostStatus>,
+    /// Milliseconds since it last answered a direct probe (a fresh path, not
+    /// its session); `None` if never answered this leader.
+    pub probe_answered_ms: Option<u64>,
 }
 
 /// Result of [`observe`].

@@ -60,6 +60,52 @@ pub struct NsOptions {
     pub flap_holdoff_ms: Option<u64>,
     /// The emulators' `[tuning] resync_rate_kib` (replication throttle).
     pub resync_rate_kib: Option<u64>,
+    /// `[detector] primary_silence_ms`; `None` keeps the default.
+    pub primary_silence_ms: Option<u64>,
+    /// `[detector] peer_loss_ms`; `None` keeps the default.
+    pub peer_loss_ms: Option<u64>,
+    /// `[timing] agent_heartbeat_ms`; `None` keeps the default.
+    pub agent_heartbeat_ms: Option<u64>,
+    /// `[probe] after_silence_ms`; `None` keeps the default.
+    pub probe_after_silence_ms: Option<u64>,
+    /// `[probe] confirm_window_ms`; `None` keeps the default.
+    pub confirm_window_ms: Option<u64>,
+}
+
+impl NsOptions {
+    /// The controllers' `[detector]`, `[timing]` and `[probe]` sections for these options.
+    fn sections(&self) -> String {
+        let section = |name: &str, kv: &[(&str, Option<u64>)]| {
+            let lines: String = kv
+                .iter()
+                .filter_map(|(k, v)| v.map(|v| format!("{k} = {v}\n")))
+                .collect();
+            if lines.is_empty() {
+                String::new()
+            } else {
+                format!("[{name}]\n{lines}")
+            }
+        };
+        [
+            section(
+                "detector",
+                &[
+                    ("flap_holdoff_ms", self.flap_holdoff_ms),
+                    ("primary_silence_ms", self.primary_silence_ms),
+                    ("peer_loss_ms", self.peer_loss_ms),
+                ],
+            ),
+            section("timing", &[("agent_heartbeat_ms", self.agent_heartbeat_ms)]),
+            section(
+                "probe",
+                &[
+                    ("after_silence_ms", self.probe_after_silence_ms),
+                    ("confirm_window_ms", self.confirm_window_ms),
+                ],
+            ),
+        ]
+        .concat()
+    }
 }
 
 /// See the module documentation.
@@ -145,7 +191,7 @@ members = [ {members} ]
 
 [executor]
 step_pause_ms = {pause}
-{holdoff}
+{sections}
 [cloud]
 kind = "local"
 netns_prefix = "{prefix}"
@@ -166,10 +212,7 @@ backup = {b}
                     data = root.join(format!("controller-{}", i + 1)).display(),
                     prefix = net.prefix(),
                     pause = opts.step_pause_ms,
-                    holdoff = opts
-                        .flap_holdoff_ms
-                        .map(|h| format!("[detector]\nflap_holdoff_ms = {h}\n"))
-                        .unwrap_or_default(),
+                    sections = opts.sections(),
                     p = server_toml("fsa"),
                     b = server_toml("fsb"),
                 ),
