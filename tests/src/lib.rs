@@ -538,6 +538,9 @@ impl Drop for KeepLogs {
                     .unwrap_or_else(|_| "/tmp/understudy-failed-tests".into()),
             )
             .join(self.0.file_name().unwrap_or_default());
+            if let Some(parent) = dest.parent() {
+                let _ = fs::create_dir_all(parent);
+            }
             let _ = Command::new("cp")
                 .arg("-r")
                 .arg(&self.0)
