@@ -381,12 +381,16 @@ impl Executor {
         let (sent, errors) = match asked {
             Ok((after, r)) => {
                 return Err(format!(
-                    "{} answered a direct probe {} ms after Confirm asked (highest epoch {}, its session to the leader {} for {} ms): alive, not fencing it",
+                    "{} answered a direct probe {} ms after Confirm asked (highest epoch {}, its session to the leader {}, last heard from a controller {}): alive, not fencing it",
                     plan.from,
                     after.as_millis(),
                     r.highest_epoch,
                     if r.stream_healthy { "healthy" } else { "stalled" },
-                    r.stream_silent_ms
+                    if r.stream_silent_ms == u64::MAX {
+                        "never".to_string()
+                    } else {
+                        format!("{} ms ago", r.stream_silent_ms)
+                    }
                 ))
             }
             Err(e) => e,
