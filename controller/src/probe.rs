@@ -291,7 +291,7 @@ pub async fn watch(
                 now,
                 since,
             );
-            if !v.silent_ms.is_some_and(|s| s >= cfg.after_silence_ms) {
+            if v.silent_ms.is_none_or(|s| s < cfg.after_silence_ms) {
                 continue;
             }
             if let Err(e) = prober.probe(&pair.spec.id, server).await {
