@@ -932,9 +932,13 @@ mod tests {
                                 )),
                             ] {
                                 n += 1;
+                                // A direct probe answer: never, recent, old
+                                // (cycled through the grid).
+                                let probe = [None, Some(100), Some(5000)][n % 3];
                                 let s = AgentView {
                                     connected: silent.is_some_and(|s| s < 1000),
                                     silent_ms: silent,
+                                    probe_answered_ms: probe,
                                     ..serving_alive()
                                 };
                                 let b = standby(
@@ -961,6 +965,8 @@ mod tests {
                                         silent.unwrap() >= 1000 && lost.unwrap() >= 500,
                                         "{dec:?}"
                                     );
+                                    // Never while the primary answers probes.
+                                    assert!(probe.is_none_or(|p| p >= 1000), "{dec:?}");
                                     // Never a stale promotion.
                                     assert_eq!(disk, "UpToDate");
                                     assert!(before.as_ref().is_some_and(backup_in_sync));
