@@ -6,6 +6,7 @@
 //! role = "primary"                 # or "backup": as in the controller inventory
 //! controllers = ["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"]
 //! state_dir = "/var/lib/understudy/agent"
+//! probe_listen = "0.0.0.0:7201"   # UDP: the leader's direct liveness probes
 //!
 //! [drbd]
 //! resource = "r0"
@@ -67,6 +68,19 @@ fn default_report_refresh_ms() -> u64 {
 fn default_heartbeat_ms() -> u64 {
     200
 }
+fn default_probe_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([0, 0, 0, 0], DEFAULT_PROBE_PORT))
+}
+fn default_probe_max_per_sec() -> u32 {
+    50
+}
+fn default_stall_ms() -> u64 {
+    1000
+}
+
+/// The probe port agents listen on unless configured otherwise; the controller's
+/// inventory has the same default (`probe_port` of a server).
+pub const DEFAULT_PROBE_PORT: u16 = 7201;
 
 /// The whole agent configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -93,6 +107,18 @@ pub struct AgentConfig {
     /// the agent only observes and reports.
     #[serde(default)]
     pub serving: Option<crate::actions::ServingConfig>,
+    /// UDP address answering the leader's direct liveness probes (`probe.rs`);
+    /// its port must be this server's `probe_port` in the controller inventory.
+    #[serde(default = "default_probe_listen")]
+    pub probe_listen: std::net::SocketAddr,
+    /// At most this many probe replies a second.
+    #[serde(default = "default_probe_max_per_sec")]
+    pub probe_max_per_sec: u32,
+    /// A session on which the leader has acknowledged heartbeats but then sent
+    /// nothing for this long is stalled (TCP back-off after a network blip): the
+    /// agent dials a fresh one.
+    #[serde(default = "default_stall_ms")]
+    pub stall_ms: u64,
 }
 
 impl AgentConfig {
@@ -120,6 +146,15 @@ impl AgentConfig {
         if c.heartbeat_ms == 0 {
             return Err("heartbeat_ms must be above 0".into());
         }
+        if c.stall_ms < 2 * c.heartbeat_ms {
+            return Err(format!(
+                "stall_ms ({}) must be at least twice heartbeat_ms ({})",
+                c.stall_ms, c.heartbeat_ms
+            ));
+        }
+        if c.probe_max_per_sec == 0 {
+            return Err("probe_max_per_sec must be above 0".into());
+        }
         Ok(c)
     }
 }
@@ -143,6 +178,18 @@ resource = "r0"
         assert_eq!(c.role, Role::Primary);
         assert_eq!(c.drbd.events_args[0], "events2");
         assert!(!c.drbd.events_args.contains(&"--now".to_string()));
+        assert_eq!(c.probe_listen, "0.0.0.0:7201".parse().unwrap());
+        assert_eq!(c.stall_ms, 1000);
+        let c = AgentConfig::parse(&good.replace(
+            "[drbd]",
+            "probe_listen = \"198.18.0.2:7300\"\nprobe_max_per_sec = 5\n[drbd]",
+        ))
+        .unwrap();
+        assert_eq!(c.probe_listen, "198.18.0.2:7300".parse().unwrap());
+        assert_eq!(c.probe_max_per_sec, 5);
+        let err =
+            AgentConfig::parse(&good.replace("[drbd]", "stall_ms = 100\n[drbd]")).unwrap_err();
+        assert!(err.contains("stall_ms"), "{err}");
         let err = AgentConfig::parse(&good.replace("role", "rol")).unwrap_err();
         assert!(
             err.contains("unknown field") || err.contains("missing field"),

@@ -29,6 +29,12 @@ pub enum AgentError {
         stderr: String,
     },
 
+    #[error("cannot listen for probes on {addr} (UDP): {source}; set probe_listen in the agent configuration to a free address and port, and the same port as probe_port of this server in the controller inventory")]
+    ProbeListen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+
     #[error("controller {addr}: {reason}")]
     Controller { addr: String, reason: String },
 

@@ -4,6 +4,7 @@
 //! - `report`: turns that picture into the wire report;
 //! - `session`: keeps a gRPC session open with the controller leader, sending
 //!   reports on change and heartbeats in between;
+//! - `probe`: answers the leader's direct liveness probes (UDP);
 //! - `epoch`: the persisted highest fencing token (S4);
 //! - `commands`: runs the controller's commands (checked against the token);
 //! - `fence_peer`: DRBD's fence-peer handler (`understudy-fence-peer`), asking
@@ -18,6 +19,7 @@ pub mod epoch;
 pub mod error;
 pub mod fence_peer;
 pub mod observer;
+pub mod probe;
 pub mod report;
 pub mod session;
 
@@ -30,9 +32,19 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let drbd = actions::DrbdActionsConfig::new(cfg.drbd.resource.clone(), cfg.drbd.drbdadm.clone());
     let host = actions::HostActions::new(drbd, cfg.serving.clone())?;
     let handler = commands::Handler::new(cfg.pair_id.clone(), tokens, host);
+    let probes = probe::ProbeState::new(cfg.pair_id.clone(), cfg.server_id.clone(), cfg.stall_ms);
+    let socket = probe::bind(cfg.probe_listen).await?;
+    tracing::info!(listen = %cfg.probe_listen, "answering liveness probes");
+    let h = handler.clone();
+    tokio::spawn(probe::serve(
+        socket,
+        probes.clone(),
+        move || h.token().epoch,
+        cfg.probe_max_per_sec,
+    ));
     tokio::spawn(handler.clone().watch_host());
     let (tx, rx) = tokio::sync::watch::channel(understudy_proto::DrbdStatus::default());
     tokio::spawn(observer::run(cfg.drbd.clone(), tx));
-    session::run(cfg, rx, handler).await;
+    session::run(cfg, rx, handler, probes).await;
     Ok(())
 }

@@ -7,6 +7,12 @@
 //! keepalive notices within about 2 s) or a redirect (leadership moved) ends the
 //! session and the agent dials again at once.
 //!
+//! The leader acknowledges every heartbeat (`HeartbeatAck`). Once it has, a
+//! session that then carries nothing from the leader for `stall_ms` is stalled
+//! (typically TCP retransmission back-off after a sub-second network blip, which
+//! can keep an intact connection silent for seconds): the agent dials the same
+//! controller again on a fresh connection instead of waiting it out.
+//!
 //! Losing the controller changes nothing locally (S6): the agent keeps its DRBD
 //! role and service as they are.
 
@@ -27,6 +33,7 @@ use std::sync::Arc;
 use crate::commands::Handler;
 use crate::config::{AgentConfig, Role};
 use crate::error::AgentError;
+use crate::probe::ProbeState;
 
 /// How a session ended.
 enum Ended {
@@ -36,9 +43,12 @@ enum Ended {
     Refused(String),
     /// Transport trouble; try the next controller.
     Broken(AgentError),
+    /// The stream carried nothing from the leader for too long: dial it afresh.
+    Stalled(u64),
 }
 
-fn unix_ms() -> i64 {
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -46,7 +56,12 @@ fn unix_ms() -> i64 {
 }
 
 /// Keep a session open with the current leader, forever.
-pub async fn run(cfg: AgentConfig, drbd: watch::Receiver<DrbdStatus>, handler: Arc<Handler>) {
+pub async fn run(
+    cfg: AgentConfig,
+    drbd: watch::Receiver<DrbdStatus>,
+    handler: Arc<Handler>,
+    probes: Arc<ProbeState>,
+) {
     let mut next = 0usize;
     let mut redirect_to: Option<String> = None;
     let mut redirects_in_a_row = 0u32;
@@ -59,7 +74,7 @@ pub async fn run(cfg: AgentConfig, drbd: watch::Receiver<DrbdStatus>, handler: A
                 a
             }
         };
-        match session(&cfg, &addr, drbd.clone(), handler.clone()).await {
+        match session(&cfg, &addr, drbd.clone(), handler.clone(), &probes).await {
             Ended::Redirect(Some(leader)) if redirects_in_a_row < 5 => {
                 tracing::info!(from = %addr, to = %leader, "following the controller leader");
                 redirects_in_a_row += 1;
@@ -72,6 +87,11 @@ pub async fn run(cfg: AgentConfig, drbd: watch::Receiver<DrbdStatus>, handler: A
             Ended::Refused(why) => {
                 tracing::error!(controller = %addr, reason = %why, "controller refused this agent");
                 tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Ended::Stalled(ms) => {
+                redirects_in_a_row = 0;
+                tracing::warn!(controller = %addr, silent_ms = ms, "session stalled: dialling the leader again on a fresh connection");
+                redirect_to = Some(addr);
             }
             Ended::Broken(e) => {
                 redirects_in_a_row = 0;
@@ -87,6 +107,7 @@ async fn session(
     addr: &str,
     mut drbd: watch::Receiver<DrbdStatus>,
     handler: Arc<Handler>,
+    probes: &ProbeState,
 ) -> Ended {
     let mut host = handler.host_status();
     let highest_epoch = handler.token().epoch;
@@ -155,6 +176,11 @@ async fn session(
         },
     };
     tracing::info!(controller = %addr, node = welcome.node_id, term = welcome.raft_term, "session open with the controller leader");
+    probes.heard_controller(unix_ms());
+    // Stall detection starts with the leader's first heartbeat acknowledgement
+    // (a leader of an older version never sends one).
+    let mut acked = false;
+    let mut last_in = tokio::time::Instant::now();
     let period = Duration::from_millis(if welcome.heartbeat_interval_ms > 0 {
         welcome.heartbeat_interval_ms
     } else {
@@ -185,7 +211,10 @@ async fn session(
     loop {
         tokio::select! {
             m = inbound.message() => match m {
-                Ok(Some(m)) => match m.msg {
+                Ok(Some(m)) => {
+                    last_in = tokio::time::Instant::now();
+                    probes.heard_controller(unix_ms());
+                    match m.msg {
                     Some(In::Redirect(r)) => {
                         return Ended::Redirect((!r.leader_addr.is_empty()).then_some(r.leader_addr))
                     }
@@ -196,8 +225,9 @@ async fn session(
                             let _ = tx.send(AgentMessage { msg: Some(Msg::CommandResult(r)) }).await;
                         });
                     }
+                    Some(In::HeartbeatAck(_)) => acked = true,
                     _ => {}
-                },
+                }},
                 Ok(None) => return broken("the controller closed the session".into()),
                 Err(st) => return broken(st.message().to_owned()),
             },
@@ -236,6 +266,10 @@ async fn session(
                 }
             }
             _ = beat.tick() => {
+                let silent = last_in.elapsed();
+                if acked && silent >= Duration::from_millis(cfg.stall_ms) {
+                    return Ended::Stalled(silent.as_millis() as u64);
+                }
                 seq += 1;
                 let hb = AgentMessage { msg: Some(Msg::Heartbeat(Heartbeat { seq, sent_at_unix_ms: unix_ms() })) };
                 if tx.send(hb).await.is_err() {

@@ -17,8 +17,8 @@ use understudy_proto::agent_message::Msg;
 use understudy_proto::agent_service_server::AgentService;
 use understudy_proto::controller_message::Msg as Out;
 use understudy_proto::{
-    AgentMessage, ControllerMessage, FencePeerRequest, FencePeerResponse, Hello, Redirect,
-    ServerRole, Welcome,
+    AgentMessage, ControllerMessage, FencePeerRequest, FencePeerResponse, HeartbeatAck, Hello,
+    Redirect, ServerRole, Welcome,
 };
 
 use crate::leadership::LeaderView;
@@ -160,7 +160,13 @@ impl AgentService for AgentGrpc {
                     msg = inbound.message() => match msg {
                         Ok(Some(AgentMessage { msg: Some(m) })) => match m {
                             Msg::Report(r) => liveness.report(&server_id, session, r),
-                            Msg::Heartbeat(_) => liveness.heard(&server_id, session),
+                            Msg::Heartbeat(h) => {
+                                liveness.heard(&server_id, session);
+                                // Lets the agent tell a stalled stream (session.rs).
+                                let _ = tx.try_send(Ok(ControllerMessage {
+                                    msg: Some(Out::HeartbeatAck(HeartbeatAck { seq: h.seq })),
+                                }));
+                            }
                             Msg::CommandResult(r) => {
                                 liveness.heard(&server_id, session);
                                 tracing::info!(server = %server_id, command = r.command_id, ok = r.ok, error = %r.error, "command result");

@@ -22,11 +22,17 @@
 //! outdate_tolerance_ms = 300
 //! flap_holdoff_ms = 600000
 //!
+//! [probe]                            # all optional: direct UDP liveness probes
+//! after_silence_ms = 400             # probe a serving agent whose session is this silent
+//! interval_ms = 100
+//! confirm_window_ms = 300            # Confirm probes this long before fencing
+//!
 //! [[pairs]]
 //! id = "fs1"
 //! resource = "r0"
 //! client_ip = "198.18.0.100"
 //! zone = "zone-a"
+//! # address:probe_port (default 7201) is where the agent answers probes
 //! primary = { id = "fs1-a", address = "198.18.0.2", zone = "zone-a", volumes = ["vol-1"] }
 //! backup  = { id = "fs1-b", address = "198.18.0.3", zone = "zone-a", volumes = ["vol-2"] }
 //! ```
@@ -95,6 +101,9 @@ pub struct ControllerConfig {
     /// The cloud provider used to fence.
     #[serde(default)]
     pub cloud: CloudConfig,
+    /// Direct liveness probes to agents (detector and Confirm).
+    #[serde(default)]
+    pub probe: crate::probe::ProbeConfig,
 }
 
 /// Which cloud backend fences and moves the client IP.
@@ -293,6 +302,7 @@ impl ControllerConfig {
                 x.fence_deadline_ms, x.forced_stop_deadline_ms
             ));
         }
+        self.probe.validate()?;
         let mut pair_ids = BTreeSet::new();
         let mut server_ids = BTreeSet::new();
         for p in &self.pairs {
@@ -367,6 +377,9 @@ backup = { id = "fs1-b", address = "198.18.0.3", zone = "a" }
         assert_eq!(c.member_addr(3), Some("127.0.0.1:7103"));
         assert_eq!(c.pairs[0].backup.id, "fs1-b");
         assert_eq!(c.detector.agent_timeout_ms, 1000);
+        // Inventories written before probes existed parse with the default port.
+        assert_eq!(c.pairs[0].primary.probe_port, 7201);
+        assert_eq!(c.probe, crate::probe::ProbeConfig::default());
     }
 
     #[test]
@@ -412,6 +425,10 @@ backup = { id = "fs1-b", address = "198.18.0.3", zone = "a" }
             (
                 format!("{GOOD}[executor]\nforced_stop_deadline_ms = 0\n"),
                 "forced_stop_deadline_ms must be above 0",
+            ),
+            (
+                GOOD.replace("[[pairs]]", "[probe]\ninterval_ms = 0\n[[pairs]]"),
+                "interval_ms must be above 0",
             ),
         ];
         for (text, want) in cases {

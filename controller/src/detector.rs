@@ -294,6 +294,112 @@ pub fn stand_down_steps(
     steps
 }
 
+/// The two witnesses of S2 as [`decide`] reads them, with the evidence as text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Witnesses {
+    /// Witness 1: the serving agent silent for `primary_silence_ms`, on its
+    /// session and to direct probes.
+    pub primary_silent: bool,
+    /// Witness 2: the reachable standby's DRBD peer connection lost for `peer_loss_ms`.
+    pub peer_lost: bool,
+    pub evidence: String,
+}
+
+/// Read both witnesses (S2) from the views of the serving server `s_id` and the
+/// standby `b_id`. A direct probe answered within `primary_silence_ms` means the
+/// primary is not silent, whatever its session stream does (a stream can stay in
+/// TCP back-off for seconds after a network blip).
+pub fn witnesses(
+    s_id: &str,
+    b_id: &str,
+    serving: &AgentView,
+    standby: &AgentView,
+    cfg: &DetectorConfig,
+) -> Witnesses {
+    let standby_up =
+        standby.connected && standby.silent_ms.is_some_and(|s| s <= cfg.agent_timeout_ms);
+    let probed = serving
+        .probe_answered_ms
+        .is_some_and(|p| p < cfg.primary_silence_ms);
+    let primary_silent = !probed
+        && serving
+            .silent_ms
+            .is_some_and(|s| s >= cfg.primary_silence_ms);
+    let peer_lost = standby_up && standby.peer_lost_ms.is_some_and(|l| l >= cfg.peer_loss_ms);
+    let probe = match serving.probe_answered_ms {
+        Some(p) => format!(" (answered a direct probe {p} ms ago)"),
+        None => String::new(),
+    };
+    Witnesses {
+        primary_silent,
+        peer_lost,
+        evidence: format!(
+            "{s_id}'s agent silent for {}{probe}; {b_id}'s DRBD peer connection lost for {}",
+            ms(serving.silent_ms),
+            ms(standby.peer_lost_ms)
+        ),
+    }
+}
+
+/// S1 on the standby's view: `Ok` if it is UpToDate now and was in sync at its
+/// last report while connected, else what it was and is.
+pub fn backup_fresh(standby: &AgentView) -> Result<(), String> {
+    let now_ok = standby.drbd.as_ref().is_some_and(|b| b.disk == "UpToDate");
+    let was_in_sync = standby.last_connected.as_ref().is_some_and(backup_in_sync);
+    if now_ok && was_in_sync {
+        return Ok(());
+    }
+    let now = standby
+        .drbd
+        .as_ref()
+        .map(|b| format!("disk {}", b.disk))
+        .unwrap_or_else(|| "no DRBD report".into());
+    let before = match &standby.last_connected {
+        Some(b) => format!(
+            "{} {} peer-disk {} out-of-sync {}",
+            b.disk,
+            b.replication,
+            b.peer_disk,
+            b.out_of_sync_bytes
+                .map(|v| format!("{v} B"))
+                .unwrap_or_else(|| "unknown".into())
+        ),
+        None => "never seen connected by this leader".into(),
+    };
+    Err(format!("{now} now, and before the loss it was {before}"))
+}
+
+/// Confirm's re-check of a committed plan from `from` to `to`: both witnesses
+/// (S2) and a fresh backup (S1) must still hold, as when [`decide`] started it.
+/// `Ok` with the evidence, or `Err` with the check that no longer holds.
+pub fn failover_still_justified(
+    from: &str,
+    to: &str,
+    serving: &AgentView,
+    standby: &AgentView,
+    cfg: &DetectorConfig,
+) -> Result<String, String> {
+    let w = witnesses(from, to, serving, standby, cfg);
+    if !w.primary_silent || !w.peer_lost {
+        let which = match (w.primary_silent, w.peer_lost) {
+            (false, false) => "neither witness holds",
+            (false, true) => "witness 1 (primary silent) no longer holds",
+            _ => "witness 2 (DRBD peer connection lost) no longer holds",
+        };
+        return Err(format!("S2: {which}: {}", w.evidence));
+    }
+    backup_fresh(standby).map_err(|stale| {
+        format!(
+            "S1: {to} is no longer a fresh copy: {stale} ({})",
+            w.evidence
+        )
+    })?;
+    Ok(format!(
+        "S2 both witnesses: {}; S1: {to} is UpToDate and was in sync",
+        w.evidence
+    ))
+}
+
 /// Decide what to do with `pair` now. Pure; see the module documentation.
 pub fn decide(
     pair: &PairRecord,
@@ -467,15 +573,11 @@ fn decide_main(
 
     let standby_up =
         standby.connected && standby.silent_ms.is_some_and(|s| s <= cfg.agent_timeout_ms);
-    let w1 = serving
-        .silent_ms
-        .is_some_and(|s| s >= cfg.primary_silence_ms);
-    let w2 = standby_up && standby.peer_lost_ms.is_some_and(|l| l >= cfg.peer_loss_ms);
-    let evidence = format!(
-        "{s_id}'s agent silent for {}; {b_id}'s DRBD peer connection lost for {}",
-        ms(serving.silent_ms),
-        ms(standby.peer_lost_ms)
-    );
+    let Witnesses {
+        primary_silent: w1,
+        peer_lost: w2,
+        evidence,
+    } = witnesses(s_id, b_id, serving, standby, cfg);
 
     if w1 && w2 {
         if pair.state == PairState::Degraded {
@@ -515,9 +617,7 @@ fn decide_main(
                 ),
             );
         }
-        let now_ok = standby.drbd.as_ref().is_some_and(|b| b.disk == "UpToDate");
-        let was_in_sync = standby.last_connected.as_ref().is_some_and(backup_in_sync);
-        if now_ok && was_in_sync {
+        let Err(stale) = backup_fresh(standby) else {
             return d(
                 Action::StartFailover {
                     from: s_id.to_owned(),
@@ -527,28 +627,11 @@ fn decide_main(
                     "S2 both witnesses: {evidence}; S1: {b_id} is UpToDate and was in sync at its last report before the loss"
                 ),
             );
-        }
-        let now = standby
-            .drbd
-            .as_ref()
-            .map(|b| format!("disk {}", b.disk))
-            .unwrap_or_else(|| "no DRBD report".into());
-        let before = match &standby.last_connected {
-            Some(b) => format!(
-                "{} {} peer-disk {} out-of-sync {}",
-                b.disk,
-                b.replication,
-                b.peer_disk,
-                b.out_of_sync_bytes
-                    .map(|v| format!("{v} B"))
-                    .unwrap_or_else(|| "unknown".into())
-            ),
-            None => "never seen connected by this leader".into(),
         };
         return d(
             Action::Block,
             format!(
-                "S1: not promoting {b_id} automatically: {now} now, and before the loss it was {before} ({evidence}); promote by hand only with --force --accept-data-loss, or reattach the volumes (S9)"
+                "S1: not promoting {b_id} automatically: {stale} ({evidence}); promote by hand only with --force --accept-data-loss, or reattach the volumes (S9)"
             ),
         );
     }
@@ -581,8 +664,13 @@ fn decide_main(
             }
         } else {
             format!(
-                "replication down, running unprotected: {b_id}'s DRBD peer connection lost for {}, but {s_id}'s agent answers",
-                ms(standby.peer_lost_ms)
+                "replication down, running unprotected: {b_id}'s DRBD peer connection lost for {}, but {s_id}'s agent answers{}",
+                ms(standby.peer_lost_ms),
+                match serving.probe_answered_ms {
+                    Some(p) if serving.silent_ms.is_some_and(|s| s >= cfg.primary_silence_ms) =>
+                        format!(" (its session silent for {}, but it answered a direct probe {p} ms ago)", ms(serving.silent_ms)),
+                    _ => String::new(),
+                }
             )
         };
         return match pair.state {
@@ -768,6 +856,83 @@ mod tests {
                 "silent {silent} lost {lost}: {dec:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_primary_answering_direct_probes_is_not_silent() {
+        // Its session stream is silent (TCP back-off after a blip) but it answered
+        // a probe over a fresh path: witness 1 does not hold.
+        let mut s = serving_silent(1500);
+        s.probe_answered_ms = Some(120);
+        let b = standby(lost_peer(), Some(800), Some(in_sync()));
+        let dec = decide(&pair(PairState::Healthy), &s, &b, NOW, &cfg());
+        assert!(
+            !matches!(dec.action, Action::StartFailover { .. }),
+            "{dec:?}"
+        );
+        assert!(
+            dec.reason.contains("answered a direct probe 120 ms ago"),
+            "{}",
+            dec.reason
+        );
+        // An answer older than the silence threshold does not count.
+        s.probe_answered_ms = Some(1000);
+        assert!(matches!(
+            decide(&pair(PairState::Healthy), &s, &b, NOW, &cfg()).action,
+            Action::StartFailover { .. }
+        ));
+    }
+
+    #[test]
+    fn confirm_rechecks_witnesses_and_s1() {
+        let ok_b = standby(lost_peer(), Some(800), Some(in_sync()));
+        let r = failover_still_justified("a", "b", &serving_silent(1500), &ok_b, &cfg());
+        assert!(
+            r.as_ref().is_ok_and(|e| e.contains("S2 both witnesses")),
+            "{r:?}"
+        );
+        // The primary's session spoke again.
+        let r = failover_still_justified("a", "b", &serving_alive(), &ok_b, &cfg());
+        assert!(
+            r.as_ref()
+                .is_err_and(|e| e.starts_with("S2: witness 1 (primary silent) no longer holds")),
+            "{r:?}"
+        );
+        // It answered a probe.
+        let mut probed = serving_silent(1500);
+        probed.probe_answered_ms = Some(10);
+        assert!(failover_still_justified("a", "b", &probed, &ok_b, &cfg()).is_err());
+        // DRBD reconnected: witness 2 gone.
+        let r = failover_still_justified(
+            "a",
+            "b",
+            &serving_silent(1500),
+            &standby(in_sync(), None, Some(in_sync())),
+            &cfg(),
+        );
+        assert!(
+            r.as_ref().is_err_and(|e| e.starts_with("S2: witness 2")),
+            "{r:?}"
+        );
+        // The backup went stale after the plan was decided (S1).
+        let stale = standby(
+            sum(
+                "Secondary",
+                "Outdated",
+                "Connecting",
+                "Off",
+                "DUnknown",
+                Some(0),
+            ),
+            Some(800),
+            Some(in_sync()),
+        );
+        let r = failover_still_justified("a", "b", &serving_silent(1500), &stale, &cfg());
+        assert!(
+            r.as_ref()
+                .is_err_and(|e| e.starts_with("S1: b is no longer a fresh copy: disk Outdated")),
+            "{r:?}"
+        );
     }
 
     #[test]
@@ -1195,9 +1360,13 @@ mod tests {
                                 )),
                             ] {
                                 n += 1;
+                                // A direct probe answer: never, recent, old
+                                // (cycled through the grid).
+                                let probe = [None, Some(100), Some(5000)][n % 3];
                                 let s = AgentView {
                                     connected: silent.is_some_and(|s| s < 1000),
                                     silent_ms: silent,
+                                    probe_answered_ms: probe,
                                     ..serving_alive()
                                 };
                                 let b = standby(
@@ -1232,6 +1401,8 @@ mod tests {
                                         silent.unwrap() >= 1000 && lost.unwrap() >= 500,
                                         "{dec:?}"
                                     );
+                                    // Never while the primary answers probes.
+                                    assert!(probe.is_none_or(|p| p >= 1000), "{dec:?}");
                                     // Never a stale promotion.
                                     assert_eq!(disk, "UpToDate");
                                     assert!(before.as_ref().is_some_and(backup_in_sync));

@@ -26,6 +26,9 @@ pub enum ControllerError {
         source: std::io::Error,
     },
 
+    #[error("cannot open a UDP socket for liveness probes: {source}; the controller needs one ephemeral UDP port")]
+    ProbeSocket { source: std::io::Error },
+
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 

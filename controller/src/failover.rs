@@ -34,9 +34,11 @@ use understudy_proto::{
     UnexportNfs, Unmount,
 };
 
+use crate::detector::{failover_still_justified, DetectorConfig};
 use crate::fence::Fencer;
-use crate::liveness::Liveness;
+use crate::liveness::{agent_view, Liveness};
 use crate::node::{now_unix_ms, write, LeaderView};
+use crate::probe::{ProbeConfig, Prober};
 use crate::raft::store::SharedState;
 use crate::raft::Raft;
 use crate::state::{
@@ -95,6 +97,11 @@ pub struct Executor {
     pub liveness: Arc<Liveness>,
     pub cloud: Arc<dyn Cloud>,
     pub cfg: ExecutorConfig,
+    /// The detector's timings: Confirm re-runs its checks.
+    pub detector: DetectorConfig,
+    pub probe: ProbeConfig,
+    /// Confirm asks the old primary directly before anything is fenced.
+    pub prober: Arc<Prober>,
     pub leader: watch::Receiver<LeaderView>,
 }
 
@@ -381,33 +388,124 @@ impl Executor {
         .await
     }
 
-    /// The old primary must still be silent and the backup's agent connected (a
-    /// new leader may have to wait a moment for the backup's agent to find it).
+    /// The views [`crate::detector::decide`] takes, for the plan's old primary
+    /// and its target, from this leader's live view now.
+    fn plan_views(
+        &self,
+        pair: &PairRecord,
+        plan: &FailoverPlan,
+    ) -> (crate::observe::AgentView, crate::observe::AgentView) {
+        let (now, since) = (Instant::now(), self.liveness.leading_since());
+        let res = &pair.spec.resource;
+        (
+            agent_view(self.liveness.get(&plan.from).as_ref(), res, now, since),
+            agent_view(self.liveness.get(&plan.to).as_ref(), res, now, since),
+        )
+    }
+
+    /// Confirm, before anything is fenced:
+    /// 1. the detector's checks still hold (both witnesses, S2, and a fresh
+    ///    backup, S1): a plan can commit late, or be resumed by a new leader, which
+    ///    waits (up to `agent_step_timeout_ms`) for the agents to find it and for
+    ///    the witness times to pass again under its own clock;
+    /// 2. the old primary does not answer direct probes over a fresh path for
+    ///    `confirm_window_ms` (its session stream may be in TCP back-off after a
+    ///    network blip, so its silence there proves nothing on its own);
+    /// 3. the checks still hold after the probe window.
+    ///
+    /// An error sends the pair back to `Suspect` (see [`Executor::run`]).
     async fn confirm(&self, pair: &PairRecord, plan: &FailoverPlan) -> Result<String, String> {
         let deadline = Instant::now() + Duration::from_millis(self.cfg.agent_step_timeout_ms);
-        loop {
+        let d = &self.detector;
+        // A new leader counts silence from its own start: give the witnesses
+        // their full times (and the agents a heartbeat or two to dial it).
+        let settle =
+            Duration::from_millis(d.primary_silence_ms.max(d.peer_loss_ms) + d.agent_timeout_ms);
+        let from = pair
+            .server(&plan.from)
+            .ok_or_else(|| format!("{} is not in the pair", plan.from))?;
+        let check = |what: &str| -> Result<Result<String, String>, String> {
+            let pair = self.pair(&pair.spec.id).unwrap_or_else(|| pair.clone());
             if let Some(v) = self.liveness.get(&plan.from) {
                 if v.connected && v.last_seen.elapsed() < Duration::from_millis(500) {
                     return Err(format!(
-                        "{} answered again during confirmation: not failing over",
+                        "{} answered again on its session {what}: not failing over",
                         plan.from
                     ));
                 }
             }
-            if self.liveness.get(&plan.to).is_some_and(|v| v.connected) {
-                return Ok(format!(
-                    "{} still silent; {} connected; {}",
-                    plan.from, plan.to, pair.state_reason
+            // S1: a standby marked outdated after the plan was decided (a late
+            // fence-peer handler, a report) is never promoted.
+            if let Some(m) = pair.outdated.as_ref().filter(|m| m.server == plan.to) {
+                return Err(format!(
+                    "S1: {} is outdated since {} ({}) {what}: not promoting it",
+                    plan.to,
+                    crate::state::fmt_unix_ms(m.lost_peer_unix_ms),
+                    m.source
                 ));
             }
-            if Instant::now() >= deadline {
-                return Err(format!(
+            let (sv, sb) = self.plan_views(&pair, plan);
+            if !sb.connected {
+                return Ok(Err(format!(
                     "{}'s agent is not connected: cannot promote it",
                     plan.to
-                ));
+                )));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            match failover_still_justified(&plan.from, &plan.to, &sv, &sb, d) {
+                Ok(evidence) => Ok(Ok(evidence)),
+                Err(why) if self.liveness.leading_since().elapsed() < settle => Ok(Err(why)),
+                Err(why) => Err(format!("{why} {what}: not failing over")),
+            }
+        };
+        loop {
+            match check("at Confirm")? {
+                Ok(_) => break,
+                Err(why) if Instant::now() >= deadline => return Err(why),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
         }
+        let window = Duration::from_millis(self.probe.confirm_window_ms);
+        let asked = self
+            .prober
+            .ask(
+                &pair.spec.id,
+                from,
+                window,
+                Duration::from_millis(self.probe.interval_ms),
+            )
+            .await;
+        let (sent, errors) = match asked {
+            Ok((after, r)) => {
+                return Err(format!(
+                    "{} answered a direct probe {} ms after Confirm asked (highest epoch {}, its session to the leader {}, last heard from a controller {}): alive, not fencing it",
+                    plan.from,
+                    after.as_millis(),
+                    r.highest_epoch,
+                    if r.stream_healthy { "healthy" } else { "stalled" },
+                    if r.stream_silent_ms == u64::MAX {
+                        "never".to_string()
+                    } else {
+                        format!("{} ms ago", r.stream_silent_ms)
+                    }
+                ))
+            }
+            Err(e) => e,
+        };
+        let evidence = match check("after the direct probes")? {
+            Ok(e) => e,
+            Err(why) => return Err(why),
+        };
+        let errors = if errors.is_empty() {
+            String::new()
+        } else {
+            format!(" (probe errors: {})", errors.join("; "))
+        };
+        Ok(format!(
+            "{evidence}; {} did not answer {sent} direct probes in {} ms{errors}; {} connected",
+            plan.from,
+            window.as_millis(),
+            plan.to
+        ))
     }
 
     /// S3: the client IP verified away from the old primary, or (fallback) its

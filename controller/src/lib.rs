@@ -14,6 +14,7 @@
 //! - `agents`, `operator`: the agent-session and operator gRPC services;
 //! - `fence_peer`: DRBD fence-peer requests from a Primary's handler (S1);
 //! - `fence`: S3, the fence of an old primary through a cloud (no Raft needed);
+//! - `probe`: the leader's direct UDP liveness probes to agents;
 //! - `node`: wiring, cluster bootstrap and the leader's duties;
 //! - `config`, `error`: the TOML configuration and the error type.
 
@@ -30,6 +31,7 @@ pub mod liveness;
 pub mod node;
 pub mod observe;
 pub mod operator;
+pub mod probe;
 pub mod raft;
 pub mod state;
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot, watch};
-use understudy_proto::{CommandResult, ControllerMessage, DrbdSummary, Hello, Report};
+use understudy_proto::{CommandResult, ControllerMessage, DrbdSummary, Hello, ProbeReply, Report};
 
 /// What the leader knows about one server's agent right now.
 #[derive(Debug, Clone)]
@@ -34,6 +34,8 @@ pub struct ServerView {
     /// Per DRBD resource: the last summary reported while still `Connected`
     /// (the S1 evidence: was this server in sync right before it lost its peer?).
     pub last_connected: HashMap<String, DrbdSummary>,
+    /// When it last answered a direct probe (`probe.rs`), whatever its session does.
+    pub probe_answered_at: Option<Instant>,
 }
 
 /// A handle to send messages down an agent's open session.
@@ -44,6 +46,7 @@ pub struct Liveness {
     servers: Mutex<HashMap<String, ServerView>>,
     sessions: Mutex<HashMap<String, (u64, SessionTx)>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<CommandResult>>>,
+    probes: Mutex<HashMap<String, (Instant, ProbeReply)>>,
     next_command: std::sync::atomic::AtomicU64,
     leading_since: Mutex<Instant>,
     changed: watch::Sender<u64>,
@@ -55,6 +58,7 @@ impl Default for Liveness {
             servers: Mutex::default(),
             sessions: Mutex::default(),
             pending: Mutex::default(),
+            probes: Mutex::default(),
             next_command: std::sync::atomic::AtomicU64::new(1),
             leading_since: Mutex::new(Instant::now()),
             changed: watch::channel(0).0,
@@ -88,6 +92,7 @@ impl Liveness {
                 last_report_at: None,
                 conn_lost_since: HashMap::new(),
                 last_connected: HashMap::new(),
+                probe_answered_at: None,
             });
             e.hello = hello;
             e.connected = true;
@@ -185,9 +190,52 @@ impl Liveness {
         }
     }
 
-    /// A copy of one server's view.
+    /// A copy of one server's view. A server that answered a direct probe but
+    /// has no session with this leader yet gets a disconnected view carrying it.
     pub fn get(&self, server_id: &str) -> Option<ServerView> {
-        self.servers
+        let probe = self.probe_answer(server_id).map(|(at, _)| at);
+        let v = self
+            .servers
+            .lock()
+            .expect("liveness lock")
+            .get(server_id)
+            .cloned();
+        match (v, probe) {
+            (Some(mut v), p) => {
+                v.probe_answered_at = p;
+                Some(v)
+            }
+            (None, Some(at)) => Some(ServerView {
+                hello: Hello {
+                    server_id: server_id.into(),
+                    ..Default::default()
+                },
+                connected: false,
+                session: 0,
+                last_seen: self.leading_since(),
+                session_started: self.leading_since(),
+                last_report: None,
+                last_report_at: None,
+                conn_lost_since: HashMap::new(),
+                last_connected: HashMap::new(),
+                probe_answered_at: Some(at),
+            }),
+            (None, None) => None,
+        }
+    }
+
+    /// An agent answered a direct probe (the reply is checked by `probe.rs`).
+    pub fn probe_answered(&self, server_id: &str, reply: ProbeReply) {
+        self.probes
+            .lock()
+            .expect("liveness lock")
+            .insert(server_id.into(), (Instant::now(), reply));
+        self.bump();
+    }
+
+    /// The last direct probe answer of a server, and when it came.
+    pub fn probe_answer(&self, server_id: &str) -> Option<(Instant, ProbeReply)> {
+        self.probes
             .lock()
             .expect("liveness lock")
             .get(server_id)
@@ -211,6 +259,7 @@ impl Liveness {
     pub fn clear(&self) {
         self.servers.lock().expect("liveness lock").clear();
         self.sessions.lock().expect("liveness lock").clear();
+        self.probes.lock().expect("liveness lock").clear();
         self.bump();
     }
 
@@ -308,6 +357,9 @@ pub fn agent_view(
         stale_report: v.last_report_at.is_none_or(|t| t < v.session_started),
         report_age_ms: v
             .last_report_at
+            .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+        probe_answered_ms: v
+            .probe_answered_at
             .map(|t| now.saturating_duration_since(t).as_millis() as u64),
     }
 }

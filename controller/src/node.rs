@@ -83,6 +83,16 @@ pub async fn run(
     tracing::info!(node = cfg.node_id, listen = %cfg.listen, "controller listening");
 
     tokio::spawn(bootstrap(raft.clone(), cfg.clone()));
+    let prober = crate::probe::Prober::bind(liveness.clone())
+        .await
+        .map_err(|source| ControllerError::ProbeSocket { source })?;
+    tokio::spawn(crate::probe::watch(
+        prober.clone(),
+        liveness.clone(),
+        shared.clone(),
+        leader_rx.clone(),
+        cfg.probe.clone(),
+    ));
     let executor = Arc::new(Executor {
         raft: raft.clone(),
         state: shared.clone(),
@@ -95,6 +105,9 @@ pub async fn run(
                 reason,
             })?,
         cfg: cfg.executor.clone(),
+        detector: cfg.detector.clone(),
+        probe: cfg.probe.clone(),
+        prober,
         leader: leader_rx.clone(),
     });
     tokio::spawn(leader_duties(

@@ -40,6 +40,9 @@ pub struct AgentView {
     pub stale_report: bool,
     /// Milliseconds since its last report was received; `None` if none.
     pub report_age_ms: Option<u64>,
+    /// Milliseconds since it last answered a direct probe (a fresh path, not
+    /// its session); `None` if never answered this leader.
+    pub probe_answered_ms: Option<u64>,
 }
 
 /// Result of [`observe`].

@@ -49,7 +49,8 @@ impl fmt::Display for PairState {
 #[serde(deny_unknown_fields)]
 pub struct ServerSpec {
     pub id: String,
-    /// Management address of the host (informational; agents dial the controller).
+    /// Management address of the host: agents dial the controller, the leader
+    /// sends its direct liveness probes here (`probe_port`).
     pub address: String,
     pub zone: String,
     /// Cloud volumes backing the DRBD resource on this server.
@@ -62,6 +63,13 @@ pub struct ServerSpec {
     /// local backend: `netns:ifname`).
     #[serde(default)]
     pub interface_id: String,
+    /// UDP port of the agent's probe responder on `address` (its `probe_listen`).
+    #[serde(default = "default_probe_port")]
+    pub probe_port: u16,
+}
+
+fn default_probe_port() -> u16 {
+    crate::probe::DEFAULT_PROBE_PORT
 }
 
 fn default_prefix_len() -> u8 {

@@ -50,6 +50,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A free UDP port on 127.0.0.1 (bound then released).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .expect("bind udp 127.0.0.1:0")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
 /// A child process killed and reaped on drop; its output goes to a log file.
 pub struct Proc {
     pub name: String,
@@ -355,6 +364,8 @@ impl Cluster {
             .join(", ");
         let pair_id = "fs1".to_string();
         let names = ["fs1-a", "fs1-b"];
+        // Both agents answer probes on 127.0.0.1: one UDP port each.
+        let probe_ports = [free_udp_port(), free_udp_port()];
         let mut configs = Vec::new();
         for (i, addr) in addrs.iter().enumerate() {
             let path = root.join(format!("controller-{}.toml", i + 1));
@@ -371,10 +382,12 @@ id = "{pair_id}"
 resource = "{RESOURCE}"
 client_ip = "198.18.0.100"
 zone = "zone-a"
-primary = {{ id = "{a}", address = "127.0.0.1", zone = "zone-a", volumes = ["vol-a"] }}
-backup = {{ id = "{b}", address = "127.0.0.1", zone = "zone-a", volumes = ["vol-b"] }}
+primary = {{ id = "{a}", address = "127.0.0.1", zone = "zone-a", volumes = ["vol-a"], probe_port = {pa} }}
+backup = {{ id = "{b}", address = "127.0.0.1", zone = "zone-a", volumes = ["vol-b"], probe_port = {pb} }}
 "#,
                     id = i + 1,
+                    pa = probe_ports[0],
+                    pb = probe_ports[1],
                     data = root.join(format!("controller-{}", i + 1)).display(),
                     a = names[0],
                     b = names[1],
@@ -425,6 +438,7 @@ pair_id = "{pair_id}"
 role = "{role}"
 controllers = [{ctl}]
 state_dir = "{state}"
+probe_listen = "127.0.0.1:{probe}"
 
 [drbd]
 resource = "{RESOURCE}"
@@ -432,6 +446,7 @@ drbdsetup = "{setup}"
 drbdadm = "{adm}"
 "#,
                     role = if i == 0 { "primary" } else { "backup" },
+                    probe = probe_ports[i],
                     ctl = addrs
                         .iter()
                         .map(|a| format!("\"{a}\""))

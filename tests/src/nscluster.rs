@@ -72,6 +72,52 @@ pub struct NsOptions {
     /// Run each controller in a namespace of its own (hosts `c1`..`c3`), so the
     /// links between controllers can be cut while agents still reach all three.
     pub controllers_in_namespaces: bool,
+    /// `[detector] primary_silence_ms`; `None` keeps the default.
+    pub primary_silence_ms: Option<u64>,
+    /// `[detector] peer_loss_ms`; `None` keeps the default.
+    pub peer_loss_ms: Option<u64>,
+    /// `[timing] agent_heartbeat_ms`; `None` keeps the default.
+    pub agent_heartbeat_ms: Option<u64>,
+    /// `[probe] after_silence_ms`; `None` keeps the default.
+    pub probe_after_silence_ms: Option<u64>,
+    /// `[probe] confirm_window_ms`; `None` keeps the default.
+    pub confirm_window_ms: Option<u64>,
+}
+
+impl NsOptions {
+    /// The controllers' `[detector]`, `[timing]` and `[probe]` sections for these options.
+    fn sections(&self) -> String {
+        let section = |name: &str, kv: &[(&str, Option<u64>)]| {
+            let lines: String = kv
+                .iter()
+                .filter_map(|(k, v)| v.map(|v| format!("{k} = {v}\n")))
+                .collect();
+            if lines.is_empty() {
+                String::new()
+            } else {
+                format!("[{name}]\n{lines}")
+            }
+        };
+        [
+            section(
+                "detector",
+                &[
+                    ("flap_holdoff_ms", self.flap_holdoff_ms),
+                    ("primary_silence_ms", self.primary_silence_ms),
+                    ("peer_loss_ms", self.peer_loss_ms),
+                ],
+            ),
+            section("timing", &[("agent_heartbeat_ms", self.agent_heartbeat_ms)]),
+            section(
+                "probe",
+                &[
+                    ("after_silence_ms", self.probe_after_silence_ms),
+                    ("confirm_window_ms", self.confirm_window_ms),
+                ],
+            ),
+        ]
+        .concat()
+    }
 }
 
 /// A name (`ip netns attach`) for the namespace this test runs in, which holds the
@@ -197,7 +243,7 @@ members = [ {members} ]
 [executor]
 step_pause_ms = {pause}
 result_pause_ms = {rpause}
-{holdoff}
+{sections}
 [cloud]
 kind = "local"
 netns_prefix = "{prefix}"
@@ -226,10 +272,7 @@ backup = {b}
                     pause = opts.step_pause_ms,
                     rpause = opts.result_pause_ms,
                     kill = !opts.fence_keeps_processes,
-                    holdoff = opts
-                        .flap_holdoff_ms
-                        .map(|h| format!("[detector]\nflap_holdoff_ms = {h}\n"))
-                        .unwrap_or_default(),
+                    sections = opts.sections(),
                     p = server_toml("fsa"),
                     b = server_toml("fsb"),
                 ),

@@ -132,7 +132,7 @@ async fn stale_fencing_tokens_are_refused_even_after_a_restart() {
     std::fs::write(
         &cfg,
         format!(
-            "server_id = \"fs1-b\"\npair_id = \"fs1\"\nrole = \"backup\"\ncontrollers = [\"{addr}\"]\nstate_dir = \"{}\"\n[drbd]\nresource = \"r0\"\ndrbdsetup = \"/nonexistent/drbdsetup\"\ndrbdadm = \"/bin/true\"\n",
+            "server_id = \"fs1-b\"\npair_id = \"fs1\"\nrole = \"backup\"\ncontrollers = [\"{addr}\"]\nstate_dir = \"{}\"\nprobe_listen = \"127.0.0.1:0\"\n[drbd]\nresource = \"r0\"\ndrbdsetup = \"/nonexistent/drbdsetup\"\ndrbdadm = \"/bin/true\"\n",
             dir.path().join("state").display()
         ),
     )
