@@ -606,6 +606,20 @@ fn decide_main(
             }
         }
         if let Some(m) = marked {
+            // Nothing will be promoted either way; blocking is for a file server
+            // that is really gone. Give a blip (the link back, probes answered)
+            // as long again as the silence threshold before saying so.
+            let silent = serving.silent_ms.unwrap_or(u64::MAX);
+            if silent < cfg.primary_silence_ms.saturating_mul(2) {
+                return d(
+                    Action::Nothing,
+                    format!(
+                        "both witnesses hold ({evidence}) but S1: {b_id} is outdated since {}: it will not be promoted; blocking if {s_id} stays silent for {} ms",
+                        crate::state::fmt_unix_ms(m.lost_peer_unix_ms),
+                        cfg.primary_silence_ms.saturating_mul(2)
+                    ),
+                );
+            }
             return d(
                 Action::Block,
                 format!(
@@ -1442,7 +1456,7 @@ mod tests {
         let lost_at = NOW - 300_000;
         let died_at = NOW - 2_000;
         let p = marked(PairState::Suspect, lost_at, died_at);
-        for s_silent in [1_000, 2_000, 60_000] {
+        for s_silent in [1_000, 1_999, 2_000, 60_000] {
             for b_lost in [500, 2_000, 300_000] {
                 let dec = decide(
                     &p,
@@ -1451,6 +1465,20 @@ mod tests {
                     NOW,
                     &cfg(),
                 );
+                if s_silent < 2_000 {
+                    // Maybe a blip: not promoted, not blocked yet (outdating
+                    // its disk is the one thing done meanwhile).
+                    assert!(
+                        matches!(dec.action, Action::Nothing | Action::OutdateStandby(_)),
+                        "{s_silent} {b_lost}: {dec:?}"
+                    );
+                    assert!(
+                        dec.reason.contains("S1: b is outdated since"),
+                        "{}",
+                        dec.reason
+                    );
+                    continue;
+                }
                 assert_eq!(dec.action, Action::Block, "{s_silent} {b_lost}: {dec:?}");
                 assert!(dec.reason.starts_with("S1: not promoting b automatically: it is outdated since 1970-01-02 03:41:40.000 UTC"), "{}", dec.reason);
                 assert!(
