@@ -5,13 +5,22 @@
 //! namespace, listening on the bridge address, with the `local` cloud backend
 //! (fencing = taking the client IP off the old primary, cutting its cable, killing
 //! its processes). In each server namespace run a DRBD emulator daemon
-//! (replicating over the hosts' real addresses) and an agent configured to serve:
-//! bind-mount the replicated directory, export it with nfs-ganesha, claim the
-//! client IP. The client reads and writes through the client IP with libnfs
-//! (`nfs-cp`, `nfs-cat`).
+//! (replicating over the hosts' real addresses, in a private mount namespace of
+//! its own) and an agent configured to serve: mount the replicated file system,
+//! export it with nfs-ganesha, claim the client IP. The client reads and writes
+//! through the client IP with libnfs (`nfs-cp`, `nfs-cat`); [`Writer`] is a
+//! client writing back to back, recording which writes were acknowledged.
+//!
+//! By default ([`NsOptions::block_device`]) the emulators run in block mode:
+//! a 64 MiB device (a loop device on the emulator's FUSE-served device file),
+//! protocol C, ext4 made by the harness after the initial sync and mounted by the
+//! agents with the `device` mount mode. [`NsOptions::directory`]: the emulator
+//! replicates a directory (asynchronously) that the agents bind-mount.
 //!
 //! Everything is removed on drop, also when a test panics: processes killed,
-//! bind mounts lazily unmounted, namespaces and bridge deleted.
+//! mounts gone with their mount namespaces (bind mounts lazily unmounted), the
+//! cluster's loop devices detached (and those of a crashed run at the next
+//! start), namespaces and bridge deleted.
 
 use std::fs;
 use std::net::Ipv4Addr;
@@ -72,7 +81,7 @@ pub struct NsHost {
 }
 
 /// Knobs of a namespace cluster.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct NsOptions {
     /// `[executor] step_pause_ms` of the controllers.
     pub step_pause_ms: u64,
@@ -105,7 +114,39 @@ pub struct NsOptions {
     /// file system on fsa's device after the initial sync, and the agents mount it
     /// with the `device` mount mode. Without it: directory mode (the emulator
     /// replicates a directory, asynchronously, which the agents bind-mount).
+    /// The default: `true`; `false` for tests that write into the replicated
+    /// directory themselves.
     pub block_device: bool,
+}
+
+impl Default for NsOptions {
+    fn default() -> Self {
+        NsOptions {
+            step_pause_ms: 0,
+            result_pause_ms: 0,
+            flap_holdoff_ms: None,
+            resync_rate_kib: None,
+            fence_keeps_processes: false,
+            controllers_in_namespaces: false,
+            primary_silence_ms: None,
+            peer_loss_ms: None,
+            agent_heartbeat_ms: None,
+            probe_after_silence_ms: None,
+            confirm_window_ms: None,
+            block_device: true,
+        }
+    }
+}
+
+impl NsOptions {
+    /// The directory mode: the emulator replicates a directory (asynchronously)
+    /// that the agents bind-mount; tests that write into it or inspect it use this.
+    pub fn directory() -> Self {
+        NsOptions {
+            block_device: false,
+            ..NsOptions::default()
+        }
+    }
 }
 
 impl NsOptions {
@@ -193,6 +234,7 @@ fn check_tools() {
         "arping",
         "iptables",
         "ip",
+        "timeout",
     ] {
         let found = Command::new("sh")
             .arg("-c")
@@ -676,11 +718,13 @@ address = "{}:7789"
     }
 
     /// Wait until both servers have reported nothing out of sync, the pair
-    /// Healthy, for `quiet` without a break. The emulator replicates
-    /// asynchronously and ganesha rewrites its recovery records (in the replicated
-    /// directory) when an idle client's lease expires, so this is how a test makes
-    /// sure every acknowledged write is on the backup before it kills the primary;
-    /// otherwise S1 (rightly) refuses the promotion.
+    /// Healthy, for `quiet` without a break. Directory mode only needs it: the
+    /// emulator replicates the directory asynchronously and ganesha rewrites its
+    /// recovery records (in the replicated directory) when an idle client's lease
+    /// expires, so this is how a test makes sure every acknowledged write is on the
+    /// backup before it kills the primary; otherwise S1 (rightly) refuses the
+    /// promotion. In block mode (protocol C) an acknowledged write is on the
+    /// backup already; a real system has no such wait.
     pub fn wait_replicated(&self, quiet: Duration, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         let mut since: Option<Instant> = None;
@@ -935,14 +979,7 @@ fn check_block_tools() {
         Path::new("/dev/fuse").exists(),
         "/dev/fuse is missing (FUSE kernel module): {BLOCK_INSTALL}"
     );
-    for tool in [
-        "unshare",
-        "losetup",
-        "mkfs.ext4",
-        "e2fsck",
-        "debugfs",
-        "timeout",
-    ] {
+    for tool in ["unshare", "losetup", "mkfs.ext4", "e2fsck", "debugfs"] {
         let found = Command::new("sh")
             .arg("-c")
             .arg(format!("command -v {tool}"))

@@ -31,9 +31,7 @@ fn a_file_written_before_the_failure_is_read_back_after_failover() {
         c.nfs_write(name, data).expect("write through NFS");
         assert_eq!(&c.nfs_read(name).expect("read back"), data);
     }
-    // Acknowledged and replicated: nothing out of sync on either side, for
-    // longer than the NFS lease (expired clients' records get rewritten).
-    c.wait_replicated(Duration::from_secs(4), Duration::from_secs(30));
+    // No wait for replication: protocol C, acknowledged means on fsb's disk.
     let t0 = Instant::now();
     c.kill_host(0);
     let s = c.wait_status("failover to fsb", Duration::from_secs(30), |s| {
@@ -157,8 +155,8 @@ fn writes_acknowledged_after_a_replication_cut_stay_on_the_dead_server_and_block
     // Writes go on, acknowledged by fsa alone, for a few seconds.
     w.wait_more_acked(5, Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(3));
-    let acked_before_kill = w.acked();
     c.kill_host(0);
+    let killed_at = Instant::now();
     let s = c.wait_status("pair blocked", Duration::from_secs(30), |s| {
         pair(s, PAIR)["state"] == "Blocked"
     });
@@ -190,11 +188,13 @@ fn writes_acknowledged_after_a_replication_cut_stay_on_the_dead_server_and_block
     let samples = inv.check();
     assert!(samples > 10, "only {samples} invariant samples");
     let acked: Vec<_> = writes.iter().filter(|r| r.acked).collect();
-    assert_eq!(
-        acked.len() as u64,
-        acked_before_kill,
-        "a write acknowledged after the kill"
-    );
+    // Nobody served a write started after the file server was dead.
+    let late: Vec<_> = acked
+        .iter()
+        .filter(|r| r.started >= killed_at)
+        .map(|r| &r.name)
+        .collect();
+    assert!(late.is_empty(), "acknowledged after the kill: {late:?}");
     let after_cut = acked.iter().filter(|r| r.started >= cut_at).count();
     assert!(
         after_cut >= 5,
