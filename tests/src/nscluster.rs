@@ -5,18 +5,29 @@
 //! namespace, listening on the bridge address, with the `local` cloud backend
 //! (fencing = taking the client IP off the old primary, cutting its cable, killing
 //! its processes). In each server namespace run a DRBD emulator daemon
-//! (replicating over the hosts' real addresses) and an agent configured to serve:
-//! bind-mount the replicated directory, export it with nfs-ganesha, claim the
-//! client IP. The client reads and writes through the client IP with libnfs
-//! (`nfs-cp`, `nfs-cat`).
+//! (replicating over the hosts' real addresses, in a private mount namespace of
+//! its own) and an agent configured to serve: mount the replicated file system,
+//! export it with nfs-ganesha, claim the client IP. The client reads and writes
+//! through the client IP with libnfs (`nfs-cp`, `nfs-cat`); [`Writer`] is a
+//! client writing back to back, recording which writes were acknowledged.
+//!
+//! By default ([`NsOptions::block_device`]) the emulators run in block mode:
+//! a 64 MiB device (a loop device on the emulator's FUSE-served device file),
+//! protocol C, ext4 made by the harness after the initial sync and mounted by the
+//! agents with the `device` mount mode. [`NsOptions::directory`]: the emulator
+//! replicates a directory (asynchronously) that the agents bind-mount.
 //!
 //! Everything is removed on drop, also when a test panics: processes killed,
-//! bind mounts lazily unmounted, namespaces and bridge deleted.
+//! mounts gone with their mount namespaces (bind mounts lazily unmounted), the
+//! cluster's loop devices detached (and those of a crashed run at the next
+//! start), namespaces and bridge deleted.
 
 use std::fs;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -39,13 +50,28 @@ pub const CONTROLLER_HOSTS: [&str; 3] = ["c1", "c2", "c3"];
 /// Install hint for the tools the namespace tests need.
 pub const INSTALL: &str = "apt-get install -y iproute2 iptables arping nfs-ganesha nfs-ganesha-vfs libnfs-utils (or run ./scripts/install-deps.sh)";
 
+/// Device size of the emulators in block mode.
+pub const BLOCK_SIZE_MIB: u64 = 64;
+
+/// Install hint for the block mode's tools.
+pub const BLOCK_INSTALL: &str = "apt-get install -y util-linux e2fsprogs fuse3 (or run ./scripts/install-deps.sh); /dev/fuse must exist";
+
+/// Where block-mode clusters register the temp dir whose loop devices they own
+/// (one file per cluster, `flock`ed while the cluster lives).
+const BLOCK_REGISTRY: &str = "/run/understudy-ns-block";
+
 /// One server host (namespace) of the pair.
 pub struct NsHost {
     pub name: &'static str,
     pub server_id: String,
     pub dir: PathBuf,
+    /// Directory mode: the replicated directory.
     pub data_dir: PathBuf,
     pub export_dir: PathBuf,
+    /// Block mode: the emulator's backing file (the "disk" under DRBD).
+    pub backing_file: PathBuf,
+    /// Block mode: symlink to the emulator's loop device (the `/dev/drbd1000` stand-in).
+    pub device_link: PathBuf,
     pub emu_config: PathBuf,
     pub agent_config: PathBuf,
     pub drbdadm: PathBuf,
@@ -55,7 +81,7 @@ pub struct NsHost {
 }
 
 /// Knobs of a namespace cluster.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct NsOptions {
     /// `[executor] step_pause_ms` of the controllers.
     pub step_pause_ms: u64,
@@ -82,6 +108,45 @@ pub struct NsOptions {
     pub probe_after_silence_ms: Option<u64>,
     /// `[probe] confirm_window_ms`; `None` keeps the default.
     pub confirm_window_ms: Option<u64>,
+    /// Run the DRBD emulators in block mode (`[device] mode = "block"`,
+    /// [`BLOCK_SIZE_MIB`] MiB, protocol C): each host's "DRBD device" is a loop
+    /// device on the emulator's FUSE-served device file, the harness makes an ext4
+    /// file system on fsa's device after the initial sync, and the agents mount it
+    /// with the `device` mount mode. Without it: directory mode (the emulator
+    /// replicates a directory, asynchronously, which the agents bind-mount).
+    /// The default: `true`; `false` for tests that write into the replicated
+    /// directory themselves.
+    pub block_device: bool,
+}
+
+impl Default for NsOptions {
+    fn default() -> Self {
+        NsOptions {
+            step_pause_ms: 0,
+            result_pause_ms: 0,
+            flap_holdoff_ms: None,
+            resync_rate_kib: None,
+            fence_keeps_processes: false,
+            controllers_in_namespaces: false,
+            primary_silence_ms: None,
+            peer_loss_ms: None,
+            agent_heartbeat_ms: None,
+            probe_after_silence_ms: None,
+            confirm_window_ms: None,
+            block_device: true,
+        }
+    }
+}
+
+impl NsOptions {
+    /// The directory mode: the emulator replicates a directory (asynchronously)
+    /// that the agents bind-mount; tests that write into it or inspect it use this.
+    pub fn directory() -> Self {
+        NsOptions {
+            block_device: false,
+            ..NsOptions::default()
+        }
+    }
 }
 
 impl NsOptions {
@@ -153,6 +218,11 @@ pub struct NsCluster {
     pub hosts: Vec<NsHost>,
     /// Set when the controllers run in namespaces of their own.
     pub root_netns: Option<RootNetnsName>,
+    /// [`NsOptions::block_device`].
+    pub block_device: bool,
+    /// Block mode: the registration (held `flock`) of this cluster's temp dir,
+    /// whose loop devices a later run detaches if this process dies uncleanly.
+    block_registration: Option<(PathBuf, fs::File)>,
 }
 
 fn check_tools() {
@@ -164,6 +234,7 @@ fn check_tools() {
         "arping",
         "iptables",
         "ip",
+        "timeout",
     ] {
         let found = Command::new("sh")
             .arg("-c")
@@ -188,11 +259,17 @@ impl NsCluster {
     /// [`NsCluster::start`] with options.
     pub fn start_with(opts: NsOptions) -> NsCluster {
         check_tools();
+        if opts.block_device {
+            check_block_tools();
+        }
         let mut host_names = vec!["fsa", "fsb", "client"];
         if opts.controllers_in_namespaces {
             host_names.extend(CONTROLLER_HOSTS);
         }
         let net = Net::new(&host_names).unwrap_or_else(|e| panic!("{e}"));
+        if opts.block_device {
+            cleanup_stale_block();
+        }
         let root_netns = opts
             .controllers_in_namespaces
             .then(|| RootNetnsName::attach(net.prefix()));
@@ -289,6 +366,8 @@ backup = {b}
             fs::create_dir_all(&export_dir).expect("export dir");
             let peer = names[1 - i];
             let emu_config = hdir.join("drbd-emu.toml");
+            let backing_file = hdir.join("disk.img");
+            let device_link = hdir.join("drbd1000");
             fs::write(
                 &emu_config,
                 format!(
@@ -297,12 +376,12 @@ hostname = "{}"
 node_id = {i}
 minor = 1000
 state_dir = "{}"
-data_dir = "{}"
+{}
 listen = "{}:7789"
 
 [net]
 fencing = "resource-and-stonith"
-
+{}
 [handlers]
 fence_peer = "{} --config {} --timeout-secs 30"
 
@@ -313,8 +392,17 @@ address = "{}:7789"
 {}"#,
                     sid(name),
                     hdir.join("drbd-state").display(),
-                    data_dir.display(),
+                    if opts.block_device {
+                        String::new()
+                    } else {
+                        format!("data_dir = \"{}\"", data_dir.display())
+                    },
                     net.addr(name),
+                    if opts.block_device {
+                        "protocol = \"C\"\n"
+                    } else {
+                        ""
+                    },
                     bin("understudy-fence-peer").display(),
                     hdir.join("agent.toml").display(),
                     sid(peer),
@@ -323,7 +411,15 @@ address = "{}:7789"
                     opts.resync_rate_kib
                         .map(|r| format!("\n[tuning]\nresync_rate_kib = {r}\n"))
                         .unwrap_or_default(),
-                ),
+                ) + &if opts.block_device {
+                    format!(
+                        "\n[device]\nmode = \"block\"\nsize_mib = {BLOCK_SIZE_MIB}\nbacking_file = \"{}\"\ndevice_link = \"{}\"\n",
+                        backing_file.display(),
+                        device_link.display()
+                    )
+                } else {
+                    String::new()
+                },
             )
             .expect("emulator config");
             let (drbdsetup, drbdadm) = emulator_wrappers(&hdir, &emu_config);
@@ -337,7 +433,19 @@ address = "{}:7789"
                     state_dir: &hdir.join("agent-state"),
                     drbdsetup: &drbdsetup,
                     drbdadm: &drbdadm,
-                    data_dir: &data_dir,
+                    // `sync`: nfs-cp (libnfs 4.0) writes UNSTABLE and ignores the
+                    // result of the COMMIT it sends on close, so its exit status
+                    // says nothing about stable storage. With a synchronous mount
+                    // every WRITE (and create) reply means "on disk", here and, by
+                    // protocol C, on the peer: exit 0 is an acknowledgement.
+                    mount: &if opts.block_device {
+                        format!(
+                            "mode = \"device\"\ndevice = \"{}\"\nfstype = \"ext4\"\noptions = \"sync\"",
+                            device_link.display()
+                        )
+                    } else {
+                        format!("mode = \"bind\"\nsource_dir = \"{}\"", data_dir.display())
+                    },
                     export_dir: &export_dir,
                     ganesha_dir: &hdir.join("ganesha"),
                     client_ip,
@@ -350,6 +458,8 @@ address = "{}:7789"
                 dir: hdir,
                 data_dir,
                 export_dir,
+                backing_file,
+                device_link,
                 emu_config,
                 agent_config,
                 drbdadm,
@@ -364,6 +474,7 @@ address = "{}:7789"
                 controllers.netns[i] = Some(net.ns_name(h));
             }
         }
+        let block_registration = opts.block_device.then(|| register_block(&root));
         let mut c = NsCluster {
             dir,
             net,
@@ -371,6 +482,8 @@ address = "{}:7789"
             controllers,
             hosts,
             root_netns,
+            block_device: opts.block_device,
+            block_registration,
         };
         for i in 0..3 {
             c.start_controller(i);
@@ -390,6 +503,9 @@ address = "{}:7789"
             "drbdadm primary --force: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if c.block_device {
+            c.make_filesystem();
+        }
         for i in 0..2 {
             c.start_agent(i);
         }
@@ -399,6 +515,54 @@ address = "{}:7789"
             |s| pair(s, PAIR)["state"] == "Healthy" && serving_ok(s, &format!("{PAIR}-fsa")),
         );
         c
+    }
+
+    /// Block mode, as an operator makes the file system of a new resource: once
+    /// the initial sync from fsa is done, `mkfs.ext4` on fsa's DRBD device (loop
+    /// device); protocol C puts every block on fsb too.
+    fn make_filesystem(&self) {
+        crate::wait_for(
+            "initial sync fsa -> fsb done",
+            Duration::from_secs(120),
+            || {
+                let o = self.drbdadm(0, &["dstate", RESOURCE]);
+                (String::from_utf8_lossy(&o.stdout).trim() == "UpToDate/UpToDate").then_some(())
+            },
+        );
+        let dev = self.device(0);
+        let out = Command::new("mkfs.ext4")
+            .args([
+                "-F",
+                "-q",
+                "-E",
+                "nodiscard,lazy_itable_init=0,lazy_journal_init=0",
+                "-L",
+                "understudy",
+            ])
+            .arg(&dev)
+            .output()
+            .unwrap_or_else(|e| panic!("mkfs.ext4: {e}: {BLOCK_INSTALL}"));
+        assert!(
+            out.status.success(),
+            "mkfs.ext4 {dev}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Block mode: the loop device host `i`'s emulator published (`/dev/loopN`).
+    pub fn device(&self, i: usize) -> String {
+        let f = self.hosts[i].dir.join("drbd-state").join("device");
+        crate::wait_for(
+            "the emulator's loop device",
+            Duration::from_secs(10),
+            || {
+                fs::read_to_string(&f)
+                    .ok()
+                    .map(|d| d.trim().to_string())
+                    .filter(|d| d.starts_with("/dev/"))
+            },
+        )
     }
 
     pub fn start_controller(&mut self, i: usize) {
@@ -411,10 +575,18 @@ address = "{}:7789"
 
     pub fn start_emulator(&mut self, i: usize) {
         let h = &self.hosts[i];
-        let mut cmd = self
-            .net
-            .cmd(h.name, bin("drbd-emu").to_str().expect("utf8 path"));
-        cmd.arg("daemon").arg("--config").arg(&h.emu_config);
+        // The published loop device of a previous run of this host is gone.
+        let _ = fs::remove_file(h.dir.join("drbd-state").join("device"));
+        // In a private mount namespace of its own: in block mode its FUSE mount
+        // must be invisible to every other process (nfs-ganesha stats every mount
+        // it sees, and would hang on a frozen FUSE server). The loop device on it
+        // is global; the agent mounts that.
+        let mut cmd = self.net.cmd(h.name, "unshare");
+        cmd.args(["-m", "--propagation", "private"])
+            .arg(bin("drbd-emu"))
+            .arg("daemon")
+            .arg("--config")
+            .arg(&h.emu_config);
         let p = Proc::spawn(
             &format!("drbd-emu {}", h.name),
             &mut cmd,
@@ -429,6 +601,20 @@ address = "{}:7789"
                 .ok()
                 .filter(|o| o.status.success())
         });
+        if self.block_device {
+            // Record the loop device, so that it is detached when the cluster is
+            // dropped (or by the next run if this process dies).
+            let dev = self.device(i);
+            let (d, ino) =
+                loop_identity(&dev).unwrap_or_else(|e| panic!("{dev}: LOOP_GET_STATUS64: {e}"));
+            let (path, _) = self.block_registration.as_ref().expect("registered");
+            let mut f = fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .expect("block registration");
+            use std::io::Write;
+            writeln!(f, "{dev} {d} {ino}").expect("write block registration");
+        }
     }
 
     pub fn start_agent(&mut self, i: usize) {
@@ -532,11 +718,13 @@ address = "{}:7789"
     }
 
     /// Wait until both servers have reported nothing out of sync, the pair
-    /// Healthy, for `quiet` without a break. The emulator replicates
-    /// asynchronously and ganesha rewrites its recovery records (in the replicated
-    /// directory) when an idle client's lease expires, so this is how a test makes
-    /// sure every acknowledged write is on the backup before it kills the primary;
-    /// otherwise S1 (rightly) refuses the promotion.
+    /// Healthy, for `quiet` without a break. Directory mode only needs it: the
+    /// emulator replicates the directory asynchronously and ganesha rewrites its
+    /// recovery records (in the replicated directory) when an idle client's lease
+    /// expires, so this is how a test makes sure every acknowledged write is on the
+    /// backup before it kills the primary; otherwise S1 (rightly) refuses the
+    /// promotion. In block mode (protocol C) an acknowledged write is on the
+    /// backup already; a real system has no such wait.
     pub fn wait_replicated(&self, quiet: Duration, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         let mut since: Option<Instant> = None;
@@ -631,6 +819,96 @@ address = "{}:7789"
         }
     }
 
+    /// An NFS client in the client namespace, for other threads.
+    pub fn client(&self) -> NfsClient {
+        NfsClient {
+            ns: self.net.ns_name("client"),
+            client_ip: self.client_ip,
+            dir: self.dir.path().to_path_buf(),
+        }
+    }
+
+    /// Start a client writing numbered files (`PREFIX-N.bin`, contents
+    /// [`workload_data`]`(N)`) back to back through the client IP, each an
+    /// `nfs-cp` of its own; a write that fails (or takes longer than
+    /// [`NFS_OP_TIMEOUT_SECS`]) is recorded as not acknowledged and the next
+    /// number is written, at most every 100 ms while writes fail.
+    pub fn start_writer(&self, prefix: &str) -> Writer {
+        let client = self.client();
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicU64::new(0));
+        let (c2, s2, a2, prefix) = (
+            client.clone(),
+            stop.clone(),
+            acked.clone(),
+            prefix.to_string(),
+        );
+        let thread = std::thread::spawn(move || {
+            let mut writes = Vec::new();
+            let mut i = 0u64;
+            while !s2.load(Ordering::SeqCst) {
+                let name = format!("{prefix}-{i}.bin");
+                let started = Instant::now();
+                let ok = c2.write_once(&name, &workload_data(i)).is_ok();
+                if ok {
+                    a2.fetch_add(1, Ordering::SeqCst);
+                }
+                writes.push(WriteRecord {
+                    index: i,
+                    name,
+                    acked: ok,
+                    started,
+                    finished: Instant::now(),
+                });
+                i += 1;
+                if !ok {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            writes
+        });
+        Writer {
+            stop,
+            acked,
+            thread: Some(thread),
+            client,
+        }
+    }
+
+    /// Block mode: the files of host `i`'s ext4 file system as they are on its
+    /// disk (the emulator's backing file) now, e.g. after the host died: a copy of
+    /// the backing file, its journal replayed (`e2fsck`), the tree dumped
+    /// (`debugfs rdump`) into a new directory, whose path is returned.
+    pub fn dump_disk(&self, i: usize, tag: &str) -> PathBuf {
+        let h = &self.hosts[i];
+        let copy = self.dir.path().join(format!("{}-{tag}.img", h.name));
+        let out = self.dir.path().join(format!("{}-{tag}-files", h.name));
+        let run = |cmd: &str, args: &[&str], ok: &dyn Fn(i32) -> bool| {
+            let o = Command::new(cmd)
+                .args(args)
+                .output()
+                .unwrap_or_else(|e| panic!("{cmd}: {e}: {BLOCK_INSTALL}"));
+            assert!(
+                ok(o.status.code().unwrap_or(-1)),
+                "{cmd} {args:?}: {}{}{}",
+                o.status,
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        };
+        let (b, c, o) = (
+            h.backing_file.display().to_string(),
+            copy.display().to_string(),
+            out.display().to_string(),
+        );
+        run("cp", &["--sparse=always", &b, &c], &|r| r == 0);
+        // 0: clean, 1: errors corrected (journal replayed), 2: same, reboot advised
+        run("e2fsck", &["-fy", &c], &|r| (0..=2).contains(&r));
+        fs::create_dir_all(&out).expect("dump dir");
+        run("debugfs", &["-R", &format!("rdump / {o}"), &c], &|r| r == 0);
+        out
+    }
+
     /// Which hosts have the client IP configured now.
     pub fn ip_holders(&self) -> Vec<&'static str> {
         ip_holders_in(&self.host_namespaces(), self.client_ip)
@@ -688,6 +966,116 @@ impl Drop for NsCluster {
                 .arg(&h.export_dir)
                 .stderr(std::process::Stdio::null())
                 .status();
+        }
+        if let Some((file, _lock)) = self.block_registration.take() {
+            detach_registered_loops(&file);
+            let _ = fs::remove_file(file);
+        }
+    }
+}
+
+fn check_block_tools() {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing (FUSE kernel module): {BLOCK_INSTALL}"
+    );
+    for tool in ["unshare", "losetup", "mkfs.ext4", "e2fsck", "debugfs"] {
+        let found = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        assert!(found, "{tool} not found: {BLOCK_INSTALL}");
+    }
+}
+
+/// Register `dir` as a block-mode cluster's temp dir: a file in
+/// [`BLOCK_REGISTRY`] naming it, `flock`ed for the cluster's life.
+fn register_block(dir: &Path) -> (PathBuf, fs::File) {
+    use std::io::Write;
+    use std::os::unix::io::AsRawFd;
+    fs::create_dir_all(BLOCK_REGISTRY).expect("block registry dir");
+    let name = dir
+        .file_name()
+        .expect("temp dir name")
+        .to_string_lossy()
+        .into_owned();
+    let path = Path::new(BLOCK_REGISTRY).join(format!("{name}.lock"));
+    let mut f = fs::File::create(&path).expect("block registration");
+    // SAFETY: flock on an open file descriptor.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(rc, 0, "flock {}", path.display());
+    writeln!(f, "{}", dir.display()).expect("write block registration");
+    (path, f)
+}
+
+/// Detach what block-mode clusters of dead processes left: for every registration
+/// nobody holds, the loop devices it recorded, if they are still the same.
+/// (Their emulators ran in mount namespaces that died with them, so the FUSE and
+/// ext4 mounts are gone already; the netns cleanup kills leftover processes.)
+fn cleanup_stale_block() {
+    use std::os::unix::io::AsRawFd;
+    let Ok(entries) = fs::read_dir(BLOCK_REGISTRY) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(f) = fs::OpenOptions::new().read(true).open(e.path()) else {
+            continue;
+        };
+        // SAFETY: flock on an open file descriptor.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            continue; // a live cluster
+        }
+        detach_registered_loops(&e.path());
+        let _ = fs::remove_file(e.path());
+    }
+}
+
+/// `(lo_device, lo_inode)` of a loop device's backing file (`LOOP_GET_STATUS64`).
+/// From outside the emulator's private mount namespace the backing file's path
+/// reads `/drbd-emu-device`, so the path cannot say whose it is; this can (the
+/// FUSE superblock, and so its device number, lives as long as the loop device
+/// holds the file).
+/// Fails with `ENOTCONN` when the FUSE server of the backing file is dead.
+fn loop_identity(dev: &str) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::io::AsRawFd;
+    const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
+    let f = fs::File::open(dev)?;
+    // struct loop_info64 is 232 bytes; lo_device and lo_inode come first.
+    let mut info = [0u64; 29];
+    // SAFETY: the buffer is as large as struct loop_info64 and outlives the call.
+    let rc = unsafe { libc::ioctl(f.as_raw_fd(), LOOP_GET_STATUS64, info.as_mut_ptr()) };
+    if rc == 0 {
+        Ok((info[0], info[1]))
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// `losetup -d` every loop device recorded in registration `file` (lines
+/// `NAME DEVICE INODE`) that still has the recorded backing file, or whose
+/// backing file's FUSE server is dead (`ENOTCONN`: nobody's to keep, as the
+/// emulator's own cleanup holds). A device still mounted is released by the
+/// kernel when the last mount goes.
+fn detach_registered_loops(file: &Path) {
+    let text = fs::read_to_string(file).unwrap_or_default();
+    for line in text.lines().skip(1) {
+        let mut it = line.split_whitespace();
+        let (Some(name), Some(d), Some(i)) = (it.next(), it.next(), it.next()) else {
+            continue;
+        };
+        let (Ok(d), Ok(i)) = (d.parse::<u64>(), i.parse::<u64>()) else {
+            continue;
+        };
+        let ours = match loop_identity(name) {
+            Ok(id) => id == (d, i),
+            Err(e) => e.raw_os_error() == Some(libc::ENOTCONN),
+        };
+        if ours {
+            if let Err(e) = crate::netns::run("losetup", &["-d", name]) {
+                eprintln!("nscluster: {e}");
+            }
         }
     }
 }
@@ -754,7 +1142,8 @@ struct AgentTomlArgs<'a> {
     state_dir: &'a Path,
     drbdsetup: &'a Path,
     drbdadm: &'a Path,
-    data_dir: &'a Path,
+    /// The `[serving.mount]` keys other than `mountpoint`.
+    mount: &'a str,
     export_dir: &'a Path,
     ganesha_dir: &'a Path,
     client_ip: Ipv4Addr,
@@ -774,8 +1163,7 @@ drbdsetup = "{setup}"
 drbdadm = "{adm}"
 
 [serving.mount]
-mode = "bind"
-source_dir = "{data}"
+{mount}
 mountpoint = "{export}"
 
 [serving.nfs]
@@ -807,9 +1195,252 @@ interface = "eth0"
         state = a.state_dir.display(),
         setup = a.drbdsetup.display(),
         adm = a.drbdadm.display(),
-        data = a.data_dir.display(),
+        mount = a.mount,
         export = a.export_dir.display(),
         ganesha = a.ganesha_dir.display(),
         ip = a.client_ip,
     )
+}
+
+/// An NFS client in the `client` namespace, usable from any thread: `nfs-cp` /
+/// `nfs-cat` (libnfs) through the client IP.
+#[derive(Debug, Clone)]
+pub struct NfsClient {
+    ns: String,
+    client_ip: Ipv4Addr,
+    /// Where upload files are staged.
+    dir: PathBuf,
+}
+
+/// How long one `nfs-cp` / `nfs-cat` may take before it is killed (a client
+/// whose server died may otherwise wait for ever); a killed write is not
+/// acknowledged.
+pub const NFS_OP_TIMEOUT_SECS: u64 = 10;
+
+impl NfsClient {
+    pub fn url(&self, path: &str) -> String {
+        format!(
+            "nfs://{}{PSEUDO}/{path}?version=4&nfsport={NFS_PORT}",
+            self.client_ip
+        )
+    }
+
+    fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns, "timeout", "-s", "KILL"])
+            .arg(NFS_OP_TIMEOUT_SECS.to_string())
+            .arg(program);
+        c
+    }
+
+    /// One `nfs-cp` of `data` to `path`: `Ok` = acknowledged (exit 0).
+    pub fn write_once(&self, path: &str, data: &[u8]) -> Result<(), String> {
+        let local = self.dir.join(format!("upload-{}", path.replace('/', "_")));
+        fs::write(&local, data).map_err(|e| e.to_string())?;
+        let out = self
+            .cmd("nfs-cp")
+            .arg(&local)
+            .arg(self.url(path))
+            .output()
+            .map_err(|e| e.to_string());
+        let _ = fs::remove_file(&local);
+        let out = out?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "nfs-cp {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    /// `nfs-cat` of `path`.
+    pub fn read(&self, path: &str) -> Result<Vec<u8>, String> {
+        let out = self
+            .cmd("nfs-cat")
+            .arg(self.url(path))
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(out.stdout)
+        } else {
+            Err(format!(
+                "nfs-cat {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+}
+
+/// The contents of write number `i` of a [`Writer`]: 1000..3899 bytes (libnfs
+/// 4.0's nfs-cp fails above about 4000 bytes against ganesha 4.3), a pattern
+/// that differs per write.
+pub fn workload_data(i: u64) -> Vec<u8> {
+    let len = 1000 + (i * 397 % 2900) as usize;
+    let mut v = format!("write {i}\n").into_bytes();
+    v.extend((0..len as u64).map(|k| (k.wrapping_mul(31).wrapping_add(i * 7) % 251) as u8));
+    v.truncate(len);
+    v
+}
+
+/// One write of a [`Writer`].
+#[derive(Debug, Clone)]
+pub struct WriteRecord {
+    pub index: u64,
+    pub name: String,
+    /// `nfs-cp` exited 0: the server acknowledged the write.
+    pub acked: bool,
+    /// When it was started and when it returned.
+    pub started: Instant,
+    pub finished: Instant,
+}
+
+/// A client writing numbered files back to back through the client IP, in a
+/// thread of its own, recording which writes were acknowledged; see
+/// [`NsCluster::start_writer`].
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<Vec<WriteRecord>>>,
+    client: NfsClient,
+}
+
+/// What [`Writer::verify`] found.
+#[derive(Debug, Clone)]
+pub struct WriteCheck {
+    /// Writes attempted / acknowledged.
+    pub attempted: usize,
+    pub acked: usize,
+    /// Acknowledged writes that read back different or not at all, with why.
+    pub lost: Vec<(String, String)>,
+}
+
+impl Writer {
+    /// Acknowledged writes so far.
+    pub fn acked(&self) -> u64 {
+        self.acked.load(Ordering::SeqCst)
+    }
+
+    /// Wait until `n` more writes than now are acknowledged (writes go on).
+    pub fn wait_more_acked(&self, n: u64, timeout: Duration) {
+        let want = self.acked() + n;
+        crate::wait_for(&format!("{n} more acknowledged writes"), timeout, || {
+            (self.acked() >= want).then_some(())
+        });
+    }
+
+    /// Stop after the write in progress; every write made.
+    pub fn stop(mut self) -> Vec<WriteRecord> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread
+            .take()
+            .expect("writer thread")
+            .join()
+            .expect("writer thread panicked")
+    }
+
+    /// Read every acknowledged write back through the client IP, retrying each
+    /// for up to `timeout` (grace period, a server still coming up: as a client
+    /// retries), and compare it byte for byte.
+    pub fn verify(client: &NfsClient, writes: &[WriteRecord], timeout: Duration) -> WriteCheck {
+        let mut lost = Vec::new();
+        for w in writes.iter().filter(|w| w.acked) {
+            let want = workload_data(w.index);
+            let deadline = Instant::now() + timeout;
+            loop {
+                match client.read(&w.name) {
+                    Ok(got) if got == want => break,
+                    Ok(got) => {
+                        lost.push((
+                            w.name.clone(),
+                            format!("{} bytes differ from the {} written", got.len(), want.len()),
+                        ));
+                        break;
+                    }
+                    Err(e) if Instant::now() > deadline => {
+                        lost.push((w.name.clone(), e));
+                        break;
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(200)),
+                }
+            }
+        }
+        WriteCheck {
+            attempted: writes.len(),
+            acked: writes.iter().filter(|w| w.acked).count(),
+            lost,
+        }
+    }
+
+    /// The client the writer uses (for reading back).
+    pub fn client(&self) -> NfsClient {
+        self.client.clone()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Samples every 100 ms, in a thread, which hosts hold the client IP and which
+/// run an NFS server, and keeps the worst seen; [`Invariants::check`] panics if
+/// two ever did at once.
+pub struct Invariants {
+    stop: Arc<AtomicBool>,
+    worst: Arc<Mutex<(usize, usize, String, u64)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Invariants {
+    pub fn watch(c: &NsCluster) -> Invariants {
+        let stop = Arc::new(AtomicBool::new(false));
+        let worst = Arc::new(Mutex::new((0, 0, String::new(), 0)));
+        let ns = c.host_namespaces();
+        let ip = c.client_ip;
+        let (s2, w2) = (stop.clone(), worst.clone());
+        let thread = std::thread::spawn(move || {
+            while !s2.load(Ordering::Relaxed) {
+                let holders = ip_holders_in(&ns, ip);
+                let exporting = exporters_in(&ns);
+                let mut w = w2.lock().unwrap();
+                w.3 += 1;
+                if holders.len() > w.0 || exporting.len() > w.1 {
+                    w.0 = w.0.max(holders.len());
+                    w.1 = w.1.max(exporting.len());
+                    w.2 = format!("IP holders {holders:?}, exporters {exporting:?}");
+                }
+                drop(w);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Invariants {
+            stop,
+            worst,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stop sampling; panics if two hosts ever held the IP or exported at once.
+    /// Returns the number of samples taken.
+    pub fn check(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        let w = self.worst.lock().unwrap();
+        assert!(w.0 <= 1, "two holders of the client IP at once: {}", w.2);
+        assert!(w.1 <= 1, "two NFS servers at once: {}", w.2);
+        w.3
+    }
+}
+
+impl Drop for Invariants {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }

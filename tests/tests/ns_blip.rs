@@ -98,9 +98,9 @@ fn assert_fsa_still_serves(c: &NsCluster) -> Value {
 fn cluster() -> NsCluster {
     let c = NsCluster::start();
     c.nfs_write("blip.txt", b"still here").unwrap();
-    // Everything replicated: S1 would allow a failover, only S2 and Confirm stand
-    // between a blip and fencing the healthy file server.
-    c.wait_replicated(Duration::from_secs(4), Duration::from_secs(30));
+    // Protocol C: the write is on fsb, the pair Healthy: S1 would allow a
+    // failover, only S2 and Confirm stand between a blip and fencing the
+    // healthy file server.
     c
 }
 

@@ -7,10 +7,14 @@
 //! every 20 ms. Then the dead host is revived, rejoins as the backup and resyncs,
 //! and the next run kills the other one.
 //!
+//! The emulators run in block mode (ext4 on a replicated device, protocol C).
 //! Before each death the client writes a file (read back after the failover).
 //! Odd runs wait until its NFS lease ran out; even runs kill while its state is
 //! live, so the new server holds the NFS grace period (3 s in the harness) before
-//! it lets anyone open a file: those are reported on their own.
+//! it lets anyone open a file: those are reported on their own. In the even runs a
+//! client writes numbered files back to back through the client IP while the
+//! server dies (no wait for replication); after the failover every write it got
+//! an acknowledgement for is read back: "acknowledged writes lost" (must be 0).
 //!
 //! Reported per run and as p50/p95/p99: death → first successful client read, and
 //! its split by step: detect (death → failover committed; bounded by the two
@@ -43,7 +47,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use understudy_tests::nscluster::{serving_ok, NsCluster, NsOptions, PAIR};
+use understudy_tests::nscluster::{serving_ok, NsCluster, NsOptions, Writer, PAIR};
 use understudy_tests::pair;
 
 const PHASES: [&str; 9] = [
@@ -202,9 +206,13 @@ struct Measured {
     rto: Vec<u64>,
     /// The same with the writing client's NFS state still live at the death.
     rto_stateful: Vec<u64>,
+    /// Over those runs: writes a client made back to back through the death,
+    /// acknowledged, and acknowledged but not read back after the failover.
+    writes_acked: usize,
+    writes_lost: usize,
     phases: BTreeMap<&'static str, Vec<u64>>,
-    /// Per blip length: (blips, plans started, fenced).
-    blips: Vec<(u64, usize, usize, usize)>,
+    /// Per blip length: (blips, plans started, fenced, pair left Blocked).
+    blips: Vec<(u64, usize, usize, usize, usize)>,
 }
 
 fn wait_healthy_replicated(c: &NsCluster) -> Value {
@@ -217,7 +225,8 @@ fn wait_healthy_replicated(c: &NsCluster) -> Value {
         );
         p["state"] == "Healthy" && p["serving"].as_str().is_some_and(|id| serving_ok(s, id))
     });
-    c.wait_replicated(Duration::from_secs(2), Duration::from_secs(60));
+    // Healthy: both UpToDate and connected, the resync of a revived host done;
+    // with protocol C nothing acknowledged is missing on the backup.
     s
 }
 
@@ -228,8 +237,9 @@ fn serving_index(c: &NsCluster, s: &Value) -> (usize, String, u64) {
 }
 
 /// Cut the serving host's cable for `ms` and plug it back; whether a plan
-/// started and whether the old primary was fenced. A fenced host is revived.
-fn blip(c: &mut NsCluster, ms: u64) -> (bool, bool) {
+/// started, whether the old primary was fenced, and the reason if the pair ended
+/// `Blocked`. A fenced host is revived.
+fn blip(c: &mut NsCluster, ms: u64) -> (bool, bool, Option<String>) {
     let s = wait_healthy_replicated(c);
     let (idx, serving, epoch) = serving_index(c, &s);
     let name = c.hosts[idx].name;
@@ -242,6 +252,10 @@ fn blip(c: &mut NsCluster, ms: u64) -> (bool, bool) {
         pair(s, PAIR)["failover"].is_null()
     });
     let p = pair(&s, PAIR);
+    if p["state"] == "Blocked" {
+        let why = p["state_reason"].as_str().unwrap_or_default().to_string();
+        return (p["epoch"].as_u64().unwrap() != epoch, false, Some(why));
+    }
     let now_epoch = p["epoch"].as_u64().unwrap();
     let started = now_epoch != epoch;
     let (_, steps) = plan_timings(&s, now_epoch);
@@ -253,12 +267,12 @@ fn blip(c: &mut NsCluster, ms: u64) -> (bool, bool) {
         });
         c.revive_host(idx);
     }
-    (started, fenced)
+    (started, fenced, None)
 }
 
-fn run_profile(prof: &Profile, n: usize) -> Measured {
-    eprintln!("== profile {}", prof.name);
-    let mut c = NsCluster::start_with(NsOptions {
+/// A namespace cluster with the profile's detector settings, serving rto.txt.
+fn profile_cluster(prof: &Profile) -> NsCluster {
+    let c = NsCluster::start_with(NsOptions {
         flap_holdoff_ms: Some(0),
         primary_silence_ms: Some(prof.primary_silence_ms),
         peer_loss_ms: Some(prof.peer_loss_ms),
@@ -289,26 +303,41 @@ fn run_profile(prof: &Profile, n: usize) -> Measured {
     }
     c.nfs_write("rto.txt", b"recovery time objective\n")
         .expect("write");
+    c
+}
+
+fn run_profile(prof: &Profile, n: usize) -> Measured {
+    eprintln!("== profile {}", prof.name);
+    let mut c = profile_cluster(prof);
     let mut blips = Vec::new();
     for ms in BLIPS_MS {
-        let (mut started, mut fenced) = (0, 0);
+        let (mut started, mut fenced, mut blocked) = (0, 0, 0);
         for k in 1..=BLIPS_EACH {
-            let (s, f) = blip(&mut c, ms);
+            let (s, f, b) = blip(&mut c, ms);
             println!(
                 "[{}] blip {ms:>4} ms #{k}: {}",
                 prof.name,
-                match (s, f) {
-                    (false, _) => "no plan started",
-                    (true, false) => "plan started, stopped at Confirm (no fence)",
-                    (true, true) => "FAILED OVER (old primary fenced)",
+                match (s, f, &b) {
+                    (_, _, Some(why)) =>
+                        format!("BLOCKED (an operator must act; a new cluster is started): {why}"),
+                    (false, _, None) => "no plan started".into(),
+                    (true, false, None) => "plan started, stopped at Confirm (no fence)".into(),
+                    (true, true, None) => "FAILED OVER (old primary fenced)".into(),
                 }
             );
             started += s as usize;
             fenced += f as usize;
+            if b.is_some() {
+                blocked += 1;
+                // Nothing unblocks a pair but an operator (not built yet).
+                drop(c);
+                c = profile_cluster(prof);
+            }
         }
-        blips.push((ms, BLIPS_EACH, started, fenced));
+        blips.push((ms, BLIPS_EACH, started, fenced, blocked));
     }
     let (mut rto, mut rto_stateful) = (Vec::new(), Vec::new());
+    let (mut writes_acked, mut writes_lost) = (0, 0);
     let mut phases: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
     let n = if prof.rto { n } else { 0 };
     for run in 1..=2 * n {
@@ -318,13 +347,21 @@ fn run_profile(prof: &Profile, n: usize) -> Measured {
         // NFS grace period (3 s here) before it lets anyone open a file.
         let stateful = run % 2 == 0;
         let s = wait_healthy_replicated(&c);
-        // The client writes, then the write reaches the backup before the kill
-        // (the emulator replicates asynchronously; see ARCHITECTURE.md).
+        // The client writes (protocol C: on the backup's disk once acknowledged).
         let name = format!("run-{run}.txt");
         c.nfs_write(&name, format!("run {run}\n").as_bytes())
             .expect("client write");
-        let quiet = if stateful { 500 } else { 4000 };
-        c.wait_replicated(Duration::from_millis(quiet), Duration::from_secs(60));
+        let writer = if stateful {
+            // A client writes files back to back through the client IP while
+            // the server dies: no wait for anything before the kill.
+            let w = c.start_writer(&format!("run-{run}-w"));
+            w.wait_more_acked(5, Duration::from_secs(60));
+            Some(w)
+        } else {
+            // Until the client's lease (3 s) has run out.
+            std::thread::sleep(Duration::from_secs(4));
+            None
+        };
         let (idx, serving, epoch) = serving_index(&c, &s);
         let epoch = epoch + 1;
         let (t0, t0_ms) = (Instant::now(), unix_ms());
@@ -360,6 +397,28 @@ fn run_profile(prof: &Profile, n: usize) -> Measured {
             print!(", {p} {}", steps.get(*p).copied().unwrap_or(0));
         }
         println!(", ip+read {read}]");
+        if let Some(w) = writer {
+            // The writer goes on through the new server, then every write it
+            // got an acknowledgement for is read back through the client IP.
+            w.wait_more_acked(3, Duration::from_secs(60));
+            let client = w.client();
+            let writes = w.stop();
+            let check = Writer::verify(&client, &writes, Duration::from_secs(30));
+            println!(
+                "[{}] run {run:>2}: writing client: {} writes, {} acknowledged, acknowledged writes lost: {}{}",
+                prof.name,
+                check.attempted,
+                check.acked,
+                check.lost.len(),
+                if check.lost.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {:?}", check.lost)
+                }
+            );
+            writes_acked += check.acked;
+            writes_lost += check.lost.len();
+        }
         if stateful {
             rto_stateful.push(total);
             c.revive_host(idx);
@@ -379,6 +438,8 @@ fn run_profile(prof: &Profile, n: usize) -> Measured {
     Measured {
         rto,
         rto_stateful,
+        writes_acked,
+        writes_lost,
         phases,
         blips,
     }
@@ -387,8 +448,8 @@ fn run_profile(prof: &Profile, n: usize) -> Measured {
 /// The longest blip length such that it and every shorter one had no event
 /// counted by `f`; `None` if the shortest already had one.
 fn longest_without(
-    blips: &[(u64, usize, usize, usize)],
-    f: impl Fn(&(u64, usize, usize, usize)) -> usize,
+    blips: &[(u64, usize, usize, usize, usize)],
+    f: impl Fn(&(u64, usize, usize, usize, usize)) -> usize,
 ) -> String {
     let mut best = None;
     for b in blips {
@@ -443,17 +504,30 @@ fn main() {
                 );
             }
         }
+        if !r.rto_stateful.is_empty() {
+            println!(
+                "profile {}: a client writing through the client IP across {} deaths: {} writes acknowledged, {} lost",
+                p.name,
+                r.rto_stateful.len(),
+                r.writes_acked,
+                r.writes_lost
+            );
+        }
         println!("profile {} (ARP retry {} ms):", p.name, p.arp_retrans_ms);
         println!("blips (cable cut X ms, {BLIPS_EACH} each): plans started / failed over");
-        for (ms, k, started, fenced) in &r.blips {
-            println!("  {ms:>5} ms: {started}/{k} started, {fenced}/{k} failed over");
+        for (ms, k, started, fenced, blocked) in &r.blips {
+            print!("  {ms:>5} ms: {started}/{k} started, {fenced}/{k} failed over");
+            if *blocked > 0 {
+                print!(", {blocked}/{k} left the pair Blocked (S1)");
+            }
+            println!();
         }
     }
     println!();
     println!(
-        "| profile | primary silence / peer loss / heartbeat | hosts' ARP retry | RTO p50 | RTO p99 | RTO p50 / p99, client state live (NFS grace 3 s) | longest blip never failing over | longest blip never starting a plan |"
+        "| profile | primary silence / peer loss / heartbeat | hosts' ARP retry | RTO p50 | RTO p99 | RTO p50 / p99, client state live (NFS grace 3 s) | acknowledged writes lost (of acknowledged, client writing through the deaths) | longest blip never failing over | longest blip never starting a plan |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let ms = |v: &[u64], p: f64| {
         if v.is_empty() {
             "-".to_string()
@@ -463,7 +537,7 @@ fn main() {
     };
     for (p, r) in &results {
         println!(
-            "| {} | {} / {} / {} ms | {} ms | {} | {} | {} / {} | {} | {} |",
+            "| {} | {} / {} / {} ms | {} ms | {} | {} | {} / {} | {} | {} | {} |",
             p.name,
             p.primary_silence_ms,
             p.peer_loss_ms,
@@ -473,6 +547,11 @@ fn main() {
             ms(&r.rto, 99.0),
             ms(&r.rto_stateful, 50.0),
             ms(&r.rto_stateful, 99.0),
+            if r.rto_stateful.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{} of {}", r.writes_lost, r.writes_acked)
+            },
             longest_without(&r.blips, |b| b.3),
             longest_without(&r.blips, |b| b.2),
         );

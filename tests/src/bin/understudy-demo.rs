@@ -1,13 +1,15 @@
 //! The demo: a whole Understudy cluster on this machine, shown live.
 //!
 //! Starts (as root) 3 controllers, a file server `fsa` and its backup `fsb` on the
-//! DRBD emulator with nfs-ganesha, and a client, each host a network namespace on
-//! a bridge, then plays a scenario while redrawing `understudyctl status`: a file
-//! written through NFS on the client IP and replicated; the file server killed
-//! (processes SIGKILLed, cable cut); the controller fences it, promotes fsb,
-//! exports NFS there and moves the client IP, step by step with timings; the
-//! client reads the file back through the same IP; fsa comes back as the new
-//! backup and resyncs. Ctrl-C ends it and removes everything.
+//! DRBD emulator (block mode: ext4 on a replicated device, protocol C) with
+//! nfs-ganesha, and a client, each host a network namespace on a bridge, then
+//! plays a scenario while redrawing `understudyctl status`: a file written
+//! through NFS on the client IP; a client writing files back to back; the file
+//! server killed in the middle of the writes (processes SIGKILLed, cable cut);
+//! the controller fences it, promotes fsb, exports NFS there and moves the client
+//! IP, step by step with timings; the client reads the file back through the
+//! same IP, and every write that was acknowledged (none lost); fsa comes back as
+//! the new backup and resyncs. Ctrl-C ends it and removes everything.
 //!
 //! `--no-wait` exits after the scenario instead of watching until Ctrl-C.
 
@@ -17,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use understudy_tests::nscluster::{NsCluster, NsOptions, PAIR, PSEUDO};
+use understudy_tests::nscluster::{NsCluster, NsOptions, Writer, PAIR, PSEUDO};
 use understudy_tests::{bin, pair};
 
 struct Screen {
@@ -133,13 +135,19 @@ fn main() {
             "client wrote hello.txt through nfs://{}{PSEUDO}",
             c.client_ip
         ));
-        c.wait_replicated(Duration::from_secs(4), Duration::from_secs(60));
-        screen.event("replicated to fsb: out-of-sync 0 on both sides");
+        screen.event(
+            "(DRBD protocol C: the write was on fsb's disk before the client got its answer)",
+        );
+        let writer = c.start_writer("demo");
+        screen.event("a client writes numbered files back to back through the client IP");
         pause(2);
         if stop.load(Ordering::SeqCst) {
             return Ok(());
         }
-        screen.event("KILL the file server fsa: SIGKILL agent, ganesha, DRBD; cable cut");
+        screen.event(format!(
+            "KILL the file server fsa in the middle of the writes ({} acknowledged so far): SIGKILL agent, ganesha, DRBD; cable cut",
+            writer.acked()
+        ));
         let t0 = Instant::now();
         c.kill_host(0);
         let read = loop {
@@ -160,6 +168,25 @@ fn main() {
                 "DIFFERENT"
             }
         ));
+        // The writing client goes on through the new server, then stops; every
+        // write it got an answer for is read back.
+        let more = writer.acked() + 3;
+        let until = Instant::now() + Duration::from_secs(30);
+        while writer.acked() < more && Instant::now() < until && !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let client = writer.client();
+        let writes = writer.stop();
+        let check = Writer::verify(&client, &writes, Duration::from_secs(30));
+        screen.event(format!(
+            "writing client: {} writes acknowledged, {} not (server dead or in its grace period); acknowledged writes lost: {}",
+            check.acked,
+            check.attempted - check.acked,
+            check.lost.len()
+        ));
+        for (name, why) in &check.lost {
+            screen.event(format!("  LOST {name}: {why}"));
+        }
         if let Ok(s) = c.try_status() {
             for l in pair(&s, PAIR)["history"].as_array().into_iter().flatten() {
                 let ev = l["event"].as_str().unwrap_or_default();
