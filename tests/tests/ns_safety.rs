@@ -4,12 +4,10 @@
 //! is not `Healthy` and its stale report is no witness; epochs never go back (S4).
 
 use std::fs;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use understudy_tests::nscluster::{exporters_in, ip_holders_in, NsCluster, NsOptions, PAIR};
+use understudy_tests::nscluster::{Invariants, NsCluster, NsOptions, PAIR};
 use understudy_tests::{pair, server, wait_for, Cluster};
 
 const FSA: &str = "fs1-fsa";
@@ -24,60 +22,6 @@ fn reason(s: &Value) -> String {
         .as_str()
         .unwrap_or_default()
         .to_string()
-}
-
-/// Samples every 100 ms, in a thread, how many hosts hold the client IP and how
-/// many run an NFS server, and keeps the worst seen.
-struct Invariants {
-    stop: Arc<AtomicBool>,
-    worst: Arc<Mutex<(usize, usize, String)>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Invariants {
-    fn watch(c: &NsCluster) -> Invariants {
-        let stop = Arc::new(AtomicBool::new(false));
-        let worst = Arc::new(Mutex::new((0, 0, String::new())));
-        let ns = c.host_namespaces();
-        let ip = c.client_ip;
-        let (s2, w2) = (stop.clone(), worst.clone());
-        let thread = std::thread::spawn(move || {
-            while !s2.load(Ordering::Relaxed) {
-                let holders = ip_holders_in(&ns, ip);
-                let exporting = exporters_in(&ns);
-                let mut w = w2.lock().unwrap();
-                if holders.len() > w.0 || exporting.len() > w.1 {
-                    w.0 = w.0.max(holders.len());
-                    w.1 = w.1.max(exporting.len());
-                    w.2 = format!("IP holders {holders:?}, exporters {exporting:?}");
-                }
-                drop(w);
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
-        Invariants {
-            stop,
-            worst,
-            thread: Some(thread),
-        }
-    }
-
-    /// Stop sampling; panics if two hosts ever held the IP or exported at once.
-    fn check(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-        let w = self.worst.lock().unwrap();
-        assert!(w.0 <= 1, "two holders of the client IP at once: {}", w.2);
-        assert!(w.1 <= 1, "two NFS servers at once: {}", w.2);
-    }
-}
-
-impl Drop for Invariants {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
 }
 
 /// Issue item 1: replication cut, the file server goes on acknowledging writes,
