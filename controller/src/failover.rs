@@ -36,8 +36,8 @@ use understudy_proto::{
 
 use crate::detector::{failover_still_justified, DetectorConfig};
 use crate::fence::Fencer;
+use crate::leadership::{now_unix_ms, write, LeaderView};
 use crate::liveness::{agent_view, Liveness};
-use crate::node::{now_unix_ms, write, LeaderView};
 use crate::probe::{ProbeConfig, Prober};
 use crate::raft::store::SharedState;
 use crate::raft::Raft;

@@ -15,7 +15,9 @@
 //! - `fence_peer`: DRBD fence-peer requests from a Primary's handler (S1);
 //! - `fence`: S3, the fence of an old primary through a cloud (no Raft needed);
 //! - `probe`: the leader's direct UDP liveness probes to agents;
-//! - `node`: wiring, cluster bootstrap and the leader's duties;
+//! - `leader`: the leader's loop (decisions, commits, dispatch to the executor);
+//! - `holdoff`: S5's hold-off on monotonic clocks;
+//! - `node`: wiring, cluster bootstrap, who leads (with the lease);
 //! - `config`, `error`: the TOML configuration and the error type.
 
 pub mod agents;
@@ -26,6 +28,7 @@ pub mod failover;
 pub mod fence;
 pub mod fence_peer;
 pub mod holdoff;
+pub mod leader;
 pub mod leadership;
 pub mod liveness;
 pub mod node;

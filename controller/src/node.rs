@@ -1,17 +1,13 @@
 //! One controller node: opens the durable Raft storage, starts the Raft node and
 //! the gRPC server (Raft transport, agent sessions, operator API), bootstraps the
-//! cluster on first start, and runs the leader's duties while it leads.
-//!
-//! Leader duties: make the replicated inventory match the configuration, then on
-//! every agent report (and on a short tick) ask [`crate::observe::observe`] what
-//! each pair's state should be and commit the changes. A node that is not the
-//! leader with a quorum commits nothing and commands nothing (S6): every write goes
-//! through `client_write`, which only a leader holding a quorum can complete.
+//! cluster on first start, publishes who leads (with the leader lease, S6), and
+//! starts the leader's loop (`leader.rs`) and the services. Nothing imports
+//! `node`: the services depend on the small `leadership` type.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::{BasicNode, ServerState, SnapshotPolicy};
@@ -22,19 +18,16 @@ use understudy_proto::agent_service_server::AgentServiceServer;
 use understudy_proto::operator_service_server::OperatorServiceServer;
 use understudy_proto::raft_service_server::RaftServiceServer;
 
-use crate::agents::{redirect, AgentGrpc};
+use crate::agents::AgentGrpc;
 use crate::config::ControllerConfig;
-use crate::detector::{decide, Action};
 use crate::error::ControllerError;
 use crate::failover::Executor;
-use crate::liveness::{agent_view, Liveness};
+use crate::leadership::LeaderView;
+use crate::liveness::Liveness;
 use crate::operator::OperatorGrpc;
 use crate::raft::network::{Network, RaftGrpc};
-use crate::raft::store::{open_database, LogStore, SharedState, StateMachineStore};
+use crate::raft::store::{open_database, LogStore, StateMachineStore};
 use crate::raft::Raft;
-use crate::state::{PairState, Request, Response};
-
-pub use crate::leadership::{now_unix_ms, write, LeaderView};
 
 /// Run a controller node until `shutdown` resolves.
 pub async fn run(
@@ -110,7 +103,7 @@ pub async fn run(
         prober,
         leader: leader_rx.clone(),
     });
-    tokio::spawn(leader_duties(
+    tokio::spawn(crate::leader::leader_duties(
         raft.clone(),
         cfg.clone(),
         shared.clone(),
@@ -240,274 +233,5 @@ async fn bootstrap(raft: Raft, cfg: ControllerConfig) {
     match raft.initialize(members).await {
         Ok(()) => tracing::info!(node = cfg.node_id, "cluster initialized"),
         Err(e) => tracing::warn!(node = cfg.node_id, error = %e, "cluster initialization refused"),
-    }
-}
-
-/// Propose a request, logging refusals; `None` if this node cannot commit now.
-async fn propose(raft: &Raft, req: Request) -> Option<crate::state::Response> {
-    match write(raft, req).await {
-        Ok(resp) => Some(resp),
-        Err(e) => {
-            tracing::warn!(error = %e, "proposal not committed");
-            None
-        }
-    }
-}
-
-/// The leader's work: keep the inventory in line with the configuration, decide
-/// what each pair needs ([`crate::detector::decide`]) on every report and tick, and
-/// run failover plans ([`Executor`]).
-async fn leader_duties(
-    raft: Raft,
-    cfg: ControllerConfig,
-    shared: SharedState,
-    liveness: Arc<Liveness>,
-    executor: Arc<Executor>,
-    mut leader: watch::Receiver<LeaderView>,
-) {
-    loop {
-        while !leader.borrow_and_update().is_leader {
-            if leader.changed().await.is_err() {
-                return;
-            }
-        }
-        let term = leader.borrow().term;
-        let leading_since = liveness.start_leading();
-        tracing::info!(node = cfg.node_id, term, "leading: syncing inventory");
-        let mut inventory_synced = false;
-        let mut live = liveness.subscribe();
-        let mut tick = tokio::time::interval(Duration::from_millis(50));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
-        let mut said: HashMap<String, String> = HashMap::new();
-        let mut outdating: HashMap<String, Instant> = HashMap::new();
-        let mut holdoff = crate::holdoff::HoldoffClock::default();
-        loop {
-            if !inventory_synced {
-                let current: Vec<_> = shared
-                    .snapshot()
-                    .state
-                    .pairs
-                    .values()
-                    .map(|p| p.spec.clone())
-                    .collect();
-                let mut wanted = cfg.pairs.clone();
-                wanted.sort_by(|a, b| a.id.cmp(&b.id));
-                inventory_synced = current == wanted
-                    || propose(
-                        &raft,
-                        Request::SyncInventory {
-                            pairs: cfg.pairs.clone(),
-                            at_unix_ms: now_unix_ms(),
-                        },
-                    )
-                    .await
-                    .is_some();
-            }
-            running.retain(|_, h| !h.is_finished());
-            let now = Instant::now();
-            for pair in shared.snapshot().state.pairs.values() {
-                // S4: an epoch never goes back. An agent that holds a higher one
-                // (the pair was re-added, the controllers restored) raises it.
-                let held = [pair.serving_id(), pair.standby_id()]
-                    .into_iter()
-                    .filter_map(|id| liveness.get(id).map(|v| (id, v.hello.highest_epoch)))
-                    .max_by_key(|(_, e)| *e);
-                if let Some((server, at_least)) = held.filter(|(_, e)| *e > pair.epoch) {
-                    if pair.failover.is_none() {
-                        tracing::warn!(pair = %pair.spec.id, epoch = pair.epoch, server, at_least, "an agent holds a higher epoch: raising the pair's");
-                        propose(
-                            &raft,
-                            Request::RaiseEpoch {
-                                pair_id: pair.spec.id.clone(),
-                                at_least,
-                                server: server.to_owned(),
-                                at_unix_ms: now_unix_ms(),
-                            },
-                        )
-                        .await;
-                        continue;
-                    }
-                }
-                let hold = cfg.detector.flap_holdoff_ms;
-                let mono = Instant::now();
-                if let Some(add_ms) = holdoff.due(pair, mono, hold) {
-                    let r = propose(
-                        &raft,
-                        Request::HoldoffElapsed {
-                            pair_id: pair.spec.id.clone(),
-                            epoch: pair.epoch,
-                            add_ms,
-                        },
-                    )
-                    .await;
-                    if matches!(r, Some(Response::StateChanged { .. })) {
-                        holdoff.ticked(pair, mono);
-                    }
-                }
-                let pair = &holdoff.view(pair, mono, hold);
-                let res = &pair.spec.resource;
-                let sv = agent_view(
-                    liveness.get(pair.serving_id()).as_ref(),
-                    res,
-                    now,
-                    leading_since,
-                );
-                let sb = agent_view(
-                    liveness.get(pair.standby_id()).as_ref(),
-                    res,
-                    now,
-                    leading_since,
-                );
-                let dec = decide(pair, &sv, &sb, now_unix_ms(), &cfg.detector);
-                let id = pair.spec.id.clone();
-                if said.get(&id) != Some(&dec.reason) {
-                    tracing::info!(pair = %id, epoch = pair.epoch, state = %pair.state, action = ?dec.action, reason = %dec.reason, "decision");
-                    said.insert(id.clone(), dec.reason.clone());
-                }
-                let at_unix_ms = now_unix_ms();
-                match dec.action {
-                    Action::Nothing => {}
-                    Action::SetState(state) => {
-                        propose(
-                            &raft,
-                            Request::SetPairState {
-                                pair_id: id,
-                                expect: pair.state,
-                                state,
-                                reason: dec.reason,
-                                at_unix_ms,
-                            },
-                        )
-                        .await;
-                    }
-                    Action::Block => {
-                        propose(
-                            &raft,
-                            Request::SetPairState {
-                                pair_id: id,
-                                expect: pair.state,
-                                state: PairState::Blocked,
-                                reason: dec.reason,
-                                at_unix_ms,
-                            },
-                        )
-                        .await;
-                    }
-                    Action::StartFailover { from, to } => {
-                        let started = propose(
-                            &raft,
-                            Request::StartFailover {
-                                pair_id: id.clone(),
-                                expect: pair.state,
-                                expect_epoch: pair.epoch,
-                                from,
-                                to,
-                                reason: dec.reason,
-                                automatic: true,
-                                at_unix_ms,
-                            },
-                        )
-                        .await;
-                        if matches!(started, Some(Response::StateChanged { .. })) {
-                            let ex = executor.clone();
-                            running
-                                .entry(id.clone())
-                                .or_insert_with(|| tokio::spawn(async move { ex.run(&id).await }));
-                        }
-                    }
-                    Action::Serve(steps) => {
-                        if !running.contains_key(&id) {
-                            let ex = executor.clone();
-                            running.insert(
-                                id.clone(),
-                                tokio::spawn(async move { ex.serve(&id, steps).await }),
-                            );
-                        }
-                    }
-                    Action::MarkOutdated {
-                        server,
-                        lost_peer_unix_ms,
-                        primary_alive_unix_ms,
-                    } => {
-                        propose(
-                            &raft,
-                            Request::MarkOutdated {
-                                pair_id: id,
-                                epoch: pair.epoch,
-                                server,
-                                lost_peer_unix_ms,
-                                primary_alive_unix_ms,
-                                source: "seen by the controller in the agents' DRBD reports".into(),
-                                at_unix_ms,
-                            },
-                        )
-                        .await;
-                    }
-                    Action::ClearOutdated { server, why } => {
-                        propose(
-                            &raft,
-                            Request::ClearOutdated {
-                                pair_id: id,
-                                server,
-                                why,
-                                at_unix_ms,
-                            },
-                        )
-                        .await;
-                    }
-                    Action::OutdateStandby(server) => {
-                        let due = outdating
-                            .get(&id)
-                            .is_none_or(|t| t.elapsed() >= Duration::from_secs(3));
-                        if due && !running.contains_key(&id) {
-                            outdating.insert(id.clone(), Instant::now());
-                            let ex = executor.clone();
-                            let epoch = pair.epoch;
-                            running.insert(
-                                id.clone(),
-                                tokio::spawn(async move {
-                                    ex.outdate_standby(&id, epoch, &server).await
-                                }),
-                            );
-                        }
-                    }
-                    Action::StandDown(steps) => {
-                        if !running.contains_key(&id) {
-                            let ex = executor.clone();
-                            running.insert(
-                                id.clone(),
-                                tokio::spawn(async move { ex.stand_down(&id, steps).await }),
-                            );
-                        }
-                    }
-                    Action::ResumePlan => {
-                        if !running.contains_key(&id) {
-                            let ex = executor.clone();
-                            running
-                                .insert(id.clone(), tokio::spawn(async move { ex.run(&id).await }));
-                        }
-                    }
-                }
-            }
-            tokio::select! {
-                _ = live.changed() => {}
-                _ = tick.tick() => {}
-                r = leader.changed() => {
-                    if r.is_err() || !leader.borrow().is_leader {
-                        break;
-                    }
-                }
-            }
-        }
-        tracing::info!(node = cfg.node_id, "no longer leading");
-        for (_, h) in running.drain() {
-            h.abort();
-        }
-        let view = leader.borrow().clone();
-        for tx in liveness.sessions() {
-            let _ = tx.try_send(Ok(redirect(&view, "leadership moved")));
-        }
-        liveness.clear();
     }
 }

@@ -22,8 +22,8 @@ use understudy_proto::{
 
 use crate::config::ControllerConfig;
 use crate::detector::decide;
+use crate::leadership::LeaderView;
 use crate::liveness::{agent_view, Liveness};
-use crate::node::LeaderView;
 use crate::raft::store::SharedState;
 use crate::raft::Raft;
 use crate::state::StepStatus;
@@ -111,7 +111,13 @@ impl OperatorService for OperatorGrpc {
                 } else {
                     (&vb, &vp)
                 };
-                let decision = decide(p, sv, sb, crate::node::now_unix_ms(), &self.cfg.detector);
+                let decision = decide(
+                    p,
+                    sv,
+                    sb,
+                    crate::leadership::now_unix_ms(),
+                    &self.cfg.detector,
+                );
                 let server =
                     |spec: &crate::state::ServerSpec,
                      role: &str,

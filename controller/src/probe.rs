@@ -29,8 +29,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch as tokio_watch;
 use understudy_proto::{ProbeReply, ProbeRequest};
 
+use crate::leadership::LeaderView;
 use crate::liveness::{agent_view, Liveness};
-use crate::node::LeaderView;
 use crate::raft::store::SharedState;
 use crate::state::{PairState, ServerSpec};
 
