@@ -137,8 +137,7 @@ pub fn replication_lost_while_serving(
 ) -> Option<(i64, i64)> {
     let silent = serving.silent_ms?;
     let alive_at = now_unix_ms - silent as i64;
-    let standby_up =
-        standby.connected && standby.silent_ms.is_some_and(|s| s <= cfg.agent_timeout_ms);
+    let standby_up = standby.reachable(cfg.agent_timeout_ms);
     let from_standby = standby
         .peer_lost_ms
         .filter(|_| standby_up)
@@ -167,8 +166,7 @@ pub fn back_in_sync(
     cfg: &DetectorConfig,
 ) -> Option<String> {
     let fresh = |v: &AgentView| {
-        v.connected
-            && v.silent_ms.is_some_and(|s| s <= cfg.agent_timeout_ms)
+        v.reachable(cfg.agent_timeout_ms)
             && !v.stale_report
             && v.report_age_ms.is_some_and(|age| {
                 now_unix_ms - age as i64 > mark.lost_peer_unix_ms + CLEAR_MARGIN_MS
@@ -218,10 +216,6 @@ fn ms(v: Option<u64>) -> String {
         .unwrap_or_else(|| "never".into())
 }
 
-fn reachable(v: &AgentView, cfg: &DetectorConfig) -> bool {
-    v.connected && v.silent_ms.is_some_and(|s| s <= cfg.agent_timeout_ms)
-}
-
 /// S10: what it takes to stand the standby down and bring it back as a backup, in
 /// order; empty when there is nothing to do. Pure.
 ///
@@ -254,10 +248,10 @@ pub fn stand_down_steps(
     let mut steps = Vec::new();
     // Only on what the agent reported on its current session: a reconnected
     // (maybe restarted) agent's previous report says nothing about it now.
-    if !reachable(standby, cfg) || standby.stale_report {
+    if !standby.reachable(cfg.agent_timeout_ms) || standby.stale_report {
         return steps;
     }
-    let serving_current = reachable(serving, cfg) && !serving.stale_report;
+    let serving_current = serving.reachable(cfg.agent_timeout_ms) && !serving.stale_report;
     if let Some(h) = standby.host.as_ref().filter(|h| h.serving_managed) {
         if h.client_ip_present {
             steps.push(StandDownStep::ReleaseIp);
@@ -316,8 +310,7 @@ pub fn witnesses(
     standby: &AgentView,
     cfg: &DetectorConfig,
 ) -> Witnesses {
-    let standby_up =
-        standby.connected && standby.silent_ms.is_some_and(|s| s <= cfg.agent_timeout_ms);
+    let standby_up = standby.reachable(cfg.agent_timeout_ms);
     let probed = serving
         .probe_answered_ms
         .is_some_and(|p| p < cfg.primary_silence_ms);
@@ -419,6 +412,8 @@ pub fn decide(
     };
     let (s_id, b_id) = (pair.serving_id(), pair.standby_id());
     let marked = pair.outdated.as_ref().filter(|m| m.server == b_id);
+    // S10's steps, computed once: they also decide whether S1 marks first.
+    let steps = stand_down_steps(serving, standby, pair.epoch, cfg);
     if !matches!(
         pair.state,
         PairState::FailingOver | PairState::SwitchingOver
@@ -426,8 +421,8 @@ pub fn decide(
         // S1 first, in every state: a standby that lost replication while the
         // serving server went on is outdated, durably, before anything else but
         // its stand-down (S10, below), which comes first where it applies.
-        let standing_down = !matches!(pair.state, PairState::Paused | PairState::Blocked)
-            && !stand_down_steps(serving, standby, pair.epoch, cfg).is_empty();
+        let standing_down =
+            !matches!(pair.state, PairState::Paused | PairState::Blocked) && !steps.is_empty();
         if let Some(why) = marked.and_then(|m| back_in_sync(m, serving, standby, now_unix_ms, cfg))
         {
             return d(
@@ -456,7 +451,7 @@ pub fn decide(
             }
         }
     }
-    let dec = decide_main(pair, serving, standby, cfg, monitoring, d);
+    let dec = decide_main(pair, serving, standby, cfg, monitoring, steps, d);
     if dec.action != Action::Nothing
         || matches!(
             pair.state,
@@ -466,8 +461,7 @@ pub fn decide(
         return dec;
     }
     // Nothing more pressing: make the standby's own DRBD agree with the mark.
-    let standby_reachable =
-        standby.connected && standby.silent_ms.is_some_and(|s| s <= cfg.agent_timeout_ms);
+    let standby_reachable = standby.reachable(cfg.agent_timeout_ms);
     if let (Some(_), true, Some(b)) = (marked, standby_reachable, standby.drbd.as_ref()) {
         if b.role == "Secondary"
             && b.connection != "Connected"
@@ -493,6 +487,7 @@ fn decide_main(
     standby: &AgentView,
     cfg: &DetectorConfig,
     monitoring: Option<(PairState, String)>,
+    steps: Vec<StandDownStep>,
     d: impl Fn(Action, String) -> Decision,
 ) -> Decision {
     let (s_id, b_id) = (pair.serving_id(), pair.standby_id());
@@ -532,7 +527,6 @@ fn decide_main(
     }
 
     // S10: a standby that serves is stood down before anything else.
-    let steps = stand_down_steps(serving, standby, pair.epoch, cfg);
     if !steps.is_empty() {
         let names: Vec<String> = steps.iter().map(|s| s.to_string()).collect();
         let what = serving_state(standby);
@@ -571,8 +565,7 @@ fn decide_main(
         );
     }
 
-    let standby_up =
-        standby.connected && standby.silent_ms.is_some_and(|s| s <= cfg.agent_timeout_ms);
+    let standby_up = standby.reachable(cfg.agent_timeout_ms);
     let Witnesses {
         primary_silent: w1,
         peer_lost: w2,
@@ -697,8 +690,7 @@ fn decide_main(
     }
 
     // No witness. First: the serving server must actually serve.
-    let serving_up =
-        serving.connected && serving.silent_ms.is_some_and(|s| s <= cfg.agent_timeout_ms);
+    let serving_up = serving.reachable(cfg.agent_timeout_ms);
     if let (true, Some(dr), Some(h)) = (serving_up, serving.drbd.as_ref(), serving.host.as_ref()) {
         if h.serving_managed && dr.role == "Primary" {
             let mut missing = Vec::new();

@@ -55,7 +55,8 @@ pub struct Observation {
 }
 
 impl AgentView {
-    fn reachable(&self, timeout_ms: u64) -> bool {
+    /// A session is open and it was heard from within `timeout_ms`.
+    pub fn reachable(&self, timeout_ms: u64) -> bool {
         self.connected && self.silent_ms.is_some_and(|s| s <= timeout_ms)
     }
 
