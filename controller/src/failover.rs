@@ -362,26 +362,13 @@ impl Executor {
                 tracing::warn!(error = %e, "outdate not committed: not sent");
                 return;
             }
-            let cmd = Command {
-                command_id: 0,
-                raft_term: view.term,
-                epoch,
-                pair_id: pair_id.into(),
-                timeout_ms: self.cfg.agent_step_timeout_ms,
-                action: Some(Cmd::Outdate(understudy_proto::DrbdOutdate {})),
-            };
-            let rx = match self.liveness.send_command(server, cmd) {
-                Ok(rx) => rx,
-                Err(e) => {
-                    tracing::warn!(error = %e, "outdate not sent");
-                    return;
-                }
-            };
-            let wait = Duration::from_millis(self.cfg.agent_step_timeout_ms);
-            match tokio::time::timeout(wait, rx).await {
-                Ok(Ok(r)) if r.ok => tracing::info!(detail = %r.detail, "standby outdated"),
-                Ok(Ok(r)) => tracing::warn!(error = %r.error, "standby refused to outdate"),
-                _ => tracing::warn!("no answer to outdate"),
+            let outdate = Cmd::Outdate(understudy_proto::DrbdOutdate {});
+            match self
+                .command(server, pair_id, epoch, view.term, outdate)
+                .await
+            {
+                Ok(detail) => tracing::info!(%detail, "standby outdated"),
+                Err(error) => tracing::warn!(%error, "standby not outdated"),
             }
         }
         .instrument(span)
