@@ -10,6 +10,7 @@
 //! hold-off (the safe direction). The detector reads the committed value plus
 //! the leader's own time since its last tick ([`HoldoffClock::view`]).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -45,16 +46,22 @@ impl HoldoffClock {
     }
 
     /// The pair as the detector should see it now: the committed hold-off time
-    /// plus this leader's monotonic time since its last tick.
-    pub fn view(&mut self, pair: &PairRecord, now: Instant, holdoff_ms: u64) -> PairRecord {
-        let mut p = pair.clone();
-        if running(pair, holdoff_ms) {
-            let extra = self.since(pair, now).as_millis() as u64;
-            p.holdoff_elapsed_ms = p.holdoff_elapsed_ms.saturating_add(extra);
-        } else {
+    /// plus this leader's monotonic time since its last tick. Borrowed (no copy
+    /// of the record on the leader's hot path) when no hold-off runs.
+    pub fn view<'a>(
+        &mut self,
+        pair: &'a PairRecord,
+        now: Instant,
+        holdoff_ms: u64,
+    ) -> Cow<'a, PairRecord> {
+        if !running(pair, holdoff_ms) {
             self.last.remove(&pair.spec.id);
+            return Cow::Borrowed(pair);
         }
-        p
+        let extra = self.since(pair, now).as_millis() as u64;
+        let mut p = pair.clone();
+        p.holdoff_elapsed_ms = p.holdoff_elapsed_ms.saturating_add(extra);
+        Cow::Owned(p)
     }
 
     /// Milliseconds to commit now (`Request::HoldoffElapsed`), if a tick is due.

@@ -87,9 +87,11 @@ pub async fn leader_duties(
             for pair in shared.snapshot().state.pairs.values() {
                 // S4: an epoch never goes back. An agent that holds a higher one
                 // (the pair was re-added, the controllers restored) raises it.
-                let held = [pair.serving_id(), pair.standby_id()]
+                let live_s = liveness.get(pair.serving_id());
+                let live_b = liveness.get(pair.standby_id());
+                let held = [(pair.serving_id(), &live_s), (pair.standby_id(), &live_b)]
                     .into_iter()
-                    .filter_map(|id| liveness.get(id).map(|v| (id, v.hello.highest_epoch)))
+                    .filter_map(|(id, v)| v.as_ref().map(|v| (id, v.hello.highest_epoch)))
                     .max_by_key(|(_, e)| *e);
                 if let Some((server, at_least)) = held.filter(|(_, e)| *e > pair.epoch) {
                     if pair.failover.is_none() {
@@ -123,20 +125,10 @@ pub async fn leader_duties(
                         holdoff.ticked(pair, mono);
                     }
                 }
-                let pair = &holdoff.view(pair, mono, hold);
+                let pair = &*holdoff.view(pair, mono, hold);
                 let res = &pair.spec.resource;
-                let sv = agent_view(
-                    liveness.get(pair.serving_id()).as_ref(),
-                    res,
-                    now,
-                    leading_since,
-                );
-                let sb = agent_view(
-                    liveness.get(pair.standby_id()).as_ref(),
-                    res,
-                    now,
-                    leading_since,
-                );
+                let sv = agent_view(live_s.as_ref(), res, now, leading_since);
+                let sb = agent_view(live_b.as_ref(), res, now, leading_since);
                 let dec = decide(pair, &sv, &sb, now_unix_ms(), &cfg.detector);
                 let id = pair.spec.id.clone();
                 if said.get(&id) != Some(&dec.reason) {
