@@ -754,10 +754,7 @@ address = "{}:7789"
 
     /// The NFS URL of `path` (relative to the export) through the client IP.
     pub fn url(&self, path: &str) -> String {
-        format!(
-            "nfs://{}{PSEUDO}/{path}?version=4&nfsport={NFS_PORT}",
-            self.client_ip
-        )
+        self.client().url(path)
     }
 
     /// Write `data` to `path` through NFS from the client namespace (`nfs-cp`),
@@ -781,42 +778,12 @@ address = "{}:7789"
 
     /// One `nfs-cp` attempt.
     pub fn nfs_write_once(&self, path: &str, data: &[u8]) -> Result<(), String> {
-        let local = self
-            .dir
-            .path()
-            .join(format!("upload-{}", path.replace('/', "_")));
-        fs::write(&local, data).map_err(|e| e.to_string())?;
-        let out = self
-            .net
-            .cmd("client", "nfs-cp")
-            .arg(&local)
-            .arg(self.url(path))
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        self.client().write_once(path, data)
     }
 
     /// Read `path` through NFS from the client namespace (`nfs-cat`).
     pub fn nfs_read(&self, path: &str) -> Result<Vec<u8>, String> {
-        let out = self
-            .net
-            .cmd("client", "nfs-cat")
-            .arg(self.url(path))
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(out.stdout)
-        } else {
-            Err(format!(
-                "nfs-cat {}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
+        self.client().read(path)
     }
 
     /// An NFS client in the client namespace, for other threads.
