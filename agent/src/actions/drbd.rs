@@ -100,6 +100,16 @@ fn failed(cfg: &DrbdActionsConfig, cmd: &CommandLine, out: &Outcome) -> ActionEr
     }
 }
 
+/// A step of `reconnect` that failed, as the error to report.
+fn connect_failed(cfg: &DrbdActionsConfig, cmd: &CommandLine, out: &Outcome) -> ActionError {
+    ActionError::DrbdConnectFailed {
+        resource: cfg.resource.clone(),
+        command: cmd.to_string(),
+        code: out.code,
+        stderr: out.message(),
+    }
+}
+
 /// `drbdadm status RES`.
 pub fn status_command(cfg: &DrbdActionsConfig) -> CommandLine {
     adm(cfg, "status")
@@ -242,12 +252,7 @@ pub async fn reconnect(cfg: &DrbdActionsConfig, discard_my_data: bool) -> Result
         let cmd = role_command(cfg);
         let out = command::run(&cmd, cfg.timeout()).await?;
         if !out.success() {
-            return Err(ActionError::DrbdConnectFailed {
-                resource: cfg.resource.clone(),
-                command: cmd.to_string(),
-                code: out.code,
-                stderr: out.message(),
-            });
+            return Err(connect_failed(cfg, &cmd, &out));
         }
         if out.stdout.trim().starts_with("Primary") {
             return Err(ActionError::DiscardOnPrimary {
@@ -261,12 +266,7 @@ pub async fn reconnect(cfg: &DrbdActionsConfig, discard_my_data: bool) -> Result
     ] {
         let out = command::run(&cmd, cfg.timeout()).await?;
         if !out.success() {
-            return Err(ActionError::DrbdConnectFailed {
-                resource: cfg.resource.clone(),
-                command: cmd.to_string(),
-                code: out.code,
-                stderr: out.message(),
-            });
+            return Err(connect_failed(cfg, &cmd, &out));
         }
     }
     Ok(())
