@@ -388,7 +388,7 @@ pub async fn host_status(
         checks.push(executable_check("mount", &s.mount.mount));
     }
 
-    checks.extend(nfs.self_checks().await);
+    // Exports first: its NFS NULL call to ganesha is reused by the self-checks.
     let exports = match nfs.exports().await {
         Ok(e) => e,
         Err(e) => {
@@ -396,6 +396,7 @@ pub async fn host_status(
             Vec::new()
         }
     };
+    checks.extend(nfs.self_checks().await);
 
     checks.push(executable_check("ip", &s.client_ip.ip));
     if s.client_ip.arping_flavor != ArpingFlavor::None {

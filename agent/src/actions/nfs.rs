@@ -513,12 +513,19 @@ fn tail(text: &str, n: usize) -> String {
 pub struct GaneshaBackend {
     cfg: GaneshaConfig,
     child: Option<tokio::process::Child>,
+    /// The last NFS NULL call's outcome for a pid, taken by the next
+    /// `self_checks` so one status refresh asks ganesha once, not twice.
+    last_null: Option<(u32, Result<(), String>)>,
 }
 
 impl GaneshaBackend {
     pub fn new(cfg: GaneshaConfig) -> Result<Self, ActionError> {
         cfg.validate()?;
-        Ok(GaneshaBackend { cfg, child: None })
+        Ok(GaneshaBackend {
+            cfg,
+            child: None,
+            last_null: None,
+        })
     }
 
     pub fn config(&self) -> &GaneshaConfig {
@@ -780,13 +787,20 @@ impl GaneshaBackend {
         }
     }
 
+    /// An NFS NULL call to ganesha (`pid`), remembered for `self_checks`.
+    async fn answers(&mut self, pid: u32) -> Result<(), String> {
+        let r = nfs_null(self.cfg.probe_addr(), NFS_NULL_TIMEOUT).await;
+        self.last_null = Some((pid, r.clone()));
+        r
+    }
+
     /// The pseudo paths served now: empty when ganesha is not running or does
     /// not answer an NFS NULL call (frozen: the kernel still accepts connections).
     pub async fn exports(&mut self) -> Result<Vec<String>, ActionError> {
         let Some(pid) = self.running_pid() else {
             return Ok(Vec::new());
         };
-        if let Err(why) = nfs_null(self.cfg.probe_addr(), NFS_NULL_TIMEOUT).await {
+        if let Err(why) = self.answers(pid).await {
             tracing::warn!(pid, %why, "nfs-ganesha is running but does not answer NFS: not exporting");
             return Ok(Vec::new());
         }
@@ -823,7 +837,10 @@ impl GaneshaBackend {
             },
         });
         if let Some(pid) = running {
-            let answers = nfs_null(self.cfg.probe_addr(), NFS_NULL_TIMEOUT).await;
+            let answers = match self.last_null.take() {
+                Some((p, r)) if p == pid => r,
+                _ => self.answers(pid).await,
+            };
             v.push(SelfCheck {
                 name: "ganesha_answers".into(),
                 ok: answers.is_ok(),
