@@ -29,7 +29,10 @@ use std::fmt;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::{Cloud, CloudError, CloudServer, InstanceState};
+use crate::{
+    Cloud, CloudError, CloudServer, Instance, InstanceState, LaunchRequest, Tag, Volume,
+    VolumeFilter, VolumeRequest,
+};
 
 /// One operation of the [`Cloud`] trait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -40,22 +43,58 @@ pub enum Op {
     IsIsolated,
     ForceStop,
     InstanceState,
+    LaunchZone,
+    LaunchInstance,
+    DescribeInstance,
+    TerminateInstance,
+    CreateVolume,
+    DescribeVolumes,
+    AttachVolume,
+    DetachVolume,
+    TagVolume,
 }
 
 impl Op {
     /// Every operation, in trait order.
-    pub const ALL: [Op; 6] = [
+    pub const ALL: [Op; 15] = [
         Op::MoveClientIp,
         Op::IpHolders,
         Op::Isolate,
         Op::IsIsolated,
         Op::ForceStop,
         Op::InstanceState,
+        Op::LaunchZone,
+        Op::LaunchInstance,
+        Op::DescribeInstance,
+        Op::TerminateInstance,
+        Op::CreateVolume,
+        Op::DescribeVolumes,
+        Op::AttachVolume,
+        Op::DetachVolume,
+        Op::TagVolume,
     ];
 
     /// Whether the operation changes something (the others only read).
     pub fn is_change(self) -> bool {
-        matches!(self, Op::MoveClientIp | Op::Isolate | Op::ForceStop)
+        matches!(
+            self,
+            Op::MoveClientIp
+                | Op::Isolate
+                | Op::ForceStop
+                | Op::LaunchInstance
+                | Op::TerminateInstance
+                | Op::CreateVolume
+                | Op::AttachVolume
+                | Op::DetachVolume
+                | Op::TagVolume
+        )
+    }
+
+    /// A change that returns nothing but success, so it can be acknowledged
+    /// without being made ([`Fault::Unapplied`]); a launch or a volume creation
+    /// must return what it made.
+    pub fn can_be_unapplied(self) -> bool {
+        self.is_change() && !matches!(self, Op::LaunchInstance | Op::CreateVolume)
     }
 
     /// The trait method's name (`move_client_ip`, ...).
@@ -67,6 +106,15 @@ impl Op {
             Op::IsIsolated => "is_isolated",
             Op::ForceStop => "force_stop",
             Op::InstanceState => "instance_state",
+            Op::LaunchZone => "launch_zone",
+            Op::LaunchInstance => "launch_instance",
+            Op::DescribeInstance => "describe_instance",
+            Op::TerminateInstance => "terminate_instance",
+            Op::CreateVolume => "create_volume",
+            Op::DescribeVolumes => "describe_volumes",
+            Op::AttachVolume => "attach_volume",
+            Op::DetachVolume => "detach_volume",
+            Op::TagVolume => "tag_volume",
         }
     }
 }
@@ -136,8 +184,8 @@ impl<C: Cloud> FaultyCloud<C> {
     /// in the test's setup.
     pub fn inject(&self, op: Op, fault: Fault, times: Option<u32>) {
         assert!(
-            op.is_change() || fault != Fault::Unapplied,
-            "Fault::Unapplied is for changes only, not for {op}"
+            op.can_be_unapplied() || fault != Fault::Unapplied,
+            "Fault::Unapplied is for changes that return nothing, not for {op}"
         );
         if times == Some(0) {
             return;
@@ -287,6 +335,73 @@ impl<C: Cloud> Cloud for FaultyCloud<C> {
         self.gate(Op::InstanceState).await?;
         self.inner.instance_state(server).await
     }
+
+    async fn launch_zone(&self) -> Result<String, CloudError> {
+        self.gate(Op::LaunchZone).await?;
+        self.inner.launch_zone().await
+    }
+
+    async fn launch_instance(&self, req: &LaunchRequest) -> Result<Instance, CloudError> {
+        self.gate(Op::LaunchInstance).await?;
+        self.inner.launch_instance(req).await
+    }
+
+    async fn describe_instance(&self, instance_id: &str) -> Result<Option<Instance>, CloudError> {
+        self.gate(Op::DescribeInstance).await?;
+        self.inner.describe_instance(instance_id).await
+    }
+
+    async fn terminate_instance(&self, instance_id: &str) -> Result<(), CloudError> {
+        if !self.gate(Op::TerminateInstance).await? {
+            return Ok(());
+        }
+        self.inner.terminate_instance(instance_id).await
+    }
+
+    async fn create_volume(&self, req: &VolumeRequest) -> Result<Volume, CloudError> {
+        self.gate(Op::CreateVolume).await?;
+        self.inner.create_volume(req).await
+    }
+
+    async fn describe_volumes(&self, filter: &VolumeFilter) -> Result<Vec<Volume>, CloudError> {
+        self.gate(Op::DescribeVolumes).await?;
+        self.inner.describe_volumes(filter).await
+    }
+
+    async fn attach_volume(
+        &self,
+        volume_id: &str,
+        instance_id: &str,
+        device: &str,
+    ) -> Result<(), CloudError> {
+        if !self.gate(Op::AttachVolume).await? {
+            return Ok(());
+        }
+        self.inner
+            .attach_volume(volume_id, instance_id, device)
+            .await
+    }
+
+    async fn detach_volume(
+        &self,
+        volume_id: &str,
+        instance_id: &str,
+        force: bool,
+    ) -> Result<(), CloudError> {
+        if !self.gate(Op::DetachVolume).await? {
+            return Ok(());
+        }
+        self.inner
+            .detach_volume(volume_id, instance_id, force)
+            .await
+    }
+
+    async fn tag_volume(&self, volume_id: &str, tags: &[Tag]) -> Result<(), CloudError> {
+        if !self.gate(Op::TagVolume).await? {
+            return Ok(());
+        }
+        self.inner.tag_volume(volume_id, tags).await
+    }
 }
 
 #[cfg(test)]
@@ -385,7 +500,9 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "Fault::Unapplied is for changes only, not for ip_holders")]
+    #[should_panic(
+        expected = "Fault::Unapplied is for changes that return nothing, not for ip_holders"
+    )]
     fn unapplied_is_refused_for_queries() {
         let (c, _, _) = world();
         c.inject(Op::IpHolders, Fault::Unapplied, None);

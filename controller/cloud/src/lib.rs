@@ -13,7 +13,13 @@
 
 pub mod faulty;
 pub mod local;
+pub mod provision;
 pub mod strict;
+
+pub use provision::{
+    Instance, LaunchRequest, Tag, Volume, VolumeAttachment, VolumeFilter, VolumeRequest,
+    VolumeState,
+};
 
 use std::fmt;
 
@@ -84,7 +90,19 @@ pub enum CloudError {
     },
 }
 
-/// The operations failover needs from a cloud provider.
+/// What a provider without provisioning answers to a provisioning call.
+pub fn unsupported(provider: &'static str, op: &'static str) -> CloudError {
+    CloudError::Refused {
+        provider,
+        op,
+        reason: "this cloud backend cannot launch servers or move volumes; \
+                 configure [cloud] kind = \"local\" or \"ec2\" for spares and rebuilds"
+            .into(),
+    }
+}
+
+/// The operations failover needs from a cloud provider. The provisioning
+/// operations (launch, terminate, volumes) default to [`unsupported`].
 #[async_trait::async_trait]
 pub trait Cloud: Send + Sync {
     /// Short provider name for logs and errors.
@@ -116,4 +134,68 @@ pub trait Cloud: Send + Sync {
 
     /// The instance's lifecycle state.
     async fn instance_state(&self, server: &CloudServer) -> Result<InstanceState, CloudError>;
+
+    /// The zone the configured launch template puts new instances in (EC2: the
+    /// availability zone of the template's subnet). The controller compares it
+    /// with the pair's zone before launching: a spare in another zone could
+    /// never attach the pair's volumes.
+    async fn launch_zone(&self) -> Result<String, CloudError> {
+        Err(unsupported(self.name(), "launch_zone"))
+    }
+
+    /// Launch one server from the configured template (EC2 `RunInstances` with
+    /// `ClientToken`). Returns at once (the instance is usually `Pending`); the
+    /// same token returns the same instance.
+    async fn launch_instance(&self, _req: &LaunchRequest) -> Result<Instance, CloudError> {
+        Err(unsupported(self.name(), "launch_instance"))
+    }
+
+    /// Describe one instance; `Ok(None)` if the provider does not know it.
+    async fn describe_instance(&self, _instance_id: &str) -> Result<Option<Instance>, CloudError> {
+        Err(unsupported(self.name(), "describe_instance"))
+    }
+
+    /// Terminate an instance (idempotent: terminating a terminated or unknown
+    /// instance is not an error).
+    async fn terminate_instance(&self, _instance_id: &str) -> Result<(), CloudError> {
+        Err(unsupported(self.name(), "terminate_instance"))
+    }
+
+    /// Create a volume (EC2 `CreateVolume` with `ClientToken`).
+    async fn create_volume(&self, _req: &VolumeRequest) -> Result<Volume, CloudError> {
+        Err(unsupported(self.name(), "create_volume"))
+    }
+
+    /// Describe volumes (by id, or those attached to an instance).
+    async fn describe_volumes(&self, _filter: &VolumeFilter) -> Result<Vec<Volume>, CloudError> {
+        Err(unsupported(self.name(), "describe_volumes"))
+    }
+
+    /// Attach a volume to an instance as `device`. The caller confirms `in-use`
+    /// and the attachment with [`Cloud::describe_volumes`]; it must have
+    /// confirmed the volume `available` and in the instance's zone first.
+    async fn attach_volume(
+        &self,
+        _volume_id: &str,
+        _instance_id: &str,
+        _device: &str,
+    ) -> Result<(), CloudError> {
+        Err(unsupported(self.name(), "attach_volume"))
+    }
+
+    /// Detach a volume from an instance (`force`: EC2's forced detach, for an
+    /// instance that cannot release it). The caller waits for `available`.
+    async fn detach_volume(
+        &self,
+        _volume_id: &str,
+        _instance_id: &str,
+        _force: bool,
+    ) -> Result<(), CloudError> {
+        Err(unsupported(self.name(), "detach_volume"))
+    }
+
+    /// Add or replace tags on a volume.
+    async fn tag_volume(&self, _volume_id: &str, _tags: &[Tag]) -> Result<(), CloudError> {
+        Err(unsupported(self.name(), "tag_volume"))
+    }
 }
