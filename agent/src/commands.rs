@@ -172,6 +172,17 @@ impl Handler {
                 a.release_ip().await?;
                 format!("{} released", c.ip)
             }
+            Action::Configure(c) => {
+                a.configure(&crate::actions::Configure {
+                    node_id: c.node_id,
+                    peer_hostname: c.peer_hostname.clone(),
+                    peer_node_id: c.peer_node_id,
+                    peer_address: c.peer_address.clone(),
+                    volume_device: (!c.volume_device.is_empty()).then(|| c.volume_device.clone()),
+                    create_md: c.create_md,
+                })
+                .await?
+            }
             Action::Connect(c) => {
                 a.reconnect(c.discard_my_data).await?;
                 format!(

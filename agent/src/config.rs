@@ -45,6 +45,11 @@ pub struct DrbdConfig {
     /// Wait this long before restarting a dead observer (doubles up to 10x).
     #[serde(default = "default_restart_ms")]
     pub restart_backoff_ms: u64,
+    /// Let the controller rewrite the resource for a new peer or volume (a
+    /// replacement backup, a spare taking over volumes). Without it, such
+    /// commands are refused.
+    #[serde(default)]
+    pub configure: Option<crate::actions::DrbdConfigureConfig>,
 }
 
 fn default_drbdsetup() -> PathBuf {

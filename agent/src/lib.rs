@@ -30,7 +30,8 @@ pub use error::AgentError;
 pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let tokens = epoch::EpochStore::open(&cfg.state_dir)?;
     let drbd = actions::DrbdActionsConfig::new(cfg.drbd.resource.clone(), cfg.drbd.drbdadm.clone());
-    let host = actions::HostActions::new(drbd, cfg.serving.clone())?;
+    let host = actions::HostActions::new(drbd, cfg.serving.clone())?
+        .with_configure(cfg.drbd.configure.clone());
     let handler = commands::Handler::new(cfg.pair_id.clone(), tokens, host);
     let probes = probe::ProbeState::new(cfg.pair_id.clone(), cfg.server_id.clone(), cfg.stall_ms);
     let socket = probe::bind(cfg.probe_listen).await?;

@@ -15,6 +15,7 @@
 
 pub mod command;
 pub mod drbd;
+pub mod drbd_conf;
 pub mod ip;
 pub mod mount;
 pub mod nfs;
@@ -27,6 +28,7 @@ use understudy_proto::{HostStatus, SelfCheck};
 
 pub use command::CommandLine;
 pub use drbd::DrbdActionsConfig;
+pub use drbd_conf::{ConfFormat, Configure, DrbdConfigureConfig};
 pub use ip::{ArpingFlavor, IpConfig};
 pub use mount::{MountConfig, MountMode, MountState};
 pub use nfs::{ExportSpec, GaneshaConfig, KernelNfsConfig, NfsBackend, NfsConfig};
@@ -162,6 +164,7 @@ pub struct ServingConfig {
 pub struct HostActions {
     drbd: DrbdActionsConfig,
     serving: Option<(ServingConfig, NfsBackend)>,
+    configure: Option<DrbdConfigureConfig>,
 }
 
 impl HostActions {
@@ -180,7 +183,25 @@ impl HostActions {
                 Some((s, nfs))
             }
         };
-        Ok(HostActions { drbd, serving })
+        Ok(HostActions {
+            drbd,
+            serving,
+            configure: None,
+        })
+    }
+
+    /// Let the controller rewrite the DRBD resource (`DrbdConfigure`).
+    pub fn with_configure(mut self, c: Option<DrbdConfigureConfig>) -> Self {
+        self.configure = c;
+        self
+    }
+
+    /// Rewrite the DRBD resource for a new peer and/or volume, then adjust it.
+    pub async fn configure(&self, req: &Configure) -> Result<String, ActionError> {
+        let c = self.configure.as_ref().ok_or(ActionError::NotManaged {
+            action: "DRBD configure (this agent has no [drbd.configure] section)",
+        })?;
+        drbd_conf::configure(&self.drbd, c, req).await
     }
 
     pub fn drbd_config(&self) -> &DrbdActionsConfig {

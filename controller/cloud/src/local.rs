@@ -36,7 +36,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
-use crate::{Cloud, CloudError, CloudServer, InstanceState};
+use crate::{
+    Cloud, CloudError, CloudServer, Instance, InstanceState, LaunchRequest, Tag, Volume,
+    VolumeFilter, VolumeRequest,
+};
+
+mod launch;
+pub use launch::LocalLaunchConfig;
 
 const NAME: &str = "local";
 
@@ -65,6 +71,10 @@ pub struct LocalConfig {
     /// cut) without killing, like an EC2 isolate whose stop is still pending.
     #[serde(default = "default_kill_processes")]
     pub kill_processes: bool,
+    /// Provisioning (`RunInstances`, volumes): see [`launch`]. Without it the
+    /// local cloud only fences and moves the client IP.
+    #[serde(default)]
+    pub launch: Option<LocalLaunchConfig>,
 }
 
 fn default_kill_processes() -> bool {
@@ -80,6 +90,7 @@ impl LocalConfig {
             command_timeout_ms: default_timeout_ms(),
             kill_processes: default_kill_processes(),
             root_netns: None,
+            launch: None,
         }
     }
 
@@ -624,6 +635,52 @@ impl Cloud for LocalCloud {
         } else {
             InstanceState::Stopped
         })
+    }
+
+    async fn launch_zone(&self) -> Result<String, CloudError> {
+        self.local_launch_zone().await
+    }
+
+    async fn launch_instance(&self, req: &LaunchRequest) -> Result<Instance, CloudError> {
+        self.local_launch(req).await
+    }
+
+    async fn describe_instance(&self, instance_id: &str) -> Result<Option<Instance>, CloudError> {
+        self.local_describe_instance(instance_id).await
+    }
+
+    async fn terminate_instance(&self, instance_id: &str) -> Result<(), CloudError> {
+        self.local_terminate(instance_id).await
+    }
+
+    async fn create_volume(&self, req: &VolumeRequest) -> Result<Volume, CloudError> {
+        self.local_create_volume(req).await
+    }
+
+    async fn describe_volumes(&self, filter: &VolumeFilter) -> Result<Vec<Volume>, CloudError> {
+        self.local_describe_volumes(filter).await
+    }
+
+    async fn attach_volume(
+        &self,
+        volume_id: &str,
+        instance_id: &str,
+        device: &str,
+    ) -> Result<(), CloudError> {
+        self.local_attach(volume_id, instance_id, device).await
+    }
+
+    async fn detach_volume(
+        &self,
+        volume_id: &str,
+        instance_id: &str,
+        force: bool,
+    ) -> Result<(), CloudError> {
+        self.local_detach(volume_id, instance_id, force).await
+    }
+
+    async fn tag_volume(&self, volume_id: &str, tags: &[Tag]) -> Result<(), CloudError> {
+        self.local_tag_volume(volume_id, tags).await
     }
 }
 
