@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 /// How many history records are kept per pair (oldest dropped first).
 pub const HISTORY_LIMIT: usize = 200;
 
+mod redundancy;
+pub use redundancy::*;
+
 /// The states of a pair (SPEC §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PairState {
@@ -66,6 +69,10 @@ pub struct ServerSpec {
     /// UDP port of the agent's probe responder on `address` (its `probe_listen`).
     #[serde(default = "default_probe_port")]
     pub probe_port: u16,
+    /// DRBD node id of this server in the resource; default 0 for the configured
+    /// primary, 1 for the backup. A replacement inherits the replaced server's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<u32>,
 }
 
 fn default_probe_port() -> u16 {
@@ -77,6 +84,9 @@ fn default_prefix_len() -> u8 {
 }
 fn default_nfs_port() -> u16 {
     2049
+}
+fn default_drbd_port() -> u16 {
+    7789
 }
 fn default_export_path() -> String {
     "/".into()
@@ -101,6 +111,9 @@ pub struct PairSpec {
     pub nfs_port: u16,
     #[serde(default = "default_export_path")]
     pub export_path: String,
+    /// DRBD replication port on every server of the pair.
+    #[serde(default = "default_drbd_port")]
+    pub drbd_port: u16,
     pub primary: ServerSpec,
     pub backup: ServerSpec,
 }
@@ -145,6 +158,9 @@ pub struct PairRecord {
     /// (`Request::HoldoffElapsed`), so no wall-clock step lifts it early.
     #[serde(default)]
     pub holdoff_elapsed_ms: u64,
+    /// Spare, rebuild, replaced and retired servers.
+    #[serde(default)]
+    pub redundancy: Redundancy,
 }
 
 /// Why and since when a standby is known to be outdated (S1).
@@ -446,6 +462,23 @@ pub enum Request {
         status: StandDownStatus,
         at_unix_ms: i64,
     },
+    /// Spare, rebuild and inventory replacement (see [`RedundancyRequest`]).
+    Redundancy {
+        pair_id: String,
+        req: RedundancyRequest,
+        at_unix_ms: i64,
+    },
+}
+
+impl Request {
+    /// A redundancy request for `pair_id`.
+    pub fn redundancy(pair_id: &str, req: RedundancyRequest, at_unix_ms: i64) -> Request {
+        Request::Redundancy {
+            pair_id: pair_id.to_string(),
+            req,
+            at_unix_ms,
+        }
+    }
 }
 
 /// What applying a request did.
@@ -471,6 +504,7 @@ impl fmt::Display for Request {
             Request::SyncInventory { pairs, .. } => {
                 write!(f, "SyncInventory({} pairs)", pairs.len())
             }
+            Request::Redundancy { pair_id, req, .. } => write!(f, "{req} for {pair_id}"),
             Request::SetPairState {
                 pair_id,
                 expect,
@@ -565,6 +599,11 @@ impl ClusterState {
     pub fn apply(&mut self, req: &Request) -> Response {
         match req {
             Request::SyncInventory { pairs, at_unix_ms } => self.sync_inventory(pairs, *at_unix_ms),
+            Request::Redundancy {
+                pair_id,
+                req,
+                at_unix_ms,
+            } => self.apply_redundancy(pair_id, req, *at_unix_ms),
             Request::SetPairState {
                 pair_id,
                 expect,
@@ -976,9 +1015,9 @@ impl ClusterState {
         let (mut added, mut updated, mut removed) = (Vec::new(), Vec::new(), Vec::new());
         for spec in pairs {
             match self.pairs.get_mut(&spec.id) {
-                Some(rec) if rec.spec == *spec => {}
+                Some(rec) if rec.spec == effective_spec(spec, &rec.redundancy) => {}
                 Some(rec) => {
-                    rec.spec = spec.clone();
+                    rec.spec = effective_spec(spec, &rec.redundancy);
                     rec.record(at, "inventory updated from configuration".into());
                     updated.push(spec.id.clone());
                 }
@@ -996,6 +1035,7 @@ impl ClusterState {
                         flap_acknowledged: false,
                         outdated: None,
                         holdoff_elapsed_ms: 0,
+                        redundancy: Redundancy::default(),
                     };
                     rec.record(at, "pair added to the inventory".into());
                     self.pairs.insert(spec.id.clone(), rec);
