@@ -776,6 +776,7 @@ impl Cloud for StrictCloud {
                     .join(" ")
             ),
         )?;
+        check_tags(NAME, "tag_volume", tags)?;
         i.volume(volume_id)?;
         let r = i.volumes.get_mut(volume_id).expect("checked");
         merge_tags(&mut r.volume.tags, tags);
