@@ -1483,6 +1483,68 @@ mod tests {
         assert!(e.contains("unknown field"), "{e}");
     }
 
+    /// The configuration as the controller reads it: the `[cloud]` table with
+    /// `kind = "ec2"` (the controller's `CloudConfig` has these attributes).
+    #[test]
+    fn toml_launch_keys_as_the_controller_reads_them() {
+        #[derive(Debug, Deserialize)]
+        #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+        enum CloudConfig {
+            Ec2(Ec2Config),
+        }
+        #[derive(Debug, Deserialize)]
+        struct File {
+            cloud: CloudConfig,
+        }
+        let text = r#"
+[cloud]
+kind = "ec2"
+region = "eu-west-1"
+image_id = "ami-0123456789abcdef0"
+instance_type = "m6i.large"
+subnet_id = "subnet-0123456789abcdef0"
+security_group_ids = ["sg-0123456789abcdef1", "sg-0123456789abcdef2"]
+"#;
+        let File {
+            cloud: CloudConfig::Ec2(c),
+        } = toml::from_str(text).unwrap();
+        assert_eq!(c.image_id.as_deref(), Some("ami-0123456789abcdef0"));
+        assert_eq!(c.instance_type.as_deref(), Some("m6i.large"));
+        assert_eq!(c.subnet_id.as_deref(), Some("subnet-0123456789abcdef0"));
+        assert_eq!(c.security_group_ids.len(), 2);
+        assert_eq!(c.volume_type, "gp3");
+        assert!(c.can_launch());
+        let t: File = toml::from_str(
+            "[cloud]\nkind = \"ec2\"\nregion = \"r\"\nlaunch_template_id = \"lt-1\"\nlaunch_template_version = \"3\"\nvolume_type = \"st1\"\n",
+        )
+        .unwrap();
+        let CloudConfig::Ec2(t) = t.cloud;
+        assert_eq!(
+            (
+                t.launch_template_id.as_deref(),
+                t.launch_template_version.as_deref(),
+                t.volume_type.as_str()
+            ),
+            (Some("lt-1"), Some("3"), "st1")
+        );
+        let e = toml::from_str::<File>(
+            "[cloud]\nkind = \"ec2\"\nregion = \"r\"\nlaunch_template = \"lt-1\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown field"), "{e}");
+        // The constructor checks the keys together.
+        let mut bad = t.clone();
+        bad.access_key_id = Some("a".into());
+        bad.secret_access_key = Some("b".into());
+        bad.image_id = Some("ami-1".into());
+        let e = Ec2Cloud::new(bad).unwrap_err().to_string();
+        assert!(
+            e.contains("both launch_template_id and image_id are set"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn constructor_checks_config() {
         let mut c = Ec2Config::new("us-east-1");

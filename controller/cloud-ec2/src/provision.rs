@@ -178,8 +178,8 @@ impl LaunchSource {
 #[derive(Debug, Clone)]
 struct LaunchTarget {
     zone: String,
-    /// `subnet subnet-1 (subnet_id)`, `subnet subnet-1 of launch template lt-1
-    /// version $Default`, ...
+    /// `subnet_id subnet-1`, `subnet subnet-1 of launch template lt-1 version
+    /// $Default`, ...
     from: String,
 }
 
@@ -302,6 +302,21 @@ fn attached_list(v: &Volume) -> String {
         .join(", ")
 }
 
+/// The tags of `wanted` that `have` lacks or has with another value, in words
+/// (`understudy:pair=fs1 (asked: fs2)`).
+fn tag_differences(have: &[Tag], wanted: &[Tag]) -> Vec<String> {
+    wanted
+        .iter()
+        .filter_map(
+            |(k, v)| match have.iter().find(|(hk, _)| hk == k).map(|(_, hv)| hv) {
+                Some(hv) if hv == v => None,
+                Some(hv) => Some(format!("{k}={hv} (asked: {v})")),
+                None => Some(format!("no tag {k} (asked: {v})")),
+            },
+        )
+        .collect()
+}
+
 /// Gone or going: not a usable result of a token lookup.
 fn gone(state: &InstanceState) -> bool {
     matches!(
@@ -325,7 +340,7 @@ impl Ec2Cloud {
                     .subnet_id
                     .clone()
                     .expect("image_id without subnet_id is refused at construction");
-                let from = format!("subnet {s} (subnet_id)");
+                let from = format!("subnet_id {s}");
                 (s, from)
             }
             LaunchSource::Template { id, version } => {
@@ -347,7 +362,7 @@ impl Ec2Cloud {
                     .find(|n| n.device_index() == Some(0))
                     .or_else(|| nis.first());
                 match (&self.subnet_id, ni.and_then(|n| n.subnet_id())) {
-                    (Some(s), _) => (s.clone(), format!("subnet {s} (subnet_id)")),
+                    (Some(s), _) => (s.clone(), format!("subnet_id {s}")),
                     (None, Some(s)) => (
                         s.to_string(),
                         format!("subnet {s} of launch template {id} version {version}"),
@@ -631,11 +646,16 @@ pub(crate) async fn launch_instance(
     let token = &req.client_token;
     if let Some(found) = c.instance_by_token(OP, token).await? {
         if found.zone != req.zone || !has_tags(&found.tags, &req.tags) {
+            let mut diff = tag_differences(&found.tags, &req.tags);
+            if found.zone != req.zone {
+                diff.insert(0, format!("zone {} (asked: {})", found.zone, req.zone));
+            }
             return Err(refused(
                 OP,
                 format!(
-                    "client token {token} already launched instance {} (zone {}, tags {:?}) with other parameters than this request (zone {}, tags {:?}); a different request needs a new token",
-                    found.instance_id, found.zone, found.tags, req.zone, req.tags
+                    "client token {token} already launched instance {} with other parameters: {}; a different request needs a new token",
+                    found.instance_id,
+                    diff.join(", ")
                 ),
             ));
         }
@@ -760,11 +780,19 @@ pub(crate) async fn create_volume(c: &Ec2Cloud, req: &VolumeRequest) -> Result<V
         .min_by(|a, b| a.volume_id.cmp(&b.volume_id));
     if let Some(v) = found {
         if v.zone != req.zone || v.size_gib != req.size_gib || !has_tags(&v.tags, &req.tags) {
+            let mut diff = tag_differences(&v.tags, &req.tags);
+            if v.size_gib != req.size_gib {
+                diff.insert(0, format!("{} GiB (asked: {})", v.size_gib, req.size_gib));
+            }
+            if v.zone != req.zone {
+                diff.insert(0, format!("zone {} (asked: {})", v.zone, req.zone));
+            }
             return Err(refused(
                 OP,
                 format!(
-                    "client token {token} already created volume {} ({} GiB in zone {}, tags {:?}) with other parameters than this request ({} GiB in zone {}, tags {:?}); a different request needs a new token",
-                    v.volume_id, v.size_gib, v.zone, v.tags, req.size_gib, req.zone, req.tags
+                    "client token {token} already created volume {} with other parameters: {}; a different request needs a new token",
+                    v.volume_id,
+                    diff.join(", ")
                 ),
             ));
         }
