@@ -35,6 +35,21 @@
 //! # address:probe_port (default 7201) is where the agent answers probes
 //! primary = { id = "fs1-a", address = "198.18.0.2", zone = "zone-a", volumes = ["vol-1"] }
 //! backup  = { id = "fs1-b", address = "198.18.0.3", zone = "zone-a", volumes = ["vol-2"] }
+//!
+//! [cloud]                            # default: kind = "none" (no fencing)
+//! kind = "ec2"
+//! region = "us-east-1"
+//! # isolation_group_id = "sg-..."    # default: understudy-isolate-<vpc>, created
+//! # call_timeout_ms = 2000
+//! # Spares (optional): a launch template whose subnet is in the pairs' zone ...
+//! launch_template_id = "lt-0123456789abcdef0"
+//! # launch_template_version = "$Latest"   # default: the template's default
+//! # ... or an image, instance type and subnet (instead of launch_template_id):
+//! # image_id = "ami-0123456789abcdef0"
+//! # instance_type = "m6i.large"
+//! # subnet_id = "subnet-0123456789abcdef0"
+//! # security_group_ids = ["sg-0123456789abcdef1"]
+//! # volume_type = "gp3"                   # EBS type of created volumes (default)
 //! ```
 //!
 //! The `[[pairs]]` inventory is proposed to Raft by the leader whenever it differs
@@ -129,7 +144,12 @@ pub enum CloudConfig {
         #[serde(default = "default_kill_processes")]
         kill_processes: bool,
     },
-    /// Amazon EC2 (or moto's EC2 server, with `endpoint_url`).
+    /// Amazon EC2 (or moto's EC2 server, with `endpoint_url`). The keys are
+    /// [`understudy_cloud_ec2::Ec2Config`]'s: `region`, `endpoint_url`,
+    /// `access_key_id`, `secret_access_key`, `isolation_group_id`,
+    /// `call_timeout_ms`, and for spares and volumes `launch_template_id`,
+    /// `launch_template_version`, `image_id`, `instance_type`, `subnet_id`,
+    /// `security_group_ids`, `volume_type` (see the module documentation).
     Ec2(understudy_cloud_ec2::Ec2Config),
 }
 
@@ -166,6 +186,17 @@ impl CloudConfig {
                         match check.check_isolation_group().await {
                             Ok(()) => tracing::info!("ec2 isolation group checked: no rules"),
                             Err(e) => tracing::error!(error = %e, "ec2 isolation group cannot isolate; fix it before a failover needs it"),
+                        }
+                    });
+                }
+                // Likewise the launch configuration (template or subnet), so a
+                // wrong one is reported now rather than when a spare is needed.
+                if let (true, Ok(rt)) = (c.can_launch(), tokio::runtime::Handle::try_current()) {
+                    let check = cloud.clone();
+                    rt.spawn(async move {
+                        match understudy_cloud::Cloud::launch_zone(&*check).await {
+                            Ok(zone) => tracing::info!(%zone, "ec2 spares launch in this zone"),
+                            Err(e) => tracing::error!(error = %e, "ec2 spares cannot be launched; fix the launch configuration before a spare is needed"),
                         }
                     });
                 }
@@ -365,6 +396,28 @@ backup = { id = "fs1-b", address = "198.18.0.3", zone = "a" }
         assert!(!kills("kill_processes = false"));
         assert!(ControllerConfig::parse(&format!(
             "{GOOD}\n[cloud]\nkind = \"local\"\nkill_process = false"
+        ))
+        .unwrap_err()
+        .contains("unknown field"));
+    }
+
+    #[test]
+    fn ec2_cloud_with_launch_keys() {
+        let c = ControllerConfig::parse(&format!(
+            "{GOOD}\n[cloud]\nkind = \"ec2\"\nregion = \"us-east-1\"\nlaunch_template_id = \"lt-1\"\nlaunch_template_version = \"$Latest\"\nvolume_type = \"gp2\"\n"
+        ))
+        .unwrap();
+        match c.cloud {
+            CloudConfig::Ec2(e) => {
+                assert_eq!(e.launch_template_id.as_deref(), Some("lt-1"));
+                assert_eq!(e.launch_template_version.as_deref(), Some("$Latest"));
+                assert_eq!(e.volume_type, "gp2");
+                assert!(e.security_group_ids.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(ControllerConfig::parse(&format!(
+            "{GOOD}\n[cloud]\nkind = \"ec2\"\nregion = \"us-east-1\"\nlaunch_templat_id = \"lt-1\"\n"
         ))
         .unwrap_err()
         .contains("unknown field"));

@@ -15,6 +15,10 @@
 //!   when security groups change (the controller's fence needs the client IP
 //!   moved or the instance stopped).
 //! - Fencing: `StopInstances` with `Force`, without waiting for the stop.
+//! - Provisioning (spares, replacement volumes, moving a dead server's volumes):
+//!   see [`provision`] for what is called and checked. Spares launch from a
+//!   launch template (`launch_template_id`) or an image (`image_id`,
+//!   `instance_type`, `subnet_id`); see [`Ec2Config`].
 //!
 //! Nothing is left for EC2 (or moto, which enforces far less than EC2) to enforce:
 //! zones, subnets, primary addresses and unrelated holders of the client IP are
@@ -34,7 +38,12 @@ use aws_sdk_ec2::types::{Filter, IpPermission, NetworkInterface, SecurityGroup};
 use aws_sdk_ec2::Client;
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use serde::Deserialize;
-use understudy_cloud::{Cloud, CloudError, CloudServer, InstanceState};
+use understudy_cloud::{
+    Cloud, CloudError, CloudServer, Instance, InstanceState, LaunchRequest, Tag, Volume,
+    VolumeFilter, VolumeRequest,
+};
+
+pub mod provision;
 
 /// The SDK this backend is built on, for callers of [`Ec2Cloud::client`].
 pub use aws_sdk_ec2;
@@ -45,8 +54,33 @@ const PROVIDER: &str = "ec2";
 /// Prefix of the isolating security group this backend creates in a VPC.
 pub const ISOLATION_GROUP_PREFIX: &str = "understudy-isolate-";
 
-/// Configuration of the EC2 backend (the `[cloud.ec2]` table, or whatever the
-/// controller's configuration calls it). Unknown keys are rejected.
+/// Configuration of the EC2 backend (the controller's `[cloud]` table with
+/// `kind = "ec2"`). Unknown keys are rejected.
+///
+/// Fencing needs only `region` (and credentials). Launching spares needs either
+/// a launch template or an image, instance type and subnet; volumes are created
+/// in the pair's zone with `volume_type`:
+///
+/// ```toml
+/// [cloud]
+/// kind = "ec2"
+/// region = "eu-west-1"
+/// # isolation_group_id = "sg-0123456789abcdef0"
+///
+/// # Spares from a launch template: the zone is its subnet's (its first
+/// # network interface's SubnetId, or subnet_id below), so it must be the
+/// # pairs' zone.
+/// launch_template_id = "lt-0123456789abcdef0"
+/// launch_template_version = "$Default"   # optional: "$Latest" or a number
+///
+/// # ... or from an image, in a subnet (all three required together):
+/// # image_id = "ami-0123456789abcdef0"
+/// # instance_type = "m6i.large"
+/// # subnet_id = "subnet-0123456789abcdef0"
+/// # security_group_ids = ["sg-0123456789abcdef1"]
+///
+/// volume_type = "gp3"                    # default
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Ec2Config {
@@ -72,11 +106,47 @@ pub struct Ec2Config {
     /// Upper bound of each EC2 call, in milliseconds (default 2000).
     #[serde(default = "default_call_timeout_ms")]
     pub call_timeout_ms: u64,
+    /// Launch template spares are launched from (`lt-...`). Excludes `image_id`
+    /// and `instance_type`. If the template has network interfaces, leave
+    /// `subnet_id` and `security_group_ids` unset (EC2 refuses both together).
+    #[serde(default)]
+    pub launch_template_id: Option<String>,
+    /// Version of `launch_template_id`: `$Default` (when unset), `$Latest` or a
+    /// version number.
+    #[serde(default)]
+    pub launch_template_version: Option<String>,
+    /// Image (AMI, `ami-...`) spares are launched from, without a launch
+    /// template; needs `instance_type` and `subnet_id`.
+    #[serde(default)]
+    pub image_id: Option<String>,
+    /// Instance type of spares launched from `image_id` (e.g. `m6i.large`).
+    #[serde(default)]
+    pub instance_type: Option<String>,
+    /// Subnet spares are launched in (`subnet-...`); its zone is the launch
+    /// zone. Required with `image_id`; with a launch template, overrides the
+    /// template's.
+    #[serde(default)]
+    pub subnet_id: Option<String>,
+    /// Security groups of spares (`sg-...`); empty: the template's, or the
+    /// subnet's VPC default group.
+    #[serde(default)]
+    pub security_group_ids: Vec<String>,
+    /// EBS volume type of the volumes Understudy creates (default `gp3`).
+    #[serde(default = "default_volume_type")]
+    pub volume_type: String,
 }
 
 fn default_call_timeout_ms() -> u64 {
     2000
 }
+
+fn default_volume_type() -> String {
+    "gp3".into()
+}
+
+/// The EBS volume types `volume_type` may name (io1 and io2 need provisioned
+/// IOPS, which Understudy does not set).
+pub const VOLUME_TYPES: &[&str] = &["gp3", "gp2", "st1", "sc1", "standard"];
 
 impl Ec2Config {
     /// A configuration for `region` with every other key at its default.
@@ -88,7 +158,19 @@ impl Ec2Config {
             secret_access_key: None,
             isolation_group_id: None,
             call_timeout_ms: default_call_timeout_ms(),
+            launch_template_id: None,
+            launch_template_version: None,
+            image_id: None,
+            instance_type: None,
+            subnet_id: None,
+            security_group_ids: Vec::new(),
+            volume_type: default_volume_type(),
         }
+    }
+
+    /// Whether spares can be launched: a launch template or an image is set.
+    pub fn can_launch(&self) -> bool {
+        self.launch_template_id.is_some() || self.image_id.is_some()
     }
 }
 
@@ -106,6 +188,16 @@ pub struct Ec2Cloud {
     /// checks them directly besides asking EC2 to search (moto's address filter
     /// only matches primary addresses).
     known_interfaces: Mutex<BTreeSet<String>>,
+    /// What spares launch from; `None`: launching is refused.
+    launch: Option<provision::LaunchSource>,
+    /// `subnet_id` of the configuration.
+    subnet_id: Option<String>,
+    /// `security_group_ids` of the configuration.
+    security_group_ids: Vec<String>,
+    /// `volume_type` of the configuration.
+    volume_type: String,
+    /// subnet id -> its zone (a subnet never changes zone).
+    subnet_zones: Mutex<BTreeMap<String, String>>,
 }
 
 impl std::fmt::Debug for Ec2Cloud {
@@ -267,6 +359,7 @@ impl Ec2Cloud {
                 )));
             }
         }
+        let launch = provision::LaunchSource::from_config(&cfg).map_err(config_error)?;
         let credentials = match (&cfg.access_key_id, &cfg.secret_access_key) {
             (Some(id), Some(secret)) => {
                 Credentials::new(id, secret, None, None, "understudy-config")
@@ -321,6 +414,11 @@ impl Ec2Cloud {
             groups: tokio::sync::Mutex::new(BTreeMap::new()),
             checked_group: tokio::sync::Mutex::new(None),
             known_interfaces: Mutex::new(BTreeSet::new()),
+            launch,
+            subnet_id: cfg.subnet_id,
+            security_group_ids: cfg.security_group_ids,
+            volume_type: cfg.volume_type,
+            subnet_zones: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -934,6 +1032,7 @@ const TRANSIENT_CODES: &[&str] = &[
     "RequestTimeout",
     "RequestTimeoutException",
     "InsufficientInstanceCapacity",
+    "InsufficientVolumeCapacity",
 ];
 
 /// Which kind of resource a not-found (or malformed-id) error code is about.
@@ -948,6 +1047,10 @@ fn not_found_what(code: &str) -> Option<&'static str> {
         "InvalidGroup" | "InvalidSecurityGroupID" => "security group",
         "InvalidVpcID" => "VPC",
         "InvalidSubnetID" => "subnet",
+        "InvalidVolume" | "InvalidVolumeID" => "volume",
+        "InvalidLaunchTemplateId" | "InvalidLaunchTemplateName" => "launch template",
+        "InvalidAMIID" => "image",
+        "InvalidAttachment" => "attachment",
         _ => "resource",
     })
 }
@@ -980,6 +1083,13 @@ where
                 "AuthFailure" | "UnauthorizedOperation" | "Blocked" | "OptInRequired"
                 | "InvalidClientTokenId" | "SignatureDoesNotMatch" => {
                     "check the controller's AWS credentials and that its IAM policy allows this call"
+                }
+                "InstanceLimitExceeded" | "VcpuLimitExceeded" | "VolumeLimitExceeded"
+                | "MaxIOPSLimitExceeded" | "MaxSpotInstanceCountExceeded" => {
+                    "raise the account's EC2 quota (Service Quotas) or free capacity"
+                }
+                "IdempotentParameterMismatch" => {
+                    "the client token was used before with other parameters; a new request needs a new token"
                 }
                 _ => "check the inventory and the AWS account against this message",
             };
@@ -1310,6 +1420,52 @@ impl Cloud for Ec2Cloud {
     async fn instance_state(&self, server: &CloudServer) -> Result<InstanceState, CloudError> {
         Ok(self.describe_server("instance_state", server).await?.state)
     }
+
+    async fn launch_zone(&self) -> Result<String, CloudError> {
+        provision::launch_zone(self).await
+    }
+
+    async fn launch_instance(&self, req: &LaunchRequest) -> Result<Instance, CloudError> {
+        provision::launch_instance(self, req).await
+    }
+
+    async fn describe_instance(&self, instance_id: &str) -> Result<Option<Instance>, CloudError> {
+        provision::describe_instance(self, instance_id).await
+    }
+
+    async fn terminate_instance(&self, instance_id: &str) -> Result<(), CloudError> {
+        provision::terminate_instance(self, instance_id).await
+    }
+
+    async fn create_volume(&self, req: &VolumeRequest) -> Result<Volume, CloudError> {
+        provision::create_volume(self, req).await
+    }
+
+    async fn describe_volumes(&self, filter: &VolumeFilter) -> Result<Vec<Volume>, CloudError> {
+        provision::describe_volumes(self, filter).await
+    }
+
+    async fn attach_volume(
+        &self,
+        volume_id: &str,
+        instance_id: &str,
+        device: &str,
+    ) -> Result<(), CloudError> {
+        provision::attach_volume(self, volume_id, instance_id, device).await
+    }
+
+    async fn detach_volume(
+        &self,
+        volume_id: &str,
+        instance_id: &str,
+        force: bool,
+    ) -> Result<(), CloudError> {
+        provision::detach_volume(self, volume_id, instance_id, force).await
+    }
+
+    async fn tag_volume(&self, volume_id: &str, tags: &[Tag]) -> Result<(), CloudError> {
+        provision::tag_volume(self, volume_id, tags).await
+    }
 }
 
 #[cfg(test)]
@@ -1325,6 +1481,68 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown field"), "{e}");
+    }
+
+    /// The configuration as the controller reads it: the `[cloud]` table with
+    /// `kind = "ec2"` (the controller's `CloudConfig` has these attributes).
+    #[test]
+    fn toml_launch_keys_as_the_controller_reads_them() {
+        #[derive(Debug, Deserialize)]
+        #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+        enum CloudConfig {
+            Ec2(Ec2Config),
+        }
+        #[derive(Debug, Deserialize)]
+        struct File {
+            cloud: CloudConfig,
+        }
+        let text = r#"
+[cloud]
+kind = "ec2"
+region = "eu-west-1"
+image_id = "ami-0123456789abcdef0"
+instance_type = "m6i.large"
+subnet_id = "subnet-0123456789abcdef0"
+security_group_ids = ["sg-0123456789abcdef1", "sg-0123456789abcdef2"]
+"#;
+        let File {
+            cloud: CloudConfig::Ec2(c),
+        } = toml::from_str(text).unwrap();
+        assert_eq!(c.image_id.as_deref(), Some("ami-0123456789abcdef0"));
+        assert_eq!(c.instance_type.as_deref(), Some("m6i.large"));
+        assert_eq!(c.subnet_id.as_deref(), Some("subnet-0123456789abcdef0"));
+        assert_eq!(c.security_group_ids.len(), 2);
+        assert_eq!(c.volume_type, "gp3");
+        assert!(c.can_launch());
+        let t: File = toml::from_str(
+            "[cloud]\nkind = \"ec2\"\nregion = \"r\"\nlaunch_template_id = \"lt-1\"\nlaunch_template_version = \"3\"\nvolume_type = \"st1\"\n",
+        )
+        .unwrap();
+        let CloudConfig::Ec2(t) = t.cloud;
+        assert_eq!(
+            (
+                t.launch_template_id.as_deref(),
+                t.launch_template_version.as_deref(),
+                t.volume_type.as_str()
+            ),
+            (Some("lt-1"), Some("3"), "st1")
+        );
+        let e = toml::from_str::<File>(
+            "[cloud]\nkind = \"ec2\"\nregion = \"r\"\nlaunch_template = \"lt-1\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown field"), "{e}");
+        // The constructor checks the keys together.
+        let mut bad = t.clone();
+        bad.access_key_id = Some("a".into());
+        bad.secret_access_key = Some("b".into());
+        bad.image_id = Some("ami-1".into());
+        let e = Ec2Cloud::new(bad).unwrap_err().to_string();
+        assert!(
+            e.contains("both launch_template_id and image_id are set"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -31,6 +31,88 @@ pub mod tags {
     pub const KEEP: &str = "understudy:keep";
     /// The EC2 console's name tag.
     pub const NAME: &str = "Name";
+    /// The client token a launch or a volume creation was made with. Backends
+    /// set it themselves on what they make (callers need not), and look it up
+    /// before making anything: EC2 keeps client tokens for a limited time only,
+    /// and moto does not honour them.
+    pub const CLIENT_TOKEN: &str = "understudy:client-token";
+}
+
+/// The longest client token EC2 accepts (ASCII characters).
+pub const MAX_CLIENT_TOKEN_LEN: usize = 64;
+
+/// Check a client token as EC2 would (1 to [`MAX_CLIENT_TOKEN_LEN`] printable
+/// ASCII characters), before anything is made with it.
+pub fn check_client_token(
+    provider: &'static str,
+    op: &'static str,
+    token: &str,
+) -> Result<(), crate::CloudError> {
+    if token.is_empty()
+        || token.len() > MAX_CLIENT_TOKEN_LEN
+        || !token.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(crate::CloudError::Refused {
+            provider,
+            op,
+            reason: format!(
+                "client token {token:?} is not 1 to {MAX_CLIENT_TOKEN_LEN} printable ASCII characters without spaces; derive a shorter one (e.g. pair id and a counter)"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Check request tags as EC2 would: no empty or duplicate key, no key in the
+/// reserved `aws:` namespace, and not [`tags::CLIENT_TOKEN`] (the backend sets it).
+pub fn check_tags(
+    provider: &'static str,
+    op: &'static str,
+    tags: &[Tag],
+) -> Result<(), crate::CloudError> {
+    let refuse = |reason: String| crate::CloudError::Refused {
+        provider,
+        op,
+        reason,
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for (k, _) in tags {
+        if k.is_empty() {
+            return Err(refuse("a tag has an empty key".into()));
+        }
+        if k.to_ascii_lowercase().starts_with("aws:") {
+            return Err(refuse(format!(
+                "tag key {k:?} is in the reserved aws: namespace"
+            )));
+        }
+        if k == tags::CLIENT_TOKEN {
+            return Err(refuse(format!(
+                "tag key {k:?} is set by the backend from the client token; leave it out"
+            )));
+        }
+        if !seen.insert(k.as_str()) {
+            return Err(refuse(format!("tag key {k:?} is given twice")));
+        }
+    }
+    Ok(())
+}
+
+/// `tags` with `updates` merged in: an update replaces the value of a key it
+/// shares, other updates are appended (EC2's `CreateTags`).
+pub fn merge_tags(tags: &mut Vec<Tag>, updates: &[Tag]) {
+    for (k, v) in updates {
+        match tags.iter_mut().find(|(tk, _)| tk == k) {
+            Some(t) => t.1 = v.clone(),
+            None => tags.push((k.clone(), v.clone())),
+        }
+    }
+}
+
+/// Whether every tag of `wanted` is on `have` with the same value.
+pub fn has_tags(have: &[Tag], wanted: &[Tag]) -> bool {
+    wanted
+        .iter()
+        .all(|(k, v)| tag_value(have, k) == Some(v.as_str()))
 }
 
 /// One key/value tag.
@@ -217,5 +299,40 @@ mod tests {
         assert!(!v.attached_to("i-2"));
         assert_eq!(v.tag(tags::PAIR), Some("fs1"));
         assert_eq!(v.tag(tags::KEEP), None);
+    }
+
+    #[test]
+    fn tokens_and_tags_are_checked_as_ec2_does() {
+        check_client_token("t", "op", "fs1-spare-1").unwrap();
+        check_client_token("t", "op", &"x".repeat(MAX_CLIENT_TOKEN_LEN)).unwrap();
+        for bad in [
+            String::new(),
+            "x".repeat(MAX_CLIENT_TOKEN_LEN + 1),
+            "a b".into(),
+            "é".into(),
+        ] {
+            let e = check_client_token("t", "op", &bad).unwrap_err();
+            assert!(matches!(e, crate::CloudError::Refused { .. }), "{e}");
+        }
+        check_tags(
+            "t",
+            "op",
+            &tag_list(&[(tags::PAIR, "fs1"), (tags::NAME, "x")]),
+        )
+        .unwrap();
+        for (bad, want) in [
+            (tag_list(&[("", "x")]), "empty key"),
+            (tag_list(&[("aws:foo", "x")]), "reserved"),
+            (tag_list(&[(tags::CLIENT_TOKEN, "x")]), "set by the backend"),
+            (tag_list(&[("a", "1"), ("a", "2")]), "twice"),
+        ] {
+            let e = check_tags("t", "op", &bad).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
+        let mut t = tag_list(&[("a", "1"), ("b", "2")]);
+        merge_tags(&mut t, &tag_list(&[("b", "3"), ("c", "4")]));
+        assert_eq!(t, tag_list(&[("a", "1"), ("b", "3"), ("c", "4")]));
+        assert!(has_tags(&t, &tag_list(&[("c", "4"), ("a", "1")])));
+        assert!(!has_tags(&t, &tag_list(&[("b", "2")])));
     }
 }
