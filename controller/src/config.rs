@@ -119,6 +119,9 @@ pub struct ControllerConfig {
     /// Direct liveness probes to agents (detector and Confirm).
     #[serde(default)]
     pub probe: crate::probe::ProbeConfig,
+    /// Pre-spun spares, replacement backups, reattach (S9). Absent: off.
+    #[serde(default)]
+    pub spare: Option<crate::redundancy::SpareConfig>,
 }
 
 /// Which cloud backend fences and moves the client IP.
@@ -143,6 +146,10 @@ pub enum CloudConfig {
         /// EC2 isolate whose stop has not landed (tests of S10 use it).
         #[serde(default = "default_kill_processes")]
         kill_processes: bool,
+        /// `[cloud.launch]`: how `RunInstances` makes a host (a namespace on
+        /// the bridge running a boot command); without it nothing is launched.
+        #[serde(default)]
+        launch: Option<understudy_cloud::local::LocalLaunchConfig>,
     },
     /// Amazon EC2 (or moto's EC2 server, with `endpoint_url`). The keys are
     /// [`understudy_cloud_ec2::Ec2Config`]'s: `region`, `endpoint_url`,
@@ -208,11 +215,13 @@ impl CloudConfig {
                 prefix_len,
                 root_netns,
                 kill_processes,
+                launch,
             } => {
                 let mut c =
                     understudy_cloud::local::LocalConfig::new(netns_prefix.clone(), *prefix_len);
                 c.root_netns = root_netns.clone();
                 c.kill_processes = *kill_processes;
+                c.launch = launch.clone();
                 Ok(std::sync::Arc::new(
                     understudy_cloud::local::LocalCloud::new(c),
                 ))

@@ -103,6 +103,10 @@ pub struct Executor {
     /// Confirm asks the old primary directly before anything is fenced.
     pub prober: Arc<Prober>,
     pub leader: watch::Receiver<LeaderView>,
+    /// `[spare]`: pre-spin, rebuild and reattach (`crate::redundancy`); `None`: off.
+    pub spare: Option<crate::redundancy::SpareConfig>,
+    /// The last provisioning error per pair, for status.
+    pub provisioning: Arc<crate::redundancy::Provisioning>,
 }
 
 /// A server of the inventory as the cloud knows it.
@@ -120,7 +124,7 @@ pub fn cloud_server(s: &ServerSpec) -> CloudServer {
 }
 
 impl Executor {
-    async fn commit(&self, req: Request) -> Result<(), String> {
+    pub(crate) async fn commit(&self, req: Request) -> Result<(), String> {
         let what = req.to_string();
         match write(&self.raft, req).await? {
             Response::Refused { reason } => Err(format!("{what} refused: {reason}")),
@@ -128,7 +132,7 @@ impl Executor {
         }
     }
 
-    fn pair(&self, id: &str) -> Option<PairRecord> {
+    pub(crate) fn pair(&self, id: &str) -> Option<PairRecord> {
         self.state.snapshot().state.pairs.get(id).cloned()
     }
 
@@ -252,14 +256,52 @@ impl Executor {
         term: u64,
     ) -> Result<String, String> {
         let from = pair
-            .server(&plan.from)
+            .any_server(&plan.from)
             .ok_or_else(|| format!("{} is not in the pair", plan.from))?;
         let to = pair
-            .server(&plan.to)
+            .any_server(&plan.to)
             .ok_or_else(|| format!("{} is not in the pair", plan.to))?;
         match step {
+            Step::Confirm if plan.is_reattach() => self.confirm_dead(pair, plan).await,
             Step::Confirm => self.confirm(pair, plan).await,
-            Step::Fence => self.fence(pair, from, to).await,
+            Step::Fence => self.fence(pair, &from, &to).await,
+            Step::WaitSpare => self.wait_spare(pair, &plan.to).await,
+            Step::MoveVolumes => self.move_volumes(&from, &to).await,
+            Step::Adopt => {
+                self.commit(Request::redundancy(
+                    &pair.spec.id,
+                    crate::state::RedundancyRequest::Adopt {
+                        replaces: plan.from.clone(),
+                        volumes: from.volumes.clone(),
+                    },
+                    now_unix_ms(),
+                ))
+                .await?;
+                Ok(format!(
+                    "{} replaces {} in the inventory with its volumes {}",
+                    plan.to,
+                    plan.from,
+                    from.volumes.join(",")
+                ))
+            }
+            Step::BringUp => {
+                let pair = self.pair(&pair.spec.id).ok_or("pair gone")?;
+                let device = self
+                    .spare
+                    .as_ref()
+                    .map(|c| c.device.clone())
+                    .unwrap_or_else(|| "xvdf".into());
+                self.configure(
+                    &pair,
+                    &plan.to,
+                    pair.standby_id(),
+                    Some(device),
+                    false,
+                    term,
+                )
+                .await
+            }
+            Step::Repoint => self.repoint_standby(pair, term).await,
             Step::Promote => {
                 self.agent(pair, plan, term, Cmd::Promote(DrbdPromote { force: false }))
                     .await
@@ -533,7 +575,7 @@ impl Executor {
     /// Send a command carrying the fencing token (`epoch`, `term`) to `server`'s
     /// agent and wait for its result, retrying while its session is not there,
     /// for up to `agent_step_timeout_ms`.
-    async fn command(
+    pub(crate) async fn command(
         &self,
         server: &str,
         pair_id: &str,

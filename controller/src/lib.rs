@@ -36,6 +36,7 @@ pub mod observe;
 pub mod operator;
 pub mod probe;
 pub mod raft;
+pub mod redundancy;
 pub mod state;
 #[cfg(test)]
 mod testutil;

@@ -101,6 +101,8 @@ pub async fn run(
         detector: cfg.detector.clone(),
         probe: cfg.probe.clone(),
         prober,
+        spare: cfg.spare.clone(),
+        provisioning: Default::default(),
         leader: leader_rx.clone(),
     });
     tokio::spawn(crate::leader::leader_duties(

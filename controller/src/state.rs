@@ -194,6 +194,18 @@ pub enum Step {
     ClaimIp,
     /// An NFS read through the client IP succeeds.
     Verify,
+    /// Reattach (S9): the spare is running and its agent registered.
+    WaitSpare,
+    /// Reattach: the dead primary's volumes force-detached, confirmed
+    /// `available`, attached to the spare (same zone, checked), confirmed `in-use`.
+    MoveVolumes,
+    /// Reattach: committed inventory change, the spare replaces the dead primary.
+    Adopt,
+    /// Reattach: on the spare, DRBD up on the moved volumes (peer: the old backup).
+    BringUp,
+    /// Reattach, after Verify: the old backup pointed at the new primary, so it
+    /// resyncs from it (skipped, and said so, when its agent is unreachable).
+    Repoint,
 }
 
 impl Step {
@@ -206,6 +218,23 @@ impl Step {
         Step::Export,
         Step::ClaimIp,
         Step::Verify,
+    ];
+
+    /// The reattach plan (S9): no usable backup, the dead primary's volumes move
+    /// to a spare, which serves from them.
+    pub const REATTACH: [Step; 12] = [
+        Step::Confirm,
+        Step::Fence,
+        Step::WaitSpare,
+        Step::MoveVolumes,
+        Step::Adopt,
+        Step::BringUp,
+        Step::Promote,
+        Step::Mount,
+        Step::Export,
+        Step::ClaimIp,
+        Step::Verify,
+        Step::Repoint,
     ];
 }
 
@@ -309,6 +338,11 @@ pub struct FailoverPlan {
 }
 
 impl FailoverPlan {
+    /// A reattach plan (S9) rather than a failover to the backup.
+    pub fn is_reattach(&self) -> bool {
+        self.steps.iter().any(|s| s.step == Step::MoveVolumes)
+    }
+
     /// The first step not done yet.
     pub fn next_step(&self) -> Option<&StepRecord> {
         self.steps
@@ -385,6 +419,18 @@ pub enum Request {
         to: String,
         reason: String,
         automatic: bool,
+        at_unix_ms: i64,
+    },
+    /// Start a reattach plan (S9): no usable backup; `to` (the pair's launched
+    /// spare) takes over the volumes of `from` (the serving server). Raises the
+    /// epoch; refused while a plan is in flight or on a stale view.
+    StartReattach {
+        pair_id: String,
+        expect: PairState,
+        expect_epoch: u64,
+        from: String,
+        to: String,
+        reason: String,
         at_unix_ms: i64,
     },
     /// Record a step's new status (before it runs and after, S7).
@@ -514,6 +560,9 @@ impl fmt::Display for Request {
             Request::StartFailover {
                 pair_id, from, to, ..
             } => write!(f, "StartFailover({pair_id}: {from} -> {to})"),
+            Request::StartReattach {
+                pair_id, from, to, ..
+            } => write!(f, "StartReattach({pair_id}: volumes of {from} -> {to})"),
             Request::StepUpdate {
                 pair_id,
                 epoch,
@@ -699,6 +748,73 @@ impl ClusterState {
                 );
                 Response::StateChanged { epoch: pair.epoch }
             }
+            Request::StartReattach {
+                pair_id,
+                expect,
+                expect_epoch,
+                from,
+                to,
+                reason,
+                at_unix_ms,
+            } => {
+                let pair = match self.pair_mut(pair_id) {
+                    Ok(p) => p,
+                    Err(r) => return r,
+                };
+                if let Some(f) = &pair.failover {
+                    return refused(format!(
+                        "pair {pair_id}: failover epoch {} is already in flight (S5: one at a time)",
+                        f.epoch
+                    ));
+                }
+                if pair.state != *expect || pair.epoch != *expect_epoch {
+                    return refused(format!(
+                        "pair {pair_id} is {} at epoch {}, not {expect} at epoch {expect_epoch}; decision taken on a stale view",
+                        pair.state, pair.epoch
+                    ));
+                }
+                if pair.serving_id() != from {
+                    return refused(format!(
+                        "pair {pair_id}: {from} is not the serving server ({} is)",
+                        pair.serving_id()
+                    ));
+                }
+                let spare_ok =
+                    pair.redundancy.spare.as_ref().is_some_and(|s| {
+                        s.server_id == *to && s.instance.is_some() && !s.terminating
+                    });
+                if !spare_ok {
+                    return refused(format!(
+                        "pair {pair_id}: {to} is not a launched spare of the pair"
+                    ));
+                }
+                let prev = pair.state;
+                pair.epoch += 1;
+                pair.state = PairState::FailingOver;
+                pair.state_reason = reason.clone();
+                pair.state_since_unix_ms = *at_unix_ms;
+                pair.failover = Some(FailoverPlan {
+                    epoch: pair.epoch,
+                    from: from.clone(),
+                    to: to.clone(),
+                    reason: reason.clone(),
+                    automatic: true,
+                    started_unix_ms: *at_unix_ms,
+                    steps: Step::REATTACH
+                        .iter()
+                        .map(|s| StepRecord {
+                            step: *s,
+                            status: StepStatus::Pending,
+                            attempts: 0,
+                        })
+                        .collect(),
+                });
+                pair.record(
+                    *at_unix_ms,
+                    format!("{prev} -> FailingOver: reattach (S9) of {from}'s volumes to {to}: {reason}"),
+                );
+                Response::StateChanged { epoch: pair.epoch }
+            }
             Request::StepUpdate {
                 pair_id,
                 epoch,
@@ -766,8 +882,11 @@ impl ClusterState {
                 if *state == PairState::Degraded {
                     pair.serving = Some(plan.to.clone());
                     // The mark named the server that now serves; the new standby
-                    // (the old primary) has not been seen in sync with it.
-                    pair.outdated = None;
+                    // (the old primary) has not been seen in sync with it. After a
+                    // reattach the mark on the old backup stays: it is still stale.
+                    if pair.outdated.as_ref().is_none_or(|m| m.server == plan.to) {
+                        pair.outdated = None;
+                    }
                     if plan.automatic {
                         pair.last_auto_failover_unix_ms = Some(*at_unix_ms);
                         pair.flap_acknowledged = false;

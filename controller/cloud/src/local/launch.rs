@@ -36,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::{LocalCloud, NAME};
-use crate::provision::{tags, Tag};
+use crate::provision::{check_client_token, check_tags, merge_tags, tags, Tag};
 use crate::{
     CloudError, Instance, InstanceState, LaunchRequest, Volume, VolumeAttachment, VolumeFilter,
     VolumeRequest, VolumeState,
@@ -148,16 +148,6 @@ fn io_err(op: &'static str, what: &str, e: std::io::Error) -> CloudError {
 
 fn tag<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
     tags.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
-}
-
-/// Merge `new` into `tags` (a key already there gets the new value).
-fn merge_tags(tags: &mut Vec<Tag>, new: &[Tag]) {
-    for (k, v) in new {
-        match tags.iter_mut().find(|(kk, _)| kk == k) {
-            Some(t) => t.1 = v.clone(),
-            None => tags.push((k.clone(), v.clone())),
-        }
-    }
 }
 
 impl LocalCloud {
@@ -434,6 +424,8 @@ impl LocalCloud {
     pub(super) async fn local_launch(&self, req: &LaunchRequest) -> Result<Instance, CloudError> {
         const OP: &str = "launch_instance";
         let cfg = self.launch_cfg(OP)?.clone();
+        check_client_token(NAME, OP, &req.client_token)?;
+        check_tags(NAME, OP, &req.tags)?;
         let mut l = self.lock(OP).await?;
         if let Some((id, r)) = l
             .reg
@@ -597,6 +589,8 @@ impl LocalCloud {
     ) -> Result<Volume, CloudError> {
         const OP: &str = "create_volume";
         let cfg = self.launch_cfg(OP)?.clone();
+        check_client_token(NAME, OP, &req.client_token)?;
+        check_tags(NAME, OP, &req.tags)?;
         let mut l = self.lock(OP).await?;
         if let Some((id, r)) = l
             .reg
@@ -820,16 +814,6 @@ fn device_in_use(link: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tags_merge_and_replace() {
-        let mut t = vec![("a".to_string(), "1".to_string())];
-        merge_tags(
-            &mut t,
-            &[("a".into(), "2".into()), ("b".into(), "3".into())],
-        );
-        assert_eq!(t, vec![("a".into(), "2".into()), ("b".into(), "3".into())]);
-    }
 
     #[test]
     fn a_free_device_is_not_busy() {
