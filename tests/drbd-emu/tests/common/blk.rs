@@ -304,3 +304,36 @@ pub fn first_difference(a: &Path, b: &Path) -> Option<u64> {
     }
     None
 }
+
+/// A daemon started by `drbdadm up`/`adjust` (autoload), not by the
+/// harness: killed (and reaped) on drop, found by the pid in its lock file.
+pub struct Autoloaded {
+    pub state_dir: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Autoloaded {
+    /// Guards the daemon a CLI will start for `n`.
+    pub fn new(n: &Node) -> Autoloaded {
+        // SAFETY: prctl(2) with an integer argument (see BlockHosts::new).
+        unsafe {
+            libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1);
+        }
+        Autoloaded {
+            state_dir: n.state_dir.clone(),
+            config: n.config.clone(),
+        }
+    }
+
+    pub fn pid(&self) -> Option<i32> {
+        daemon_pid(&self.state_dir, &self.config)
+    }
+}
+
+impl Drop for Autoloaded {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid() {
+            kill_pid(pid);
+        }
+    }
+}
