@@ -8,7 +8,7 @@
 //!   the peer fsync'd its backing file too. A (handed to the link) and B
 //!   (received by the peer) as options (`[net] protocol`).
 //! * Before a block is written locally its bit is set in the persisted
-//!   bitmap (`STATE_DIR/bitmap`, fdatasync'd; DRBD's activity log), so a
+//!   bitmap (`META_DIR/bitmap`, fdatasync'd; DRBD's activity log), so a
 //!   crash never loses track of a block the peer may lack. In memory the
 //!   bitmap is cleared again when the peer acknowledged the write.
 //! * While no peer replicates (disconnected, peer lost, protocol A writes in

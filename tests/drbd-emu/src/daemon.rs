@@ -11,7 +11,13 @@
 //! enabled; `auto_up = false` in the config to start it down), always as
 //! Secondary, with the disk state from the persisted metadata (`meta.rs`;
 //! a missing metadata file is created as a new `Inconsistent` disk).
-//! A lock file in `state_dir` prevents two daemons for one host.
+//! A lock file in `state_dir` (holding the daemon's pid) prevents two
+//! daemons for one host, `META_DIR/meta.lock` two hosts on one volume.
+//!
+//! `up` and `adjust` re-read the config file (as drbdadm does for every
+//! command): the running config ([`Shared::cfg`]) may change its peer,
+//! `listen`, tuning, `[net]` and handlers; keys that need a restart
+//! (resource, node id, minor, directories, `[device]`) are refused.
 
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
