@@ -41,6 +41,14 @@ pub enum ConfigError {
         /// What is wrong.
         msg: String,
     },
+    /// The file changed a key a running daemon cannot take over.
+    #[error("{key} changed in {path}; that takes a restart of the emulator daemon (drbdadm down, stop the daemon, start it again)")]
+    NeedsRestart {
+        /// The config path.
+        path: PathBuf,
+        /// The key (`node_id`, `[device]` ...).
+        key: &'static str,
+    },
 }
 
 /// One emulated host of the pair.
@@ -458,6 +466,20 @@ impl Config {
     /// ("module autoload").
     pub fn daemon_log_path(&self) -> PathBuf {
         self.state_dir.join("daemon.log")
+    }
+
+    /// Reads this config's file again (as drbdadm reads it for every
+    /// command); refuses a file that changed a key only a restart can
+    /// change ([`Config::fixed_key_changed`]).
+    pub fn reload(&self) -> Result<Config, ConfigError> {
+        let new = Config::load(&self.path)?;
+        match self.fixed_key_changed(&new) {
+            Some(key) => Err(ConfigError::NeedsRestart {
+                path: self.path.clone(),
+                key,
+            }),
+            None => Ok(new),
+        }
     }
 
     /// Which key differs in a way that needs a daemon restart (resource,

@@ -1248,20 +1248,12 @@ pub async fn handle(sh: &Arc<Shared>, req: Request) -> Response {
 
 /// Re-reads the config file (as drbdadm reads it for every command).
 /// Keys that need a daemon restart must not have changed.
-fn reload_config(sh: &Shared) -> Result<Arc<Config>, Response> {
-    let cur = sh.cfg();
-    let new = Config::load(&cur.path).map_err(|e| Response::fail(20, format!("drbd-emu: {e}")))?;
-    if let Some(key) = cur.fixed_key_changed(&new) {
-        return Err(Response::fail(
-            20,
-            format!(
-                "drbd-emu: {}: {key} changed in {}; that takes a restart of the emulator daemon (drbdadm down, stop the daemon, start it again)",
-                cur.resource,
-                cur.path.display()
-            ),
-        ));
-    }
-    Ok(Arc::new(new))
+fn reload_config(sh: &Shared) -> Result<Arc<Config>, crate::config::ConfigError> {
+    sh.cfg().reload().map(Arc::new)
+}
+
+fn config_failure(e: crate::config::ConfigError) -> Response {
+    Response::fail(20, format!("drbd-emu: {e}"))
 }
 
 /// The peer of `new` is another one than that of `old` (or reached
@@ -1304,7 +1296,7 @@ fn switch_peer(c: &mut Core, old: &Config, new: &Config) {
 fn up(sh: &Arc<Shared>) -> Response {
     let new = match reload_config(sh) {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(e) => return config_failure(e),
     };
     let cfg = new.clone();
     {
@@ -1373,7 +1365,7 @@ fn up(sh: &Arc<Shared>) -> Response {
 async fn adjust(sh: &Arc<Shared>) -> Response {
     let new = match reload_config(sh) {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(e) => return config_failure(e),
     };
     let (up_now, peer_changed) = {
         let c = sh.lock();
