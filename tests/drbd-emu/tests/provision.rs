@@ -424,8 +424,8 @@ fn up_autoloads_the_daemon_in_a_private_mount_namespace() {
     let vol = d.join("vol");
     let n = host(
         d,
-        ("fs1", 0, pa),
-        ("fs2", 1, pb),
+        ("autoload1", 0, pa),
+        ("autoload2", 1, pb),
         TUNING,
         &device_section(
             8,
@@ -461,7 +461,7 @@ fn up_autoloads_the_daemon_in_a_private_mount_namespace() {
     assert_eq!(fd(2), n.state_dir.join("daemon.log"));
     n.wait_status(
         10,
-        "r0 role:Secondary\n  disk:Inconsistent\n  fs2 connection:Connecting\n",
+        "r0 role:Secondary\n  disk:Inconsistent\n  autoload2 connection:Connecting\n",
     );
     let log = std::fs::read_to_string(n.state_dir.join("daemon.log")).unwrap();
     assert!(
@@ -478,7 +478,7 @@ fn up_autoloads_the_daemon_in_a_private_mount_namespace() {
     let mdir = n.state_dir.join("fuse").display().to_string();
     let here = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
-        !here.contains(&mdir) && !here.contains("drbd-emu:r0:fs1"),
+        !here.contains(&mdir) && !here.contains("drbd-emu:r0:autoload1"),
         "the FUSE mount is visible here:\n{here}"
     );
     let theirs = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
@@ -522,6 +522,6 @@ fn up_autoloads_the_daemon_in_a_private_mount_namespace() {
     bh.nodes[0].adm_ok(&["secondary", "r0"]);
     bh.nodes[0].wait_status(
         5,
-        "r0 role:Secondary\n  disk:UpToDate\n  fs2 connection:Connecting\n",
+        "r0 role:Secondary\n  disk:UpToDate\n  autoload2 connection:Connecting\n",
     );
 }
