@@ -52,7 +52,7 @@ pub enum ConfigError {
 }
 
 /// One emulated host of the pair.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// DRBD resource name (e.g. `r0`).
@@ -141,7 +141,7 @@ pub enum Protocol {
 }
 
 /// `[net]`: every key is optional.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NetOptions {
     /// `dont-care` (default), `resource-only`, `resource-and-stonith`.
@@ -203,7 +203,7 @@ pub const DEVICE_FILE_NAME: &str = "drbd-emu-device";
 pub const BM_BLOCK: u64 = 4096;
 
 /// `[handlers]`: every key is optional.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Handlers {
     /// `fence-peer` handler, run with `sh -c`.
@@ -239,7 +239,7 @@ pub struct PeerConfig {
 }
 
 /// Timing knobs; every key is optional.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Tuning {
     /// Keepalive ping interval.

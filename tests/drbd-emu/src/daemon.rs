@@ -147,9 +147,12 @@ impl Shared {
         self.cfg.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Replaces the running config (with the state lock held, so that
-    /// `Core::cfg` and [`Shared::cfg`] change together).
+    /// Replaces the running config if it changed (with the state lock
+    /// held, so that `Core::cfg` and [`Shared::cfg`] change together).
     fn install_cfg(&self, c: &mut Core, new: Arc<Config>) {
+        if *c.cfg == *new {
+            return;
+        }
         c.cfg = new.clone();
         *self.cfg.lock().unwrap_or_else(|e| e.into_inner()) = new;
     }

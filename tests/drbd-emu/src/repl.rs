@@ -633,7 +633,7 @@ async fn run_link(sh: &Arc<Shared>, stream: TcpStream) -> Outcome {
     let epoch = {
         let mut c = sh.lock();
         // torn down meanwhile, or `adjust` switched to another peer
-        if !c.up || !c.want_connect || !Arc::ptr_eq(&c.cfg, &cfg) {
+        if !c.up || !c.want_connect || c.cfg.peer != cfg.peer || c.cfg.listen != cfg.listen {
             return Outcome::Aborted;
         }
         c.epoch += 1;
