@@ -8,7 +8,7 @@
 //!   the peer fsync'd its backing file too. A (handed to the link) and B
 //!   (received by the peer) as options (`[net] protocol`).
 //! * Before a block is written locally its bit is set in the persisted
-//!   bitmap (`STATE_DIR/bitmap`, fdatasync'd; DRBD's activity log), so a
+//!   bitmap (`META_DIR/bitmap`, fdatasync'd; DRBD's activity log), so a
 //!   crash never loses track of a block the peer may lack. In memory the
 //!   bitmap is cleared again when the peer acknowledged the write.
 //! * While no peer replicates (disconnected, peer lost, protocol A writes in
@@ -356,7 +356,7 @@ pub fn write(sh: &Shared, off: u64, data: &[u8]) -> Result<(), i32> {
 }
 
 fn write_inner(sh: &Shared, off: u64, data: &[u8]) -> Result<(), i32> {
-    let proto = sh.cfg.net.protocol;
+    let proto = sh.cfg().net.protocol;
     let wait = {
         let mut c = sh.lock();
         let repl = replicating(&c);
@@ -369,11 +369,11 @@ fn write_inner(sh: &Shared, off: u64, data: &[u8]) -> Result<(), i32> {
         }
         let blocks = blocks_of(off, len);
         if let Err(e) = b.persist_marks(blocks.clone()) {
-            eprintln!("drbd {}: writing the bitmap: {e}", sh.cfg.resource);
+            eprintln!("drbd {}: writing the bitmap: {e}", sh.cfg().resource);
             return Err(libc::EIO);
         }
         if let Err(e) = b.file.write_all_at(data, off) {
-            eprintln!("drbd {}: local write failed: {e}", sh.cfg.resource);
+            eprintln!("drbd {}: local write failed: {e}", sh.cfg().resource);
             return Err(libc::EIO);
         }
         if repl {
@@ -423,7 +423,7 @@ pub fn fsync(sh: &Shared) -> Result<(), i32> {
 }
 
 fn fsync_inner(sh: &Shared) -> Result<(), i32> {
-    let proto = sh.cfg.net.protocol;
+    let proto = sh.cfg().net.protocol;
     let wait = {
         let mut c = sh.lock();
         let repl = replicating(&c);
@@ -431,7 +431,7 @@ fn fsync_inner(sh: &Shared) -> Result<(), i32> {
             return Err(libc::EIO);
         };
         if let Err(e) = b.file.sync_data() {
-            eprintln!("drbd {}: local flush failed: {e}", sh.cfg.resource);
+            eprintln!("drbd {}: local flush failed: {e}", sh.cfg().resource);
             return Err(libc::EIO);
         }
         if repl && proto != Protocol::A {
@@ -761,9 +761,37 @@ pub fn cleanup_stale(cfg: &Config) {
     }
 }
 
+/// Moves the calling process into a mount namespace of its own and makes
+/// every mount in it private (`unshare(CLONE_NEWNS)` + `mount --make-rprivate
+/// /`), so that mounts made afterwards (the FUSE file system) are invisible
+/// to all other processes. Must run while the process is single-threaded
+/// (a thread's `unshare` does not move its siblings).
+pub fn private_mount_namespace() -> io::Result<()> {
+    // SAFETY: unshare(2) with a valid flag; no pointers involved.
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let root = c"/";
+    // SAFETY: mount(2) with NUL-terminated strings / NULL where allowed
+    // (a propagation change takes no source, type or data).
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Mounts the FUSE file system serving the device file.
 pub fn mount(sh: &Arc<Shared>) -> io::Result<fuser::BackgroundSession> {
-    let cfg = &sh.cfg;
+    let cfg = sh.cfg();
     let mdir = cfg.mount_dir();
     std::fs::create_dir_all(&mdir)?;
     let (file, size) = {
@@ -817,7 +845,7 @@ pub fn set_loop_writable(dev: &str, writable: bool) {
 /// Sets up the loop device on the device file and publishes its path
 /// (`STATE_DIR/device`, `device_link`).
 pub fn setup_loop(sh: &Arc<Shared>) -> io::Result<String> {
-    let cfg = &sh.cfg;
+    let cfg = sh.cfg();
     let devfile = cfg.device_file();
     let dev = devfile.display().to_string();
     if let Some(b) = sh.lock().blk.as_mut() {
@@ -855,8 +883,19 @@ fn dev_numbers(dev: &str) -> Option<(u32, u32)> {
 }
 
 /// The loop device is mounted somewhere (DRBD refuses to demote a device
-/// that is held open; a mount is what can be seen from here).
+/// that is held open; a mount is what can be seen from here). A mount
+/// claims the device exclusively, so an `O_EXCL` open fails with `EBUSY`
+/// whichever mount namespace the mount is in (a daemon in a private
+/// namespace does not see the others' mounts in its mountinfo).
 pub fn loop_in_use(dev: &str) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let excl = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_EXCL)
+        .open(dev);
+    if excl.is_err_and(|e| e.raw_os_error() == Some(libc::EBUSY)) {
+        return true;
+    }
     let Some((ma, mi)) = dev_numbers(dev) else {
         return false;
     };
@@ -875,7 +914,7 @@ pub async fn resync_sender(
     epoch: u64,
     ctrl: tokio::sync::mpsc::UnboundedSender<crate::repl::Frame>,
 ) {
-    let rate = sh.cfg.tuning.resync_rate_kib * 1024;
+    let rate = sh.cfg().tuning.resync_rate_kib * 1024;
     let mut next = tokio::time::Instant::now();
     let mut cursor = 0u64;
     let mut progress = crate::repl::ProgressTx::default();
@@ -912,7 +951,7 @@ pub async fn resync_sender(
                                 S::Sent(len as u64)
                             }
                             Err(e) => {
-                                eprintln!("drbd {}: resync read failed: {e}", sh.cfg.resource);
+                                eprintln!("drbd {}: resync read failed: {e}", sh.cfg().resource);
                                 S::Idle(100)
                             }
                         }

@@ -41,10 +41,18 @@ pub enum ConfigError {
         /// What is wrong.
         msg: String,
     },
+    /// The file changed a key a running daemon cannot take over.
+    #[error("{key} changed in {path}; that takes a restart of the emulator daemon (drbdadm down, stop the daemon, start it again)")]
+    NeedsRestart {
+        /// The config path.
+        path: PathBuf,
+        /// The key (`node_id`, `[device]` ...).
+        key: &'static str,
+    },
 }
 
 /// One emulated host of the pair.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// DRBD resource name (e.g. `r0`).
@@ -55,7 +63,8 @@ pub struct Config {
     pub node_id: u32,
     /// Device minor (`/dev/drbdMINOR`), only reported.
     pub minor: u32,
-    /// Control socket, lock file and persisted metadata live here.
+    /// Control socket, lock file and (unless `[device] meta_dir` says
+    /// otherwise) the persisted metadata live here.
     pub state_dir: PathBuf,
     /// The emulated backing device of the directory mode: a plain
     /// directory tree (unused, and optional, in block mode).
@@ -101,13 +110,20 @@ pub enum Fencing {
     ResourceAndStonith,
 }
 
-impl std::fmt::Display for Fencing {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl Fencing {
+    /// The policy as DRBD spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Fencing::DontCare => "dont-care",
             Fencing::ResourceOnly => "resource-only",
             Fencing::ResourceAndStonith => "resource-and-stonith",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for Fencing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -125,7 +141,7 @@ pub enum Protocol {
 }
 
 /// `[net]`: every key is optional.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NetOptions {
     /// `dont-care` (default), `resource-only`, `resource-and-stonith`.
@@ -148,7 +164,7 @@ pub enum DeviceMode {
 }
 
 /// `[device]`: every key is optional.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeviceOptions {
     /// `directory` (default) or `block`.
@@ -167,6 +183,16 @@ pub struct DeviceOptions {
     /// the `/dev/drbdMINOR` stand-in. The path is also written to
     /// `STATE_DIR/device`.
     pub device_link: Option<PathBuf>,
+    /// Where the on-disk metadata lives (DRBD's internal meta data: disk
+    /// state, generations, the out-of-sync bitmap, the peer manifest).
+    /// Default `state_dir`. Pointing it next to `backing_file` makes a
+    /// "volume" directory that can move to another host with its state.
+    pub meta_dir: Option<PathBuf>,
+    /// Block mode: the daemon unshares its mount namespace (and makes
+    /// every mount in it private) before it mounts its FUSE file system,
+    /// so that no other process sees that mount. The loop device on it is
+    /// global. Default false.
+    pub private_mount_namespace: bool,
 }
 
 /// Name of the device file inside `mount_dir` (also how leaked loop
@@ -177,7 +203,7 @@ pub const DEVICE_FILE_NAME: &str = "drbd-emu-device";
 pub const BM_BLOCK: u64 = 4096;
 
 /// `[handlers]`: every key is optional.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Handlers {
     /// `fence-peer` handler, run with `sh -c`.
@@ -201,7 +227,7 @@ impl Default for Handlers {
 }
 
 /// The peer host.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
     /// The peer's hostname (our `conn-name` for it).
@@ -213,7 +239,7 @@ pub struct PeerConfig {
 }
 
 /// Timing knobs; every key is optional.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Tuning {
     /// Keepalive ping interval.
@@ -311,9 +337,28 @@ impl Config {
                 || self.device.mount_dir.is_some()
                 || self.device.loop_device.is_some()
                 || self.device.device_link.is_some()
+                || self.device.private_mount_namespace
             {
-                return Err("device.size_mib, backing_file, mount_dir, loop_device and device_link need device.mode = \"block\"".into());
+                return Err("device.size_mib, backing_file, mount_dir, loop_device, device_link and private_mount_namespace need device.mode = \"block\"".into());
             }
+            if self
+                .device
+                .meta_dir
+                .as_ref()
+                .is_some_and(|d| d.starts_with(&self.data_dir))
+            {
+                return Err(
+                    "device.meta_dir must not be inside data_dir (it would be replicated)".into(),
+                );
+            }
+        }
+        if self
+            .device
+            .meta_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            return Err("device.meta_dir must not be empty (leave it out instead)".into());
         }
         if !self.is_block() && self.state_dir == self.data_dir {
             return Err("state_dir and data_dir must be different directories".into());
@@ -344,9 +389,18 @@ impl Config {
         self.state_dir.join("ctl.sock")
     }
 
+    /// The directory of the on-disk metadata (`[device] meta_dir`,
+    /// default `state_dir`).
+    pub fn meta_dir(&self) -> PathBuf {
+        self.device
+            .meta_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.clone())
+    }
+
     /// Path of the persisted disk metadata.
     pub fn meta_path(&self) -> PathBuf {
-        self.state_dir.join("meta.json")
+        self.meta_dir().join("meta.json")
     }
 
     /// Block mode (`[device] mode = "block"`).
@@ -382,7 +436,7 @@ impl Config {
 
     /// Path of the persisted out-of-sync bitmap (block mode).
     pub fn bitmap_path(&self) -> PathBuf {
-        self.state_dir.join("bitmap")
+        self.meta_dir().join("bitmap")
     }
 
     /// What the handlers see as the backing device.
@@ -394,9 +448,60 @@ impl Config {
         }
     }
 
-    /// Path of the lock file held by a running daemon.
+    /// Path of the lock file held by a running daemon (it holds the
+    /// daemon's pid).
     pub fn lock_path(&self) -> PathBuf {
         self.state_dir.join("lock")
+    }
+
+    /// Lock file of the metadata ("volume") when `meta_dir` is not
+    /// `state_dir`: held as well, so that two hosts never attach the same
+    /// volume at once.
+    pub fn meta_lock_path(&self) -> Option<PathBuf> {
+        let d = self.meta_dir();
+        (d != self.state_dir).then(|| d.join("meta.lock"))
+    }
+
+    /// Path of the log of a daemon started by `drbdadm up`/`adjust`
+    /// ("module autoload").
+    pub fn daemon_log_path(&self) -> PathBuf {
+        self.state_dir.join("daemon.log")
+    }
+
+    /// Reads this config's file again (as drbdadm reads it for every
+    /// command); refuses a file that changed a key only a restart can
+    /// change ([`Config::fixed_key_changed`]).
+    pub fn reload(&self) -> Result<Config, ConfigError> {
+        let new = Config::load(&self.path)?;
+        match self.fixed_key_changed(&new) {
+            Some(key) => Err(ConfigError::NeedsRestart {
+                path: self.path.clone(),
+                key,
+            }),
+            None => Ok(new),
+        }
+    }
+
+    /// Which key differs in a way that needs a daemon restart (resource,
+    /// node id, minor, directories, `[device]`), if any. Everything else
+    /// (`[peer]`, `listen`, `hostname`, `[tuning]`, `[net]`, `[handlers]`,
+    /// `auto_up`) can be applied to a running daemon.
+    pub fn fixed_key_changed(&self, new: &Config) -> Option<&'static str> {
+        if self.resource != new.resource {
+            Some("resource")
+        } else if self.node_id != new.node_id {
+            Some("node_id")
+        } else if self.minor != new.minor {
+            Some("minor")
+        } else if self.state_dir != new.state_dir {
+            Some("state_dir")
+        } else if self.data_dir != new.data_dir {
+            Some("data_dir")
+        } else if self.device != new.device {
+            Some("[device]")
+        } else {
+            None
+        }
     }
 }
 
@@ -491,6 +596,61 @@ resync_rate_kib = 100
             Path::new("x.toml"),
         );
         assert!(e.is_err());
+    }
+
+    #[test]
+    fn meta_dir_and_private_mount_namespace() {
+        let c = Config::parse(GOOD, Path::new("x.toml")).unwrap();
+        // default: everything in state_dir, as before
+        assert_eq!(c.meta_path(), Path::new("/tmp/x/fs1/drbd/meta.json"));
+        assert_eq!(c.bitmap_path(), Path::new("/tmp/x/fs1/drbd/bitmap"));
+        assert_eq!(c.meta_lock_path(), None);
+        assert!(!c.device.private_mount_namespace);
+        let block = GOOD.replace("data_dir = \"/tmp/x/fs1/data\"\n", "")
+            + "[device]\nmode = \"block\"\nsize_mib = 8\nbacking_file = \"/vol/a/disk.img\"\nmeta_dir = \"/vol/a\"\nprivate_mount_namespace = true\n";
+        let c = Config::parse(&block, Path::new("x.toml")).unwrap();
+        assert_eq!(c.meta_path(), Path::new("/vol/a/meta.json"));
+        assert_eq!(c.bitmap_path(), Path::new("/vol/a/bitmap"));
+        assert_eq!(c.meta_lock_path().unwrap(), Path::new("/vol/a/meta.lock"));
+        assert_eq!(c.socket_path(), Path::new("/tmp/x/fs1/drbd/ctl.sock"));
+        assert_eq!(c.lock_path(), Path::new("/tmp/x/fs1/drbd/lock"));
+        assert!(c.device.private_mount_namespace);
+        // directory mode: meta_dir allowed (not inside data_dir), the
+        // namespace option is block-only
+        let c = Config::parse(
+            &format!("{GOOD}[device]\nmeta_dir = \"/vol/b\"\n"),
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.meta_path(), Path::new("/vol/b/meta.json"));
+        for bad in [
+            "[device]\nmeta_dir = \"/tmp/x/fs1/data/meta\"\n",
+            "[device]\nmeta_dir = \"\"\n",
+            "[device]\nprivate_mount_namespace = true\n",
+        ] {
+            let e = Config::parse(&format!("{GOOD}{bad}"), Path::new("x.toml"));
+            assert!(e.is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn which_keys_a_running_daemon_can_take_over() {
+        let a = Config::parse(GOOD, Path::new("x.toml")).unwrap();
+        let peer = GOOD
+            .replace("hostname = \"fs2\"", "hostname = \"fs3\"")
+            .replace("127.0.0.1:7790", "127.0.0.1:7791")
+            .replace("resync_rate_kib = 100", "resync_rate_kib = 5");
+        let b = Config::parse(&peer, Path::new("x.toml")).unwrap();
+        assert_eq!(a.fixed_key_changed(&b), None);
+        assert_ne!(a.peer, b.peer);
+        let c = Config::parse(&GOOD.replace("minor = 1000", "minor = 7"), Path::new("x")).unwrap();
+        assert_eq!(a.fixed_key_changed(&c), Some("minor"));
+        let d = Config::parse(
+            &GOOD.replace("node_id = 0", "node_id = 2"),
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(a.fixed_key_changed(&d), Some("node_id"));
     }
 
     #[test]

@@ -45,6 +45,15 @@ pub enum Request {
     ResumeIo,
     /// `drbdadm create-md`
     CreateMd,
+    /// `drbdadm adjust`: re-read the config file and apply it (up if
+    /// down; a changed `[peer]`/`listen` tears the connection down and
+    /// connects to the new peer; connect if StandAlone).
+    Adjust,
+    /// `drbdsetup show [--show-defaults]`: the running configuration.
+    Show {
+        /// `--show-defaults`
+        show_defaults: bool,
+    },
 }
 
 /// The daemon's answer.

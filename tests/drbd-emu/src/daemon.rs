@@ -11,7 +11,13 @@
 //! enabled; `auto_up = false` in the config to start it down), always as
 //! Secondary, with the disk state from the persisted metadata (`meta.rs`;
 //! a missing metadata file is created as a new `Inconsistent` disk).
-//! A lock file in `state_dir` prevents two daemons for one host.
+//! A lock file in `state_dir` (holding the daemon's pid) prevents two
+//! daemons for one host, `META_DIR/meta.lock` two hosts on one volume.
+//!
+//! `up` and `adjust` re-read the config file (as drbdadm does for every
+//! command): the running config ([`Shared::cfg`]) may change its peer,
+//! `listen`, tuning, `[net]` and handlers; keys that need a restart
+//! (resource, node id, minor, directories, `[device]`) are refused.
 
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
@@ -119,8 +125,9 @@ pub struct Core {
 
 /// State shared by all daemon tasks.
 pub struct Shared {
-    /// Host config.
-    pub cfg: Arc<Config>,
+    /// The running host config (replaced by `adjust`/`up` when the file
+    /// changed; `Core::cfg` is always the same `Arc`).
+    cfg: Mutex<Arc<Config>>,
     /// The state.
     pub core: Mutex<Core>,
     /// Wakes the connector after `up`/`connect`/`disconnect`/`down`.
@@ -131,6 +138,23 @@ impl Shared {
     /// Locks the state (a poisoned lock is still usable: state is plain data).
     pub fn lock(&self) -> MutexGuard<'_, Core> {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The running config. Never takes the state lock, so it may be
+    /// called with it held. Tasks that live across an `adjust` take it
+    /// anew where the peer, `listen` or the tuning matter.
+    pub fn cfg(&self) -> Arc<Config> {
+        self.cfg.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the running config if it changed (with the state lock
+    /// held, so that `Core::cfg` and [`Shared::cfg`] change together).
+    fn install_cfg(&self, c: &mut Core, new: Arc<Config>) {
+        if *c.cfg == *new {
+            return;
+        }
+        c.cfg = new.clone();
+        *self.cfg.lock().unwrap_or_else(|e| e.into_inner()) = new;
     }
 }
 
@@ -551,10 +575,11 @@ pub fn run(config_path: &Path) -> i32 {
             return 1;
         }
     };
+    let meta_dir = cfg.meta_dir();
     let dirs = if cfg.is_block() {
-        vec![&cfg.state_dir]
+        vec![&cfg.state_dir, &meta_dir]
     } else {
-        vec![&cfg.state_dir, &cfg.data_dir]
+        vec![&cfg.state_dir, &cfg.data_dir, &meta_dir]
     };
     for d in dirs {
         if let Err(e) = std::fs::create_dir_all(d) {
@@ -582,6 +607,36 @@ pub fn run(config_path: &Path) -> i32 {
             cfg.state_dir.display()
         );
         return 1;
+    }
+    {
+        // the lock file names the daemon holding it
+        use std::io::Write;
+        let _ = lock.set_len(0);
+        let _ = (&lock).write_all(format!("{}\n", std::process::id()).as_bytes());
+    }
+    // The metadata of a "volume" (meta_dir elsewhere) is attached by one
+    // host at a time.
+    let _meta_lock = match cfg.meta_lock_path() {
+        None => None,
+        Some(p) => match lock_exclusive(&p) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!(
+                    "drbd-emu: the metadata in {} is in use by another daemon ({}: {e})",
+                    cfg.meta_dir().display(),
+                    p.display()
+                );
+                return 1;
+            }
+        },
+    };
+    if cfg.device.private_mount_namespace {
+        // still single-threaded: the whole process moves
+        if let Err(e) = crate::block::private_mount_namespace() {
+            eprintln!("drbd-emu: cannot set up a private mount namespace: {e}");
+            return 1;
+        }
+        eprintln!("drbd-emu: running in a private mount namespace (mounts made private)");
     }
     let meta = match Meta::load(&cfg.meta_path()) {
         Ok(Some(m)) => m,
@@ -671,7 +726,7 @@ pub fn run(config_path: &Path) -> i32 {
             fs_size_kib,
         };
         let sh = Arc::new(Shared {
-            cfg: cfg.clone(),
+            cfg: Mutex::new(cfg.clone()),
             core: Mutex::new(core),
             wake: Notify::new(),
         });
@@ -737,6 +792,20 @@ pub fn run(config_path: &Path) -> i32 {
     code
 }
 
+/// Opens (creating) `p` and takes an exclusive, non-blocking flock on it.
+pub fn lock_exclusive(p: &Path) -> std::io::Result<std::fs::File> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(p)?;
+    // SAFETY: flock on a valid, owned file descriptor.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(f)
+}
+
 fn fs_size_kib(p: &Path) -> u64 {
     use std::os::unix::ffi::OsStrExt;
     let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
@@ -760,7 +829,7 @@ async fn ticker(sh: Arc<Shared>) {
         c.publish();
         if let Some(b) = c.blk.as_mut() {
             if let Err(e) = b.flush_bitmap() {
-                eprintln!("drbd {}: writing the bitmap: {e}", sh.cfg.resource);
+                eprintln!("drbd {}: writing the bitmap: {e}", sh.cfg().resource);
             }
         }
         if c.meta_dirty && c.last_persist.elapsed() > Duration::from_millis(500) {
@@ -958,61 +1027,14 @@ fn promote(
 
 /// Executes one control request.
 pub async fn handle(sh: &Arc<Shared>, req: Request) -> Response {
-    let cfg = sh.cfg.clone();
+    let cfg = sh.cfg();
     match req {
         Request::Snapshot => Response {
             snapshot: sh.lock().snapshot(),
             ..Response::ok()
         },
         Request::Events => Response::fail(20, "events must be streamed"),
-        Request::Up => {
-            {
-                let mut c = sh.lock();
-                if c.up {
-                    return Response::fail(
-                        10,
-                        format!(
-                            "{}: Failure: (161) Minor or volume exists already (delete it first)",
-                            cfg.resource
-                        ),
-                    );
-                }
-                match Meta::load(&cfg.meta_path()) {
-                    Ok(Some(m)) => c.meta = m,
-                    Ok(None) => {
-                        c.meta = Meta::fresh();
-                        c.persist();
-                    }
-                    Err(e) => {
-                        return Response::fail(
-                            10,
-                            format!("{}: Failure: (118) IO error(s) occurred during initial access to meta-data: {e}", cfg.resource),
-                        )
-                    }
-                }
-                // new-resource, new-minor (Diskless), new-peer, new-path
-                c.up = true;
-                c.attached = false;
-                c.role = Role::Secondary;
-                c.conn = ConnState::StandAlone;
-                c.want_connect = false;
-                c.repl = Repl::Off;
-                c.stats = Stats::default();
-                c.need_new_gen = false;
-                c.susp_fen = false;
-                c.pdsk_fenced = None;
-                c.publish();
-                // attach
-                c.attached = true;
-                c.publish();
-                // connect
-                c.want_connect = true;
-                c.conn = ConnState::Unconnected;
-                c.publish();
-            }
-            sh.wake.notify_one();
-            Response::ok()
-        }
+        Request::Up => up(sh),
         Request::Down => {
             {
                 let mut c = sh.lock();
@@ -1189,6 +1211,17 @@ pub async fn handle(sh: &Arc<Shared>, req: Request) -> Response {
             c.publish();
             Response::ok()
         }
+        Request::Adjust => adjust(sh).await,
+        Request::Show { show_defaults } => {
+            let c = sh.lock();
+            if !c.up {
+                return no_such_resource(&cfg);
+            }
+            Response {
+                stdout: crate::format::show_text(&c.cfg, c.conn, show_defaults),
+                ..Response::ok()
+            }
+        }
         Request::CreateMd => {
             let mut c = sh.lock();
             if c.up {
@@ -1216,12 +1249,213 @@ pub async fn handle(sh: &Arc<Shared>, req: Request) -> Response {
     }
 }
 
+/// Re-reads the config file (as drbdadm reads it for every command).
+/// Keys that need a daemon restart must not have changed.
+fn reload_config(sh: &Shared) -> Result<Arc<Config>, crate::config::ConfigError> {
+    sh.cfg().reload().map(Arc::new)
+}
+
+fn config_failure(e: crate::config::ConfigError) -> Response {
+    Response::fail(20, format!("drbd-emu: {e}"))
+}
+
+/// The peer of `new` is another one than that of `old` (or reached
+/// another way): forget everything learnt about the old one. The bitmap
+/// and the peer manifest belong to the peer's node id (DRBD keeps them
+/// per peer slot): a new node id starts with every block out of sync and
+/// an unknown manifest; the same node id keeps them (a fresh disk there
+/// has generation 0 and gets a full resync anyway).
+fn switch_peer(c: &mut Core, old: &Config, new: &Config) {
+    if old.peer == new.peer && old.listen == new.listen {
+        return;
+    }
+    c.peer_role = Role::Unknown;
+    c.peer_disk = DiskState::DUnknown;
+    c.peer_gen = 0;
+    c.peer_history.clear();
+    c.pdsk_fenced = None;
+    c.discard_my_data = false;
+    c.stats.sent_b = 0;
+    c.stats.received_b = 0;
+    c.stats.unacked = 0;
+    c.stats.inflight_acked_b = 0;
+    c.stats.rs_total_kib = 0;
+    c.stats.rs_start = None;
+    if old.peer.node_id != new.peer.node_id {
+        c.meta.peer_known.clear();
+        c.meta_dirty = true;
+        if let Some(b) = c.blk.as_mut() {
+            b.set_all();
+            if let Err(e) = b.flush_bitmap() {
+                eprintln!("drbd {}: writing the bitmap: {e}", new.resource);
+            }
+        }
+    }
+    c.recompute_oos();
+}
+
+/// `drbdadm up`: re-reads the config, then new-resource, new-minor,
+/// attach (disk state from the metadata), new-peer, new-path, connect.
+fn up(sh: &Arc<Shared>) -> Response {
+    let new = match reload_config(sh) {
+        Ok(n) => n,
+        Err(e) => return config_failure(e),
+    };
+    let cfg = new.clone();
+    {
+        let mut c = sh.lock();
+        if c.up {
+            return Response::fail(
+                10,
+                format!(
+                    "{}: Failure: (161) Minor or volume exists already (delete it first)",
+                    cfg.resource
+                ),
+            );
+        }
+        match Meta::load(&cfg.meta_path()) {
+            Ok(Some(m)) => c.meta = m,
+            Ok(None) => {
+                c.meta = Meta::fresh();
+                c.persist();
+            }
+            Err(e) => {
+                return Response::fail(
+                    10,
+                    format!("{}: Failure: (118) IO error(s) occurred during initial access to meta-data: {e}", cfg.resource),
+                )
+            }
+        }
+        let old = c.cfg.clone();
+        switch_peer(&mut c, &old, &new);
+        sh.install_cfg(&mut c, new);
+        // new-resource, new-minor (Diskless), new-peer, new-path
+        c.up = true;
+        c.attached = false;
+        c.role = Role::Secondary;
+        c.conn = ConnState::StandAlone;
+        c.want_connect = false;
+        c.repl = Repl::Off;
+        c.stats = Stats::default();
+        c.need_new_gen = false;
+        c.susp_fen = false;
+        c.pdsk_fenced = None;
+        c.publish();
+        // attach
+        c.attached = true;
+        c.publish();
+        // connect
+        c.want_connect = true;
+        c.conn = ConnState::Unconnected;
+        c.publish();
+    }
+    sh.wake.notify_one();
+    Response::ok()
+}
+
+/// `drbdadm adjust`: re-reads the config file and brings the running
+/// resource to it, as drbdadm's adjust does with drbdsetup commands:
+///
+/// * down: `up`;
+/// * `[peer]` or `listen` changed: del-peer (the connection goes
+///   `Disconnecting`/`StandAlone`, events2 destroys the old path,
+///   peer-device and connection), new-peer + new-path (events2 creates
+///   them with the new `conn-name`), connect. Local I/O goes on meanwhile
+///   (writes waiting for the old peer complete locally and are counted
+///   out of sync, as when a link is lost);
+/// * otherwise the other keys (tuning, `[net]`, handlers) are taken over
+///   (tuning for the next connection) and a StandAlone resource connects.
+async fn adjust(sh: &Arc<Shared>) -> Response {
+    let new = match reload_config(sh) {
+        Ok(n) => n,
+        Err(e) => return config_failure(e),
+    };
+    let (up_now, peer_changed) = {
+        let c = sh.lock();
+        (c.up, c.cfg.peer != new.peer || c.cfg.listen != new.listen)
+    };
+    if !up_now {
+        return up(sh);
+    }
+    if !peer_changed {
+        {
+            let mut c = sh.lock();
+            sh.install_cfg(&mut c, new);
+            if c.want_connect {
+                return Response::ok();
+            }
+            c.want_connect = true;
+            c.discard_my_data = false;
+            c.conn = ConnState::Unconnected;
+            c.publish();
+        }
+        sh.wake.notify_one();
+        return Response::ok();
+    }
+    // del-peer: tear the connection down (as `disconnect`)
+    {
+        let mut c = sh.lock();
+        c.want_connect = false;
+        if let Some(l) = &c.link {
+            l.abort.notify_one();
+        }
+    }
+    sh.wake.notify_one();
+    let down = wait_for(sh, Duration::from_secs(10), |c| {
+        c.link.is_none() && c.conn == ConnState::StandAlone
+    })
+    .await;
+    let mut c = sh.lock();
+    if !down {
+        c.want_connect = true;
+        drop(c);
+        sh.wake.notify_one();
+        return Response::fail(
+            10,
+            format!(
+                "{}: Failure: drbd-emu: the connection to {} did not go down within 10 s",
+                new.resource,
+                sh.cfg().peer.hostname
+            ),
+        );
+    }
+    if !c.up {
+        return no_such_resource(&new);
+    }
+    let old = c.cfg.clone();
+    eprintln!(
+        "drbd {}: adjust: peer {} (node-id {}, {}) -> {} (node-id {}, {}), local {} -> {}",
+        new.resource,
+        old.peer.hostname,
+        old.peer.node_id,
+        drbd_addr(&old.peer.address),
+        new.peer.hostname,
+        new.peer.node_id,
+        drbd_addr(&new.peer.address),
+        drbd_addr(&old.listen),
+        drbd_addr(&new.listen),
+    );
+    // a fence-peer handler still running was about the old peer
+    c.epoch += 1;
+    switch_peer(&mut c, &old, &new);
+    // new-peer, new-path: events2 destroys the old objects, creates the new
+    sh.install_cfg(&mut c, new);
+    c.publish();
+    // connect
+    c.want_connect = true;
+    c.conn = ConnState::Unconnected;
+    c.publish();
+    drop(c);
+    sh.wake.notify_one();
+    Response::ok()
+}
+
 /// `secondary` in block mode: refused while the loop device is mounted
 /// (DRBD: held open); waits for frozen writes (fencing) and for the peer
 /// to acknowledge every write, then demotes and makes the loop device
 /// read-only.
 async fn demote_block(sh: &Arc<Shared>) -> Response {
-    let cfg = sh.cfg.clone();
+    let cfg = sh.cfg();
     let dev = sh.lock().blk.as_ref().and_then(|b| b.loop_dev.clone());
     if dev.as_deref().is_some_and(crate::block::loop_in_use) {
         return state_change_failed(&cfg, -12, "Device is held open by someone");

@@ -8,11 +8,12 @@
 //! drbdsetup disconnect RES PEER_ID     drbdsetup outdate RES|MINOR
 //! drbdsetup down RES                   drbdsetup role RES
 //! drbdsetup resume-io MINOR|RES
+//! drbdsetup show [RES|all] [--show-defaults]
 //! ```
 //!
 //! Exit codes: 0 ok; 10 `RES: No such resource` (also when the daemon is
-//! not running); 11 state change refused; 20 usage errors and `events2`
-//! without a running daemon (`Could not connect to 'drbd' generic netlink
+//! not running; `show` of a resource that is not up); 11 state change
+//! refused; 20 usage errors and `events2` without a running daemon (`Could not connect to 'drbd' generic netlink
 //! family`); 1 when `events2` loses the daemon.
 
 use std::io::{BufRead, BufReader, Write};
@@ -85,7 +86,7 @@ pub fn snapshot(cfg: &Config, res: &str) -> Result<Option<Snapshot>, i32> {
 pub fn main(cfg: Result<Config, String>, args: &[String]) -> i32 {
     let a = Args::parse(args);
     let Some(cmd) = a.pos.first().cloned() else {
-        eprintln!("USAGE: drbdsetup command {{arguments}} [options]\n(drbd-emu: events2, status, primary, secondary, connect, disconnect, outdate, resume-io, down, role)");
+        eprintln!("USAGE: drbdsetup command {{arguments}} [options]\n(drbd-emu: events2, status, show, primary, secondary, connect, disconnect, outdate, resume-io, down, role)");
         return 20;
     };
     let cfg = match cfg {
@@ -154,6 +155,29 @@ pub fn main(cfg: Result<Config, String>, args: &[String]) -> i32 {
                 }
                 None if explicit => no_such_resource(&cfg.resource),
                 None => 0,
+            }
+        }
+        "show" => {
+            if let Some(r) = &res_arg {
+                if !ours(r) {
+                    return no_such_resource(r);
+                }
+            }
+            if a.has(&["--json", "-j"]) {
+                eprintln!("drbdsetup: show --json is not emulated by drbd-emu");
+                return 20;
+            }
+            let explicit = res_arg.as_deref().is_some_and(|r| r != "all");
+            let req = Request::Show {
+                show_defaults: a.has(&["--show-defaults", "-D"]),
+            };
+            match ctl::call(&cfg, &req) {
+                Some(r) if r.exit == 0 => emit(&r),
+                _ if explicit => no_such_resource(&cfg.resource),
+                _ => {
+                    println!("# No currently configured DRBD found.");
+                    0
+                }
             }
         }
         "role" => {

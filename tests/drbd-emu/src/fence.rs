@@ -97,7 +97,7 @@ pub fn helper_env(c: &Core) -> Vec<(String, String)> {
 /// `call helper` / `response helper`. Returns the raw wait status
 /// (exit code << 8, or the signal number) as the kernel sees it.
 pub async fn run_helper(sh: &Arc<Shared>, name: &'static str) -> i32 {
-    let cfg = sh.cfg.clone();
+    let cfg = sh.cfg();
     let (r, p) = (&cfg.resource, &cfg.peer.hostname);
     let cmd = match name {
         "fence-peer" => cfg.handlers.fence_peer.clone(),

@@ -13,10 +13,13 @@
 //!   `drbdadm-status-*.txt`, `drbdsetup-status-*.txt`).
 //! * `drbdsetup status --json` (fixtures `status-json-*.json`), written by
 //!   hand in drbdsetup's layout and number formatting (`100.00`).
+//! * `drbdsetup show [--show-defaults]`: the running configuration in
+//!   drbd-utils' `show_resource_list()` / `print_options()` layout.
 
 use std::fmt::Write as _;
 
-use crate::model::{ConnState, HelperNote, Repl, Snapshot};
+use crate::config::{Config, Fencing, Protocol};
+use crate::model::{drbd_addr, ConnState, HelperNote, Repl, Snapshot};
 
 /// How a key behaves on `change` lines.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -195,22 +198,23 @@ pub fn change_lines(
             .iter()
             .map(|o| line("create", o, stats))
             .collect(),
-        (Some(o), None) => objects(o)
-            .iter()
-            .rev()
-            .map(|o| {
-                let mut out = format!("destroy {}", o.kind);
-                for (k, v, c) in &o.keys {
-                    if *c == Class::Id {
-                        let _ = write!(out, " {k}:{v}");
-                    }
-                }
-                out
-            })
-            .collect(),
+        (Some(o), None) => objects(o).iter().rev().map(destroy_line).collect(),
         (Some(o), Some(n)) => {
+            let (old_objs, new_objs) = (objects(o), objects(n));
+            // An object whose identifying keys changed (another peer after
+            // `adjust`: del-peer + new-peer + new-path) is a different
+            // object: the old one is destroyed (path, peer-device,
+            // connection, as the kernel does), the new one created.
+            let replaced: Vec<bool> = old_objs
+                .iter()
+                .zip(&new_objs)
+                .map(|(a, b)| id_keys(a) != id_keys(b))
+                .collect();
             let mut out = Vec::new();
-            for (oo, no) in objects(o).iter().zip(objects(n).iter()) {
+            for (i, (oo, no)) in old_objs.iter().zip(&new_objs).enumerate() {
+                if replaced[i] {
+                    continue;
+                }
                 let changed = |k: &str, v: &str| oo.value(k) != Some(v);
                 let state_changed = no
                     .keys
@@ -249,9 +253,35 @@ pub fn change_lines(
                 }
                 out.push(l);
             }
+            for (i, oo) in old_objs.iter().enumerate().rev() {
+                if replaced[i] {
+                    out.push(destroy_line(oo));
+                }
+            }
+            for (i, no) in new_objs.iter().enumerate() {
+                if replaced[i] {
+                    out.push(line("create", no, stats));
+                }
+            }
             out
         }
     }
+}
+
+fn id_keys(o: &Obj) -> Vec<(&'static str, &str)> {
+    o.keys
+        .iter()
+        .filter(|(_, _, c)| *c == Class::Id)
+        .map(|(k, v, _)| (*k, v.as_str()))
+        .collect()
+}
+
+fn destroy_line(o: &Obj) -> String {
+    let mut out = format!("destroy {}", o.kind);
+    for (k, v) in id_keys(o) {
+        let _ = write!(out, " {k}:{v}");
+    }
+    out
 }
 
 /// The `call helper` / `response helper` line of a connection-level helper
@@ -406,6 +436,190 @@ pub fn status_text(s: &Snapshot, o: StatusOpts) -> String {
             );
         }
     }
+    out
+}
+
+/// One option line of `drbdsetup show`: name, value as drbdsetup prints
+/// it, DRBD's default value, unit (for the comment).
+struct ShowOpt {
+    name: &'static str,
+    value: String,
+    default: Option<&'static str>,
+    unit: Option<&'static str>,
+}
+
+impl ShowOpt {
+    fn new(name: &'static str, value: impl Into<String>) -> ShowOpt {
+        ShowOpt {
+            name,
+            value: value.into(),
+            default: None,
+            unit: None,
+        }
+    }
+
+    fn default(mut self, d: &'static str) -> ShowOpt {
+        self.default = Some(d);
+        self
+    }
+
+    fn unit(mut self, u: &'static str) -> ShowOpt {
+        self.unit = Some(u);
+        self
+    }
+}
+
+const INDENT: &str = "    ";
+
+/// drbdsetup's `print_options()`: `name<pad to 16>\tvalue;` and a comment
+/// with the unit and `default`; default values only with `--show-defaults`;
+/// nothing (not even the section) when no option is printed.
+fn show_section(out: &mut String, depth: usize, section: &str, opts: &[ShowOpt], defaults: bool) {
+    let pad = INDENT.repeat(depth);
+    let mut opened = false;
+    for o in opts {
+        let is_default = o.default == Some(o.value.as_str());
+        if is_default && !defaults {
+            continue;
+        }
+        if !opened {
+            let _ = writeln!(out, "{pad}{section} {{");
+            opened = true;
+        }
+        let _ = write!(out, "{pad}{INDENT}{:<16}\t{};", o.name, o.value);
+        if o.unit.is_some() || is_default {
+            out.push_str(" # ");
+            if let Some(u) = o.unit {
+                out.push_str(u);
+            }
+            if o.unit.is_some() && is_default {
+                out.push_str(", ");
+            }
+            if is_default {
+                out.push_str("default");
+            }
+        }
+        out.push('\n');
+    }
+    if opened {
+        let _ = writeln!(out, "{pad}}}");
+    }
+}
+
+/// Milliseconds in DRBD's unit of `unit_ms`, rounded up (a sub-unit value
+/// never shows as shorter than it is), clamped to DRBD's `min..=max`.
+fn to_drbd_units(ms: u64, unit_ms: u64, min: u64, max: u64) -> u64 {
+    ms.div_ceil(unit_ms).clamp(min, max)
+}
+
+fn double_quote(s: &str) -> String {
+    let mut out = String::from("\"");
+    for ch in s.chars() {
+        if ch == '\\' || ch == '"' {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out.push('"');
+    out
+}
+
+/// `drbdsetup show [--show-defaults]` for the running config `cfg`
+/// (`conn`: the connection state; StandAlone prints `_is_standalone;`).
+///
+/// Printed are the options the emulator implements, with the emulator's
+/// real values in DRBD's units and DRBD's option order: resource options
+/// `auto-promote` (no: opening a Secondary's device never promotes it) and
+/// `quorum` (off); net options `protocol`, `connect-int`
+/// (`connect_retry_ms`), `ping-int` (`ping_interval_ms`),
+/// `allow-two-primaries`, `after-sb-*pri`, `ping-timeout`
+/// (`ping_timeout_ms`), `fencing`, `_name`; the peer device's
+/// `resync-rate` (`resync_rate_kib`, when not 0 = unlimited).
+pub fn show_text(cfg: &Config, conn: ConnState, defaults: bool) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "resource {} {{", double_quote(&cfg.resource));
+    show_section(
+        &mut out,
+        1,
+        "options",
+        &[
+            ShowOpt::new("auto-promote", "no").default("yes"),
+            ShowOpt::new("quorum", "off").default("off"),
+        ],
+        defaults,
+    );
+    let i1 = INDENT;
+    let i2 = INDENT.repeat(2);
+    let i3 = INDENT.repeat(3);
+    let _ = writeln!(out, "{i1}_this_host {{");
+    let _ = writeln!(out, "{i2}node-id\t\t\t{};", cfg.node_id);
+    let _ = writeln!(out, "{i2}volume 0 {{");
+    let _ = writeln!(out, "{i3}device\t\t\tminor {};", cfg.minor);
+    let disk = cfg.backing_dev().display().to_string();
+    let _ = writeln!(out, "{i3}disk\t\t\t{};", double_quote(&disk));
+    let _ = writeln!(out, "{i3}meta-disk\t\t\tinternal;");
+    let _ = writeln!(out, "{i2}}}");
+    let _ = writeln!(out, "{i1}}}");
+    let _ = writeln!(out, "{i1}connection {{");
+    let _ = writeln!(out, "{i2}_peer_node_id {};", cfg.peer.node_id);
+    let addr = |a: &std::net::SocketAddr| drbd_addr(a).replacen(':', " ", 1);
+    let _ = writeln!(out, "{i2}path {{");
+    let _ = writeln!(out, "{i3}_this_host {};", addr(&cfg.listen));
+    let _ = writeln!(out, "{i3}_remote_host {};", addr(&cfg.peer.address));
+    let _ = writeln!(out, "{i2}}}");
+    if conn == ConnState::StandAlone {
+        let _ = writeln!(out, "{i2}_is_standalone;");
+    }
+    let t = &cfg.tuning;
+    let protocol = match cfg.net.protocol {
+        Protocol::A => "A",
+        Protocol::B => "B",
+        Protocol::C => "C",
+    };
+    let net = [
+        ShowOpt::new("protocol", protocol).default("C"),
+        ShowOpt::new(
+            "connect-int",
+            to_drbd_units(t.connect_retry_ms, 1000, 1, 120).to_string(),
+        )
+        .default("10")
+        .unit("seconds"),
+        ShowOpt::new(
+            "ping-int",
+            to_drbd_units(t.ping_interval_ms, 1000, 1, 120).to_string(),
+        )
+        .default("10")
+        .unit("seconds"),
+        ShowOpt::new("allow-two-primaries", "no").default("no"),
+        ShowOpt::new("after-sb-0pri", "disconnect").default("disconnect"),
+        ShowOpt::new("after-sb-1pri", "disconnect").default("disconnect"),
+        ShowOpt::new("after-sb-2pri", "disconnect").default("disconnect"),
+        ShowOpt::new(
+            "ping-timeout",
+            to_drbd_units(t.ping_timeout_ms, 100, 1, 300).to_string(),
+        )
+        .default("5")
+        .unit("1/10 seconds"),
+        ShowOpt::new("fencing", cfg.net.fencing.to_string()).default(Fencing::DontCare.as_str()),
+        ShowOpt::new("_name", double_quote(&cfg.peer.hostname)),
+    ];
+    show_section(&mut out, 2, "net", &net, defaults);
+    if t.resync_rate_kib > 0 {
+        let rate = [
+            ShowOpt::new("resync-rate", format!("{}k", t.resync_rate_kib))
+                .default("250k")
+                .unit("bytes/second"),
+        ];
+        let mut vol = String::new();
+        show_section(&mut vol, 3, "disk", &rate, defaults);
+        if !vol.is_empty() {
+            let _ = writeln!(out, "{i2}volume 0 {{");
+            out.push_str(&vol);
+            let _ = writeln!(out, "{i2}}}");
+        }
+    }
+    let _ = writeln!(out, "{i1}}}");
+    out.push_str("}\n\n");
     out
 }
 
@@ -638,6 +852,131 @@ mod tests {
                 .collect();
             assert_eq!(got, want, "{file}");
         }
+    }
+
+    /// `adjust` to another peer: the old path, peer-device and connection
+    /// are destroyed (kernel order), the new ones created; a changed
+    /// address alone replaces only the path.
+    #[test]
+    fn another_peer_destroys_and_creates_the_connection_objects() {
+        let old = snap();
+        let mut new = snap();
+        new.connection.conn_name = "new-peer".into();
+        new.path.peer = "ipv4:5.6.7.9:7791".into();
+        let lines = change_lines(Some(&old), Some(&new), EventOpts::default());
+        assert_eq!(
+            lines,
+            vec![
+                "destroy path name:some-resource peer-node-id:1 conn-name:some-peer local:ipv4:1.2.3.4:7789 peer:ipv4:5.6.7.8:7790",
+                "destroy peer-device name:some-resource peer-node-id:1 conn-name:some-peer volume:0",
+                "destroy connection name:some-resource peer-node-id:1 conn-name:some-peer",
+                "create connection name:some-resource peer-node-id:1 conn-name:new-peer connection:StandAlone role:Unknown",
+                "create peer-device name:some-resource peer-node-id:1 conn-name:new-peer volume:0 replication:Off peer-disk:DUnknown peer-client:no resync-suspended:no",
+                "create path name:some-resource peer-node-id:1 conn-name:new-peer local:ipv4:1.2.3.4:7789 peer:ipv4:5.6.7.9:7791 established:no",
+            ]
+        );
+        let mut moved = snap();
+        moved.path.peer = "ipv4:5.6.7.9:7791".into();
+        moved.connection.connection = ConnState::Unconnected;
+        let lines = change_lines(Some(&old), Some(&moved), EventOpts::default());
+        assert_eq!(
+            lines,
+            vec![
+                "change connection name:some-resource peer-node-id:1 conn-name:some-peer connection:Unconnected",
+                "destroy path name:some-resource peer-node-id:1 conn-name:some-peer local:ipv4:1.2.3.4:7789 peer:ipv4:5.6.7.8:7790",
+                "create path name:some-resource peer-node-id:1 conn-name:some-peer local:ipv4:1.2.3.4:7789 peer:ipv4:5.6.7.9:7791 established:no",
+            ]
+        );
+    }
+
+    fn show_cfg(extra: &str) -> Config {
+        let text = format!(
+            "resource = \"r0\"\nhostname = \"fs1\"\nnode_id = 0\nminor = 1000\nstate_dir = \"/s\"\nlisten = \"10.0.0.1:7789\"\n{extra}[peer]\nhostname = \"fs2\"\nnode_id = 1\naddress = \"10.0.0.2:7789\"\n[device]\nmode = \"block\"\nsize_mib = 8\nbacking_file = \"/vol/disk.img\"\n[tuning]\nping_interval_ms = 1500\nping_timeout_ms = 2050\nconnect_retry_ms = 10000\nresync_rate_kib = 250\n[net]\nfencing = \"resource-and-stonith\"\n"
+        );
+        Config::parse(&text, std::path::Path::new("x.toml")).unwrap()
+    }
+
+    /// drbd-utils' `show_resource_list()` layout (`print_options()`:
+    /// `%-16s\t%s;` and `# unit, default` comments), values in DRBD units
+    /// rounded up.
+    #[test]
+    fn drbdsetup_show_layout() {
+        let cfg = show_cfg("");
+        assert_eq!(
+            show_text(&cfg, ConnState::Connected, false),
+            "resource \"r0\" {
+    options {
+        auto-promote    \tno;
+    }
+    _this_host {
+        node-id\t\t\t0;
+        volume 0 {
+            device\t\t\tminor 1000;
+            disk\t\t\t\"/vol/disk.img\";
+            meta-disk\t\t\tinternal;
+        }
+    }
+    connection {
+        _peer_node_id 1;
+        path {
+            _this_host ipv4 10.0.0.1:7789;
+            _remote_host ipv4 10.0.0.2:7789;
+        }
+        net {
+            ping-int        \t2; # seconds
+            ping-timeout    \t21; # 1/10 seconds
+            fencing         \tresource-and-stonith;
+            _name           \t\"fs2\";
+        }
+    }
+}
+
+"
+        );
+        assert_eq!(
+            show_text(&cfg, ConnState::StandAlone, true),
+            "resource \"r0\" {
+    options {
+        auto-promote    \tno;
+        quorum          \toff; # default
+    }
+    _this_host {
+        node-id\t\t\t0;
+        volume 0 {
+            device\t\t\tminor 1000;
+            disk\t\t\t\"/vol/disk.img\";
+            meta-disk\t\t\tinternal;
+        }
+    }
+    connection {
+        _peer_node_id 1;
+        path {
+            _this_host ipv4 10.0.0.1:7789;
+            _remote_host ipv4 10.0.0.2:7789;
+        }
+        _is_standalone;
+        net {
+            protocol        \tC; # default
+            connect-int     \t10; # seconds, default
+            ping-int        \t2; # seconds
+            allow-two-primaries\tno; # default
+            after-sb-0pri   \tdisconnect; # default
+            after-sb-1pri   \tdisconnect; # default
+            after-sb-2pri   \tdisconnect; # default
+            ping-timeout    \t21; # 1/10 seconds
+            fencing         \tresource-and-stonith;
+            _name           \t\"fs2\";
+        }
+        volume 0 {
+            disk {
+                resync-rate     \t250k; # bytes/second, default
+            }
+        }
+    }
+}
+
+"
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Persisted disk metadata (the emulated DRBD meta-data area).
 //!
-//! Stored as `STATE_DIR/meta.json`, always replaced atomically (write a temp
+//! Stored as `META_DIR/meta.json` (`[device] meta_dir`, default `state_dir`;
+//! with the block mode's bitmap next to it this is DRBD's internal meta
+//! data, which travels with the volume), always replaced atomically (write a temp
 //! file, fsync, rename, fsync the directory), so a daemon killed with SIGKILL
 //! at any instant leaves either the old or the new metadata, never a torn one.
 //!

@@ -346,12 +346,17 @@ async fn sleep_or_wake(sh: &Shared, d: Duration) {
 
 /// Keeps the link up while the resource is up and a connection is wanted.
 pub async fn connector(sh: Arc<Shared>) {
-    let cfg = sh.cfg.clone();
-    let retry = Duration::from_millis(cfg.tuning.connect_retry_ms);
-    let dial_timeout = Duration::from_millis(cfg.tuning.ping_timeout_ms.max(1000));
-    let dialer = cfg.node_id < cfg.peer.node_id;
     let mut listener: Option<TcpListener> = None;
+    let mut listening_on = None;
     loop {
+        // the peer, `listen` and the tuning may change with `adjust`
+        let cfg = sh.cfg();
+        let retry = Duration::from_millis(cfg.tuning.connect_retry_ms);
+        let dial_timeout = Duration::from_millis(cfg.tuning.ping_timeout_ms.max(1000));
+        let dialer = cfg.node_id < cfg.peer.node_id;
+        if dialer || listening_on != Some(cfg.listen) {
+            listener = None;
+        }
         let (up, want) = {
             let mut c = sh.lock();
             if c.up && !c.want_connect && c.conn != ConnState::StandAlone && c.link.is_none() {
@@ -368,7 +373,10 @@ pub async fn connector(sh: Arc<Shared>) {
         }
         if !dialer && listener.is_none() {
             match TcpListener::bind(cfg.listen).await {
-                Ok(l) => listener = Some(l),
+                Ok(l) => {
+                    listener = Some(l);
+                    listening_on = Some(cfg.listen);
+                }
                 Err(e) => {
                     eprintln!(
                         "drbd {}: cannot listen on {}: {e}",
@@ -470,18 +478,18 @@ pub async fn connector(sh: Arc<Shared>) {
 }
 
 fn scan_or_empty(sh: &Shared) -> Manifest {
-    if sh.cfg.is_block() {
+    if sh.cfg().is_block() {
         return Manifest::new();
     }
-    tokio::task::block_in_place(|| tree::scan(&sh.cfg.data_dir)).unwrap_or_else(|e| {
-        eprintln!("drbd-emu: scanning {}: {e}", sh.cfg.data_dir.display());
+    tokio::task::block_in_place(|| tree::scan(&sh.cfg().data_dir)).unwrap_or_else(|e| {
+        eprintln!("drbd-emu: scanning {}: {e}", sh.cfg().data_dir.display());
         Manifest::new()
     })
 }
 
 /// Runs one link from handshake to teardown.
 async fn run_link(sh: &Arc<Shared>, stream: TcpStream) -> Outcome {
-    let cfg = sh.cfg.clone();
+    let cfg = sh.cfg();
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
     let mut r = BufReader::with_capacity(256 << 10, r);
@@ -624,7 +632,8 @@ async fn run_link(sh: &Arc<Shared>, stream: TcpStream) -> Outcome {
     };
     let epoch = {
         let mut c = sh.lock();
-        if !c.up || !c.want_connect {
+        // torn down meanwhile, or `adjust` switched to another peer
+        if !c.up || !c.want_connect || c.cfg.peer != cfg.peer || c.cfg.listen != cfg.listen {
             return Outcome::Aborted;
         }
         c.epoch += 1;
@@ -650,21 +659,12 @@ async fn run_link(sh: &Arc<Shared>, stream: TcpStream) -> Outcome {
         c.pdsk_fenced = None;
         c.repl = Repl::Off;
         if let (Some((_, mine)), Some(theirs)) = (&my_bitmap, &peer_bitmap) {
-            // block mode: the resync covers the union of both bitmaps, all
-            // blocks if the target never held data
             let target_gen = match decision {
                 Decision::Source => peer_gen,
                 _ => c.meta.gen,
             };
             let b = c.blk.as_mut().expect("block mode");
-            for (i, w) in b.oos.iter_mut().enumerate() {
-                *w = mine[i] | theirs[i];
-            }
-            match decision {
-                Decision::Source | Decision::Target if target_gen == 0 => b.set_all(),
-                Decision::Source | Decision::Target => {}
-                _ => b.clear_oos(0..b.nblocks()),
-            }
+            b.oos = resync_bitmap(decision, target_gen, mine, theirs, b.nblocks());
             if let Err(e) = b.flush_bitmap() {
                 eprintln!("drbd {}: writing the bitmap: {e}", cfg.resource);
             }
@@ -753,6 +753,32 @@ async fn run_link(sh: &Arc<Shared>, stream: TcpStream) -> Outcome {
     outcome
 }
 
+/// Block mode: the blocks to resync after the handshake `decision`. A
+/// resync covers the union of both bitmaps (blocks either side wrote
+/// without the other), **all** blocks when the target never held data
+/// (generation 0: a fresh disk from `create-md` — whatever the bitmap of
+/// the peer slot says, even when the new peer reuses an old node id);
+/// no resync clears the bitmap.
+pub fn resync_bitmap(
+    decision: Decision,
+    target_gen: u64,
+    mine: &[u64],
+    theirs: &[u64],
+    nblocks: u64,
+) -> Vec<u64> {
+    let mut out: Vec<u64> = mine.iter().zip(theirs).map(|(a, b)| a | b).collect();
+    match decision {
+        Decision::Source | Decision::Target if target_gen == 0 => {
+            for b in 0..nblocks {
+                out[(b / 64) as usize] |= 1 << (b % 64);
+            }
+        }
+        Decision::Source | Decision::Target => {}
+        _ => out.iter_mut().for_each(|w| *w = 0),
+    }
+    out
+}
+
 /// Block mode: same generation but blocks that may differ (writes in
 /// flight when a Primary crashed or lost its peer, then came back without a
 /// new generation) need a resync too: from the Primary, else from the side
@@ -813,7 +839,8 @@ async fn pinger(
     ctrl: mpsc::UnboundedSender<Frame>,
     last_rx: Arc<Mutex<Instant>>,
 ) -> Outcome {
-    let t = &sh.cfg.tuning;
+    let cfg = sh.cfg();
+    let t = &cfg.tuning;
     let timeout = Duration::from_millis(t.ping_timeout_ms);
     let mut iv = tokio::time::interval(Duration::from_millis(t.ping_interval_ms));
     loop {
@@ -822,7 +849,7 @@ async fn pinger(
         if quiet > timeout {
             eprintln!(
                 "drbd {} {}: PingAck did not arrive in time.",
-                sh.cfg.resource, sh.cfg.peer.hostname
+                cfg.resource, cfg.peer.hostname
             );
             return Outcome::Lost(ConnState::NetworkFailure);
         }
@@ -878,7 +905,7 @@ fn spawn_applier(
                 break;
             }
             if let Err(e) = rx.handle(m, p) {
-                eprintln!("drbd {}: replication I/O error: {e}", rx.sh.cfg.resource);
+                eprintln!("drbd {}: replication I/O error: {e}", rx.sh.cfg().resource);
                 fail.notify_one();
                 break;
             }
@@ -924,7 +951,10 @@ impl Receiver {
                 }
             }
             if let Err(e) = self.handle(msg, payload) {
-                eprintln!("drbd {}: replication I/O error: {e}", self.sh.cfg.resource);
+                eprintln!(
+                    "drbd {}: replication I/O error: {e}",
+                    self.sh.cfg().resource
+                );
                 return Outcome::Lost(ConnState::ProtocolError);
             }
         }
@@ -935,7 +965,7 @@ impl Receiver {
     }
 
     fn handle(&mut self, msg: Msg, payload: Option<Vec<u8>>) -> io::Result<()> {
-        let data_dir = self.sh.cfg.data_dir.clone();
+        let data_dir = self.sh.cfg().data_dir.clone();
         let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
         match msg {
             Msg::Ping => self.reply(Msg::Pong),
@@ -1318,7 +1348,7 @@ async fn sender_task(
     ctrl: mpsc::UnboundedSender<Frame>,
     mut acks: mpsc::UnboundedReceiver<()>,
 ) {
-    let cfg = sh.cfg.clone();
+    let cfg = sh.cfg();
     let idle = Duration::from_millis(cfg.tuning.scan_interval_ms.min(50));
     let mut throttle = Throttle {
         bytes_per_s: cfg.tuning.resync_rate_kib * 1024,
@@ -1399,7 +1429,7 @@ async fn send_file(
     throttle: &mut Throttle,
     progress: &mut ProgressTx,
 ) -> bool {
-    let full = sh.cfg.data_dir.join(rel);
+    let full = sh.cfg().data_dir.join(rel);
     let opened = tokio::task::block_in_place(|| -> io::Result<(std::fs::File, Option<Entry>)> {
         let md = std::fs::symlink_metadata(&full)?;
         let e = Entry::from_metadata(&md, &full);
@@ -1519,7 +1549,7 @@ fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> io::Result<usize> {
 /// generation (like DRBD's new current UUID), so that a later reconnect
 /// resyncs from it, or detects split brain if the peer did the same.
 pub async fn scanner(sh: Arc<Shared>) {
-    let cfg = sh.cfg.clone();
+    let cfg = sh.cfg();
     let iv = Duration::from_millis(cfg.tuning.scan_interval_ms);
     loop {
         tokio::time::sleep(iv).await;
@@ -1626,5 +1656,59 @@ mod tests {
         // outdated with same generation catches up
         let b = side(1, Outdated, 9, &[7]);
         assert_eq!(both(&a, &b), (Decision::Source, Decision::Target));
+    }
+
+    /// A fresh disk (create-md: generation 0, Inconsistent) is never in
+    /// sync with a disk holding data and always gets every block, whatever
+    /// the bitmap of its peer slot says (a spare reusing a dead host's
+    /// node id), on either side of the node id order.
+    #[test]
+    fn a_fresh_peer_gets_a_full_resync() {
+        use DiskState::*;
+        let nblocks = 130; // three words, the last one partial
+        let all = resync_bitmap(Decision::Source, 0, &[0; 3], &[0; 3], nblocks);
+        assert_eq!(all, vec![u64::MAX, u64::MAX, 0b11]);
+        for (primary, fresh) in [
+            (side(0, UpToDate, 9, &[7, 5]), side(1, Inconsistent, 0, &[])),
+            (side(1, UpToDate, 9, &[7, 5]), side(0, Inconsistent, 0, &[])),
+            (side(0, Outdated, 9, &[]), side(1, Inconsistent, 0, &[])),
+        ] {
+            let (d, peer_d) = both(&primary, &fresh);
+            assert_eq!((d, peer_d), (Decision::Source, Decision::Target));
+            // the source's bitmap has only the blocks written since its
+            // old peer left; the fresh target's is empty
+            let old_peer_bits = [1u64 << 3, 0, 0];
+            for roles in [
+                (Role::Primary, Role::Secondary),
+                (Role::Secondary, Role::Secondary),
+            ] {
+                assert_eq!(
+                    block_decision(d, &primary, &fresh, roles, &old_peer_bits, &[0; 3]),
+                    Decision::Source
+                );
+            }
+            // source side: the target's generation is the peer's (0)
+            assert_eq!(
+                resync_bitmap(d, fresh.gen, &old_peer_bits, &[0; 3], nblocks),
+                all
+            );
+            // target side: its own generation (0)
+            assert_eq!(
+                resync_bitmap(peer_d, fresh.gen, &[0; 3], &old_peer_bits, nblocks),
+                all
+            );
+        }
+        // a target that held data gets the union of the bitmaps only
+        assert_eq!(
+            resync_bitmap(Decision::Source, 7, &[1, 0, 0], &[2, 0, 0], nblocks),
+            vec![3, 0, 0]
+        );
+        assert_eq!(
+            resync_bitmap(Decision::InSync, 7, &[1, 0, 0], &[2, 0, 0], nblocks),
+            vec![0, 0, 0]
+        );
+        // two fresh disks: nothing to sync from
+        let (a, b) = (side(0, Inconsistent, 0, &[]), side(1, Inconsistent, 0, &[]));
+        assert_eq!(both(&a, &b), (Decision::InSync, Decision::InSync));
     }
 }

@@ -15,29 +15,8 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::blk::{pattern, read_at, require_env, run};
 use common::*;
-
-const INSTALL: &str = "run `sudo scripts/install-deps.sh` (or: apt-get install -y fuse3 util-linux e2fsprogs) and run the tests as root";
-
-fn require_env() {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    assert!(
-        root,
-        "the block-mode tests need root (FUSE mount, loop devices): {INSTALL}"
-    );
-    assert!(
-        Path::new("/dev/fuse").exists(),
-        "/dev/fuse is missing (FUSE kernel module): {INSTALL}"
-    );
-    for tool in ["losetup", "blockdev", "mkfs.ext4", "mount", "umount"] {
-        let ok = Command::new(tool)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success() || !o.stderr.is_empty() || !o.stdout.is_empty());
-        assert!(ok, "`{tool}` is missing: {INSTALL}");
-    }
-}
 
 /// A pair of block-mode hosts; on drop: daemons killed, then ext4 mounts,
 /// loop devices and FUSE mounts released.
@@ -130,20 +109,6 @@ const SYNCED_A: &str =
 const SYNCED_B: &str =
     "r0 role:Secondary\n  disk:UpToDate\n  fs1 role:Primary\n    peer-disk:UpToDate\n";
 
-fn run(cmd: &str, args: &[&str]) -> String {
-    let o = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}: {INSTALL}"));
-    assert!(
-        o.status.success(),
-        "{cmd} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 fn dev_file(n: &Node) -> PathBuf {
     n.state_dir.join("fuse").join("drbd-emu-device")
 }
@@ -160,25 +125,6 @@ fn loop_dev(n: &Node) -> String {
     let link = n.state_dir.parent().unwrap().join("drbd1000");
     assert_eq!(std::fs::read_link(&link).unwrap(), Path::new(&d));
     d
-}
-
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn read_at(p: &Path, off: u64, len: usize) -> Vec<u8> {
-    let f = std::fs::File::open(p).unwrap();
-    let mut b = vec![0; len];
-    f.read_exact_at(&mut b, off).unwrap();
-    b
 }
 
 /// Starts `pwrite` (+ fsync) of `data` at `off` to the device file in a

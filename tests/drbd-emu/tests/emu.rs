@@ -715,3 +715,232 @@ fn cli_without_daemon_argv0_and_config_errors() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("another daemon"), "{}", stderr(&o));
 }
+
+/// The replication port of a host config (`listen = "127.0.0.1:PORT"`).
+fn port_of(n: &Node) -> u16 {
+    let text = std::fs::read_to_string(&n.config).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:"))
+        .and_then(|r| r.trim_end_matches('"').parse().ok())
+        .expect("listen port")
+}
+
+/// `drbdsetup show`: drbd-utils' layout with this host's running values
+/// (ping/timeout/retry in DRBD units, rounded up), `--show-defaults`,
+/// `_is_standalone`, unknown / down resources.
+#[test]
+fn drbdsetup_show_prints_the_running_config() {
+    let mut p = Pair::new(
+        "ping_interval_ms = 250\nping_timeout_ms = 950\nconnect_retry_ms = 300\nresync_rate_kib = 1000",
+    );
+    let mut text = std::fs::read_to_string(&p.a.config).unwrap();
+    text.push_str("[net]\nfencing = \"resource-only\"\n");
+    std::fs::write(&p.a.config, text).unwrap();
+    let (pa, pb) = (port_of(&p.a), port_of(&p.b));
+    // no daemon: nothing configured
+    let o = p.a.drbdsetup(&["show"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "# No currently configured DRBD found.\n"
+    );
+    p.a.start();
+    let data = p.a.data_dir.display();
+    let head = format!(
+        "resource \"r0\" {{
+    options {{
+        auto-promote    \tno;
+    }}
+    _this_host {{
+        node-id\t\t\t0;
+        volume 0 {{
+            device\t\t\tminor 1000;
+            disk\t\t\t\"{data}\";
+            meta-disk\t\t\tinternal;
+        }}
+    }}
+    connection {{
+        _peer_node_id 1;
+        path {{
+            _this_host ipv4 127.0.0.1:{pa};
+            _remote_host ipv4 127.0.0.1:{pb};
+        }}
+"
+    );
+    let tail = "        volume 0 {
+            disk {
+                resync-rate     \t1000k; # bytes/second
+            }
+        }
+    }
+}
+
+";
+    let want = format!(
+        "{head}        net {{
+            connect-int     \t1; # seconds
+            ping-int        \t1; # seconds
+            ping-timeout    \t10; # 1/10 seconds
+            fencing         \tresource-only;
+            _name           \t\"fs2\";
+        }}
+{tail}"
+    );
+    for args in [&["show"][..], &["show", "r0"], &["show", "all"]] {
+        let o = p.a.drbdsetup(args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+        assert_eq!(String::from_utf8_lossy(&o.stdout), want, "{args:?}");
+    }
+    // --show-defaults, and a StandAlone connection
+    p.a.adm_ok(&["disconnect", "r0"]);
+    let o = p.a.drbdsetup(&["show", "--show-defaults", "r0"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        format!(
+            "{}        _is_standalone;
+        net {{
+            protocol        \tC; # default
+            connect-int     \t1; # seconds
+            ping-int        \t1; # seconds
+            allow-two-primaries\tno; # default
+            after-sb-0pri   \tdisconnect; # default
+            after-sb-1pri   \tdisconnect; # default
+            after-sb-2pri   \tdisconnect; # default
+            ping-timeout    \t10; # 1/10 seconds
+            fencing         \tresource-only;
+            _name           \t\"fs2\";
+        }}
+{tail}",
+            head.replace(
+                "        auto-promote    \tno;\n",
+                "        auto-promote    \tno;\n        quorum          \toff; # default\n"
+            )
+        )
+    );
+    // unknown resource; a resource that is down
+    let o = p.a.drbdsetup(&["show", "r9"]);
+    assert_eq!(o.status.code(), Some(10));
+    assert_eq!(stderr(&o), "r9: No such resource\n");
+    p.a.adm_ok(&["down", "r0"]);
+    let o = p.a.drbdsetup(&["show", "r0"]);
+    assert_eq!(o.status.code(), Some(10));
+    assert_eq!(stderr(&o), "r0: No such resource\n");
+    let o = p.a.drbdsetup(&["show"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "# No currently configured DRBD found.\n"
+    );
+}
+
+/// `drbdadm adjust` with a changed `[peer]` (directory mode): the Primary
+/// drops the dead peer and connects to a fresh one that reuses its node
+/// id; events2 destroys / creates the connection objects; the new peer
+/// gets the whole tree. Without changes adjust does nothing; a key that
+/// needs a restart is refused.
+#[test]
+fn adjust_switches_to_a_new_peer() {
+    let mut p = Pair::synced("");
+    common::write_file(&p.a.data_dir.join("dir/one"), 100_000, 1);
+    common::write_file(&p.a.data_dir.join("two"), 5_000, 2);
+    wait_same_tree(&p.a.data_dir, &p.b.data_dir, 10);
+    p.b.kill();
+    p.a.wait_status(
+        5,
+        "r0 role:Primary\n  disk:UpToDate\n  fs2 connection:Connecting\n",
+    );
+    common::write_file(&p.a.data_dir.join("three"), 7_000, 3);
+    // a fresh host with fs2's node id
+    let pc = free_port();
+    let pa = port_of(&p.a);
+    let mut c = host(p.dir.path(), ("fs3", 1, pc), ("fs1", 0, pa), "", "");
+    c.start();
+    c.wait_status(
+        5,
+        "r0 role:Secondary\n  disk:Inconsistent\n  fs1 connection:Connecting\n",
+    );
+    let mut ev = p.a.events(&[]);
+    ev.wait_line(5, "exists -", |l| l == "exists -");
+    // nothing changed: nothing happens
+    p.a.adm_ok(&["adjust", "r0"]);
+    // a key that needs a restart is refused
+    let orig = std::fs::read_to_string(&p.a.config).unwrap();
+    std::fs::write(&p.a.config, orig.replace("minor = 1000", "minor = 1001")).unwrap();
+    let o = p.a.drbdadm(&["adjust", "r0"]);
+    assert_eq!(o.status.code(), Some(20), "{}", stderr(&o));
+    assert!(stderr(&o).contains("minor changed"), "{}", stderr(&o));
+    std::fs::write(&p.a.config, &orig).unwrap();
+    common::blk::set_peer(&p.a.config, ("fs3", 1, pc));
+    p.a.adm_ok(&["adjust", "r0"]);
+    for (what, want) in [
+        ("StandAlone", "change connection name:r0 peer-node-id:1 conn-name:fs2 connection:StandAlone".to_string()),
+        ("destroy path", format!("destroy path name:r0 peer-node-id:1 conn-name:fs2 local:ipv4:127.0.0.1:{pa} peer:ipv4:127.0.0.1:{}", port_of(&p.b))),
+        ("destroy peer-device", "destroy peer-device name:r0 peer-node-id:1 conn-name:fs2 volume:0".to_string()),
+        ("destroy connection", "destroy connection name:r0 peer-node-id:1 conn-name:fs2".to_string()),
+        ("create connection", "create connection name:r0 peer-node-id:1 conn-name:fs3 connection:StandAlone role:Unknown".to_string()),
+        ("create peer-device", "create peer-device name:r0 peer-node-id:1 conn-name:fs3 volume:0 replication:Off peer-disk:DUnknown peer-client:no resync-suspended:no".to_string()),
+        ("create path", format!("create path name:r0 peer-node-id:1 conn-name:fs3 local:ipv4:127.0.0.1:{pa} peer:ipv4:127.0.0.1:{pc} established:no")),
+        ("Unconnected", "change connection name:r0 peer-node-id:1 conn-name:fs3 connection:Unconnected".to_string()),
+    ] {
+        ev.wait_line(10, what, |l| l == want);
+    }
+    ev.wait_line(10, "SyncSource to fs3", |l| {
+        l.starts_with("change peer-device name:r0 peer-node-id:1 conn-name:fs3 volume:0 replication:SyncSource")
+    });
+    p.a.wait_status(
+        20,
+        "r0 role:Primary\n  disk:UpToDate\n  fs3 role:Secondary\n    peer-disk:UpToDate\n",
+    );
+    c.wait_status(
+        20,
+        "r0 role:Secondary\n  disk:UpToDate\n  fs1 role:Primary\n    peer-disk:UpToDate\n",
+    );
+    wait_same_tree(&p.a.data_dir, &c.data_dir, 10);
+    // adjust again: nothing to do, no objects replaced
+    p.a.adm_ok(&["adjust", "r0"]);
+    ev.settle(300);
+    assert!(
+        !ev.seen
+            .iter()
+            .any(|l| l.contains("conn-name:fs3") && l.starts_with("destroy")),
+        "{:?}",
+        ev.seen
+    );
+}
+
+/// `drbdadm adjust` / `up` with no daemon start one (module autoload): with
+/// `auto_up = false` the command brings the resource up; with the default
+/// `auto_up = true` `up` finds it up and succeeds. The two autoloaded hosts
+/// connect.
+#[test]
+fn adjust_and_up_autoload_the_daemon() {
+    let p = Pair::new("");
+    let text = std::fs::read_to_string(&p.a.config).unwrap().replacen(
+        "minor = 1000\n",
+        "minor = 1000\nauto_up = false\n",
+        1,
+    );
+    std::fs::write(&p.a.config, text).unwrap();
+    let (ga, gb) = (
+        common::blk::Autoloaded::new(&p.a),
+        common::blk::Autoloaded::new(&p.b),
+    );
+    // other commands do not load the "module"
+    assert_eq!(p.a.drbdadm(&["primary", "r0"]).status.code(), Some(10));
+    assert!(ga.pid().is_none());
+    p.a.adm_ok(&["adjust", "r0"]);
+    assert!(ga.pid().is_some(), "no daemon after drbdadm adjust");
+    p.a.wait_status(
+        5,
+        "r0 role:Secondary\n  disk:Inconsistent\n  fs2 connection:Connecting\n",
+    );
+    let log = std::fs::read_to_string(p.a.state_dir.join("daemon.log")).unwrap();
+    assert!(log.contains("running, control socket"), "{log}");
+    p.b.adm_ok(&["up", "r0"]);
+    assert!(gb.pid().is_some(), "no daemon after drbdadm up");
+    p.a.wait_status(10, "r0 role:Secondary\n  disk:Inconsistent\n  fs2 role:Secondary\n    peer-disk:Inconsistent\n");
+    // a second up: already up (exit 10), the daemon stays the same
+    let pid = gb.pid();
+    assert_eq!(p.b.drbdadm(&["up", "r0"]).status.code(), Some(10));
+    assert_eq!(gb.pid(), pid);
+}

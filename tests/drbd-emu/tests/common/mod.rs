@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod blk;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -54,6 +56,11 @@ pub struct Node {
 }
 
 impl Node {
+    /// The daemon's pid, while this harness runs it.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} already running", self.name);
         let log = std::fs::OpenOptions::new()
@@ -269,6 +276,20 @@ pub struct Pair {
 }
 
 fn node_config(dir: &Path, me: (&str, u32, u16), peer: (&str, u32, u16), tuning: &str) -> Node {
+    host(dir, me, peer, tuning, "")
+}
+
+/// Writes `DIR/NAME.toml` for host `me` = (hostname, node id, port) with
+/// peer `peer`, `[tuning]` keys `tuning` and further sections `extra`
+/// (`[device]`, `[net]` ...); state in `DIR/NAME/drbd`, data in
+/// `DIR/NAME/data`, log `DIR/NAME.log`. Not started.
+pub fn host(
+    dir: &Path,
+    me: (&str, u32, u16),
+    peer: (&str, u32, u16),
+    tuning: &str,
+    extra: &str,
+) -> Node {
     let base = dir.join(me.0);
     let state_dir = base.join("drbd");
     let data_dir = base.join("data");
@@ -276,7 +297,7 @@ fn node_config(dir: &Path, me: (&str, u32, u16), peer: (&str, u32, u16), tuning:
     std::fs::write(
         &config,
         format!(
-            "resource = \"r0\"\nhostname = \"{}\"\nnode_id = {}\nminor = 1000\nstate_dir = \"{}\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{}\"\n[peer]\nhostname = \"{}\"\nnode_id = {}\naddress = \"127.0.0.1:{}\"\n[tuning]\n{tuning}\n",
+            "resource = \"r0\"\nhostname = \"{}\"\nnode_id = {}\nminor = 1000\nstate_dir = \"{}\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{}\"\n[peer]\nhostname = \"{}\"\nnode_id = {}\naddress = \"127.0.0.1:{}\"\n[tuning]\n{tuning}\n{extra}",
             me.0,
             me.1,
             state_dir.display(),
