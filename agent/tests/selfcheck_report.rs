@@ -178,9 +178,15 @@ async fn self_checks_and_net_options_reach_the_leader_and_run_on_demand() {
         matches!(m.msg, Some(Msg::Hello(_))).then_some(())
     })
     .await;
-    // The checks run at start: drbdadm fails with its fix, the rest passes.
+    // The checks run at start (drbdadm fails with its fix, the rest passes),
+    // and DRBD's net options are read with `drbdsetup show r0 --show-defaults`.
     let first = next(&mut seen, |m| {
-        report(m).filter(|r| r.host.as_ref().is_some_and(|h| h.self_check_at_unix_ms > 0))
+        report(m).filter(|r| {
+            r.host.as_ref().is_some_and(|h| h.self_check_at_unix_ms > 0)
+                && r.drbd
+                    .as_ref()
+                    .is_some_and(|d| d.resources.iter().any(|r| r.net.is_some()))
+        })
     })
     .await;
     let adm = check(&first, "drbdadm").unwrap();
@@ -200,16 +206,10 @@ async fn self_checks_and_net_options_reach_the_leader_and_run_on_demand() {
         let c = check(&first, name).unwrap_or_else(|| panic!("{name} checked"));
         assert!(c.ok, "{c:?}");
     }
-    // DRBD's net options, read with `drbdsetup show r0 --show-defaults`.
-    let with_net = next(&mut seen, |m| {
-        report(m).filter(|r| {
-            r.drbd
-                .as_ref()
-                .is_some_and(|d| d.resources.iter().any(|r| r.net.is_some()))
-        })
-    })
-    .await;
-    let net = with_net.drbd.unwrap().resources[0].net.clone().unwrap();
+    let net = first.drbd.as_ref().unwrap().resources[0]
+        .net
+        .clone()
+        .unwrap();
     assert_eq!(net.error, "");
     assert_eq!(net.ping_int_ms, Some(10_000));
     assert_eq!(net.ping_timeout_ms, Some(500));
