@@ -22,11 +22,14 @@ use understudy_proto::{
     Report, RunSelfCheck, Welcome,
 };
 
+/// Where the test sends the leader's messages on the open session.
+type Outbox = Arc<Mutex<Option<mpsc::Sender<Result<ControllerMessage, Status>>>>>;
+
 /// A leader that welcomes the agent, hands every message it sends to the test,
 /// and lets the test send commands.
 struct FakeLeader {
     seen: mpsc::Sender<AgentMessage>,
-    out: Arc<Mutex<Option<mpsc::Sender<Result<ControllerMessage, Status>>>>>,
+    out: Outbox,
 }
 
 #[tonic::async_trait]
@@ -131,7 +134,7 @@ async fn self_checks_and_net_options_reach_the_leader_and_run_on_demand() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (seen_tx, mut seen) = mpsc::channel(256);
-    let out = Arc::new(Mutex::new(None));
+    let out: Outbox = Arc::new(Mutex::new(None));
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(AgentServiceServer::new(FakeLeader {

@@ -322,7 +322,7 @@ pub async fn host_status(serving: Option<(&ServingConfig, &mut NfsBackend)>) -> 
         Ok(MountState::NotMounted) => false,
         Ok(MountState::Other { found }) => {
             checks.push(fail(
-                "mount",
+                "mount_state",
                 ERROR,
                 format!("{mp} has {found} mounted on it instead of the configured source"),
                 format!("findmnt {mp}; umount {mp} once you know what it is"),
@@ -331,7 +331,7 @@ pub async fn host_status(serving: Option<(&ServingConfig, &mut NfsBackend)>) -> 
         }
         Err(e) => {
             checks.push(fail(
-                "mount",
+                "mount_state",
                 ERROR,
                 e.to_string(),
                 "cat /proc/self/mountinfo",
