@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use understudy_proto::SelfCheck;
 
+use crate::actions::command::find_executable;
 use crate::actions::{ArpingFlavor, MountMode, NfsConfig, ServingConfig};
 use crate::config::AgentConfig;
 
@@ -395,8 +396,9 @@ pub fn config_file_check(path: &Path, who: &Identity) -> SelfCheck {
     )
 }
 
-/// Where a bare program name resolves (through `PATH`), or the path itself:
-/// the first executable candidate, else the first existing one.
+/// Where a program resolves: the path itself, or for a bare name the first
+/// executable file of that name in `PATH`, else the first file of that name
+/// (to say what is wrong with it).
 fn resolve(program: &Path) -> Result<PathBuf, String> {
     if program.as_os_str().is_empty() {
         return Err("the path is empty".into());
@@ -404,20 +406,13 @@ fn resolve(program: &Path) -> Result<PathBuf, String> {
     if program.is_absolute() || program.components().count() > 1 {
         return Ok(program.to_path_buf());
     }
+    if let Some(p) = find_executable(program) {
+        return Ok(p);
+    }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
-    let candidates: Vec<PathBuf> = std::env::split_paths(&path)
+    std::env::split_paths(&path)
         .map(|d| d.join(program))
-        .filter(|p| p.is_file())
-        .collect();
-    candidates
-        .iter()
-        .find(|p| {
-            std::fs::metadata(p)
-                .map(|m| m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
-        .or(candidates.first())
-        .cloned()
+        .find(|p| p.is_file())
         .ok_or_else(|| format!("not found in PATH ({})", path.to_string_lossy()))
 }
 
