@@ -5,20 +5,40 @@
 //! highest this agent accepted (S4; the token is persisted before acting). Commands
 //! run one at a time. After each, the host status (mount, exports, client IP) is
 //! re-read and published, so the controller sees the effect in the next report.
+//!
+//! `RunSelfCheck` is read-only: it changes nothing on the host, so it is
+//! accepted with any token (and records none), does not wait for a running
+//! action, and publishes the fresh checks at once (a new report follows).
+//!
+//! The host status carries the self-checks of [`crate::selfcheck`] (run at
+//! start, every 60 s and on demand; failures logged) followed by the checks of
+//! the host state, re-read every 500 ms.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Mutex};
 use understudy_proto::command::Action;
-use understudy_proto::{Command, CommandResult, HostStatus};
+use understudy_proto::{Command, CommandResult, HostStatus, SelfCheck};
 
 use crate::actions::HostActions;
 use crate::epoch::{EpochStore, Token};
 use crate::error::AgentError;
+use crate::selfcheck::{self, SelfCheckPlan, SELF_CHECK_EVERY};
 
 /// How often the host status is re-read between commands.
 const STATUS_EVERY: Duration = Duration::from_millis(500);
+
+/// Why the self-checks run (it decides what is logged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// Agent start: every failure is logged.
+    Start,
+    /// The periodic re-run: only changes are logged.
+    Periodic,
+    /// The controller's `RunSelfCheck`: changes are logged.
+    Command,
+}
 
 /// Runs commands and keeps the host status current.
 pub struct Handler {
@@ -26,15 +46,32 @@ pub struct Handler {
     tokens: EpochStore,
     actions: Mutex<HostActions>,
     host: watch::Sender<HostStatus>,
+    plan: Arc<SelfCheckPlan>,
+    /// The latest self-check results and when they ran (Unix ms).
+    checked: std::sync::Mutex<(Vec<SelfCheck>, i64)>,
+    /// The latest host state, with its own checks.
+    live: std::sync::Mutex<HostStatus>,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Handler {
-    pub fn new(pair_id: String, tokens: EpochStore, actions: HostActions) -> Arc<Self> {
+    pub fn new(
+        pair_id: String,
+        tokens: EpochStore,
+        actions: HostActions,
+        plan: SelfCheckPlan,
+    ) -> Arc<Self> {
         Arc::new(Self {
             pair_id,
             tokens,
             actions: Mutex::new(actions),
             host: watch::channel(HostStatus::default()).0,
+            plan: Arc::new(plan),
+            checked: std::sync::Mutex::new((Vec::new(), 0)),
+            live: std::sync::Mutex::new(HostStatus::default()),
         })
     }
 
@@ -48,16 +85,48 @@ impl Handler {
         self.tokens.current()
     }
 
-    /// Re-read the host status forever.
+    /// Run the self-checks now, then re-read the host status forever (and
+    /// the self-checks every [`SELF_CHECK_EVERY`]).
     pub async fn watch_host(self: Arc<Self>) {
+        self.run_self_checks(Trigger::Start).await;
+        let mut checks_due = tokio::time::Instant::now() + SELF_CHECK_EVERY;
         loop {
             self.refresh().await;
+            if tokio::time::Instant::now() >= checks_due {
+                self.run_self_checks(Trigger::Periodic).await;
+                checks_due = tokio::time::Instant::now() + SELF_CHECK_EVERY;
+            }
             tokio::time::sleep(STATUS_EVERY).await;
         }
     }
 
-    async fn refresh(&self) {
-        let st = self.actions.lock().await.status().await;
+    /// Run the self-checks now, log what `why` asks for, publish the results
+    /// in the host status and return them.
+    pub async fn run_self_checks(&self, why: Trigger) -> Vec<SelfCheck> {
+        let plan = self.plan.clone();
+        let results = tokio::task::spawn_blocking(move || plan.run())
+            .await
+            .unwrap_or_else(|e| {
+                vec![selfcheck::fail(
+                    "self_check",
+                    selfcheck::ERROR,
+                    format!("the self-check itself failed: {e}"),
+                    "restart the agent and report this",
+                )]
+            });
+        let at = crate::session::unix_ms();
+        let previous = std::mem::replace(&mut *lock(&self.checked), (results.clone(), at)).0;
+        log_self_checks(&previous, &results, why);
+        self.publish();
+        results
+    }
+
+    /// Publish the self-checks followed by the latest host state.
+    fn publish(&self) {
+        let mut st = lock(&self.live).clone();
+        let (checks, at) = lock(&self.checked).clone();
+        st.self_checks.splice(0..0, checks);
+        st.self_check_at_unix_ms = at;
         self.host.send_if_modified(|cur| {
             if *cur != st {
                 *cur = st;
@@ -68,12 +137,22 @@ impl Handler {
         });
     }
 
+    async fn refresh(&self) {
+        let st = self.actions.lock().await.status().await;
+        *lock(&self.live) = st;
+        self.publish();
+    }
+
     /// Run one command and say how it went.
     pub async fn handle(&self, cmd: Command) -> CommandResult {
         let t0 = Instant::now();
         let span = tracing::info_span!("command", pair = %cmd.pair_id, epoch = cmd.epoch, term = cmd.raft_term, id = cmd.command_id);
         let res = tracing::Instrument::instrument(self.exec(&cmd), span.clone()).await;
-        self.refresh().await;
+        // A self-check published its results itself and must not wait for
+        // the host (a running action holds it).
+        if !matches!(cmd.action, Some(Action::SelfCheck(_))) {
+            self.refresh().await;
+        }
         let duration_ms = t0.elapsed().as_millis() as u64;
         span.in_scope(|| match &res {
             Ok(d) => tracing::info!(duration_ms, detail = %d, "command done"),
@@ -103,6 +182,15 @@ impl Handler {
             .action
             .as_ref()
             .ok_or_else(|| AgentError::Refused("command without an action".into()))?;
+        if let Action::SelfCheck(_) = action {
+            // Read-only: changes nothing, so any token will do and none is
+            // recorded (S4 orders changes, not reads).
+            let run = async {
+                self.run_self_checks(Trigger::Command).await;
+                Ok(selfcheck::summary(&self.host.borrow().self_checks))
+            };
+            return bounded(cmd.timeout_ms, run).await;
+        }
         // S4: refuse stale tokens; persist the new highest before acting.
         let token = Token {
             epoch: cmd.epoch,
@@ -121,15 +209,7 @@ impl Handler {
                 newer_term: now.term,
             });
         }
-        let run = Self::act(&mut a, action);
-        if cmd.timeout_ms == 0 {
-            return run.await;
-        }
-        tokio::time::timeout(Duration::from_millis(cmd.timeout_ms), run)
-            .await
-            .map_err(|_| AgentError::ActionTimeout {
-                timeout_ms: cmd.timeout_ms,
-            })?
+        bounded(cmd.timeout_ms, Self::act(&mut a, action)).await
     }
 
     async fn act(a: &mut HostActions, action: &Action) -> Result<String, AgentError> {
@@ -194,7 +274,48 @@ impl Handler {
                     }
                 )
             }
+            // Read-only: `exec` runs it before the token check, never here.
+            Action::SelfCheck(_) => {
+                return Err(AgentError::Refused(
+                    "a self-check does not run as a host action".into(),
+                ))
+            }
         })
+    }
+}
+
+/// Stop `run` at the controller's bound (0: none) with a definite answer.
+async fn bounded(
+    timeout_ms: u64,
+    run: impl std::future::Future<Output = Result<String, AgentError>>,
+) -> Result<String, AgentError> {
+    if timeout_ms == 0 {
+        return run.await;
+    }
+    tokio::time::timeout(Duration::from_millis(timeout_ms), run)
+        .await
+        .map_err(|_| AgentError::ActionTimeout { timeout_ms })?
+}
+
+/// Log failed checks: all of them at start, afterwards only what changed.
+fn log_self_checks(previous: &[SelfCheck], now: &[SelfCheck], why: Trigger) {
+    let failed_before = |c: &SelfCheck| {
+        previous
+            .iter()
+            .any(|p| p.name == c.name && !p.ok && p.detail == c.detail)
+    };
+    for c in now.iter().filter(|c| !c.ok) {
+        if why == Trigger::Start || !failed_before(c) {
+            tracing::warn!(check = %c.name, severity = %c.severity, fix = %c.fix, "self-check failed: {}", c.detail);
+        }
+    }
+    for c in now.iter().filter(|c| c.ok) {
+        if previous.iter().any(|p| p.name == c.name && !p.ok) {
+            tracing::info!(check = %c.name, "self-check passes again: {}", c.detail);
+        }
+    }
+    if why == Trigger::Start {
+        tracing::info!("self-check at start: {}", selfcheck::summary(now));
     }
 }
 
@@ -217,7 +338,7 @@ mod tests {
     use super::*;
     use crate::actions::DrbdActionsConfig;
     use std::os::unix::fs::PermissionsExt;
-    use understudy_proto::{DrbdDemote, DrbdPromote};
+    use understudy_proto::{DrbdDemote, DrbdPromote, RunSelfCheck};
 
     /// A handler whose `drbdadm` sleeps `secs` and logs each call to `calls`.
     fn handler(dir: &std::path::Path, secs: &str) -> Arc<Handler> {
@@ -233,7 +354,15 @@ mod tests {
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
         let host = HostActions::new(DrbdActionsConfig::new("r0", &fake), None).unwrap();
         let tokens = EpochStore::open(&dir.join("state")).unwrap();
-        Handler::new("p".into(), tokens, host)
+        let plan = SelfCheckPlan {
+            config_path: None,
+            drbdadm: fake,
+            drbdsetup: "/nonexistent/drbdsetup".into(),
+            fence_peer_handler: None,
+            state_dir: dir.join("state"),
+            serving: None,
+        };
+        Handler::new("p".into(), tokens, host, plan)
     }
 
     fn cmd(epoch: u64, timeout_ms: u64, action: Action) -> Command {
@@ -279,6 +408,64 @@ mod tests {
             ["secondary", "secondary"],
             "the older promote never ran"
         );
+    }
+
+    #[tokio::test]
+    async fn a_self_check_is_read_only_accepted_at_any_epoch_and_summarized() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = handler(dir.path(), "0");
+        let mut host = h.host_status();
+        // A change at epoch 5 is accepted and recorded.
+        assert!(h.handle(cmd(5, 0, Action::Demote(DrbdDemote {}))).await.ok);
+        // A self-check with an older token still runs, and records nothing.
+        let t0 = crate::session::unix_ms();
+        let r = h
+            .handle(cmd(3, 5000, Action::SelfCheck(RunSelfCheck {})))
+            .await;
+        assert!(r.ok, "{r:?}");
+        assert_eq!(r.command_id, 3, "the id is acknowledged");
+        assert_eq!(
+            r.detail,
+            "3 checks, 1 failed: drbdsetup /nonexistent/drbdsetup does not exist: apt-get install -y drbd-utils (or set drbdsetup under [drbd] in the agent configuration to its path)"
+        );
+        assert_eq!(h.token().epoch, 5);
+        // So does one with a newer token, which is not recorded either.
+        assert!(
+            h.handle(cmd(9, 0, Action::SelfCheck(RunSelfCheck {})))
+                .await
+                .ok
+        );
+        assert_eq!(h.token().epoch, 5, "a read does not move the fence");
+        // The results are published at once, with when they ran.
+        let st = host.borrow_and_update().clone();
+        assert!(st.self_check_at_unix_ms >= t0, "{st:?}");
+        let names: Vec<&str> = st.self_checks.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["drbdadm", "drbdsetup", "state_dir"]);
+        let setup = &st.self_checks[1];
+        assert!(!setup.ok && setup.severity == "error" && !setup.fix.is_empty());
+        // Another pair's self-check is still refused.
+        let mut other = cmd(1, 0, Action::SelfCheck(RunSelfCheck {}));
+        other.pair_id = "q".into();
+        assert!(!h.handle(other).await.ok);
+    }
+
+    #[tokio::test]
+    async fn a_self_check_does_not_wait_for_a_running_action() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = handler(dir.path(), "3");
+        let busy = tokio::spawn({
+            let h = h.clone();
+            async move { h.handle(cmd(1, 0, Action::Demote(DrbdDemote {}))).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let t0 = Instant::now();
+        let r = h
+            .handle(cmd(1, 0, Action::SelfCheck(RunSelfCheck {})))
+            .await;
+        assert!(r.ok, "{r:?}");
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        assert!(!busy.is_finished(), "the demote still runs");
+        busy.abort();
     }
 
     #[tokio::test]

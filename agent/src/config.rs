@@ -12,6 +12,9 @@
 //! resource = "r0"
 //! drbdsetup = "/usr/sbin/drbdsetup"   # any executable with the drbdsetup contract
 //! drbdadm = "/usr/sbin/drbdadm"
+//! # DRBD's fence-peer handler as configured in the DRBD resource; the agent
+//! # self-check verifies it is executable (optional).
+//! fence_peer_handler = "/usr/local/bin/understudy-fence-peer"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -50,6 +53,11 @@ pub struct DrbdConfig {
     /// commands are refused.
     #[serde(default)]
     pub configure: Option<crate::actions::DrbdConfigureConfig>,
+    /// The `understudy-fence-peer` program DRBD runs as its fence-peer handler
+    /// (`handlers { fence-peer "..."; }`); when set, the self-check verifies it
+    /// is executable.
+    #[serde(default)]
+    pub fence_peer_handler: Option<PathBuf>,
 }
 
 fn default_drbdsetup() -> PathBuf {
@@ -124,6 +132,10 @@ pub struct AgentConfig {
     /// agent dials a fresh one.
     #[serde(default = "default_stall_ms")]
     pub stall_ms: u64,
+    /// The file this configuration was loaded from (set by [`AgentConfig::load`],
+    /// not a key): the self-check verifies its permissions.
+    #[serde(skip)]
+    pub config_path: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -133,10 +145,12 @@ impl AgentConfig {
             path: path.to_owned(),
             reason: format!("cannot read it: {e}"),
         })?;
-        Self::parse(&text).map_err(|reason| AgentError::Config {
+        let mut c = Self::parse(&text).map_err(|reason| AgentError::Config {
             path: path.to_owned(),
             reason,
-        })
+        })?;
+        c.config_path = Some(path.to_owned());
+        Ok(c)
     }
 
     /// Parse and validate configuration text; the error says what to fix.
@@ -185,6 +199,24 @@ resource = "r0"
         assert!(!c.drbd.events_args.contains(&"--now".to_string()));
         assert_eq!(c.probe_listen, "0.0.0.0:7201".parse().unwrap());
         assert_eq!(c.stall_ms, 1000);
+        assert_eq!(c.drbd.fence_peer_handler, None);
+        assert_eq!(c.config_path, None);
+        let c = AgentConfig::parse(&good.replace(
+            "resource = \"r0\"",
+            "resource = \"r0\"\nfence_peer_handler = \"/usr/local/bin/understudy-fence-peer\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.drbd.fence_peer_handler.as_deref(),
+            Some(Path::new("/usr/local/bin/understudy-fence-peer"))
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, good).unwrap();
+        assert_eq!(
+            AgentConfig::load(&file).unwrap().config_path.as_deref(),
+            Some(file.as_path())
+        );
         let c = AgentConfig::parse(&good.replace(
             "[drbd]",
             "probe_listen = \"198.18.0.2:7300\"\nprobe_max_per_sec = 5\n[drbd]",

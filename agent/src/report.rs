@@ -75,6 +75,8 @@ pub fn drbd_status(state: &DrbdState, last_error: &str, restarts: u32) -> DrbdSt
                     unknown: s.unknown,
                     // Filled in by the observer, which remembers it across reports.
                     last_connected: None,
+                    // Attached by `net_options`, which reads them separately.
+                    net: None,
                 }
             })
             .collect(),

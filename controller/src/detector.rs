@@ -1722,6 +1722,7 @@ mod tests {
             client_ip_present: ip,
             self_checks: vec![],
             serving_managed: managed,
+            ..Default::default()
         }
     }
 
@@ -2128,6 +2129,7 @@ mod tests {
             client_ip_present: false,
             self_checks: vec![],
             serving_managed: true,
+            ..Default::default()
         });
         let b = standby(in_sync(), None, Some(in_sync()));
         let dec = decide(&pair(PairState::Healthy), &s, &b, NOW, &cfg());

@@ -5,8 +5,9 @@
 //! show, each with its reason as text. It does no I/O and reads no clock (ages are
 //! inputs), so every case is a unit test.
 //!
-//! This covers the monitoring transitions (`Rebuilding` <-> `Healthy`) and the
-//! single-witness alerts of S2. Automatic failover, the decision that acts on two
+//! This covers the monitoring transitions (`Rebuilding` <-> `Healthy`), the
+//! single-witness alerts of S2, and the agents' failed self-checks (errors, then
+//! warnings marked as such, each with the agent's fix). Automatic failover, the decision that acts on two
 //! witnesses, belongs to the failure detector and is out of this module's scope.
 
 use understudy_proto::DrbdSummary;
@@ -101,6 +102,35 @@ pub fn serving_state(v: &AgentView) -> Vec<&'static str> {
         }
     }
     what
+}
+
+/// Alerts for the failed self-checks in an agent's last report: errors first
+/// (a check without a severity, from an older agent, counts as one), then
+/// warnings, each with the fix the agent suggests.
+pub fn self_check_alerts(id: &str, host: &understudy_proto::HostStatus) -> Vec<String> {
+    let failed = |warning: bool| {
+        host.self_checks
+            .iter()
+            .filter(move |c| !c.ok && (c.severity == "warning") == warning)
+    };
+    let fix = |c: &understudy_proto::SelfCheck| {
+        if c.fix.is_empty() {
+            String::new()
+        } else {
+            format!("; fix: {}", c.fix)
+        }
+    };
+    failed(false)
+        .map(|c| format!("{id}: self-check {} failed: {}{}", c.name, c.detail, fix(c)))
+        .chain(failed(true).map(|c| {
+            format!(
+                "{id}: self-check warning: {}: {}{}",
+                c.name,
+                c.detail,
+                fix(c)
+            )
+        }))
+        .collect()
 }
 
 /// The S10 alert: the standby `b_id` reports serving state (see [`serving_state`]).
@@ -198,6 +228,9 @@ pub fn observe(
                 "{id}: DRBD reported words this version does not know: {}",
                 v.unknown.join(", ")
             ));
+        }
+        if let Some(h) = &v.host {
+            alerts.extend(self_check_alerts(id, h));
         }
     }
     alerts.extend(standby_serving_alert(pair, b_id, backup, b_up));
@@ -497,6 +530,7 @@ mod tests {
             client_ip_present: ip,
             self_checks: vec![],
             serving_managed: true,
+            ..Default::default()
         };
         let mut b = up(drbd(
             "Primary",
@@ -582,6 +616,47 @@ mod tests {
         quiet.host = Some(host(false, false, false));
         let o = observe(&pair(PairState::Healthy), &primary_ok(), &quiet, 1000);
         assert!(o.alerts.is_empty(), "{:?}", o.alerts);
+    }
+
+    #[test]
+    fn failed_self_checks_are_alerts_with_their_fix() {
+        let check = |name: &str, ok: bool, severity: &str, fix: &str| understudy_proto::SelfCheck {
+            name: name.into(),
+            ok,
+            detail: format!("{name} detail"),
+            severity: severity.into(),
+            fix: fix.into(),
+        };
+        let mut p = primary_ok();
+        p.host = Some(understudy_proto::HostStatus {
+            self_checks: vec![
+                check("agent_config", true, "", ""),
+                check("fence_peer_handler", false, "warning", "chmod go-w /h"),
+                check("drbdadm", false, "error", "chmod 755 /usr/sbin/drbdadm"),
+                check("ganesha_answers", false, "", ""),
+            ],
+            ..Default::default()
+        });
+        let o = observe(&pair(PairState::Healthy), &p, &backup_ok(), 1000);
+        assert_eq!(o.transition, None, "an alert, not a state change");
+        assert_eq!(
+            o.alerts,
+            [
+                "a: self-check drbdadm failed: drbdadm detail; fix: chmod 755 /usr/sbin/drbdadm",
+                "a: self-check ganesha_answers failed: ganesha_answers detail",
+                "a: self-check warning: fence_peer_handler: fence_peer_handler detail; fix: chmod go-w /h",
+            ]
+        );
+        // The backup's are shown too, under its name.
+        let mut b = backup_ok();
+        b.host = p.host.clone();
+        let o = observe(&pair(PairState::Healthy), &primary_ok(), &b, 1000);
+        assert_eq!(o.alerts.len(), 3);
+        assert!(
+            o.alerts.iter().all(|a| a.starts_with("b: self-check")),
+            "{:?}",
+            o.alerts
+        );
     }
 
     #[test]

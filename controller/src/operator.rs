@@ -137,6 +137,11 @@ impl OperatorService for OperatorGrpc {
                         host: live
                             .and_then(|l| l.last_report.as_ref())
                             .and_then(|r| r.host.clone()),
+                        drbd_net: live
+                            .and_then(|l| l.last_report.as_ref())
+                            .and_then(|r| r.drbd.as_ref())
+                            .and_then(|d| d.resources.iter().find(|r| &r.name == res))
+                            .and_then(|r| r.net.clone()),
                         unknown: v.unknown,
                         observer_error: v.observer_error,
                     };

@@ -15,6 +15,8 @@
 //! * [`state`]: [`DrbdState`], which applies events (merging `change` lines).
 //! * [`status_json`]: `drbdsetup status --json` parser (tolerates bare `nan`).
 //! * [`summary`]: [`summarize`] a resource into one flat record.
+//! * [`show`]: `drbdsetup show --show-defaults` parser; [`net_options`] gives
+//!   a resource's typed [`NetOptions`] (ping-int, ping-timeout, ... in ms).
 //! * [`error`]: [`ParseError`] and the line-numbered [`LineError`].
 //!
 //! ```
@@ -36,6 +38,7 @@ pub mod error;
 pub mod events2;
 mod merge;
 pub mod model;
+pub mod show;
 pub mod state;
 pub mod status_json;
 pub mod summary;
@@ -47,6 +50,7 @@ pub use model::{
     HelperEvent, PathState, PeerDeviceState, ReplicationState, ResourceState, Role,
     SANE_COUNTER_MAX, SYNTHETIC_PEER_ID_BASE,
 };
+pub use show::{net_options, parse_show, NetOptions, ShowConnection, ShowError, ShowResource};
 pub use state::DrbdState;
 pub use status_json::{parse_connection_json, parse_status_json, sanitize_non_finite};
 pub use summary::{summarize, ResourceSummary};

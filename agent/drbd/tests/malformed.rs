@@ -4,8 +4,8 @@ mod common;
 
 use common::{fixtures_dir, read_fixture};
 use understudy_drbd::{
-    parse_connection_json, parse_line, parse_lines, parse_status_json, summarize, DiskState,
-    DrbdState, ParseError, Role,
+    net_options, parse_connection_json, parse_line, parse_lines, parse_show, parse_status_json,
+    summarize, DiskState, DrbdState, ParseError, Role, ShowError,
 };
 
 #[test]
@@ -185,6 +185,122 @@ fn unknown_words_and_keys_are_kept_and_reported() {
     assert_eq!(st, DrbdState::default());
 }
 
+#[test]
+fn bad_show_output_gives_the_right_variant_and_names_the_line() {
+    let cases: Vec<(&str, ShowError)> = vec![
+        (
+            "resource r0 {\n    net {\n        _name \"fs2;\n    }\n}\n",
+            ShowError::UnterminatedString {
+                line_no: 3,
+                line: "_name \"fs2;".into(),
+            },
+        ),
+        (
+            "resource r0 {\n}\n}\n",
+            ShowError::UnexpectedClose {
+                line_no: 3,
+                line: "}".into(),
+            },
+        ),
+        (
+            "resource r0 {\n    connection {\n        _peer_node_id 1\n    }\n}\n",
+            ShowError::MissingSemicolon {
+                line_no: 3,
+                line: "_peer_node_id 1".into(),
+            },
+        ),
+        (
+            "resource r0 {\n    {\n    }\n}\n",
+            ShowError::MissingName {
+                line_no: 2,
+                line: "{".into(),
+                token: '{',
+            },
+        ),
+        (
+            "resource r0 {\n    ;\n}\n",
+            ShowError::MissingName {
+                line_no: 2,
+                line: ";".into(),
+                token: ';',
+            },
+        ),
+        (
+            "resource r0 {\n    connection {\n        net {\n            ping-int 10;\n",
+            ShowError::Unclosed {
+                line_no: 3,
+                line: "net {".into(),
+                block: "net".into(),
+            },
+        ),
+        (
+            "resource r0 {\n    connection {\n        net {\n            ping-int ten; # seconds\n        }\n    }\n}\n",
+            ShowError::InvalidNumber {
+                line_no: 4,
+                line: "ping-int ten; # seconds".into(),
+                key: "ping-int".into(),
+                value: "ten".into(),
+            },
+        ),
+        (
+            "resource r0 {\n connection {\n  net {\n   timeout 999999999999999999999;\n  }\n }\n}\n",
+            ShowError::InvalidNumber {
+                line_no: 4,
+                line: "timeout 999999999999999999999;".into(),
+                key: "timeout".into(),
+                value: "999999999999999999999".into(),
+            },
+        ),
+        (
+            "resource r0 {\n connection {\n  net {\n   ping-timeout -5;\n  }\n }\n}\n",
+            ShowError::InvalidNumber {
+                line_no: 4,
+                line: "ping-timeout -5;".into(),
+                key: "ping-timeout".into(),
+                value: "-5".into(),
+            },
+        ),
+        (
+            "resource r0 {\n connection {\n  _peer_node_id 4294967296;\n }\n}\n",
+            ShowError::InvalidNumber {
+                line_no: 3,
+                line: "_peer_node_id 4294967296;".into(),
+                key: "_peer_node_id".into(),
+                value: "4294967296".into(),
+            },
+        ),
+        (
+            "resource {\n}\n",
+            ShowError::MissingName {
+                line_no: 1,
+                line: "resource {".into(),
+                token: '{',
+            },
+        ),
+    ];
+    for (text, want) in cases {
+        let got = parse_show(text).unwrap_err();
+        assert_eq!(got, want, "{text:?}");
+        let line_no = match &got {
+            ShowError::UnterminatedString { line_no, .. }
+            | ShowError::UnexpectedClose { line_no, .. }
+            | ShowError::MissingName { line_no, .. }
+            | ShowError::MissingSemicolon { line_no, .. }
+            | ShowError::Unclosed { line_no, .. }
+            | ShowError::TooDeep { line_no, .. }
+            | ShowError::InvalidNumber { line_no, .. } => *line_no,
+            other => panic!("{other}"),
+        };
+        assert!(
+            got.to_string().starts_with(&format!("line {line_no}: ")),
+            "{got}"
+        );
+        assert_eq!(net_options(text, "r0").unwrap_err(), got);
+    }
+    // A usage message (what a drbdsetup without `show` prints) is not output.
+    assert!(parse_show("USAGE: drbdsetup command {arguments} [options]\n").is_err());
+}
+
 /// Tiny deterministic PRNG (xorshift) so the test needs no extra crates.
 struct Rng(u64);
 impl Rng {
@@ -270,6 +386,34 @@ fn no_panic_on_truncations_and_random_input() {
     for r in st.resources.values() {
         let _ = summarize(r);
     }
+
+    // `drbdsetup show`: every truncation, and random splices of its tokens.
+    let shows: Vec<&String> = texts
+        .iter()
+        .filter(|(n, _)| n.starts_with("show-") && n.ends_with(".txt"))
+        .map(|(_, t)| t)
+        .collect();
+    assert!(shows.len() >= 5);
+    for text in &shows {
+        for (i, _) in text.char_indices() {
+            let _ = parse_show(&text[..i]);
+            let _ = net_options(&text[i..], "r0");
+        }
+    }
+    let show_tokens: Vec<&str> = shows
+        .iter()
+        .flat_map(|t| t.split_whitespace())
+        .chain(["{", "}", ";", "\"", "#", "_is_default", "\\", "\n"])
+        .collect();
+    for _ in 0..5_000 {
+        let n = 1 + (rng.next() % 30) as usize;
+        let text: Vec<&str> = (0..n)
+            .map(|_| show_tokens[(rng.next() % show_tokens.len() as u64) as usize])
+            .collect();
+        let _ = net_options(&text.join(" "), "r0");
+    }
+    let deep = "resource r0 { ".to_string() + &"x {".repeat(100_000) + &"}".repeat(100_001);
+    assert!(matches!(parse_show(&deep), Err(ShowError::TooDeep { .. })));
 
     // JSON: every truncation of every JSON fixture.
     for (_, text) in texts.iter().filter(|(n, _)| n.ends_with(".json")) {

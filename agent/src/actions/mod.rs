@@ -1,7 +1,8 @@
 //! Host-side actions of a failover (SPEC §5): promote/demote DRBD, mount and
 //! unmount the replicated filesystem, export/unexport NFS (nfs-ganesha or
 //! kernel nfsd), claim/release the client IP with a gratuitous ARP, and the
-//! host part of the agent's report (mounted, exports, client IP, self-checks).
+//! host part of the agent's report (mounted, exports, client IP, and the checks
+//! of that state; files and tools are checked by [`crate::selfcheck`]).
 //!
 //! Every action is idempotent: repeating it after it succeeded is a no-op
 //! success, so a failover step can be retried or resumed by a new leader (S7).
@@ -25,6 +26,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use understudy_proto::{HostStatus, SelfCheck};
+
+use crate::selfcheck::{fail, pass, ERROR};
 
 pub use command::CommandLine;
 pub use drbd::DrbdActionsConfig;
@@ -279,31 +282,9 @@ impl HostActions {
     /// The host part of the agent's report.
     pub async fn status(&mut self) -> HostStatus {
         match &mut self.serving {
-            None => host_status(&self.drbd, None).await,
-            Some((s, nfs)) => host_status(&self.drbd, Some((s, nfs))).await,
+            None => host_status(None).await,
+            Some((s, nfs)) => host_status(Some((s, nfs))).await,
         }
-    }
-}
-
-fn check(name: &str, ok: bool, detail: impl Into<String>) -> SelfCheck {
-    SelfCheck {
-        name: name.to_string(),
-        ok,
-        detail: detail.into(),
-    }
-}
-
-fn executable_check(name: &str, program: &Path) -> SelfCheck {
-    match command::find_executable(program) {
-        Some(p) => check(name, true, format!("{} is executable", p.display())),
-        None => check(
-            name,
-            false,
-            format!(
-                "{} is missing or not executable; install it or fix its path in the agent configuration",
-                program.display()
-            ),
-        ),
     }
 }
 
@@ -311,7 +292,7 @@ fn executable_check(name: &str, program: &Path) -> SelfCheck {
 /// directory is replicated, and a probe file written every few hundred
 /// milliseconds would keep DRBD's out-of-sync counter from ever settling at 0
 /// (which S1 requires before an automatic promotion).
-fn writable_check(dir: &Path) -> SelfCheck {
+fn writable_check(name: &str, dir: &Path) -> SelfCheck {
     let ro_mount = std::fs::read_to_string("/proc/self/mountinfo")
         .ok()
         .and_then(|t| {
@@ -321,36 +302,30 @@ fn writable_check(dir: &Path) -> SelfCheck {
     let ro_perm = std::fs::metadata(dir)
         .map(|m| m.permissions().readonly())
         .unwrap_or(true);
+    let d = dir.display();
     match (ro_mount, ro_perm) {
-        (Some(true), _) => check(
-            "mountpoint_writable",
-            false,
-            format!(
-                "{} is mounted read-only; check the filesystem (remounted read-only after errors?)",
-                dir.display()
-            ),
+        (Some(true), _) => fail(
+            name,
+            ERROR,
+            format!("{d} is mounted read-only; check the filesystem (remounted read-only after errors?)"),
+            format!("dmesg | tail -n 50; findmnt -T {d}"),
         ),
-        (_, true) => check(
-            "mountpoint_writable",
-            false,
-            format!("{} is not writable (permissions)", dir.display()),
+        (_, true) => fail(
+            name,
+            ERROR,
+            format!("{d} is not writable (permissions)"),
+            format!("chmod u+w {d}"),
         ),
-        _ => check(
-            "mountpoint_writable",
-            true,
-            format!("{} is writable", dir.display()),
-        ),
+        _ => pass(name, format!("{d} is writable")),
     }
 }
 
 /// The host part of the agent's report: whether the filesystem is mounted,
-/// what NFS serves, whether the client IP is here, and self-checks. Never
-/// fails: what cannot be found out is reported as a failed self-check.
-pub async fn host_status(
-    drbd: &DrbdActionsConfig,
-    serving: Option<(&ServingConfig, &mut NfsBackend)>,
-) -> HostStatus {
-    let mut checks = vec![executable_check("drbdadm", &drbd.drbdadm)];
+/// what NFS serves, whether the client IP is here, and the checks of that
+/// state (the checks of files and tools are [`crate::selfcheck`]'s). Never
+/// fails: what cannot be found out is reported as a failed check.
+pub async fn host_status(serving: Option<(&ServingConfig, &mut NfsBackend)>) -> HostStatus {
+    let mut checks = Vec::new();
     let Some((s, nfs)) = serving else {
         return HostStatus {
             mounted: false,
@@ -358,75 +333,92 @@ pub async fn host_status(
             client_ip_present: false,
             self_checks: checks,
             serving_managed: false,
+            self_check_at_unix_ms: 0,
         };
     };
+    let mp = s.mount.mountpoint.display();
 
     let mounted = match mount::mount_state(&s.mount) {
         Ok(MountState::Mounted) => true,
         Ok(MountState::NotMounted) => false,
         Ok(MountState::Other { found }) => {
-            checks.push(check(
-                "mount",
-                false,
-                format!(
-                    "{} has {found} mounted on it instead of the configured source",
-                    s.mount.mountpoint.display()
-                ),
+            checks.push(fail(
+                "mount_state",
+                ERROR,
+                format!("{mp} has {found} mounted on it instead of the configured source"),
+                format!("findmnt {mp}; umount {mp} once you know what it is"),
             ));
             false
         }
         Err(e) => {
-            checks.push(check("mount", false, e.to_string()));
+            checks.push(fail(
+                "mount_state",
+                ERROR,
+                e.to_string(),
+                "cat /proc/self/mountinfo",
+            ));
             false
         }
     };
     match std::fs::metadata(&s.mount.mountpoint) {
         Ok(m) if m.is_dir() => {
-            checks.push(check(
-                "mountpoint",
-                true,
-                format!("{} is a directory", s.mount.mountpoint.display()),
-            ));
+            checks.push(pass("mountpoint", format!("{mp} is a directory")));
             if mounted {
-                checks.push(writable_check(&s.mount.mountpoint));
+                checks.push(writable_check("mountpoint_writable", &s.mount.mountpoint));
+                if s.export.path != s.mount.mountpoint {
+                    let e = s.export.path.display();
+                    checks.push(if s.export.path.is_dir() {
+                        writable_check("export_dir", &s.export.path)
+                    } else {
+                        fail(
+                            "export_dir",
+                            ERROR,
+                            format!(
+                                "{e} (the exported directory) is missing on the mounted filesystem"
+                            ),
+                            format!("mkdir -p {e}"),
+                        )
+                    });
+                }
             }
         }
-        Ok(_) => checks.push(check(
+        Ok(_) => checks.push(fail(
             "mountpoint",
-            false,
-            format!("{} is not a directory", s.mount.mountpoint.display()),
+            ERROR,
+            format!("{mp} is not a directory"),
+            format!("mv {mp} {mp}.bak && mkdir -p {mp}"),
         )),
-        Err(e) => checks.push(check(
+        Err(e) => checks.push(fail(
             "mountpoint",
-            false,
-            format!(
-                "{}: {e}; create the mountpoint",
-                s.mount.mountpoint.display()
-            ),
+            ERROR,
+            format!("{mp}: {e}"),
+            format!("mkdir -p {mp}"),
         )),
-    }
-    if s.mount.mode != MountMode::Check {
-        checks.push(executable_check("mount", &s.mount.mount));
     }
 
     // Exports first: its NFS NULL call to ganesha is reused by the self-checks.
     let exports = match nfs.exports().await {
         Ok(e) => e,
         Err(e) => {
-            checks.push(check("nfs_exports", false, e.to_string()));
+            let fix = match &s.nfs {
+                NfsConfig::Ganesha(g) => format!("tail -n 50 {}", g.log_path().display()),
+                NfsConfig::Kernel(_) => "systemctl status nfs-server".to_string(),
+            };
+            checks.push(fail("nfs_exports", ERROR, e.to_string(), fix));
             Vec::new()
         }
     };
     checks.extend(nfs.self_checks().await);
 
-    checks.push(executable_check("ip", &s.client_ip.ip));
-    if s.client_ip.arping_flavor != ArpingFlavor::None {
-        checks.push(executable_check("arping", &s.client_ip.arping));
-    }
     let client_ip_present = match ip::is_present(&s.client_ip).await {
         Ok(p) => p,
         Err(e) => {
-            checks.push(check("client_ip", false, e.to_string()));
+            checks.push(fail(
+                "client_ip",
+                ERROR,
+                e.to_string(),
+                format!("ip -o addr show dev {}", s.client_ip.interface),
+            ));
             false
         }
     };
@@ -437,6 +429,7 @@ pub async fn host_status(
         client_ip_present,
         self_checks: checks,
         serving_managed: true,
+        self_check_at_unix_ms: 0,
     }
 }
 
@@ -450,10 +443,7 @@ mod tests {
         let drbd = DrbdActionsConfig::new("r0", "/nonexistent/drbdadm");
         let observer = HostActions::new(drbd.clone(), None).unwrap().status().await;
         assert!(!observer.serving_managed);
-        assert!(!observer.self_checks[0].ok);
-        assert!(observer.self_checks[0]
-            .detail
-            .contains("/nonexistent/drbdadm"));
+        assert!(observer.self_checks.is_empty(), "{observer:?}");
 
         let mut client_ip = IpConfig::new("127.0.0.1".parse().unwrap(), 8, "lo");
         client_ip.ip = "ip".into();
@@ -464,7 +454,7 @@ mod tests {
                 exportfs: "/nonexistent/exportfs".into(),
                 ..KernelNfsConfig::default()
             }),
-            export: ExportSpec::new(dir.path(), "/data"),
+            export: ExportSpec::new(dir.path().join("export"), "/data"),
             client_ip,
         };
         let mut host = HostActions::new(drbd, Some(serving)).unwrap();
@@ -475,8 +465,25 @@ mod tests {
         let by_name = |n: &str| s.self_checks.iter().find(|c| c.name == n).unwrap().clone();
         assert!(by_name("mountpoint").ok);
         assert!(by_name("mountpoint_writable").ok);
-        assert!(!by_name("exportfs").ok);
-        assert!(!by_name("nfs_exports").ok);
+        let e = by_name("export_dir");
+        assert!(!e.ok && e.severity == ERROR, "{e:?}");
+        assert_eq!(
+            e.fix,
+            format!("mkdir -p {}", dir.path().join("export").display())
+        );
+        let n = by_name("nfs_exports");
+        assert!(!n.ok && n.fix == "systemctl status nfs-server", "{n:?}");
+        assert!(
+            s.self_checks.iter().all(|c| c.name != "exportfs"),
+            "tools are the self-check's"
+        );
+        std::fs::create_dir(dir.path().join("export")).unwrap();
+        assert!(host
+            .status()
+            .await
+            .self_checks
+            .iter()
+            .any(|c| c.name == "export_dir" && c.ok));
         if command::find_executable(std::path::Path::new("ip")).is_some() {
             assert!(s.client_ip_present, "{s:?}");
         }

@@ -29,6 +29,7 @@ use understudy_proto::SelfCheck;
 
 use super::command::{self, unescape_octal, CommandLine};
 use super::ActionError;
+use crate::selfcheck::{fail, pass, ERROR};
 
 /// Which NFS server exports the filesystem, and its settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -812,44 +813,39 @@ impl GaneshaBackend {
         Ok(ganesha_pseudo_paths(&conf))
     }
 
+    /// The state of ganesha (its binary is checked by [`crate::selfcheck`]).
     pub async fn self_checks(&mut self) -> Vec<SelfCheck> {
         let mut v = Vec::new();
-        let bin = command::find_executable(&self.cfg.ganesha_nfsd);
-        v.push(SelfCheck {
-            name: "ganesha_nfsd".into(),
-            ok: bin.is_some(),
-            detail: match bin {
-                Some(p) => format!("{} is executable", p.display()),
-                None => format!(
-                    "{} is missing; install it: apt-get install -y nfs-ganesha nfs-ganesha-vfs",
-                    self.cfg.ganesha_nfsd.display()
-                ),
-            },
-        });
         let running = self.running_pid();
-        v.push(SelfCheck {
-            name: "ganesha_running".into(),
-            // Not running is a state (e.g. on the backup), not a fault.
-            ok: true,
-            detail: match running {
+        // Not running is a state (e.g. on the backup), not a fault.
+        v.push(pass(
+            "ganesha_running",
+            match running {
                 Some(pid) => format!("pid {pid}, port {}", self.cfg.probe_addr()),
                 None => "not running".into(),
             },
-        });
+        ));
         if let Some(pid) = running {
             let answers = match self.last_null.take() {
                 Some((p, r)) if p == pid => r,
                 _ => self.answers(pid).await,
             };
-            v.push(SelfCheck {
-                name: "ganesha_answers".into(),
-                ok: answers.is_ok(),
-                detail: match answers {
-                    Ok(()) => format!("pid {pid} answers an NFSv4 NULL call"),
-                    Err(why) => format!(
+            v.push(match answers {
+                Ok(()) => pass(
+                    "ganesha_answers",
+                    format!("pid {pid} answers an NFSv4 NULL call"),
+                ),
+                Err(why) => fail(
+                    "ganesha_answers",
+                    ERROR,
+                    format!(
                         "pid {pid} runs but does not answer an NFSv4 NULL call ({why}): frozen or overloaded; clients hang"
                     ),
-                },
+                    format!(
+                        "tail -n 50 {}; the next export restarts it (or kill -9 {pid})",
+                        self.cfg.log_path().display()
+                    ),
+                ),
             });
         }
         v
@@ -1081,21 +1077,6 @@ impl KernelNfsBackend {
         }
         Ok(paths)
     }
-
-    pub async fn self_checks(&mut self) -> Vec<SelfCheck> {
-        let bin = command::find_executable(&self.cfg.exportfs);
-        vec![SelfCheck {
-            name: "exportfs".into(),
-            ok: bin.is_some(),
-            detail: match bin {
-                Some(p) => format!("{} is executable", p.display()),
-                None => format!(
-                    "{} is missing; install nfs-kernel-server",
-                    self.cfg.exportfs.display()
-                ),
-            },
-        }]
-    }
 }
 
 // --------------------------------------------------------------- backend ---
@@ -1141,10 +1122,12 @@ impl NfsBackend {
         }
     }
 
+    /// Checks of the NFS server's state (ganesha: running, answering; kernel
+    /// nfsd: none beyond `exports`).
     pub async fn self_checks(&mut self) -> Vec<SelfCheck> {
         match self {
             NfsBackend::Ganesha(g) => g.self_checks().await,
-            NfsBackend::Kernel(k) => k.self_checks().await,
+            NfsBackend::Kernel(_) => Vec::new(),
         }
     }
 }

@@ -203,6 +203,11 @@ fn print_table(s: &GetStatusResponse) {
                 fmt_opt(sv.last_report_age_ms, "ms ago"),
             );
         }
+        for sv in &p.servers {
+            if let Some(n) = &sv.drbd_net {
+                println!("  {}: DRBD net: {}", sv.id, drbd_net_line(n));
+            }
+        }
         for sv in p.servers.iter().filter(|sv| sv.stale) {
             println!(
                 "  {}: nothing heard for {}: the DRBD columns above are its LAST report, not its current state",
@@ -222,19 +227,83 @@ fn print_table(s: &GetStatusResponse) {
     }
 }
 
+/// `ping-int 10 s, ping-timeout 0.5 s, connect-int 10 s, timeout 6 s, protocol
+/// C, fencing dont-care`, or why the agent could not read them.
+fn drbd_net_line(n: &understudy_proto::DrbdNetOptions) -> String {
+    if !n.error.is_empty() {
+        return format!("unknown ({})", n.error);
+    }
+    let secs = |ms: Option<u64>| {
+        ms.map(|m| format!("{} s", m as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into())
+    };
+    let word = |w: &str| {
+        if w.is_empty() {
+            "-".to_string()
+        } else {
+            w.to_string()
+        }
+    };
+    format!(
+        "ping-int {}, ping-timeout {}, connect-int {}, timeout {}, protocol {}, fencing {}",
+        secs(n.ping_int_ms),
+        secs(n.ping_timeout_ms),
+        secs(n.connect_int_ms),
+        secs(n.timeout_ms),
+        word(&n.protocol),
+        word(&n.fencing)
+    )
+}
+
+/// One server of `status --output json`.
+fn server_json(sv: &understudy_proto::ServerStatus) -> serde_json::Value {
+    use serde_json::json;
+    let drbd = sv.drbd.as_ref().map(|d| {
+        json!({
+            "role": d.role, "disk": d.disk, "peer_role": d.peer_role,
+            "connection": d.connection, "replication": d.replication,
+            "peer_disk": d.peer_disk, "done_percent": d.done_percent,
+            "eta_seconds": d.eta_seconds, "out_of_sync_bytes": d.out_of_sync_bytes,
+            "quorum": d.quorum,
+        })
+    });
+    let drbd_net = sv.drbd_net.as_ref().map(|n| {
+        json!({
+            "ping_int_ms": n.ping_int_ms, "ping_timeout_ms": n.ping_timeout_ms,
+            "connect_int_ms": n.connect_int_ms, "timeout_ms": n.timeout_ms,
+            "protocol": n.protocol, "fencing": n.fencing, "error": n.error,
+        })
+    });
+    let host = sv.host.as_ref().map(|h| {
+        let checks: Vec<serde_json::Value> = h
+            .self_checks
+            .iter()
+            .map(|c| {
+                json!({
+                    "name": c.name, "ok": c.ok, "detail": c.detail,
+                    "severity": c.severity, "fix": c.fix,
+                })
+            })
+            .collect();
+        json!({
+            "mounted": h.mounted, "exports": h.exports,
+            "client_ip_present": h.client_ip_present,
+            "self_check_at_unix_ms": h.self_check_at_unix_ms,
+            "self_checks": checks,
+        })
+    });
+    json!({
+        "id": sv.id, "configured_role": sv.configured_role, "address": sv.address,
+        "zone": sv.zone, "connected": sv.connected,
+        "last_report_age_ms": sv.last_report_age_ms, "drbd": drbd, "drbd_net": drbd_net,
+        "stale": sv.stale, "silent_ms": sv.silent_ms,
+        "unknown": sv.unknown, "observer_error": sv.observer_error,
+        "host": host,
+    })
+}
+
 fn status_json(s: &GetStatusResponse) -> serde_json::Value {
     use serde_json::json;
-    let drbd = |d: &Option<understudy_proto::DrbdSummary>| {
-        d.as_ref().map(|d| {
-            json!({
-                "role": d.role, "disk": d.disk, "peer_role": d.peer_role,
-                "connection": d.connection, "replication": d.replication,
-                "peer_disk": d.peer_disk, "done_percent": d.done_percent,
-                "eta_seconds": d.eta_seconds, "out_of_sync_bytes": d.out_of_sync_bytes,
-                "quorum": d.quorum,
-            })
-        })
-    };
     json!({
         "cluster": s.cluster.as_ref().map(|c| json!({
             "answered_by": c.answered_by, "leader_id": c.leader_id, "leader_addr": c.leader_addr,
@@ -263,20 +332,7 @@ fn status_json(s: &GetStatusResponse) -> serde_json::Value {
             "history": p.history.iter().map(|h| json!({
                 "at_unix_ms": h.at_unix_ms, "epoch": h.epoch, "event": h.event,
             })).collect::<Vec<_>>(),
-            "servers": p.servers.iter().map(|sv| json!({
-                "id": sv.id, "configured_role": sv.configured_role, "address": sv.address,
-                "zone": sv.zone, "connected": sv.connected,
-                "last_report_age_ms": sv.last_report_age_ms, "drbd": drbd(&sv.drbd),
-                "stale": sv.stale, "silent_ms": sv.silent_ms,
-                "unknown": sv.unknown, "observer_error": sv.observer_error,
-                "host": sv.host.as_ref().map(|h| json!({
-                    "mounted": h.mounted, "exports": h.exports,
-                    "client_ip_present": h.client_ip_present,
-                    "self_checks": h.self_checks.iter().map(|c| json!({
-                        "name": c.name, "ok": c.ok, "detail": c.detail,
-                    })).collect::<Vec<_>>(),
-                })),
-            })).collect::<Vec<_>>(),
+            "servers": p.servers.iter().map(server_json).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })
 }
@@ -304,5 +360,65 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use understudy_proto::{DrbdNetOptions, HostStatus, PairStatus, SelfCheck, ServerStatus};
+
+    #[test]
+    fn json_carries_net_options_and_self_checks() {
+        let sv = ServerStatus {
+            id: "fs1-a".into(),
+            drbd_net: Some(DrbdNetOptions {
+                ping_int_ms: Some(10_000),
+                ping_timeout_ms: Some(500),
+                connect_int_ms: Some(10_000),
+                timeout_ms: Some(6_000),
+                protocol: "C".into(),
+                fencing: "dont-care".into(),
+                error: String::new(),
+            }),
+            host: Some(HostStatus {
+                self_check_at_unix_ms: 1_700_000_000_000,
+                self_checks: vec![SelfCheck {
+                    name: "drbdadm".into(),
+                    ok: false,
+                    detail: "/usr/sbin/drbdadm is not executable (mode 600)".into(),
+                    severity: "error".into(),
+                    fix: "chmod 755 /usr/sbin/drbdadm".into(),
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let v = status_json(&GetStatusResponse {
+            cluster: None,
+            pairs: vec![PairStatus {
+                id: "fs1".into(),
+                servers: vec![sv.clone()],
+                ..Default::default()
+            }],
+        });
+        let s = &v["pairs"][0]["servers"][0];
+        assert_eq!(s["drbd_net"]["ping_int_ms"], 10_000);
+        assert_eq!(s["drbd_net"]["ping_timeout_ms"], 500);
+        assert_eq!(s["drbd_net"]["fencing"], "dont-care");
+        assert_eq!(s["host"]["self_check_at_unix_ms"], 1_700_000_000_000i64);
+        let c = &s["host"]["self_checks"][0];
+        assert_eq!(c["severity"], "error");
+        assert_eq!(c["fix"], "chmod 755 /usr/sbin/drbdadm");
+        assert_eq!(
+            drbd_net_line(sv.drbd_net.as_ref().unwrap()),
+            "ping-int 10 s, ping-timeout 0.5 s, connect-int 10 s, timeout 6 s, protocol C, fencing dont-care"
+        );
+        let failed = DrbdNetOptions {
+            error: "`drbdsetup show r0 --show-defaults` failed (exit 20): usage".into(),
+            ..Default::default()
+        };
+        assert!(drbd_net_line(&failed).starts_with("unknown (`drbdsetup show"));
+        assert!(server_json(&ServerStatus::default())["drbd_net"].is_null());
     }
 }
