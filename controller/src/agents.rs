@@ -69,6 +69,21 @@ impl AgentGrpc {
             )));
         };
         let spec = &pair.spec;
+        // A spare (not yet a member) and a server that replaced a member run
+        // with whatever role their boot gave them: the inventory decides.
+        let spare = pair
+            .redundancy
+            .spare
+            .as_ref()
+            .is_some_and(|s| s.server_id == h.server_id);
+        let replacement = pair
+            .redundancy
+            .replacements
+            .iter()
+            .any(|r| r.new.id == h.server_id && pair.server(&h.server_id).is_some());
+        if spare || replacement {
+            return Ok(());
+        }
         let expected = if spec.primary.id == h.server_id {
             ServerRole::Primary
         } else if spec.backup.id == h.server_id {

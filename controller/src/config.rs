@@ -122,6 +122,9 @@ pub struct ControllerConfig {
     /// Pre-spun spares, replacement backups, reattach (S9). Absent: off.
     #[serde(default)]
     pub spare: Option<crate::redundancy::SpareConfig>,
+    /// Inventory preflight timing and limits.
+    #[serde(default)]
+    pub preflight: crate::preflight::PreflightConfig,
 }
 
 /// Which cloud backend fences and moves the client IP.

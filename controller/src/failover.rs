@@ -107,6 +107,8 @@ pub struct Executor {
     pub spare: Option<crate::redundancy::SpareConfig>,
     /// The last provisioning error per pair, for status.
     pub provisioning: Arc<crate::redundancy::Provisioning>,
+    /// The latest inventory preflight per pair, for status.
+    pub findings: Arc<crate::preflight::Findings>,
 }
 
 /// A server of the inventory as the cloud knows it.

@@ -19,6 +19,7 @@ use crate::leadership::{now_unix_ms, write, LeaderView};
 use crate::liveness::{agent_view, Liveness};
 use crate::raft::store::SharedState;
 use crate::raft::Raft;
+use crate::redundancy::Need;
 use crate::state::{PairState, Request, Response};
 
 /// Propose a request, logging refusals; `None` if this node cannot commit now.
@@ -60,6 +61,11 @@ pub async fn leader_duties(
         let mut said: HashMap<String, String> = HashMap::new();
         let mut outdating: HashMap<String, Instant> = HashMap::new();
         let mut holdoff = crate::holdoff::HoldoffClock::default();
+        // Spare, rebuild and retirement tasks, apart from `running` (a spare is
+        // launched while the failover runs), and when each last started.
+        let mut provisioning: HashMap<String, (tokio::task::JoinHandle<()>, Instant)> =
+            HashMap::new();
+        let mut preflight: Option<(tokio::task::JoinHandle<()>, Instant)> = None;
         loop {
             if !inventory_synced {
                 let current: Vec<_> = shared
@@ -69,7 +75,15 @@ pub async fn leader_duties(
                     .values()
                     .map(|p| p.spec.clone())
                     .collect();
-                let mut wanted = cfg.pairs.clone();
+                let snap = shared.snapshot();
+                let mut wanted: Vec<_> = cfg
+                    .pairs
+                    .iter()
+                    .map(|p| match snap.state.pairs.get(&p.id) {
+                        Some(rec) => crate::state::effective_spec(p, &rec.redundancy),
+                        None => p.clone(),
+                    })
+                    .collect();
                 wanted.sort_by(|a, b| a.id.cmp(&b.id));
                 inventory_synced = current == wanted
                     || propose(
@@ -83,6 +97,35 @@ pub async fn leader_duties(
                     .is_some();
             }
             running.retain(|_, h| !h.is_finished());
+            // Inventory preflight, every `[preflight] interval_ms` (the first soon
+            // after taking the lead, once agents had a moment to report).
+            let every = Duration::from_millis(cfg.preflight.interval_ms);
+            let due = match &preflight {
+                None => leading_since.elapsed() >= Duration::from_secs(2),
+                Some((h, at)) => h.is_finished() && at.elapsed() >= every,
+            };
+            if due {
+                let ex = executor.clone();
+                let (st, lv, pc) = (shared.clone(), liveness.clone(), cfg.preflight.clone());
+                preflight = Some((
+                    tokio::spawn(async move {
+                        let data = st.snapshot();
+                        let all = crate::preflight::run_all(
+                            ex.cloud.as_ref(),
+                            &data.state,
+                            &lv,
+                            &pc,
+                            ex.spare.is_some(),
+                            None,
+                        )
+                        .await;
+                        for (id, f) in all {
+                            ex.findings.set(&id, f);
+                        }
+                    }),
+                    Instant::now(),
+                ));
+            }
             let now = Instant::now();
             for pair in shared.snapshot().state.pairs.values() {
                 // S4: an epoch never goes back. An agent that holds a higher one
@@ -136,6 +179,79 @@ pub async fn leader_duties(
                     said.insert(id.clone(), dec.reason.clone());
                 }
                 let at_unix_ms = now_unix_ms();
+                if let Some(sc) = &executor.spare {
+                    let busy = provisioning.get(&id).is_some_and(|(h, started)| {
+                        // After a failed attempt, wait before the next one.
+                        let pause = if executor.provisioning.get(&id).is_some() {
+                            Duration::from_secs(5)
+                        } else {
+                            Duration::from_millis(500)
+                        };
+                        !h.is_finished() || started.elapsed() < pause
+                    });
+                    let need =
+                        crate::redundancy::need(pair, &sv, &sb, at_unix_ms, sc, &cfg.detector);
+                    if !busy && need != Need::Nothing {
+                        tracing::info!(pair = %id, epoch = pair.epoch, need = ?need, "redundancy");
+                        let ex = executor.clone();
+                        let pid = id.clone();
+                        let task = match need {
+                            Need::Nothing => None,
+                            Need::Launch { reason } => Some(tokio::spawn(async move {
+                                ex.launch_spare(&pid, Some(reason)).await
+                            })),
+                            Need::ResumeLaunch => {
+                                Some(tokio::spawn(
+                                    async move { ex.launch_spare(&pid, None).await },
+                                ))
+                            }
+                            Need::Retire { why } => Some(tokio::spawn(async move {
+                                ex.retire_spare(&pid, Some(why)).await
+                            })),
+                            Need::Terminate => {
+                                Some(tokio::spawn(
+                                    async move { ex.retire_spare(&pid, None).await },
+                                ))
+                            }
+                            Need::StartRebuild { replaces } => Some(tokio::spawn(async move {
+                                ex.rebuild(&pid, Some(replaces)).await
+                            })),
+                            Need::ResumeRebuild => {
+                                Some(tokio::spawn(async move { ex.rebuild(&pid, None).await }))
+                            }
+                            Need::TerminateRetired { server } => Some(tokio::spawn(async move {
+                                ex.terminate_retired(&pid, &server).await
+                            })),
+                            Need::StartReattach { from, to } => {
+                                let started = propose(
+                                    &raft,
+                                    Request::StartReattach {
+                                        pair_id: id.clone(),
+                                        expect: pair.state,
+                                        expect_epoch: pair.epoch,
+                                        from: from.clone(),
+                                        to: to.clone(),
+                                        reason: format!(
+                                            "S9: no usable backup ({}); {from} is dead: its volumes move to {to}",
+                                            pair.state_reason
+                                        ),
+                                        at_unix_ms,
+                                    },
+                                )
+                                .await;
+                                if matches!(started, Some(Response::StateChanged { .. })) {
+                                    running.entry(id.clone()).or_insert_with(|| {
+                                        tokio::spawn(async move { ex.run(&pid).await })
+                                    });
+                                }
+                                continue;
+                            }
+                        };
+                        if let Some(t) = task {
+                            provisioning.insert(id.clone(), (t, Instant::now()));
+                        }
+                    }
+                }
                 match dec.action {
                     Action::Nothing => {}
                     Action::SetState(state) => {
@@ -272,6 +388,12 @@ pub async fn leader_duties(
         }
         tracing::info!(node = cfg.node_id, "no longer leading");
         for (_, h) in running.drain() {
+            h.abort();
+        }
+        for (_, (h, _)) in provisioning.drain() {
+            h.abort();
+        }
+        if let Some((h, _)) = preflight.take() {
             h.abort();
         }
         let view = leader.borrow().clone();

@@ -34,9 +34,11 @@ pub mod liveness;
 pub mod node;
 pub mod observe;
 pub mod operator;
+pub mod preflight;
 pub mod probe;
 pub mod raft;
 pub mod redundancy;
+pub mod resync;
 pub mod state;
 #[cfg(test)]
 mod testutil;

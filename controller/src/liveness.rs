@@ -36,6 +36,8 @@ pub struct ServerView {
     pub last_connected: HashMap<String, DrbdSummary>,
     /// When it last answered a direct probe (`probe.rs`), whatever its session does.
     pub probe_answered_at: Option<Instant>,
+    /// Per DRBD resource: its resync as a SyncTarget, for the ETA.
+    pub resync: HashMap<String, crate::resync::Track>,
 }
 
 /// A handle to send messages down an agent's open session.
@@ -93,6 +95,7 @@ impl Liveness {
                 conn_lost_since: HashMap::new(),
                 last_connected: HashMap::new(),
                 probe_answered_at: None,
+                resync: HashMap::new(),
             });
             e.hello = hello;
             e.connected = true;
@@ -136,6 +139,11 @@ impl Liveness {
                 e.last_report_at = Some(now);
                 for r in report.drbd.iter().flat_map(|d| d.resources.iter()) {
                     let Some(sum) = &r.summary else { continue };
+                    e.resync.entry(r.name.clone()).or_default().observe(
+                        now,
+                        sum.out_of_sync_bytes,
+                        sum.replication == "SyncTarget",
+                    );
                     if sum.connection == "Connected" {
                         e.conn_lost_since.remove(&r.name);
                         e.last_connected.insert(r.name.clone(), sum.clone());
@@ -219,6 +227,7 @@ impl Liveness {
                 conn_lost_since: HashMap::new(),
                 last_connected: HashMap::new(),
                 probe_answered_at: Some(at),
+                resync: HashMap::new(),
             }),
             (None, None) => None,
         }

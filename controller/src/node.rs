@@ -86,6 +86,7 @@ pub async fn run(
         leader_rx.clone(),
         cfg.probe.clone(),
     ));
+    let findings = Arc::new(crate::preflight::Findings::default());
     let executor = Arc::new(Executor {
         raft: raft.clone(),
         state: shared.clone(),
@@ -103,6 +104,7 @@ pub async fn run(
         prober,
         spare: cfg.spare.clone(),
         provisioning: Default::default(),
+        findings: findings.clone(),
         leader: leader_rx.clone(),
     });
     tokio::spawn(crate::leader::leader_duties(
@@ -110,7 +112,7 @@ pub async fn run(
         cfg.clone(),
         shared.clone(),
         liveness.clone(),
-        executor,
+        executor.clone(),
         leader_rx.clone(),
     ));
 
@@ -128,6 +130,9 @@ pub async fn run(
         leader: leader_rx,
         liveness,
         state: shared,
+        provisioning: executor.provisioning.clone(),
+        findings: findings.clone(),
+        cloud: executor.cloud.clone(),
     };
     let served = tonic::transport::Server::builder()
         .tcp_nodelay(true)

@@ -16,8 +16,9 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use understudy_proto::operator_service_server::OperatorService;
 use understudy_proto::{
-    ClusterStatus, FailoverStatus, GetStatusRequest, GetStatusResponse, HistoryLine,
-    OutdatedStatus, PairStatus, RaftMember, ServerStatus, StepStatus as StepStatusMsg,
+    CheckRequest, CheckResponse, ClusterStatus, FailoverStatus, GetStatusRequest,
+    GetStatusResponse, HistoryLine, OutdatedStatus, PairFindings, PairStatus, RaftMember,
+    ResyncStatus, RetiredStatus, ServerStatus, SpareStatus, StepStatus as StepStatusMsg,
 };
 
 use crate::config::ControllerConfig;
@@ -37,6 +38,12 @@ pub struct OperatorGrpc {
     pub leader: watch::Receiver<LeaderView>,
     pub liveness: Arc<Liveness>,
     pub state: SharedState,
+    /// Spare launch errors (leader memory).
+    pub provisioning: Arc<crate::redundancy::Provisioning>,
+    /// The latest inventory preflight (leader memory).
+    pub findings: Arc<crate::preflight::Findings>,
+    /// For `Check`: volumes attached, the launch template's zone.
+    pub cloud: Arc<dyn understudy_cloud::Cloud>,
 }
 
 impl OperatorGrpc {
@@ -65,6 +72,63 @@ impl OperatorGrpc {
 
 #[tonic::async_trait]
 impl OperatorService for OperatorGrpc {
+    async fn check(&self, req: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        let view = self.leader_barrier().await?;
+        let only = req.into_inner().pair_id;
+        let data = self.state.snapshot();
+        if !only.is_empty() && !data.state.pairs.contains_key(&only) {
+            return Err(Status::not_found(format!(
+                "no pair {only:?} in the inventory"
+            )));
+        }
+        // The agents re-run their self-checks first (read-only: any epoch).
+        let mut waits = Vec::new();
+        for p in data.state.pairs.values() {
+            if !only.is_empty() && p.spec.id != only {
+                continue;
+            }
+            for s in [&p.spec.primary, &p.spec.backup] {
+                let cmd = understudy_proto::Command {
+                    command_id: 0,
+                    raft_term: view.term,
+                    epoch: p.epoch,
+                    pair_id: p.spec.id.clone(),
+                    timeout_ms: 2000,
+                    action: Some(understudy_proto::command::Action::SelfCheck(
+                        understudy_proto::RunSelfCheck {},
+                    )),
+                };
+                if let Ok(rx) = self.liveness.send_command(&s.id, cmd) {
+                    waits.push(rx);
+                }
+            }
+        }
+        for rx in waits {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(3), rx).await;
+        }
+        // Their fresh reports follow the results on the same stream.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let data = self.state.snapshot();
+        let all = crate::preflight::run_all(
+            self.cloud.as_ref(),
+            &data.state,
+            &self.liveness,
+            &self.cfg.preflight,
+            self.cfg.spare.is_some(),
+            (!only.is_empty()).then_some(only.as_str()),
+        )
+        .await;
+        for (id, f) in &all {
+            self.findings.set(id, f.clone());
+        }
+        Ok(Response::new(CheckResponse {
+            pairs: all
+                .into_iter()
+                .map(|(pair_id, findings)| PairFindings { pair_id, findings })
+                .collect(),
+        }))
+    }
+
     async fn get_status(
         &self,
         _req: Request<GetStatusRequest>,
@@ -145,6 +209,28 @@ impl OperatorService for OperatorGrpc {
                         unknown: v.unknown,
                         observer_error: v.observer_error,
                     };
+                let resync = {
+                    let standby = p.standby_id();
+                    let live = if standby == p.spec.primary.id {
+                        live_p.as_ref()
+                    } else {
+                        live_b.as_ref()
+                    };
+                    let v = if standby == p.spec.primary.id {
+                        &vp
+                    } else {
+                        &vb
+                    };
+                    live.and_then(|l| l.resync.get(res))
+                        .and_then(|t| t.estimate())
+                        .map(|e| ResyncStatus {
+                            server_id: standby.to_string(),
+                            percent: v.drbd.as_ref().and_then(|d| d.done_percent),
+                            out_of_sync_bytes: Some(e.out_of_sync_bytes),
+                            rate_kib_per_s: e.rate_bytes_per_s.map(|r| r / 1024.0),
+                            eta_ms: e.eta_ms,
+                        })
+                };
                 PairStatus {
                     id: p.spec.id.clone(),
                     state: p.state.to_string(),
@@ -169,29 +255,64 @@ impl OperatorService for OperatorGrpc {
                         steps: f
                             .steps
                             .iter()
-                            .map(|s| {
-                                let (status, duration_ms, detail) = match &s.status {
-                                    StepStatus::Pending => ("pending", None, String::new()),
-                                    StepStatus::Running { .. } => ("running", None, String::new()),
-                                    StepStatus::Done {
-                                        duration_ms,
-                                        detail,
-                                    } => ("done", Some(*duration_ms), detail.clone()),
-                                    StepStatus::Failed {
-                                        duration_ms,
-                                        reason,
-                                    } => ("failed", Some(*duration_ms), reason.clone()),
-                                };
-                                StepStatusMsg {
-                                    step: s.step.to_string(),
-                                    status: status.into(),
-                                    duration_ms,
-                                    detail,
-                                    attempts: s.attempts,
-                                }
-                            })
+                            .map(|s| step_status(&s.step.to_string(), &s.status, s.attempts))
                             .collect(),
                     }),
+                    spare: p.redundancy.spare.as_ref().map(|s| SpareStatus {
+                        server_id: s.server_id.clone(),
+                        instance_id: s
+                            .instance
+                            .as_ref()
+                            .map(|i| i.instance_id.clone())
+                            .unwrap_or_default(),
+                        address: s
+                            .instance
+                            .as_ref()
+                            .map(|i| i.address.clone())
+                            .unwrap_or_default(),
+                        zone: s
+                            .instance
+                            .as_ref()
+                            .map(|i| i.zone.clone())
+                            .unwrap_or_default(),
+                        state: if s.terminating {
+                            "terminating"
+                        } else if s.instance.is_some() {
+                            "launched"
+                        } else {
+                            "requested"
+                        }
+                        .into(),
+                        reason: s.reason.clone(),
+                        requested_unix_ms: s.requested_unix_ms,
+                    }),
+                    rebuild: p.redundancy.rebuild.as_ref().map(|r| FailoverStatus {
+                        epoch: r.id,
+                        from: r.replaces.clone(),
+                        to: r.spare.clone(),
+                        automatic: true,
+                        started_unix_ms: r.started_unix_ms,
+                        steps: r
+                            .steps
+                            .iter()
+                            .map(|s| step_status(&s.step.to_string(), &s.status, s.attempts))
+                            .collect(),
+                    }),
+                    retired: p
+                        .redundancy
+                        .retired
+                        .iter()
+                        .map(|x| RetiredStatus {
+                            server_id: x.spec.id.clone(),
+                            instance_id: x.spec.instance_id.clone(),
+                            volumes: x.spec.volumes.clone(),
+                            replaced_by: x.replaced_by.clone(),
+                            terminated: x.terminated,
+                        })
+                        .collect(),
+                    resync,
+                    provisioning_error: self.provisioning.get(&p.spec.id).unwrap_or_default(),
+                    findings: self.findings.get(&p.spec.id),
                     outdated: p.outdated.as_ref().map(|m| OutdatedStatus {
                         server: m.server.clone(),
                         lost_peer_unix_ms: m.lost_peer_unix_ms,
@@ -224,5 +345,28 @@ impl OperatorService for OperatorGrpc {
             }),
             pairs,
         }))
+    }
+}
+
+/// A plan step as the status shows it.
+fn step_status(step: &str, status: &StepStatus, attempts: u32) -> StepStatusMsg {
+    let (word, duration_ms, detail) = match status {
+        StepStatus::Pending => ("pending", None, String::new()),
+        StepStatus::Running { .. } => ("running", None, String::new()),
+        StepStatus::Done {
+            duration_ms,
+            detail,
+        } => ("done", Some(*duration_ms), detail.clone()),
+        StepStatus::Failed {
+            duration_ms,
+            reason,
+        } => ("failed", Some(*duration_ms), reason.clone()),
+    };
+    StepStatusMsg {
+        step: step.to_string(),
+        status: word.into(),
+        duration_ms,
+        detail,
+        attempts,
     }
 }

@@ -32,6 +32,7 @@ pub fn pair(state: PairState) -> PairRecord {
         flap_acknowledged: false,
         outdated: None,
         holdoff_elapsed_ms: 0,
+        redundancy: Default::default(),
     }
 }
 

@@ -3,7 +3,8 @@
 //! Every read goes to the Raft leader (linearizable): the CLI tries the given
 //! controllers in turn and follows a follower's redirect to the leader.
 //!
-//! Exit codes: 0 success, 1 no controller could answer, 2 bad usage.
+//! Exit codes: 0 success, 1 no controller could answer, 2 bad usage, 3 `check`
+//! found at least one error.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use understudy_controller::operator::LEADER_METADATA;
 use understudy_controller::raft::network::channel;
 use understudy_proto::operator_service_client::OperatorServiceClient;
-use understudy_proto::{GetStatusRequest, GetStatusResponse};
+use understudy_proto::{CheckRequest, CheckResponse, Finding, GetStatusRequest, GetStatusResponse};
 
 /// Operate an Understudy cluster.
 #[derive(Parser)]
@@ -47,6 +48,13 @@ enum Output {
 enum Cmd {
     /// Pairs, servers, DRBD state, the Raft leader and members.
     Status,
+    /// Inventory preflight now: volumes outside DRBD, zones, agent
+    /// self-checks (re-run first), initial sync, DRBD timing. Exit 3 when a
+    /// finding is an error.
+    Check {
+        /// Only this pair.
+        pair: Option<String>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +64,29 @@ enum CtlError {
 }
 
 async fn get_status(args: &Args) -> Result<GetStatusResponse, CtlError> {
+    leader_call(args, |mut c| async move {
+        c.get_status(GetStatusRequest {}).await
+    })
+    .await
+}
+
+async fn check(args: &Args, pair: &Option<String>) -> Result<CheckResponse, CtlError> {
+    let pair_id = pair.clone().unwrap_or_default();
+    leader_call(args, move |mut c| {
+        let pair_id = pair_id.clone();
+        async move { c.check(CheckRequest { pair_id }).await }
+    })
+    .await
+}
+
+type Client = OperatorServiceClient<tonic::transport::Channel>;
+
+/// Call the leader: try the controllers in turn, follow redirects.
+async fn leader_call<T, F, Fut>(args: &Args, call: F) -> Result<T, CtlError>
+where
+    F: Fn(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
     let mut tried = Vec::new();
     let mut queue: Vec<String> = args.controllers.clone();
     let mut hops = 0;
@@ -68,8 +99,8 @@ async fn get_status(args: &Args) -> Result<GetStatusResponse, CtlError> {
                 continue;
             }
         };
-        let mut client = OperatorServiceClient::new(ch);
-        match tokio::time::timeout(timeout, client.get_status(GetStatusRequest {})).await {
+        let client = OperatorServiceClient::new(ch);
+        match tokio::time::timeout(timeout, call(client)).await {
             Ok(Ok(r)) => return Ok(r.into_inner()),
             Ok(Err(st)) => {
                 tried.push(format!("{addr}: {}", st.message()));
@@ -221,10 +252,86 @@ fn print_table(s: &GetStatusResponse) {
                 o.server, o.lost_peer_unix_ms, p.serving, o.primary_alive_unix_ms, o.source
             );
         }
+        if let Some(r) = &p.resync {
+            println!(
+                "  RESYNC: {} {} done, {} out of sync, {} KiB/s observed, ETA {}",
+                r.server_id,
+                fmt_opt(r.percent.map(|x| format!("{x:.1}")), "%"),
+                fmt_opt(r.out_of_sync_bytes, " B"),
+                fmt_opt(r.rate_kib_per_s.map(|x| format!("{x:.0}")), ""),
+                fmt_opt(r.eta_ms.map(|x| format!("{:.1}", x as f64 / 1000.0)), " s"),
+            );
+        }
+        if let Some(sp) = &p.spare {
+            println!(
+                "  SPARE: {} {} {} {} ({})",
+                sp.server_id,
+                sp.state,
+                if sp.instance_id.is_empty() {
+                    "-"
+                } else {
+                    &sp.instance_id
+                },
+                if sp.address.is_empty() {
+                    "-"
+                } else {
+                    &sp.address
+                },
+                sp.reason
+            );
+        }
+        if let Some(r) = &p.rebuild {
+            println!("  REBUILD #{}: {} replaces {}", r.epoch, r.to, r.from);
+            for st in &r.steps {
+                println!(
+                    "    {:<16} {:<8} {:>8}  {}",
+                    st.step,
+                    st.status,
+                    fmt_opt(st.duration_ms, " ms"),
+                    st.detail
+                );
+            }
+        }
+        for x in &p.retired {
+            println!(
+                "  REPLACED: {} (instance {}, {}) by {}; volumes {} kept until released",
+                x.server_id,
+                x.instance_id,
+                if x.terminated {
+                    "terminated"
+                } else {
+                    "to terminate once Healthy"
+                },
+                x.replaced_by,
+                x.volumes.join(",")
+            );
+        }
+        if !p.provisioning_error.is_empty() {
+            println!("  SPARE NOT LAUNCHED: {}", p.provisioning_error);
+        }
+        for f in &p.findings {
+            println!("  {}", finding_line(f));
+        }
         for a in &p.alerts {
             println!("  ALERT: {a}");
         }
     }
+}
+
+fn finding_line(f: &Finding) -> String {
+    format!(
+        "{}: {}: {} (fix: {})",
+        f.severity.to_uppercase(),
+        f.subject,
+        f.problem,
+        f.fix
+    )
+}
+
+fn finding_json(f: &Finding) -> serde_json::Value {
+    serde_json::json!({
+        "severity": f.severity, "subject": f.subject, "problem": f.problem, "fix": f.fix,
+    })
 }
 
 /// `ping-int 10 s, ping-timeout 0.5 s, connect-int 10 s, timeout 6 s, protocol
@@ -329,6 +436,29 @@ fn status_json(s: &GetStatusResponse) -> serde_json::Value {
                     "detail": st.detail, "attempts": st.attempts,
                 })).collect::<Vec<_>>(),
             })),
+            "spare": p.spare.as_ref().map(|sp| json!({
+                "server_id": sp.server_id, "instance_id": sp.instance_id, "address": sp.address,
+                "zone": sp.zone, "state": sp.state, "reason": sp.reason,
+                "requested_unix_ms": sp.requested_unix_ms,
+            })),
+            "rebuild": p.rebuild.as_ref().map(|r| json!({
+                "id": r.epoch, "replaces": r.from, "spare": r.to, "started_unix_ms": r.started_unix_ms,
+                "steps": r.steps.iter().map(|st| json!({
+                    "step": st.step, "status": st.status, "duration_ms": st.duration_ms,
+                    "detail": st.detail, "attempts": st.attempts,
+                })).collect::<Vec<_>>(),
+            })),
+            "retired": p.retired.iter().map(|x| json!({
+                "server_id": x.server_id, "instance_id": x.instance_id, "volumes": x.volumes,
+                "replaced_by": x.replaced_by, "terminated": x.terminated,
+            })).collect::<Vec<_>>(),
+            "resync": p.resync.as_ref().map(|r| json!({
+                "server_id": r.server_id, "percent": r.percent,
+                "out_of_sync_bytes": r.out_of_sync_bytes, "rate_kib_per_s": r.rate_kib_per_s,
+                "eta_ms": r.eta_ms,
+            })),
+            "provisioning_error": p.provisioning_error,
+            "findings": p.findings.iter().map(finding_json).collect::<Vec<_>>(),
             "history": p.history.iter().map(|h| json!({
                 "at_unix_ms": h.at_unix_ms, "epoch": h.epoch, "event": h.event,
             })).collect::<Vec<_>>(),
@@ -354,6 +484,47 @@ fn main() -> ExitCode {
                     Output::Table => print_table(&s),
                 }
                 ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("understudyctl: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Cmd::Check { pair } => match rt.block_on(check(&args, pair)) {
+            Ok(r) => {
+                match args.output {
+                    Output::Json => {
+                        let v = serde_json::json!({
+                            "pairs": r.pairs.iter().map(|p| serde_json::json!({
+                                "pair_id": p.pair_id,
+                                "findings": p.findings.iter().map(finding_json).collect::<Vec<_>>(),
+                            })).collect::<Vec<_>>(),
+                        });
+                        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+                    }
+                    Output::Table => {
+                        for p in &r.pairs {
+                            if p.findings.is_empty() {
+                                println!("pair {}: no findings", p.pair_id);
+                            } else {
+                                println!("pair {}: {} finding(s)", p.pair_id, p.findings.len());
+                            }
+                            for f in &p.findings {
+                                println!("  {}", finding_line(f));
+                            }
+                        }
+                    }
+                }
+                let errors = r
+                    .pairs
+                    .iter()
+                    .flat_map(|p| p.findings.iter())
+                    .any(|f| f.severity == "error");
+                if errors {
+                    ExitCode::from(3)
+                } else {
+                    ExitCode::SUCCESS
+                }
             }
             Err(e) => {
                 eprintln!("understudyctl: {e}");

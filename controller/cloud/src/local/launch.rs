@@ -152,14 +152,11 @@ fn tag<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
 
 impl LocalCloud {
     fn launch_cfg(&self, op: &'static str) -> Result<&LocalLaunchConfig, CloudError> {
-        self.cfg.launch.as_ref().ok_or_else(|| {
-            refused(
-                op,
-                "the local cloud has no [cloud.launch] section: it cannot launch servers or \
-                 create volumes; add one (state_dir, zone, bridge, gateway, addresses, boot_command)"
-                    .into(),
-            )
-        })
+        // Without [cloud.launch] this cloud only fences and moves the IP.
+        self.cfg
+            .launch
+            .as_ref()
+            .ok_or_else(|| crate::unsupported(NAME, op))
     }
 
     /// The directory of host `instance_id` (its `dev/` holds attached volumes).
