@@ -677,6 +677,19 @@ impl Drop for Net {
                 let _ = ip(&["netns", "del", ns]);
             }
         }
+        // Hosts made under this prefix by others (the local cloud's launched
+        // instances: `<prefix>-iN`, veth `<prefix>lN`) are this network's too.
+        for ns in netns_list().unwrap_or_default() {
+            if ns.starts_with(&self.prefix) {
+                kill_netns_pids(&ns);
+                let _ = ip(&["netns", "del", &ns]);
+            }
+        }
+        for l in root_links().unwrap_or_default() {
+            if l.starts_with(&self.prefix) && l != self.bridge_name() {
+                let _ = ip(&["link", "del", &l]);
+            }
+        }
         if links.contains(&self.bridge_name()) {
             let _ = ip(&["link", "del", &self.bridge_name()]);
         }

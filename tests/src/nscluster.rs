@@ -117,6 +117,34 @@ pub struct NsOptions {
     /// The default: `true`; `false` for tests that write into the replicated
     /// directory themselves.
     pub block_device: bool,
+    /// Spares (`[spare]` and the local cloud's `[cloud.launch]`): fsa's and
+    /// fsb's disks are local-cloud volumes, and `RunInstances` boots a new host
+    /// on the bridge running [`NsCluster::boot_script`]. Block mode only.
+    pub spares: Option<SpareOptions>,
+}
+
+/// Knobs of the spares of a namespace cluster.
+#[derive(Debug, Clone)]
+pub struct SpareOptions {
+    /// The launch time of a spare (`[cloud.launch] boot_delay_ms`).
+    pub boot_delay_ms: u64,
+    /// `[spare] keep_ms`: a false alarm's spare is terminated this long after Healthy.
+    pub keep_ms: u64,
+    /// The launch template's zone (the pair is in `zone-a`).
+    pub template_zone: String,
+    /// `[spare] reattach`.
+    pub reattach: bool,
+}
+
+impl Default for SpareOptions {
+    fn default() -> Self {
+        SpareOptions {
+            boot_delay_ms: 1000,
+            keep_ms: 600_000,
+            template_zone: "zone-a".into(),
+            reattach: true,
+        }
+    }
 }
 
 impl Default for NsOptions {
@@ -134,6 +162,7 @@ impl Default for NsOptions {
             probe_after_silence_ms: None,
             confirm_window_ms: None,
             block_device: true,
+            spares: None,
         }
     }
 }
@@ -180,6 +209,15 @@ impl NsOptions {
                     ("confirm_window_ms", self.confirm_window_ms),
                 ],
             ),
+            self.spares
+                .as_ref()
+                .map(|s| {
+                    format!(
+                        "[spare]\nkeep_ms = {}\nboot_timeout_ms = 60000\nvolume_timeout_ms = 30000\nreattach = {}\n",
+                        s.keep_ms, s.reattach
+                    )
+                })
+                .unwrap_or_default(),
         ]
         .concat()
     }
@@ -223,6 +261,8 @@ pub struct NsCluster {
     /// Block mode: the registration (held `flock`) of this cluster's temp dir,
     /// whose loop devices a later run detaches if this process dies uncleanly.
     block_registration: Option<(PathBuf, fs::File)>,
+    /// With spares: the local cloud (the same registry the controllers use).
+    pub cloud: Option<understudy_cloud::local::LocalCloud>,
 }
 
 fn check_tools() {
@@ -280,6 +320,65 @@ impl NsCluster {
         let root = dir.path().to_path_buf();
         let client_ip = net.free_addr(0);
         let bridge = net.bridge_addr();
+        assert!(
+            opts.spares.is_none() || opts.block_device,
+            "spares need block mode (volumes hold the emulator's disk)"
+        );
+        // With spares, fsa's and fsb's disks are volumes of the local cloud
+        // (created and attached through it, as an operator's provisioning would),
+        // so a reattach can move fsa's to a spare.
+        let cloud = opts.spares.as_ref().map(|sp| {
+            let mut c = understudy_cloud::local::LocalConfig::new(net.prefix(), 24);
+            c.root_netns = root_netns.as_ref().map(|r| r.0.clone());
+            c.launch = Some(understudy_cloud::local::LocalLaunchConfig {
+                state_dir: root.join("cloud"),
+                zone: sp.template_zone.clone(),
+                bridge: net.bridge_name(),
+                gateway: bridge,
+                addresses: (20..30).map(|k| net.free_addr(k)).collect(),
+                boot_command: root.join("boot.sh").display().to_string(),
+                boot_delay_ms: sp.boot_delay_ms,
+                mib_per_gib: BLOCK_SIZE_MIB,
+            });
+            understudy_cloud::local::LocalCloud::new(c)
+        });
+        let mut volumes: std::collections::HashMap<&str, (String, PathBuf)> =
+            std::collections::HashMap::new();
+        if let Some(c) = &cloud {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            for name in ["fsa", "fsb"] {
+                let ns = net.ns_name(name);
+                let (vol, dev) = rt
+                    .block_on(async {
+                        use understudy_cloud::provision::{tag_list, tags};
+                        use understudy_cloud::Cloud;
+                        let sid = format!("{PAIR}-{name}");
+                        c.register_instance(&ns, &net.addr(name).to_string(), "zone-a", vec![])
+                            .await?;
+                        let v = c
+                            .create_volume(&understudy_cloud::VolumeRequest {
+                                client_token: format!("{}-{name}-disk", net.prefix()),
+                                zone: "zone-a".into(),
+                                size_gib: 1,
+                                tags: tag_list(&[(tags::PAIR, PAIR), (tags::SERVER_ID, &sid)]),
+                            })
+                            .await?;
+                        c.attach_volume(&v.volume_id, &ns, "xvdf").await?;
+                        let dev = c
+                            .instance_dir(&ns)
+                            .expect("launch")
+                            .join("dev")
+                            .join("xvdf");
+                        Ok::<_, understudy_cloud::CloudError>((v.volume_id, dev))
+                    })
+                    .unwrap_or_else(|e| panic!("local cloud volume for {name}: {e}"));
+                fs::create_dir_all(dev.join("md")).expect("volume md dir");
+                volumes.insert(name, (vol, dev));
+            }
+        }
         let addrs: Vec<String> = (0..3)
             .map(|i| {
                 if opts.controllers_in_namespaces {
@@ -299,13 +398,38 @@ impl NsCluster {
         let sid = |h: &str| format!("{PAIR}-{h}");
         let server_toml = |h: &str| {
             format!(
-                "{{ id = \"{}\", address = \"{}\", zone = \"zone-a\", instance_id = \"{}\", interface_id = \"{}:eth0\" }}",
+                "{{ id = \"{}\", address = \"{}\", zone = \"zone-a\", instance_id = \"{}\", interface_id = \"{}:eth0\"{} }}",
                 sid(h),
                 net.addr(h),
                 net.ns_name(h),
-                net.ns_name(h)
+                net.ns_name(h),
+                volumes
+                    .get(h)
+                    .map(|(v, _)| format!(", volumes = [\"{v}\"]"))
+                    .unwrap_or_default()
             )
         };
+        let launch_section = cloud
+            .as_ref()
+            .and_then(|c| c.config().launch.as_ref())
+            .map(|l| {
+                format!(
+                    "\n[cloud.launch]\nstate_dir = \"{}\"\nzone = \"{}\"\nbridge = \"{}\"\ngateway = \"{}\"\naddresses = [{}]\nboot_command = \"{}\"\nboot_delay_ms = {}\nmib_per_gib = {}\n",
+                    l.state_dir.display(),
+                    l.zone,
+                    l.bridge,
+                    l.gateway,
+                    l.addresses
+                        .iter()
+                        .map(|a| format!("\"{a}\""))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    l.boot_command,
+                    l.boot_delay_ms,
+                    l.mib_per_gib
+                )
+            })
+            .unwrap_or_default();
         let mut configs = Vec::new();
         for (i, addr) in addrs.iter().enumerate() {
             let path = root.join(format!("controller-{}.toml", i + 1));
@@ -327,7 +451,7 @@ netns_prefix = "{prefix}"
 prefix_len = 24
 {root_netns}
 kill_processes = {kill}
-
+{launch_section}
 [[pairs]]
 id = "{PAIR}"
 resource = "{RESOURCE}"
@@ -366,7 +490,10 @@ backup = {b}
             fs::create_dir_all(&export_dir).expect("export dir");
             let peer = names[1 - i];
             let emu_config = hdir.join("drbd-emu.toml");
-            let backing_file = hdir.join("disk.img");
+            let backing_file = match volumes.get(name) {
+                Some((_, dev)) => dev.join("disk.img"),
+                None => hdir.join("disk.img"),
+            };
             let device_link = hdir.join("drbd1000");
             fs::write(
                 &emu_config,
@@ -413,9 +540,13 @@ address = "{}:7789"
                         .unwrap_or_default(),
                 ) + &if opts.block_device {
                     format!(
-                        "\n[device]\nmode = \"block\"\nsize_mib = {BLOCK_SIZE_MIB}\nbacking_file = \"{}\"\ndevice_link = \"{}\"\n",
+                        "\n[device]\nmode = \"block\"\nsize_mib = {BLOCK_SIZE_MIB}\nbacking_file = \"{}\"\ndevice_link = \"{}\"\n{}",
                         backing_file.display(),
-                        device_link.display()
+                        device_link.display(),
+                        volumes
+                            .get(name)
+                            .map(|(_, dev)| format!("meta_dir = \"{}\"\n", dev.join("md").display()))
+                            .unwrap_or_default()
                     )
                 } else {
                     String::new()
@@ -449,7 +580,16 @@ address = "{}:7789"
                     export_dir: &export_dir,
                     ganesha_dir: &hdir.join("ganesha"),
                     client_ip,
-                }),
+                }) + &volumes
+                    .get(name)
+                    .map(|(_, dev)| {
+                        configure_section(
+                            &emu_config.display().to_string(),
+                            None,
+                            &dev.parent().expect("dev dir").display().to_string(),
+                        )
+                    })
+                    .unwrap_or_default(),
             )
             .expect("agent config");
             hosts.push(NsHost {
@@ -468,6 +608,9 @@ address = "{}:7789"
                 agent: None,
             });
         }
+        if cloud.is_some() {
+            write_boot_script(&root, &addrs, client_ip, opts.resync_rate_kib);
+        }
         let mut controllers = Controllers::new(addrs, configs);
         if opts.controllers_in_namespaces {
             for (i, h) in CONTROLLER_HOSTS.iter().enumerate() {
@@ -484,6 +627,7 @@ address = "{}:7789"
             root_netns,
             block_device: opts.block_device,
             block_registration,
+            cloud,
         };
         for i in 0..3 {
             c.start_controller(i);
@@ -848,8 +992,41 @@ address = "{}:7789"
     /// (`debugfs rdump`) into a new directory, whose path is returned.
     pub fn dump_disk(&self, i: usize, tag: &str) -> PathBuf {
         let h = &self.hosts[i];
-        let copy = self.dir.path().join(format!("{}-{tag}.img", h.name));
-        let out = self.dir.path().join(format!("{}-{tag}-files", h.name));
+        self.dump_image(&h.backing_file, &format!("{}-{tag}", h.name))
+    }
+
+    /// The disk of the volume the local cloud created for server `server_id`
+    /// (a replacement backup's), as [`NsCluster::dump_disk`] dumps it.
+    pub fn dump_volume_of(&self, server_id: &str, tag: &str) -> PathBuf {
+        let cloud = self.cloud.as_ref().expect("spares enabled");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let vols = rt
+            .block_on(understudy_cloud::Cloud::describe_volumes(
+                cloud,
+                &understudy_cloud::VolumeFilter::default(),
+            ))
+            .expect("describe volumes");
+        let v = vols
+            .iter()
+            .find(|v| {
+                v.tag(understudy_cloud::provision::tags::SERVER_ID) == Some(server_id)
+                    && v.tag(understudy_cloud::provision::tags::PURPOSE) == Some("volume")
+            })
+            .unwrap_or_else(|| panic!("no volume created for {server_id}: {vols:?}"));
+        let img = cloud
+            .volume_dir(&v.volume_id)
+            .expect("launch")
+            .join("disk.img");
+        self.dump_image(&img, &format!("{server_id}-{tag}"))
+    }
+
+    /// Copy an ext4 image, check it (replaying its journal) and dump its files.
+    pub fn dump_image(&self, image: &Path, tag: &str) -> PathBuf {
+        let copy = self.dir.path().join(format!("{tag}.img"));
+        let out = self.dir.path().join(format!("{tag}-files"));
         let run = |cmd: &str, args: &[&str], ok: &dyn Fn(i32) -> bool| {
             let o = Command::new(cmd)
                 .args(args)
@@ -864,7 +1041,7 @@ address = "{}:7789"
             );
         };
         let (b, c, o) = (
-            h.backing_file.display().to_string(),
+            image.display().to_string(),
             copy.display().to_string(),
             out.display().to_string(),
         );
@@ -934,11 +1111,147 @@ impl Drop for NsCluster {
                 .stderr(std::process::Stdio::null())
                 .status();
         }
+        if self.cloud.is_some() {
+            // Hosts the local cloud launched: their processes, mounts and the
+            // loop devices their emulators set up (found by backing file).
+            let prefix = format!("{}-i", self.net.prefix());
+            for ns in crate::netns::netns_list().unwrap_or_default() {
+                if ns.starts_with(&prefix) {
+                    crate::netns::kill_netns_pids(&ns);
+                }
+            }
+            let instances = self.dir.path().join("cloud").join("instances");
+            for e in fs::read_dir(&instances).into_iter().flatten().flatten() {
+                let _ = Command::new("umount")
+                    .arg("-l")
+                    .arg(e.path().join("export"))
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+            detach_loops_under(self.dir.path());
+        }
         if let Some((file, _lock)) = self.block_registration.take() {
             detach_registered_loops(&file);
             let _ = fs::remove_file(file);
         }
     }
+}
+
+/// Detach every loop device whose backing file is under `dir` (the emulators of
+/// hosts the local cloud launched, which the harness did not start itself).
+fn detach_loops_under(dir: &Path) {
+    let out = Command::new("losetup")
+        .args(["-l", "-n", "-O", "NAME,BACK-FILE"])
+        .output();
+    let Ok(out) = out else { return };
+    let prefix = dir.display().to_string();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut it = line.split_whitespace();
+        if let (Some(name), Some(back)) = (it.next(), it.next()) {
+            if back.starts_with(&prefix) {
+                let _ = crate::netns::run("losetup", &["-d", name]);
+            }
+        }
+    }
+}
+
+/// The agent's `[drbd.configure]`: the controller may point the resource at a
+/// new peer or volume (replacement backup, reattach).
+fn configure_section(path: &str, template: Option<&str>, instance_dir: &str) -> String {
+    format!(
+        "\n[drbd.configure]\nformat = \"emulator\"\npath = \"{path}\"\n{}volume_dir = \"{instance_dir}/dev\"\n",
+        template
+            .map(|t| format!("template = \"{t}\"\n"))
+            .unwrap_or_default()
+    )
+}
+
+/// The local cloud's boot command (its "user data"): on a launched host, write
+/// the agent's and the emulator's configuration from templates and start the
+/// agent. The emulator starts when the controller's `DrbdConfigure` runs
+/// `drbdadm adjust` (autoloaded, in a private mount namespace); until then
+/// the agent reports no resource.
+fn write_boot_script(root: &Path, controllers: &[String], client_ip: Ipv4Addr, rate: Option<u64>) {
+    let agent = agent_toml(&AgentTomlArgs {
+        server_id: "@SERVER_ID@",
+        role: "backup",
+        controllers,
+        state_dir: Path::new("@DIR@/agent-state"),
+        drbdsetup: Path::new("@DIR@/drbdsetup"),
+        drbdadm: Path::new("@DIR@/drbdadm"),
+        mount:
+            "mode = \"device\"\ndevice = \"@DIR@/drbd1000\"\nfstype = \"ext4\"\noptions = \"sync\"",
+        export_dir: Path::new("@DIR@/export"),
+        ganesha_dir: &PathBuf::from("@DIR@/ganesha"),
+        client_ip,
+    }) + &configure_section(
+        "@DIR@/drbd-emu.toml",
+        Some("@DIR@/drbd-emu.base.toml"),
+        "@DIR@",
+    );
+    let emu = format!(
+        r#"resource = "{RESOURCE}"
+hostname = "@SERVER_ID@"
+node_id = 0
+minor = 1000
+state_dir = "@DIR@/drbd-state"
+listen = "@ADDRESS@:7789"
+
+[net]
+fencing = "resource-and-stonith"
+protocol = "C"
+
+[handlers]
+fence_peer = "{} --config @DIR@/agent.toml --timeout-secs 30"
+
+[peer]
+hostname = "unconfigured"
+node_id = 1
+address = "127.0.0.1:7789"
+{}
+[device]
+mode = "block"
+size_mib = {BLOCK_SIZE_MIB}
+device_link = "@DIR@/drbd1000"
+private_mount_namespace = true
+"#,
+        bin("understudy-fence-peer").display(),
+        rate.map(|r| format!(
+            "
+[tuning]
+resync_rate_kib = {r}
+"
+        ))
+        .unwrap_or_default(),
+    );
+    fs::write(root.join("agent.toml.in"), agent).expect("agent template");
+    fs::write(root.join("drbd-emu.base.toml.in"), emu).expect("emulator template");
+    let script = format!(
+        r#"#!/bin/sh
+# The local cloud's boot command: make this launched host an Understudy server.
+set -e
+D="$UNDERSTUDY_INSTANCE_DIR"
+mkdir -p "$D/agent-state" "$D/export" "$D/ganesha" "$D/drbd-state" "$D/dev"
+sysctl -qw net.ipv4.neigh.eth0.retrans_time_ms=100 || true
+for f in agent.toml drbd-emu.base.toml; do
+  sed -e "s|@SERVER_ID@|$UNDERSTUDY_SERVER_ID|g" -e "s|@ADDRESS@|$UNDERSTUDY_ADDRESS|g"       -e "s|@DIR@|$D|g" "{root}/$f.in" > "$D/$f"
+done
+for t in drbdsetup drbdadm; do
+  printf '#!/bin/sh
+DRBD_EMU_CONFIG=%s/drbd-emu.toml exec %s %s "$@"
+' "$D" "{emu}" "$t" > "$D/$t"
+  chmod 755 "$D/$t"
+done
+RUST_LOG=info exec "{agent}" --config "$D/agent.toml" >> "$D/agent.log" 2>&1
+"#,
+        root = root.display(),
+        emu = bin("drbd-emu").display(),
+        agent = bin("understudy-agent").display(),
+    );
+    let p = root.join("boot.sh");
+    fs::write(&p, script).expect("boot script");
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).expect("chmod boot script");
 }
 
 fn check_block_tools() {
@@ -1369,9 +1682,22 @@ impl Invariants {
         let worst = Arc::new(Mutex::new((0, 0, String::new(), 0)));
         let ns = c.host_namespaces();
         let ip = c.client_ip;
+        // Hosts the local cloud launches meanwhile count too.
+        let launched = format!("{}-i", c.net.prefix());
         let (s2, w2) = (stop.clone(), worst.clone());
         let thread = std::thread::spawn(move || {
+            let mut names: std::collections::HashMap<String, &'static str> =
+                std::collections::HashMap::new();
             while !s2.load(Ordering::Relaxed) {
+                let mut ns = ns.clone();
+                for n in crate::netns::netns_list().unwrap_or_default() {
+                    if n.starts_with(&launched) {
+                        let name = *names
+                            .entry(n.clone())
+                            .or_insert_with(|| Box::leak(n.clone().into_boxed_str()));
+                        ns.push((n, name));
+                    }
+                }
                 let holders = ip_holders_in(&ns, ip);
                 let exporting = exporters_in(&ns);
                 let mut w = w2.lock().unwrap();
