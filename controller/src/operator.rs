@@ -323,7 +323,7 @@ impl OperatorService for OperatorGrpc {
                         .history
                         .iter()
                         .rev()
-                        .take(20)
+                        .take(HISTORY_IN_STATUS)
                         .rev()
                         .map(|h| HistoryLine {
                             at_unix_ms: h.at_unix_ms,
@@ -347,6 +347,10 @@ impl OperatorService for OperatorGrpc {
         }))
     }
 }
+
+/// How many of a pair's latest history lines the status carries (a failover
+/// and the rebuild after it fit).
+pub const HISTORY_IN_STATUS: usize = 60;
 
 /// A plan step as the status shows it.
 fn step_status(step: &str, status: &StepStatus, attempts: u32) -> StepStatusMsg {

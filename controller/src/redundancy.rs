@@ -138,15 +138,23 @@ pub fn need(
         .filter(|s| s.instance.is_some() && !s.terminating);
     let standby_dead = dead(standby, cfg.replace_after_ms.max(detector.agent_timeout_ms));
     let serving_dead = dead(serving, detector.primary_silence_ms);
+    // S9: the file server is dead and its backup cannot take over: marked
+    // outdated (S1), not UpToDate (never synced, resyncing), or dead itself.
+    let standby_unusable = pair
+        .outdated
+        .as_ref()
+        .is_some_and(|m| m.server == pair.standby_id())
+        || standby.drbd.as_ref().is_none_or(|d| d.disk != "UpToDate")
+        || dead(standby, detector.agent_timeout_ms);
     let no_usable_backup = pair.state == PairState::Blocked
         && pair.failover.is_none()
         && serving_dead
-        && pair
-            .outdated
-            .as_ref()
-            .is_some_and(|m| m.server == pair.standby_id());
+        && standby_unusable;
     match pair.state {
-        PairState::Suspect | PairState::FailingOver if r.spare.is_none() => {
+        // Pre-spin; a reattach plan has (and adopts) its own spare.
+        PairState::Suspect | PairState::FailingOver
+            if r.spare.is_none() && !pair.failover.as_ref().is_some_and(|f| f.is_reattach()) =>
+        {
             return Need::Launch {
                 reason: format!(
                     "pre-spin: pair {} is {} ({})",
@@ -1074,10 +1082,30 @@ mod tests {
             need(&p, &gone(), &alive(), 0, &cfg, &DetectorConfig::default()),
             Need::Nothing
         );
-        // Blocked for another reason (no outdated standby): a person decides.
+        // Blocked for another reason with an UpToDate backup (a failed fence):
+        // a person decides.
         let mut q = p.clone();
         q.outdated = None;
-        assert_eq!(decide(&q, &gone(), &alive(), 0), Need::Nothing);
+        let uptodate = AgentView {
+            drbd: Some(understudy_proto::DrbdSummary {
+                disk: "UpToDate".into(),
+                ..Default::default()
+            }),
+            ..alive()
+        };
+        assert_eq!(decide(&q, &gone(), &uptodate, 0), Need::Nothing);
+        // A backup still Inconsistent (initial sync) is unusable: reattach.
+        let inconsistent = AgentView {
+            drbd: Some(understudy_proto::DrbdSummary {
+                disk: "Inconsistent".into(),
+                ..Default::default()
+            }),
+            ..alive()
+        };
+        assert!(matches!(
+            decide(&q, &gone(), &inconsistent, 0),
+            Need::StartReattach { .. }
+        ));
     }
 
     #[test]
