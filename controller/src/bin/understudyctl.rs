@@ -236,7 +236,7 @@ fn print_table(s: &GetStatusResponse) {
         }
         for sv in &p.servers {
             if let Some(n) = &sv.drbd_net {
-                println!("  {}: DRBD net: {}", sv.id, drbd_net_line(n));
+                println!("  DRBD net of {}: {}", sv.id, drbd_net_line(n));
             }
         }
         for sv in p.servers.iter().filter(|sv| sv.stale) {

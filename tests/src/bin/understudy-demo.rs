@@ -8,8 +8,12 @@
 //! server killed in the middle of the writes (processes SIGKILLed, cable cut);
 //! the controller fences it, promotes fsb, exports NFS there and moves the client
 //! IP, step by step with timings; the client reads the file back through the
-//! same IP, and every write that was acknowledged (none lost); fsa comes back as
-//! the new backup and resyncs. Ctrl-C ends it and removes everything.
+//! same IP, and every write that was acknowledged (none lost). Meanwhile a spare
+//! server, launched by the controller when fsa turned Suspect (the local cloud
+//! boots a new namespace host after a launch delay), gets a fresh volume,
+//! becomes fsb's backup and resyncs (progress and ETA shown) until the pair is
+//! Healthy again; the dead fsa is then terminated, its volume kept. Ctrl-C ends
+//! it and removes everything.
 //!
 //! `--no-wait` exits after the scenario instead of watching until Ctrl-C.
 
@@ -19,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use understudy_tests::nscluster::{NsCluster, NsOptions, Writer, PAIR, PSEUDO};
+use understudy_tests::nscluster::{NsCluster, NsOptions, SpareOptions, Writer, PAIR, PSEUDO};
 use understudy_tests::{bin, pair};
 
 struct Screen {
@@ -95,8 +99,15 @@ fn main() {
     println!("starting: 3 controllers, file server fsa + backup fsb (DRBD emulator, nfs-ganesha) and a client, each host a network namespace ...");
     screen.event("starting 3 controllers and hosts fsa, fsb, client (network namespaces)");
     // A short pause before each failover step, so the steps can be watched.
+    // Spares launch in 3 s (a cloud's launch time, shortened); the resync of the
+    // 64 MiB disk is held to 8 MiB/s so its progress can be watched.
     let mut c = NsCluster::start_with(NsOptions {
         step_pause_ms: 300,
+        spares: Some(SpareOptions {
+            boot_delay_ms: 3000,
+            ..SpareOptions::default()
+        }),
+        resync_rate_kib: Some(8 * 1024),
         ..Default::default()
     });
     let addrs = c.controllers.addrs.join(",");
@@ -199,16 +210,87 @@ fn main() {
                 }
             }
         }
-        pause(4);
-        if stop.load(Ordering::SeqCst) {
-            return Ok(());
-        }
-        screen.event("fsa comes back: it rejoins as the backup and resynchronises");
-        c.revive_host(0);
-        c.wait_status("pair healthy again", Duration::from_secs(60), |s| {
-            pair(s, PAIR)["state"] == "Healthy"
+        // Redundancy comes back by itself: the spare launched when fsa turned
+        // Suspect becomes fsb's backup.
+        let mut said_spare = false;
+        let mut said_rebuild = 0;
+        let mut last_eta = Instant::now() - Duration::from_secs(10);
+        let healthy = loop {
+            if stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            if t0.elapsed() > Duration::from_secs(180) {
+                return Err("the pair was not Healthy again within 180 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            let Ok(s) = c.try_status() else { continue };
+            let p = pair(&s, PAIR);
+            if !said_spare && p["spare"]["state"] == "launched" {
+                said_spare = true;
+                screen.event(format!(
+                    "spare {} launched as instance {} at {} in {} ({})",
+                    p["spare"]["server_id"].as_str().unwrap_or("?"),
+                    p["spare"]["instance_id"].as_str().unwrap_or("?"),
+                    p["spare"]["address"].as_str().unwrap_or("?"),
+                    p["spare"]["zone"].as_str().unwrap_or("?"),
+                    p["spare"]["reason"].as_str().unwrap_or("")
+                ));
+            }
+            let steps = p["rebuild"]["steps"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            for st in steps
+                .iter()
+                .filter(|x| x["status"] == "done")
+                .skip(said_rebuild)
+            {
+                said_rebuild += 1;
+                screen.event(format!(
+                    "rebuild: {} done in {} ms: {}",
+                    st["step"].as_str().unwrap_or("?"),
+                    st["duration_ms"],
+                    st["detail"].as_str().unwrap_or("")
+                ));
+            }
+            if p["resync"]["eta_ms"].as_u64().is_some()
+                && last_eta.elapsed() > Duration::from_secs(2)
+            {
+                last_eta = Instant::now();
+                screen.event(format!(
+                    "resync to {}: {:.1}% done, {:.0} KiB/s observed, ETA {:.1} s",
+                    p["resync"]["server_id"].as_str().unwrap_or("?"),
+                    p["resync"]["percent"].as_f64().unwrap_or(0.0),
+                    p["resync"]["rate_kib_per_s"].as_f64().unwrap_or(0.0),
+                    p["resync"]["eta_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+                ));
+            }
+            let fsa_gone = p["servers"]
+                .as_array()
+                .is_some_and(|a| a.iter().all(|v| v["id"] != "fs1-fsa"));
+            if p["state"] == "Healthy" && fsa_gone {
+                break s;
+            }
+        };
+        let backup = pair(&healthy, PAIR)["servers"]
+            .as_array()
+            .and_then(|a| a.iter().find(|v| v["id"] != "fs1-fsb"))
+            .and_then(|v| v["id"].as_str())
+            .unwrap_or("?")
+            .to_string();
+        screen.event(format!(
+            "pair Healthy again {:.1} s after fsa died: fsb serves, {backup} (a fresh volume, fully resynced) is its backup",
+            t0.elapsed().as_secs_f64()
+        ));
+        let retired = c.wait_status("fsa terminated", Duration::from_secs(30), |s| {
+            pair(s, PAIR)["retired"][0]["terminated"] == true
         });
-        screen.event("pair Healthy again, now served by fsb with fsa as its backup");
+        screen.event(format!(
+            "dead fsa terminated now that the pair is redundant again; its volume {} is kept until an operator releases it",
+            pair(&retired, PAIR)["retired"][0]["volumes"][0]
+                .as_str()
+                .unwrap_or("?")
+        ));
         Ok(())
     };
     if let Err(e) = scenario() {
