@@ -150,8 +150,29 @@ pub fn summarize(r: &ResourceState) -> ResourceSummary {
     if let Some(d) = worst(pds.iter().map(|p| &p.peer_disk)) {
         s.peer_disk = d.clone();
     }
-    s.done_percent = pds.iter().filter_map(|p| p.done_percent).reduce(f64::min);
-    s.eta_seconds = pds.iter().filter_map(|p| p.eta_seconds).reduce(f64::max);
+    // Progress counts only while a resync runs: DRBD stops printing `done:`
+    // when it ends, and a merged state would otherwise keep the last value.
+    let resyncing = |p: &&&crate::model::PeerDeviceState| {
+        matches!(
+            p.replication,
+            ReplicationState::SyncSource
+                | ReplicationState::SyncTarget
+                | ReplicationState::PausedSyncS
+                | ReplicationState::PausedSyncT
+                | ReplicationState::VerifyS
+                | ReplicationState::VerifyT
+        )
+    };
+    s.done_percent = pds
+        .iter()
+        .filter(resyncing)
+        .filter_map(|p| p.done_percent)
+        .reduce(f64::min);
+    s.eta_seconds = pds
+        .iter()
+        .filter(resyncing)
+        .filter_map(|p| p.eta_seconds)
+        .reduce(f64::max);
     if !pds.is_empty() {
         s.out_of_sync_bytes = pds.iter().try_fold(0u64, |acc, p| {
             let kib = sane_counter(p.out_of_sync_kib?)?;

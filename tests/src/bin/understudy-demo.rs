@@ -201,10 +201,11 @@ fn main() {
         if let Ok(s) = c.try_status() {
             for l in pair(&s, PAIR)["history"].as_array().into_iter().flatten() {
                 let ev = l["event"].as_str().unwrap_or_default();
-                if l["epoch"] == 1
-                    && (ev.contains(" done in ")
-                        || ev.contains("-> FailingOver")
-                        || ev.contains("-> Degraded"))
+                if ev.starts_with("spare ")
+                    || l["epoch"] == 1
+                        && (ev.contains(" done in ")
+                            || ev.contains("-> FailingOver")
+                            || ev.contains("-> Degraded"))
                 {
                     screen.event(format!("  history: {ev}"));
                 }
