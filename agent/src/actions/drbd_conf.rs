@@ -254,7 +254,19 @@ pub async fn configure(
         req.peer_address
     )];
     let timeout = std::time::Duration::from_secs(drbd.timeout_secs);
-    if req.create_md {
+    // Fresh metadata only on a volume whose resource is not up yet: a repeated
+    // command (a new leader resuming the step) must not wipe a running resync.
+    let up = if req.create_md {
+        let cmd = CommandLine::new(&drbd.drbdadm)
+            .arg("dstate")
+            .arg(&drbd.resource);
+        command::run(&cmd, timeout).await?.success()
+    } else {
+        false
+    };
+    if up {
+        done.push("metadata kept: the resource is already up".into());
+    } else if req.create_md {
         let cmd = CommandLine::new(&drbd.drbdadm)
             .arg("create-md")
             .arg("--force")
