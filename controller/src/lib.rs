@@ -21,6 +21,7 @@
 //! - `config`, `error`: the TOML configuration and the error type.
 
 pub mod agents;
+pub mod auth;
 pub mod config;
 pub mod detector;
 pub mod error;
