@@ -451,6 +451,31 @@ pub fn decide(
             }
         }
     }
+    // A maintenance window: planned DRBD disconnects are expected, not alarms,
+    // and nothing fails over; S1 above and a stand-down (S10) still apply.
+    if let Some(m) = pair.ops.maintenance_at(now_unix_ms) {
+        if steps.is_empty()
+            && !matches!(
+                pair.state,
+                PairState::FailingOver | PairState::SwitchingOver
+            )
+        {
+            return Decision {
+                action: Action::Nothing,
+                reason: format!(
+                    "maintenance window until {} ({}, by {}): DRBD disconnects are expected; no automatic failover",
+                    crate::state::fmt_unix_ms(m.until_unix_ms),
+                    m.reason,
+                    m.by
+                ),
+                alerts: alerts
+                    .iter()
+                    .filter(|a| a.contains("self-check") || a.starts_with("STANDBY SERVING"))
+                    .cloned()
+                    .collect(),
+            };
+        }
+    }
     let dec = decide_main(pair, serving, standby, cfg, monitoring, steps, d);
     if dec.action != Action::Nothing
         || matches!(
@@ -754,6 +779,54 @@ fn decide_main(
                 ),
             ),
         },
+    }
+}
+
+/// Whether `to` may take over without losing data: `UpToDate`, connected,
+/// replication established, nothing out of sync (a planned switchover, or a
+/// promotion without `--force`). The refusal names the disk state and the
+/// resync's progress; pure.
+pub fn switchover_ready(to: &str, v: &AgentView) -> Result<String, String> {
+    if !v.connected {
+        return Err(format!("{to}'s agent is not connected"));
+    }
+    let Some(d) = v.drbd.as_ref() else {
+        return Err(format!("{to} has not reported its DRBD state"));
+    };
+    let progress = d
+        .done_percent
+        .map(|p| format!(", {p:.1}% done"))
+        .unwrap_or_default();
+    let ok = d.disk == "UpToDate"
+        && d.connection == "Connected"
+        && d.replication == "Established"
+        && d.out_of_sync_bytes == Some(0);
+    if ok {
+        Ok(format!(
+            "{to} is UpToDate, connected and in sync (out-of-sync 0)"
+        ))
+    } else {
+        Err(format!(
+            "{to} is {} ({} {}{progress}, {} out of sync): not UpToDate and in sync",
+            if d.disk.is_empty() {
+                "unknown"
+            } else {
+                &d.disk
+            },
+            if d.connection.is_empty() {
+                "-"
+            } else {
+                &d.connection
+            },
+            if d.replication.is_empty() {
+                "-"
+            } else {
+                &d.replication
+            },
+            d.out_of_sync_bytes
+                .map(|b| format!("{b} bytes"))
+                .unwrap_or_else(|| "unknown".into())
+        ))
     }
 }
 
@@ -1192,6 +1265,7 @@ mod tests {
                 status: StepStatus::Pending,
                 attempts: 0,
             }],
+            force: false,
         };
         let healthy_views = (serving_alive(), standby(in_sync(), None, Some(in_sync())));
         let resync = standby(

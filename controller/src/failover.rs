@@ -159,10 +159,17 @@ impl Executor {
                         pair_id: pair_id.into(),
                         epoch: plan.epoch,
                         state: PairState::Degraded,
-                        reason: format!(
-                            "failed over from {} to {} in {total} ms; serving without a backup",
-                            plan.from, plan.to
-                        ),
+                        reason: if plan.steps.iter().any(|s| s.step == Step::Check) {
+                            format!(
+                                "switched over from {} to {} in {total} ms; {} resynchronises as the backup",
+                                plan.from, plan.to, plan.from
+                            )
+                        } else {
+                            format!(
+                                "failed over from {} to {} in {total} ms; serving without a backup",
+                                plan.from, plan.to
+                            )
+                        },
                         at_unix_ms: now_unix_ms(),
                     })
                     .instrument(span.clone())
@@ -173,7 +180,7 @@ impl Executor {
                 return;
             };
             if let StepStatus::Failed { reason, .. } = &rec.status {
-                let state = if rec.step == Step::Confirm {
+                let state = if matches!(rec.step, Step::Confirm | Step::Check) {
                     PairState::Suspect
                 } else {
                     PairState::Blocked
@@ -305,9 +312,33 @@ impl Executor {
             }
             Step::Repoint => self.repoint_standby(pair, term).await,
             Step::Promote => {
-                self.agent(pair, plan, term, Cmd::Promote(DrbdPromote { force: false }))
+                self.agent(
+                    pair,
+                    plan,
+                    term,
+                    Cmd::Promote(DrbdPromote { force: plan.force }),
+                )
+                .await
+            }
+            Step::Check => self.switchover_check(pair, plan).await,
+            Step::ReleaseOld => {
+                self.old(
+                    pair,
+                    plan,
+                    term,
+                    Cmd::ReleaseIp(ReleaseIp {
+                        ip: pair.spec.client_ip.clone(),
+                        prefix_len: pair.spec.client_ip_prefix_len as u32,
+                    }),
+                )
+                .await
+            }
+            Step::UnexportOld => {
+                self.old(pair, plan, term, Cmd::UnexportNfs(UnexportNfs {}))
                     .await
             }
+            Step::UnmountOld => self.old(pair, plan, term, Cmd::Unmount(Unmount {})).await,
+            Step::DemoteOld => self.old(pair, plan, term, Cmd::Demote(DrbdDemote {})).await,
             Step::Mount => self.agent(pair, plan, term, Cmd::Mount(Mount {})).await,
             Step::Export => {
                 self.agent(pair, plan, term, Cmd::ExportNfs(ExportNfs {}))
@@ -350,6 +381,7 @@ impl Executor {
                 automatic: false,
                 started_unix_ms: now_unix_ms(),
                 steps: vec![],
+                force: false,
             };
             for step in steps {
                 // Committed before it is sent: only a leader holding a quorum
@@ -560,6 +592,39 @@ impl Executor {
         // (dropping the handles detaches them) and log their outcomes in this span.
         let run = fencer.run().await;
         run.result.map(|f| f.to_string()).map_err(|e| e.to_string())
+    }
+
+    /// Send a command to the old primary's agent (a switchover) and wait for its result.
+    async fn old(
+        &self,
+        pair: &PairRecord,
+        plan: &FailoverPlan,
+        term: u64,
+        action: Cmd,
+    ) -> Result<String, String> {
+        self.command(&plan.from, &pair.spec.id, plan.epoch, term, action)
+            .await
+    }
+
+    /// Switchover's first step: the target is UpToDate, connected and in sync
+    /// now, and both agents answer (no data may be lost, SPEC §5).
+    async fn switchover_check(
+        &self,
+        pair: &PairRecord,
+        plan: &FailoverPlan,
+    ) -> Result<String, String> {
+        let now = Instant::now();
+        let since = self.liveness.leading_since();
+        let res = &pair.spec.resource;
+        let from = agent_view(self.liveness.get(&plan.from).as_ref(), res, now, since);
+        let to = agent_view(self.liveness.get(&plan.to).as_ref(), res, now, since);
+        if !from.connected {
+            return Err(format!(
+                "{}'s agent is not connected: a switchover needs it to step down; use promote if it is dead",
+                plan.from
+            ));
+        }
+        crate::detector::switchover_ready(&plan.to, &to)
     }
 
     /// Send a command to the new primary's agent and wait for its result.

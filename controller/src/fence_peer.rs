@@ -204,6 +204,7 @@ mod tests {
                     attempts: 0,
                 })
                 .collect(),
+            force: false,
         });
         let e = check(&p, &req("a")).unwrap_err();
         assert!(e.message().contains("stays suspended"), "{}", e.message());

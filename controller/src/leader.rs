@@ -20,7 +20,7 @@ use crate::liveness::{agent_view, Liveness};
 use crate::raft::store::SharedState;
 use crate::raft::Raft;
 use crate::redundancy::Need;
-use crate::state::{PairState, Request, Response};
+use crate::state::{OperatorCommand, PairState, Request, Response};
 
 /// Propose a request, logging refusals; `None` if this node cannot commit now.
 async fn propose(raft: &Raft, req: Request) -> Option<crate::state::Response> {
@@ -179,6 +179,53 @@ pub async fn leader_duties(
                     said.insert(id.clone(), dec.reason.clone());
                 }
                 let at_unix_ms = now_unix_ms();
+                // A scheduled switchover whose time has come.
+                if let Some(sch) = pair
+                    .ops
+                    .scheduled
+                    .as_ref()
+                    .filter(|x| x.at_unix_ms <= at_unix_ms && pair.failover.is_none())
+                {
+                    let ready = if pair.state == PairState::Paused {
+                        Err(format!("pair {id} is paused"))
+                    } else if !sv.connected {
+                        Err(format!("{}'s agent is not connected", pair.serving_id()))
+                    } else {
+                        crate::detector::switchover_ready(&sch.to, &sb)
+                    };
+                    let identity = format!("schedule of {}", sch.by);
+                    let command = match ready {
+                        Ok(_) => OperatorCommand::Switchover { to: sch.to.clone() },
+                        Err(why) => OperatorCommand::Refused {
+                            command: format!("scheduled switchover to {}", sch.to),
+                            reason: why,
+                        },
+                    };
+                    let refused = matches!(command, OperatorCommand::Refused { .. });
+                    propose(
+                        &raft,
+                        Request::Operator {
+                            pair_id: id.clone(),
+                            identity: identity.clone(),
+                            command,
+                            at_unix_ms,
+                        },
+                    )
+                    .await;
+                    if refused {
+                        propose(
+                            &raft,
+                            Request::Operator {
+                                pair_id: id.clone(),
+                                identity,
+                                command: OperatorCommand::CancelSwitchover,
+                                at_unix_ms,
+                            },
+                        )
+                        .await;
+                    }
+                    continue;
+                }
                 if let Some(sc) = &executor.spare {
                     let busy = provisioning.get(&id).is_some_and(|(h, started)| {
                         // After a failed attempt, wait before the next one.

@@ -22,6 +22,7 @@
 
 pub mod agents;
 pub mod auth;
+pub mod command;
 pub mod config;
 pub mod detector;
 pub mod error;

@@ -133,6 +133,7 @@ pub async fn run(
         provisioning: executor.provisioning.clone(),
         findings: findings.clone(),
         cloud: executor.cloud.clone(),
+        auth: crate::auth::Auth::default(),
     };
     let served = tonic::transport::Server::builder()
         .tcp_nodelay(true)

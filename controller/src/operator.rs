@@ -44,11 +44,13 @@ pub struct OperatorGrpc {
     pub findings: Arc<crate::preflight::Findings>,
     /// For `Check`: volumes attached, the launch template's zone.
     pub cloud: Arc<dyn understudy_cloud::Cloud>,
+    /// Who is calling and what they may do.
+    pub auth: crate::auth::Auth,
 }
 
 impl OperatorGrpc {
     /// Refuse unless this node leads with a quorum and has applied all it committed.
-    async fn leader_barrier(&self) -> Result<LeaderView, Status> {
+    pub(crate) async fn leader_barrier(&self) -> Result<LeaderView, Status> {
         let view = self.leader.borrow().clone();
         if !view.is_leader {
             return Err(crate::leadership::not_leader(&view));
@@ -72,6 +74,36 @@ impl OperatorGrpc {
 
 #[tonic::async_trait]
 impl OperatorService for OperatorGrpc {
+    type WatchStream = crate::command::WatchStream;
+
+    async fn command(
+        &self,
+        req: Request<understudy_proto::OperatorCommandRequest>,
+    ) -> Result<Response<understudy_proto::OperatorCommandResponse>, Status> {
+        self.run_command(req).await
+    }
+
+    async fn history(
+        &self,
+        req: Request<understudy_proto::HistoryRequest>,
+    ) -> Result<Response<understudy_proto::HistoryResponse>, Status> {
+        OperatorGrpc::history(self, req).await
+    }
+
+    async fn explain(
+        &self,
+        req: Request<understudy_proto::ExplainRequest>,
+    ) -> Result<Response<understudy_proto::ExplainResponse>, Status> {
+        OperatorGrpc::explain(self, req).await
+    }
+
+    async fn watch(
+        &self,
+        req: Request<understudy_proto::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        OperatorGrpc::watch(self, req).await
+    }
+
     async fn check(&self, req: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
         let view = self.leader_barrier().await?;
         let only = req.into_inner().pair_id;
@@ -313,6 +345,43 @@ impl OperatorService for OperatorGrpc {
                     resync,
                     provisioning_error: self.provisioning.get(&p.spec.id).unwrap_or_default(),
                     findings: self.findings.get(&p.spec.id),
+                    paused: p
+                        .ops
+                        .paused
+                        .as_ref()
+                        .map(|x| {
+                            format!(
+                                "paused by {} at {}",
+                                x.by,
+                                crate::state::fmt_unix_ms(x.at_unix_ms)
+                            )
+                        })
+                        .unwrap_or_default(),
+                    maintenance: p
+                        .ops
+                        .maintenance_at(crate::leadership::now_unix_ms())
+                        .map(|m| {
+                            format!(
+                                "until {} by {}: {}",
+                                crate::state::fmt_unix_ms(m.until_unix_ms),
+                                m.by,
+                                m.reason
+                            )
+                        })
+                        .unwrap_or_default(),
+                    scheduled_switchover: p
+                        .ops
+                        .scheduled
+                        .as_ref()
+                        .map(|x| {
+                            format!(
+                                "to {} at {} (by {})",
+                                x.to,
+                                crate::state::fmt_unix_ms(x.at_unix_ms),
+                                x.by
+                            )
+                        })
+                        .unwrap_or_default(),
                     outdated: p.outdated.as_ref().map(|m| OutdatedStatus {
                         server: m.server.clone(),
                         lost_peer_unix_ms: m.lost_peer_unix_ms,

@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 /// How many history records are kept per pair (oldest dropped first).
 pub const HISTORY_LIMIT: usize = 200;
 
+mod operator;
 mod redundancy;
+pub use operator::*;
 pub use redundancy::*;
 
 /// The states of a pair (SPEC §3).
@@ -161,6 +163,9 @@ pub struct PairRecord {
     /// Spare, rebuild, replaced and retired servers.
     #[serde(default)]
     pub redundancy: Redundancy,
+    /// Pause, maintenance window, scheduled switchover.
+    #[serde(default)]
+    pub ops: Operations,
 }
 
 /// Why and since when a standby is known to be outdated (S1).
@@ -206,6 +211,16 @@ pub enum Step {
     /// Reattach, after Verify: the old backup pointed at the new primary, so it
     /// resyncs from it (skipped, and said so, when its agent is unreachable).
     Repoint,
+    /// Switchover: the backup is UpToDate, connected and in sync now.
+    Check,
+    /// Switchover: the client IP released by the old primary.
+    ReleaseOld,
+    /// Switchover: NFS no longer exported by the old primary.
+    UnexportOld,
+    /// Switchover: the file system unmounted on the old primary.
+    UnmountOld,
+    /// Switchover: `drbdadm secondary` on the old primary.
+    DemoteOld,
 }
 
 impl Step {
@@ -235,6 +250,20 @@ impl Step {
         Step::ClaimIp,
         Step::Verify,
         Step::Repoint,
+    ];
+
+    /// A planned switchover (SPEC §5): no fence, the old primary steps down first.
+    pub const SWITCHOVER: [Step; 10] = [
+        Step::Check,
+        Step::ReleaseOld,
+        Step::UnexportOld,
+        Step::UnmountOld,
+        Step::DemoteOld,
+        Step::Promote,
+        Step::Mount,
+        Step::Export,
+        Step::ClaimIp,
+        Step::Verify,
     ];
 }
 
@@ -335,6 +364,9 @@ pub struct FailoverPlan {
     pub automatic: bool,
     pub started_unix_ms: i64,
     pub steps: Vec<StepRecord>,
+    /// A manual promotion that accepted data loss (S8): `drbdadm primary --force`.
+    #[serde(default)]
+    pub force: bool,
 }
 
 impl FailoverPlan {
@@ -390,6 +422,9 @@ impl PairRecord {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
     pub pairs: BTreeMap<String, PairRecord>,
+    /// Every operator command, accepted or refused, with who asked (S8).
+    #[serde(default)]
+    pub audit: Vec<AuditEntry>,
 }
 
 /// A change proposed to the Raft log.
@@ -508,6 +543,14 @@ pub enum Request {
         status: StandDownStatus,
         at_unix_ms: i64,
     },
+    /// An operator command (see [`OperatorCommand`]), audited with `identity`
+    /// whether it is accepted or refused.
+    Operator {
+        pair_id: String,
+        identity: String,
+        command: OperatorCommand,
+        at_unix_ms: i64,
+    },
     /// Spare, rebuild and inventory replacement (see [`RedundancyRequest`]).
     Redundancy {
         pair_id: String,
@@ -551,6 +594,12 @@ impl fmt::Display for Request {
                 write!(f, "SyncInventory({} pairs)", pairs.len())
             }
             Request::Redundancy { pair_id, req, .. } => write!(f, "{req} for {pair_id}"),
+            Request::Operator {
+                pair_id,
+                identity,
+                command,
+                ..
+            } => write!(f, "Operator({pair_id}: {command} by {identity})"),
             Request::SetPairState {
                 pair_id,
                 expect,
@@ -653,6 +702,12 @@ impl ClusterState {
                 req,
                 at_unix_ms,
             } => self.apply_redundancy(pair_id, req, *at_unix_ms),
+            Request::Operator {
+                pair_id,
+                identity,
+                command,
+                at_unix_ms,
+            } => self.apply_operator(pair_id, identity, command, *at_unix_ms),
             Request::SetPairState {
                 pair_id,
                 expect,
@@ -738,6 +793,7 @@ impl ClusterState {
                             attempts: 0,
                         })
                         .collect(),
+                    force: false,
                 });
                 pair.record(
                     *at_unix_ms,
@@ -808,6 +864,7 @@ impl ClusterState {
                             attempts: 0,
                         })
                         .collect(),
+                    force: false,
                 });
                 pair.record(
                     *at_unix_ms,
@@ -1155,6 +1212,7 @@ impl ClusterState {
                         outdated: None,
                         holdoff_elapsed_ms: 0,
                         redundancy: Redundancy::default(),
+                        ops: Operations::default(),
                     };
                     rec.record(at, "pair added to the inventory".into());
                     self.pairs.insert(spec.id.clone(), rec);

@@ -33,6 +33,7 @@ pub fn pair(state: PairState) -> PairRecord {
         outdated: None,
         holdoff_elapsed_ms: 0,
         redundancy: Default::default(),
+        ops: Default::default(),
     }
 }
 
