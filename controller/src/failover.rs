@@ -478,6 +478,21 @@ impl Executor {
     ///
     /// An error sends the pair back to `Suspect` (see [`Executor::run`]).
     async fn confirm(&self, pair: &PairRecord, plan: &FailoverPlan) -> Result<String, String> {
+        if !plan.automatic {
+            // An operator's promotion: the operator is the witness. S1 was
+            // checked when the command was accepted, or waived with
+            // --force --accept-data-loss (S8); Fence still comes first (S3).
+            return Ok(format!(
+                "manual promotion of {} ({}): {}",
+                plan.to,
+                if plan.force {
+                    "forced: S1 waived, data loss accepted (S8)"
+                } else {
+                    "S1 checked when the command was accepted"
+                },
+                plan.reason
+            ));
+        }
         let deadline = Instant::now() + Duration::from_millis(self.cfg.agent_step_timeout_ms);
         let d = &self.detector;
         // A new leader counts silence from its own start: give the witnesses

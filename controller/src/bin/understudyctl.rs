@@ -3,13 +3,19 @@
 //! Every read goes to the Raft leader (linearizable): the CLI tries the given
 //! controllers in turn and follows a follower's redirect to the leader.
 //!
-//! Exit codes: 0 success, 1 no controller could answer, 2 bad usage, 3 `check`
-//! found at least one error.
+//! Exit codes: 0 done, 1 no controller could answer, 2 bad usage, 3 `check`
+//! found at least one error, 4 refused (the reason is printed: a safety rule, a
+//! plan in flight, a backup not in sync), 5 no such pair, 6 no quorum (the
+//! controllers answer but cannot commit or confirm leadership), 7 not
+//! authenticated or not allowed.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+#[path = "understudyctl/ops.rs"]
+mod ops;
 use understudy_controller::operator::LEADER_METADATA;
 use understudy_controller::raft::network::channel;
 use understudy_proto::operator_service_client::OperatorServiceClient;
@@ -18,7 +24,7 @@ use understudy_proto::{CheckRequest, CheckResponse, Finding, GetStatusRequest, G
 /// Operate an Understudy cluster.
 #[derive(Parser)]
 #[command(version, about)]
-struct Args {
+pub struct Args {
     /// Controller gRPC addresses (host:port), comma-separated; any of them will do.
     #[arg(
         long,
@@ -30,7 +36,7 @@ struct Args {
     controllers: Vec<String>,
     /// Output format.
     #[arg(long, short, value_enum, default_value_t = Output::Table, global = true)]
-    output: Output,
+    pub output: Output,
     /// Give up on a controller after this many milliseconds.
     #[arg(long, default_value_t = 3000, global = true)]
     timeout_ms: u64,
@@ -39,7 +45,7 @@ struct Args {
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
-enum Output {
+pub enum Output {
     Table,
     Json,
 }
@@ -55,12 +61,103 @@ enum Cmd {
         /// Only this pair.
         pair: Option<String>,
     },
+    /// Planned move of the file service to the backup, no data lost: refused
+    /// unless the backup is UpToDate and in sync. `--at` schedules it;
+    /// `--cancel` cancels a scheduled one.
+    Switchover {
+        pair: String,
+        /// The server to move to (default: the pair's backup).
+        #[arg(long, default_value = "")]
+        to: String,
+        /// When: `+10m` from now, or `2026-12-01T18:00:00Z` (UTC).
+        #[arg(long)]
+        at: Option<String>,
+        /// Cancel the scheduled switchover.
+        #[arg(long, conflicts_with_all = ["at", "to"])]
+        cancel: bool,
+    },
+    /// Manual failover to the backup. Refused unless it is UpToDate and in sync
+    /// (S1), unless `--force --accept-data-loss` (S8: recorded with who asked).
+    Promote {
+        pair: String,
+        /// The server to promote (default: the pair's backup).
+        #[arg(long, default_value = "")]
+        to: String,
+        /// Promote even a backup that may lack acknowledged writes.
+        #[arg(long, requires = "accept_data_loss")]
+        force: bool,
+        /// Required with --force: you accept losing what the backup lacks.
+        #[arg(long, requires = "force")]
+        accept_data_loss: bool,
+    },
+    /// No automatic action on the pair (reports still flow) until `resume`.
+    /// Without PAIR: every pair.
+    Pause { pair: Option<String> },
+    /// Undo `pause`. Without PAIR: every paused pair.
+    Resume { pair: Option<String> },
+    /// A maintenance window: planned DRBD disconnects (snapshots of the backup)
+    /// are expected, not alarms; no automatic failover. Ends by itself.
+    Maintenance {
+        pair: String,
+        /// How long: `30m`, `2h`, ...
+        #[arg(long = "for", required_unless_present = "end")]
+        duration: Option<String>,
+        /// Why (kept in the history).
+        #[arg(long, required_unless_present = "end")]
+        reason: Option<String>,
+        /// End the window now.
+        #[arg(long)]
+        end: bool,
+    },
+    /// Lift the hold-off after an automatic failover (S5): the next failure
+    /// fails over automatically again.
+    Ack { pair: String },
+    /// Clear a Blocked pair once you have acted; refused unless safe now.
+    #[command(alias = "resolve")]
+    Unblock {
+        pair: String,
+        /// What you did (kept in the history).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Every failover, switchover, block and command, with who, when, why and
+    /// each step's timing; then the audit log of operator commands.
+    History { pair: Option<String> },
+    /// What the controller would do now and why, including why it would not
+    /// fail over (which rule, which inputs).
+    Explain { pair: String },
+    /// A live stream of history lines and state changes (Ctrl-C ends it).
+    Watch { pair: Option<String> },
 }
 
 #[derive(Debug, thiserror::Error)]
-enum CtlError {
+pub enum CtlError {
     #[error("no controller answered ({0}); check the --controllers addresses and that a majority of controllers runs")]
     NoController(String),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("no quorum: {0}; is a majority of controllers up and connected?")]
+    NoQuorum(String),
+    #[error("not allowed: {0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl CtlError {
+    /// The process exit code (see the module documentation).
+    fn code(&self) -> u8 {
+        match self {
+            CtlError::NoController(_) => 1,
+            CtlError::Usage(_) => 2,
+            CtlError::Refused(_) => 4,
+            CtlError::NotFound(_) => 5,
+            CtlError::NoQuorum(_) => 6,
+            CtlError::Unauthorized(_) => 7,
+        }
+    }
 }
 
 async fn get_status(args: &Args) -> Result<GetStatusResponse, CtlError> {
@@ -82,12 +179,13 @@ async fn check(args: &Args, pair: &Option<String>) -> Result<CheckResponse, CtlE
 type Client = OperatorServiceClient<tonic::transport::Channel>;
 
 /// Call the leader: try the controllers in turn, follow redirects.
-async fn leader_call<T, F, Fut>(args: &Args, call: F) -> Result<T, CtlError>
+pub async fn leader_call<T, F, Fut>(args: &Args, call: F) -> Result<T, CtlError>
 where
     F: Fn(Client) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
     let mut tried = Vec::new();
+    let mut no_quorum = None;
     let mut queue: Vec<String> = args.controllers.clone();
     let mut hops = 0;
     while let Some(addr) = (!queue.is_empty()).then(|| queue.remove(0)) {
@@ -113,12 +211,31 @@ where
                         hops += 1;
                         queue.insert(0, leader.to_owned());
                     }
+                    continue;
+                }
+                use tonic::Code;
+                let msg = st.message().to_string();
+                match st.code() {
+                    Code::FailedPrecondition if msg.starts_with("no leader is known") => {
+                        no_quorum = Some(msg)
+                    }
+                    Code::Unavailable => no_quorum = Some(msg),
+                    Code::FailedPrecondition => return Err(CtlError::Refused(msg)),
+                    Code::NotFound => return Err(CtlError::NotFound(msg)),
+                    Code::Unauthenticated | Code::PermissionDenied => {
+                        return Err(CtlError::Unauthorized(msg))
+                    }
+                    Code::InvalidArgument => return Err(CtlError::Usage(msg)),
+                    _ => {}
                 }
             }
             Err(_) => tried.push(format!("{addr}: no answer within {timeout:?}")),
         }
     }
-    Err(CtlError::NoController(tried.join("; ")))
+    match no_quorum {
+        Some(m) => Err(CtlError::NoQuorum(m)),
+        None => Err(CtlError::NoController(tried.join("; "))),
+    }
 }
 
 fn fmt_opt<T: std::fmt::Display>(v: Option<T>, unit: &str) -> String {
@@ -528,9 +645,145 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("understudyctl: {e}");
-                ExitCode::from(1)
+                ExitCode::from(e.code())
             }
         },
+        Cmd::History { pair } => done(rt.block_on(ops::history(&args, pair.clone()))),
+        Cmd::Explain { pair } => done(rt.block_on(ops::explain(&args, pair.clone()))),
+        Cmd::Watch { pair } => done(rt.block_on(ops::watch(&args, pair.clone()))),
+        cmd => {
+            let changes = match changes(cmd) {
+                Ok(c) => c,
+                Err(e) => return done(Err(e)),
+            };
+            let pairs = match rt.block_on(targets(&args, cmd)) {
+                Ok(p) => p,
+                Err(e) => return done(Err(e)),
+            };
+            let mut last = Ok(());
+            for pair in pairs {
+                let r = rt.block_on(ops::change(&args, &pair, changes()));
+                match &r {
+                    Ok(resp) => match args.output {
+                        Output::Json => println!(
+                            "{}",
+                            serde_json::json!({
+                                "pair": pair, "outcome": resp.outcome,
+                                "epoch": resp.epoch, "state": resp.state,
+                            })
+                        ),
+                        Output::Table => println!(
+                            "pair {pair}: {} (state {}, epoch {})",
+                            resp.outcome, resp.state, resp.epoch
+                        ),
+                    },
+                    Err(e) => {
+                        if args.output == Output::Json {
+                            println!(
+                                "{}",
+                                serde_json::json!({"pair": pair, "error": e.to_string(), "exit_code": e.code()})
+                            );
+                        }
+                        eprintln!("understudyctl: pair {pair}: {e}");
+                    }
+                }
+                if let Err(e) = r {
+                    last = Err(e);
+                }
+            }
+            done_quiet(last)
+        }
+    }
+}
+
+fn done(r: Result<(), CtlError>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("understudyctl: {e}");
+            ExitCode::from(e.code())
+        }
+    }
+}
+
+fn done_quiet(r: Result<(), CtlError>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => ExitCode::from(e.code()),
+    }
+}
+
+/// The change a subcommand asks for (a maker: one per pair).
+fn changes(cmd: &Cmd) -> Result<Box<dyn Fn() -> ops::Change>, CtlError> {
+    Ok(match cmd {
+        Cmd::Pause { .. } => Box::new(|| ops::Change::Pause),
+        Cmd::Resume { .. } => Box::new(|| ops::Change::Resume),
+        Cmd::Ack { .. } => Box::new(|| ops::Change::Ack),
+        Cmd::Unblock { reason, .. } => {
+            let reason = reason.clone();
+            Box::new(move || ops::Change::Unblock {
+                reason: reason.clone(),
+            })
+        }
+        Cmd::Maintenance { end: true, .. } => Box::new(|| ops::Change::EndMaintenance),
+        Cmd::Maintenance {
+            duration, reason, ..
+        } => {
+            let d = ops::parse_duration(duration.as_deref().unwrap_or_default())
+                .map_err(CtlError::Usage)?;
+            let reason = reason.clone().unwrap_or_default();
+            Box::new(move || ops::Change::Maintenance {
+                duration: d,
+                reason: reason.clone(),
+            })
+        }
+        Cmd::Promote {
+            to,
+            force,
+            accept_data_loss,
+            ..
+        } => {
+            let (to, force, accept) = (to.clone(), *force, *accept_data_loss);
+            Box::new(move || ops::Change::Promote {
+                to: to.clone(),
+                force,
+                accept_data_loss: accept,
+            })
+        }
+        Cmd::Switchover { cancel: true, .. } => Box::new(|| ops::Change::CancelSwitchover),
+        Cmd::Switchover { to, at, .. } => {
+            let (to, at) = (to.clone(), at.clone());
+            Box::new(move || ops::Change::Switchover {
+                to: to.clone(),
+                at: at.clone(),
+            })
+        }
+        _ => return Err(CtlError::Usage("not a command that changes a pair".into())),
+    })
+}
+
+/// The pairs a subcommand applies to (`pause`/`resume` without PAIR: all).
+async fn targets(args: &Args, cmd: &Cmd) -> Result<Vec<String>, CtlError> {
+    let one = match cmd {
+        Cmd::Pause { pair } | Cmd::Resume { pair } => pair.clone(),
+        Cmd::Switchover { pair, .. }
+        | Cmd::Promote { pair, .. }
+        | Cmd::Maintenance { pair, .. }
+        | Cmd::Ack { pair }
+        | Cmd::Unblock { pair, .. } => Some(pair.clone()),
+        _ => None,
+    };
+    match one {
+        Some(p) => Ok(vec![p]),
+        None => {
+            let s = get_status(args).await?;
+            let resume = matches!(cmd, Cmd::Resume { .. });
+            Ok(s.pairs
+                .iter()
+                .filter(|p| !resume || p.state == "Paused")
+                .map(|p| p.id.clone())
+                .collect())
+        }
     }
 }
 
