@@ -454,7 +454,15 @@ pub fn decide(
     // A maintenance window: planned DRBD disconnects are expected, not alarms,
     // and nothing fails over; S1 above and a stand-down (S10) still apply.
     if let Some(m) = pair.ops.maintenance_at(now_unix_ms) {
-        if steps.is_empty()
+        // A standby that serves is still stood down; a disconnected one is
+        // left alone (the planned disconnect), not reconnected.
+        let serving_steps = steps.iter().any(|s| {
+            !matches!(
+                s,
+                StandDownStep::DiscardAndReconnect | StandDownStep::ReconnectServing
+            )
+        });
+        if !serving_steps
             && !matches!(
                 pair.state,
                 PairState::FailingOver | PairState::SwitchingOver
@@ -2221,5 +2229,70 @@ mod tests {
             decide(&pair(PairState::Healthy), &s, &b, NOW, &cfg()).action,
             Action::Nothing
         );
+    }
+}
+
+#[cfg(test)]
+mod maintenance_tests {
+    use super::*;
+    use crate::state::Maintenance;
+    use crate::testutil::{pair, sum};
+
+    #[test]
+    fn a_maintenance_window_silences_a_planned_disconnect_until_it_ends() {
+        let mut p = pair(PairState::Healthy);
+        p.ops.maintenance = Some(Maintenance {
+            until_unix_ms: 10_000,
+            reason: "snapshot".into(),
+            by: "alice".into(),
+        });
+        let serving = AgentView {
+            connected: true,
+            silent_ms: Some(0),
+            drbd: Some(sum(
+                "Primary",
+                "UpToDate",
+                "Connecting",
+                "Off",
+                "DUnknown",
+                None,
+            )),
+            ..Default::default()
+        };
+        let standby = AgentView {
+            connected: true,
+            silent_ms: Some(0),
+            drbd: Some(sum(
+                "Secondary",
+                "Outdated",
+                "StandAlone",
+                "Off",
+                "DUnknown",
+                None,
+            )),
+            peer_lost_ms: Some(5_000),
+            ..Default::default()
+        };
+        let cfg = DetectorConfig::default();
+        let mut marked = p.clone();
+        marked.outdated = Some(crate::state::OutdatedMark {
+            server: "b".into(),
+            lost_peer_unix_ms: 0,
+            primary_alive_unix_ms: 1,
+            source: "t".into(),
+        });
+        let d = decide(&marked, &serving, &standby, 5_000, &cfg);
+        assert_eq!(d.action, Action::Nothing, "{}", d.reason);
+        assert!(
+            d.reason.starts_with("maintenance window until"),
+            "{}",
+            d.reason
+        );
+        assert!(d.alerts.is_empty(), "{:?}", d.alerts);
+        // After the window: the usual decision (and its alarm) again.
+        let d = decide(&marked, &serving, &standby, 10_000, &cfg);
+        assert!(!d.reason.starts_with("maintenance"), "{}", d.reason);
+        assert!(!d.alerts.is_empty());
+        let _ = p;
     }
 }

@@ -423,6 +423,21 @@ fn print_table(s: &GetStatusResponse) {
                 x.volumes.join(",")
             );
         }
+        if !p.paused.is_empty() {
+            println!(
+                "  PAUSED: {}: no automatic action until `understudyctl resume {}`",
+                p.paused, p.id
+            );
+        }
+        if !p.maintenance.is_empty() {
+            println!(
+                "  MAINTENANCE {}: DRBD disconnects expected, no automatic failover",
+                p.maintenance
+            );
+        }
+        if !p.scheduled_switchover.is_empty() {
+            println!("  SWITCHOVER SCHEDULED {}", p.scheduled_switchover);
+        }
         if !p.provisioning_error.is_empty() {
             println!("  SPARE NOT LAUNCHED: {}", p.provisioning_error);
         }
@@ -575,6 +590,8 @@ fn status_json(s: &GetStatusResponse) -> serde_json::Value {
                 "eta_ms": r.eta_ms,
             })),
             "provisioning_error": p.provisioning_error,
+            "paused": p.paused, "maintenance": p.maintenance,
+            "scheduled_switchover": p.scheduled_switchover,
             "findings": p.findings.iter().map(finding_json).collect::<Vec<_>>(),
             "history": p.history.iter().map(|h| json!({
                 "at_unix_ms": h.at_unix_ms, "epoch": h.epoch, "event": h.event,
