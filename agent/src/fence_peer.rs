@@ -19,9 +19,9 @@
 
 use std::time::{Duration, Instant};
 
-use tonic::transport::Endpoint;
 use understudy_proto::agent_service_client::AgentServiceClient;
 use understudy_proto::{FencePeerRequest, FencePeerResponse};
+use understudy_tls::ClientTls;
 
 use crate::config::AgentConfig;
 
@@ -90,6 +90,9 @@ pub async fn fence_peer(
             want: cfg.drbd.resource.clone(),
         });
     }
+    // The agent's own certificate: the controller accepts the request only for
+    // the server it names.
+    let tls = cfg.client_tls()?;
     let highest_epoch = crate::epoch::EpochStore::open(&cfg.state_dir)?
         .current()
         .epoch;
@@ -110,12 +113,13 @@ pub async fn fence_peer(
             i += 1;
             a
         });
-        match ask(&addr, req.clone()).await {
+        match ask(&addr, tls.as_ref(), req.clone()).await {
             Ok(r) => return Ok(r),
             Err(st) => {
                 last = format!("{addr}: {}", st.message());
                 match st.code() {
                     tonic::Code::PermissionDenied
+                    | tonic::Code::Unauthenticated
                     | tonic::Code::InvalidArgument
                     | tonic::Code::NotFound => {
                         return Err(FencePeerError::Refused(st.message().to_owned()))
@@ -148,15 +152,24 @@ pub async fn fence_peer(
     })
 }
 
-async fn ask(addr: &str, req: FencePeerRequest) -> Result<FencePeerResponse, tonic::Status> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| tonic::Status::invalid_argument(format!("bad address {addr:?}: {e}")))?
+async fn ask(
+    addr: &str,
+    tls: Option<&ClientTls>,
+    req: FencePeerRequest,
+) -> Result<FencePeerResponse, tonic::Status> {
+    let endpoint = understudy_tls::endpoint(addr, tls)
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
         .connect_timeout(Duration::from_millis(500))
         .timeout(Duration::from_secs(5));
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| tonic::Status::unavailable(format!("connect: {e}")))?;
+    let channel = endpoint.connect().await.map_err(|e| {
+        // A refused certificate will not heal by retrying: refuse (exit 6).
+        match understudy_tls::auth_failure(&e) {
+            Some(why) => tonic::Status::permission_denied(why),
+            None => {
+                tonic::Status::unavailable(format!("connect: {}", understudy_tls::error_chain(&e)))
+            }
+        }
+    })?;
     AgentServiceClient::new(channel)
         .fence_peer(req)
         .await

@@ -3,17 +3,37 @@
 //! Every read goes to the Raft leader (linearizable): the CLI tries the given
 //! controllers in turn and follows a follower's redirect to the leader.
 //!
-//! Exit codes: 0 success, 1 no controller could answer, 2 bad usage, 3 `check`
-//! found at least one error.
+//! Calls run over mutual TLS: `--ca` (the cluster CA), `--cert` and `--key` (an
+//! operator certificate naming a role, from `understudyctl certs issue
+//! --operator NAME --role viewer|admin`), or the `UNDERSTUDY_CA`,
+//! `UNDERSTUDY_CERT`, `UNDERSTUDY_KEY` environment variables; `--insecure`
+//! (`UNDERSTUDY_INSECURE=true`) talks plain text to controllers configured with
+//! `[tls] insecure = true`, and `status` then warns on its first line.
+//!
+//! `understudyctl certs init --dir D` makes a cluster CA; `understudyctl certs
+//! issue --dir D (--agent ID | --controller N --addr IP,... | --operator NAME
+//! --role viewer|admin)` a certificate signed by it (see
+//! `understudy_controller::certs`).
+//!
+//! Exit codes: 0 success; 1 no controller could answer (for `certs`: the files
+//! could not be read or written); 2 bad usage (including unreadable or missing
+//! `--ca/--cert/--key`); 3 `check` found at least one error; 7 unauthorised: a
+//! controller refused these credentials (no or unknown client certificate, or
+//! a role that may not make the call; gRPC `UNAUTHENTICATED` or
+//! `PERMISSION_DENIED`), or the controller's certificate is not trusted.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
+use understudy_controller::auth::Role;
+use understudy_controller::certs::{self, CertsError, Leaf};
 use understudy_controller::operator::LEADER_METADATA;
 use understudy_controller::raft::network::channel;
 use understudy_proto::operator_service_client::OperatorServiceClient;
 use understudy_proto::{CheckRequest, CheckResponse, Finding, GetStatusRequest, GetStatusResponse};
+use understudy_tls::ClientTls;
 
 /// Operate an Understudy cluster.
 #[derive(Parser)]
@@ -34,6 +54,24 @@ struct Args {
     /// Give up on a controller after this many milliseconds.
     #[arg(long, default_value_t = 3000, global = true)]
     timeout_ms: u64,
+    /// The cluster CA's certificate (PEM): controllers must present one it signed.
+    #[arg(
+        long,
+        env = "UNDERSTUDY_CA",
+        global = true,
+        conflicts_with = "insecure"
+    )]
+    ca: Option<PathBuf>,
+    /// This operator's certificate (PEM), naming its role.
+    #[arg(long, env = "UNDERSTUDY_CERT", global = true, requires = "key")]
+    cert: Option<PathBuf>,
+    /// This operator's private key (PEM).
+    #[arg(long, env = "UNDERSTUDY_KEY", global = true, requires = "cert")]
+    key: Option<PathBuf>,
+    /// Plain text, no authentication: only for controllers configured with
+    /// `[tls] insecure = true`.
+    #[arg(long, env = "UNDERSTUDY_INSECURE", global = true)]
+    insecure: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -55,24 +93,125 @@ enum Cmd {
         /// Only this pair.
         pair: Option<String>,
     },
+    /// Make a cluster CA and the certificates it signs (for a test or demo
+    /// cluster; production may use its own PKI with the same names).
+    Certs {
+        #[command(subcommand)]
+        cmd: CertsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// Make a new CA in --dir: ca.pem (give it to every process) and ca.key
+    /// (keep it secret: it can mint any identity).
+    Init {
+        /// Directory for ca.pem and ca.key (made if missing).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+    },
+    /// Issue a certificate and key signed by the CA in --dir.
+    Issue(IssueArgs),
+}
+
+/// Exactly one of --agent, --controller, --operator.
+#[derive(clap::Args)]
+#[command(group(ArgGroup::new("kind").required(true).args(["agent", "controller", "operator"])))]
+struct IssueArgs {
+    /// The CA's directory (ca.pem, ca.key).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Where to write <name>.pem and <name>.key (default: --dir).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// An agent certificate for this server id: it may report and act for
+    /// that server only.
+    #[arg(long, value_name = "SERVER_ID")]
+    agent: Option<String>,
+    /// A controller certificate for this node id (serves, and dials its peers).
+    #[arg(long, value_name = "NODE_ID", requires = "addr")]
+    controller: Option<u64>,
+    /// The controller's addresses (IPs or host names, no ports), comma-separated:
+    /// clients verify the address they dial against them.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "IP",
+        requires = "controller"
+    )]
+    addr: Vec<String>,
+    /// An operator certificate for this name.
+    #[arg(long, value_name = "NAME", requires = "role")]
+    operator: Option<String>,
+    /// The operator's role: viewer (status, check, history) or admin (everything).
+    #[arg(long, value_parser = parse_role, requires = "operator")]
+    role: Option<Role>,
+    /// Validity in days.
+    #[arg(long, default_value_t = 365)]
+    days: u32,
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    s.parse()
 }
 
 #[derive(Debug, thiserror::Error)]
 enum CtlError {
     #[error("no controller answered ({0}); check the --controllers addresses and that a majority of controllers runs")]
     NoController(String),
+    #[error("no controller answered ({0}); with --insecure: if the controllers run with TLS, pass --ca, --cert and --key instead")]
+    NoControllerInsecure(String),
+    #[error("controller {addr} refused: {reason}; use an operator certificate with the role this needs (`understudyctl certs issue --operator NAME --role viewer|admin`) signed by the cluster CA")]
+    Unauthorized { addr: String, reason: String },
 }
 
-async fn get_status(args: &Args) -> Result<GetStatusResponse, CtlError> {
-    leader_call(args, |mut c| async move {
+impl CtlError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            CtlError::NoController(_) | CtlError::NoControllerInsecure(_) => ExitCode::from(1),
+            CtlError::Unauthorized { .. } => ExitCode::from(EXIT_UNAUTHORIZED),
+        }
+    }
+}
+
+/// Exit code: a controller refused these credentials.
+const EXIT_UNAUTHORIZED: u8 = 7;
+
+/// How to reach the controllers: `None` plain text (`--insecure`).
+fn client_tls(args: &Args) -> Result<Option<ClientTls>, String> {
+    if args.insecure {
+        return Ok(None);
+    }
+    let Some(ca) = &args.ca else {
+        return Err("no credentials: pass --ca, --cert and --key (or set UNDERSTUDY_CA, UNDERSTUDY_CERT, UNDERSTUDY_KEY); an operator certificate comes from `understudyctl certs issue --operator NAME --role viewer|admin`; for controllers with `[tls] insecure = true`, pass --insecure".into());
+    };
+    let identity = match (&args.cert, &args.key) {
+        (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+        // Without a client certificate the controllers refuse (exit 7, saying so).
+        _ => None,
+    };
+    ClientTls::load(ca, identity)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+async fn get_status(args: &Args, tls: Option<&ClientTls>) -> Result<GetStatusResponse, CtlError> {
+    leader_call(args, tls, |mut c| async move {
         c.get_status(GetStatusRequest {}).await
     })
     .await
 }
 
-async fn check(args: &Args, pair: &Option<String>) -> Result<CheckResponse, CtlError> {
+async fn check(
+    args: &Args,
+    tls: Option<&ClientTls>,
+    pair: &Option<String>,
+) -> Result<CheckResponse, CtlError> {
     let pair_id = pair.clone().unwrap_or_default();
-    leader_call(args, move |mut c| {
+    leader_call(args, tls, move |mut c| {
         let pair_id = pair_id.clone();
         async move { c.check(CheckRequest { pair_id }).await }
     })
@@ -81,8 +220,13 @@ async fn check(args: &Args, pair: &Option<String>) -> Result<CheckResponse, CtlE
 
 type Client = OperatorServiceClient<tonic::transport::Channel>;
 
-/// Call the leader: try the controllers in turn, follow redirects.
-async fn leader_call<T, F, Fut>(args: &Args, call: F) -> Result<T, CtlError>
+/// Call the leader: try the controllers in turn, follow redirects. A refusal
+/// of the credentials ends it at once: every controller would refuse them.
+async fn leader_call<T, F, Fut>(
+    args: &Args,
+    tls: Option<&ClientTls>,
+    call: F,
+) -> Result<T, CtlError>
 where
     F: Fn(Client) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -92,7 +236,7 @@ where
     let mut hops = 0;
     while let Some(addr) = (!queue.is_empty()).then(|| queue.remove(0)) {
         let timeout = Duration::from_millis(args.timeout_ms);
-        let ch = match channel(&addr, timeout) {
+        let ch = match channel(&addr, timeout, tls) {
             Ok(c) => c,
             Err(e) => {
                 tried.push(format!("{addr}: {e}"));
@@ -103,7 +247,19 @@ where
         match tokio::time::timeout(timeout, call(client)).await {
             Ok(Ok(r)) => return Ok(r.into_inner()),
             Ok(Err(st)) => {
-                tried.push(format!("{addr}: {}", st.message()));
+                if matches!(
+                    st.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                ) {
+                    return Err(CtlError::Unauthorized {
+                        addr,
+                        reason: st.message().to_owned(),
+                    });
+                }
+                if let Some(reason) = understudy_tls::auth_failure(&st) {
+                    return Err(CtlError::Unauthorized { addr, reason });
+                }
+                tried.push(format!("{addr}: {}", understudy_tls::error_chain(&st)));
                 if let Some(leader) = st
                     .metadata()
                     .get(LEADER_METADATA)
@@ -118,7 +274,55 @@ where
             Err(_) => tried.push(format!("{addr}: no answer within {timeout:?}")),
         }
     }
-    Err(CtlError::NoController(tried.join("; ")))
+    if args.insecure {
+        Err(CtlError::NoControllerInsecure(tried.join("; ")))
+    } else {
+        Err(CtlError::NoController(tried.join("; ")))
+    }
+}
+
+/// The first line of `status` when the controllers run without TLS.
+const INSECURE_WARNING: &str = "WARNING: insecure mode: no TLS, any host that reaches the controllers can pose as an agent or operator";
+
+fn certs(cmd: &CertsCmd) -> Result<(), CertsError> {
+    match cmd {
+        CertsCmd::Init { dir, days } => {
+            let w = certs::init_ca(dir, *days)?;
+            println!(
+                "wrote {} (give it to every controller, agent and operator as the CA)",
+                w.cert.display()
+            );
+            println!(
+                "wrote {} (keep it secret, readable by you only: it can mint any identity)",
+                w.key.display()
+            );
+        }
+        CertsCmd::Issue(a) => {
+            let leaf = if let Some(server_id) = &a.agent {
+                Leaf::Agent {
+                    server_id: server_id.clone(),
+                }
+            } else if let Some(node_id) = a.controller {
+                Leaf::Controller {
+                    node_id,
+                    addrs: a.addr.clone(),
+                }
+            } else {
+                Leaf::Operator {
+                    name: a.operator.clone().unwrap_or_default(),
+                    role: a.role.unwrap_or(Role::Viewer),
+                }
+            };
+            let w = certs::issue(&a.dir, a.out.as_deref().unwrap_or(&a.dir), &leaf, a.days)?;
+            println!(
+                "wrote {} and {} ({})",
+                w.cert.display(),
+                w.key.display(),
+                certs::uri(&leaf.caller()).unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn fmt_opt<T: std::fmt::Display>(v: Option<T>, unit: &str) -> String {
@@ -128,6 +332,9 @@ fn fmt_opt<T: std::fmt::Display>(v: Option<T>, unit: &str) -> String {
 
 fn print_table(s: &GetStatusResponse) {
     if let Some(c) = &s.cluster {
+        if c.insecure {
+            println!("{INSECURE_WARNING}");
+        }
         println!(
             "controller leader: {} ({})  term {}  applied index {}  answered by {}",
             fmt_opt(c.leader_id, ""),
@@ -415,6 +622,7 @@ fn status_json(s: &GetStatusResponse) -> serde_json::Value {
         "cluster": s.cluster.as_ref().map(|c| json!({
             "answered_by": c.answered_by, "leader_id": c.leader_id, "leader_addr": c.leader_addr,
             "term": c.term, "last_applied_index": c.last_applied_index,
+            "insecure": c.insecure,
             "members": c.members.iter().map(|m| json!({
                 "id": m.id, "addr": m.addr, "voter": m.voter, "leader": m.leader,
                 "matched_index": m.matched_index,
@@ -469,13 +677,36 @@ fn status_json(s: &GetStatusResponse) -> serde_json::Value {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Cmd::Certs { cmd } = &args.cmd {
+        return match certs(cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("understudyctl: {e}");
+                ExitCode::from(match e {
+                    CertsError::BadName(_) | CertsError::BadAddr(_) => 2,
+                    _ => 1,
+                })
+            }
+        };
+    }
+    let tls = match client_tls(&args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("understudyctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     match &args.cmd {
-        Cmd::Status => match rt.block_on(get_status(&args)) {
+        Cmd::Certs { .. } => unreachable!("handled above"),
+        Cmd::Status => match rt.block_on(get_status(&args, tls.as_ref())) {
             Ok(s) => {
+                if args.output == Output::Json && s.cluster.as_ref().is_some_and(|c| c.insecure) {
+                    eprintln!("{INSECURE_WARNING}");
+                }
                 match args.output {
                     Output::Json => println!(
                         "{}",
@@ -487,10 +718,10 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("understudyctl: {e}");
-                ExitCode::from(1)
+                e.exit_code()
             }
         },
-        Cmd::Check { pair } => match rt.block_on(check(&args, pair)) {
+        Cmd::Check { pair } => match rt.block_on(check(&args, tls.as_ref(), pair)) {
             Ok(r) => {
                 match args.output {
                     Output::Json => {
@@ -528,7 +759,7 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("understudyctl: {e}");
-                ExitCode::from(1)
+                e.exit_code()
             }
         },
     }

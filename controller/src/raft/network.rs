@@ -4,7 +4,8 @@
 //! a `RaftMessage`; the workspace pins the openraft version, so both ends agree.
 //! The client side ([`Network`]) keeps one lazily-connected tonic channel per peer
 //! and maps transport failures to `Unreachable` (openraft then backs off); the
-//! server side ([`RaftGrpc`]) hands requests to the local Raft node.
+//! server side ([`RaftGrpc`]) hands requests to the local Raft node, once the
+//! caller proved (its TLS client certificate) to be a member controller.
 
 use std::future::Future;
 use std::time::Duration;
@@ -17,20 +18,28 @@ use openraft::raft::{
 };
 use openraft::{OptionalSend, RaftNetworkV2};
 use serde::{Deserialize, Serialize};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 use understudy_proto::raft_service_client::RaftServiceClient;
 use understudy_proto::raft_service_server::RaftService;
 use understudy_proto::{RaftMessage, SnapshotChunk};
+use understudy_tls::ClientTls;
 
 use super::types::{Node, NodeId, Raft, TypeConfig};
+use crate::auth::Auth;
 
 /// Size of one snapshot chunk on the wire.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
 
-/// Open a lazily-connecting channel to a controller's gRPC address (`host:port`).
-pub fn channel(addr: &str, connect_timeout: Duration) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+/// Open a lazily-connecting channel to a controller's gRPC address (`host:port`):
+/// mutual TLS with `tls` (the controller's certificate must name the host),
+/// plain text without.
+pub fn channel(
+    addr: &str,
+    connect_timeout: Duration,
+    tls: Option<&ClientTls>,
+) -> Result<Channel, understudy_tls::TlsError> {
+    Ok(understudy_tls::endpoint(addr, tls)?
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(1))
@@ -40,7 +49,11 @@ pub fn channel(addr: &str, connect_timeout: Duration) -> Result<Channel, tonic::
 
 /// Creates one [`PeerClient`] per Raft peer.
 #[derive(Clone, Default)]
-pub struct Network;
+pub struct Network {
+    /// This node's certificate (a controller's names its node id) and the CA;
+    /// `None`: plain text (`[tls] insecure = true`).
+    pub tls: Option<ClientTls>,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
@@ -50,6 +63,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.addr.clone(),
             client: None,
+            tls: self.tls.clone(),
         }
     }
 }
@@ -59,6 +73,7 @@ pub struct PeerClient {
     target: NodeId,
     addr: String,
     client: Option<RaftServiceClient<Channel>>,
+    tls: Option<ClientTls>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -74,7 +89,7 @@ fn unreachable<E: std::fmt::Display>(target: NodeId, addr: &str, e: E) -> Unreac
 impl PeerClient {
     fn client(&mut self) -> Result<RaftServiceClient<Channel>, Unreachable<TypeConfig>> {
         if self.client.is_none() {
-            let ch = channel(&self.addr, Duration::from_millis(500))
+            let ch = channel(&self.addr, Duration::from_millis(500), self.tls.as_ref())
                 .map_err(|e| unreachable(self.target, &self.addr, e))?;
             self.client = Some(RaftServiceClient::new(ch));
         }
@@ -110,7 +125,7 @@ impl PeerClient {
                 return Err(RPCError::Unreachable(unreachable(
                     self.target,
                     &self.addr,
-                    status.message(),
+                    peer_error(&status),
                 )));
             }
             Ok(Ok(r)) => r.into_inner(),
@@ -198,7 +213,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 return Err(StreamingError::Unreachable(unreachable(
                     self.target,
                     &self.addr,
-                    status.message(),
+                    peer_error(&status),
                 )));
             }
             Ok(Ok(r)) => r.into_inner(),
@@ -209,14 +224,52 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     }
 }
 
+/// Why a peer call failed; a refused certificate is logged loudly (it will not
+/// heal by retrying: a peer's certificate or the CA is wrong).
+fn peer_error(status: &Status) -> String {
+    match understudy_tls::auth_failure(status) {
+        Some(why) => {
+            tracing::error!(error = %why, "a Raft peer refused this controller's certificate");
+            why
+        }
+        None if matches!(
+            status.code(),
+            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+        ) =>
+        {
+            tracing::error!(error = %status.message(), "a Raft peer refused this controller");
+            status.message().to_owned()
+        }
+        None => understudy_tls::error_chain(status),
+    }
+}
+
 /// Server side of the Raft transport: hands requests to the local node.
 pub struct RaftGrpc {
     raft: Raft,
+    auth: Auth,
+    /// The configured members' ids: only they may send Raft messages.
+    members: Vec<u64>,
 }
 
 impl RaftGrpc {
-    pub fn new(raft: Raft) -> Self {
-        Self { raft }
+    pub fn new(raft: Raft, auth: Auth, members: Vec<u64>) -> Self {
+        Self {
+            raft,
+            auth,
+            members,
+        }
+    }
+
+    /// Refuse anyone but a member controller (a peer certificate naming a
+    /// configured node id); logged, as it means a misconfiguration or an attack.
+    fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        self.auth
+            .peer(req, &self.members)
+            .map(|_| ())
+            .inspect_err(|e| {
+                tracing::warn!(error = %e.message(), "Raft message refused");
+            })
     }
 }
 
@@ -239,16 +292,19 @@ impl RaftService for RaftGrpc {
         &self,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        self.check(&req)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref())?;
         encode(self.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check(&req)?;
         let rpc: VoteRequest<TypeConfig> = decode(req.get_ref())?;
         encode(self.raft.vote(rpc).await)
     }
 
     async fn pre_vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check(&req)?;
         let rpc: VoteRequest<TypeConfig> = decode(req.get_ref())?;
         encode(self.raft.pre_vote(rpc).await)
     }
@@ -257,6 +313,7 @@ impl RaftService for RaftGrpc {
         &self,
         req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftMessage>, Status> {
+        self.check(&req)?;
         let mut stream = req.into_inner();
         let mut header: Option<SnapshotHeader> = None;
         let mut data = Vec::new();
