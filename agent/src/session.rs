@@ -66,6 +66,9 @@ pub async fn run(
     let mut next = 0usize;
     let mut redirect_to: Option<String> = None;
     let mut redirects_in_a_row = 0u32;
+    // A session that fails before the leader's Welcome may be a refused
+    // certificate that TLS 1.3 reports as a reset: probe now and then, and say so.
+    let diagnosis = understudy_tls::Diagnosis::new(Duration::from_secs(10));
     loop {
         let addr = match redirect_to.take() {
             Some(a) => a,
@@ -78,6 +81,7 @@ pub async fn run(
         match session(
             &cfg,
             tls.as_ref(),
+            &diagnosis,
             &addr,
             drbd.clone(),
             handler.clone(),
@@ -130,6 +134,7 @@ fn refused_or_broken(st: &tonic::Status, broken: impl Fn(String) -> Ended) -> En
 async fn session(
     cfg: &AgentConfig,
     tls: Option<&ClientTls>,
+    diagnosis: &understudy_tls::Diagnosis,
     addr: &str,
     mut drbd: watch::Receiver<DrbdStatus>,
     handler: Arc<Handler>,
@@ -142,6 +147,13 @@ async fn session(
             addr: addr.to_owned(),
             reason,
         })
+    };
+    // Before the Welcome: maybe TLS refused this agent (see `run`).
+    let early = |reason: String| {
+        if let Some(t) = tls {
+            diagnosis.after_failure(addr, t, "agent session");
+        }
+        broken(reason)
     };
     let endpoint = match understudy_tls::endpoint(addr, tls) {
         Ok(e) => e
@@ -156,7 +168,7 @@ async fn session(
         Ok(c) => c,
         Err(e) => match understudy_tls::auth_failure(&e) {
             Some(why) => return Ended::Refused(why),
-            None => return broken(format!("connect: {}", understudy_tls::error_chain(&e))),
+            None => return early(format!("connect: {}", understudy_tls::error_chain(&e))),
         },
     };
     let mut client = AgentServiceClient::new(channel);
@@ -182,14 +194,14 @@ async fn session(
     )
     .await
     {
-        Err(_) => return broken("no answer to Hello within 2 s".into()),
-        Ok(Err(st)) => return refused_or_broken(&st, broken),
+        Err(_) => return early("no answer to Hello within 2 s".into()),
+        Ok(Err(st)) => return refused_or_broken(&st, early),
         Ok(Ok(r)) => r.into_inner(),
     };
     let welcome = match tokio::time::timeout(Duration::from_secs(2), inbound.message()).await {
-        Err(_) => return broken("no Welcome within 2 s".into()),
-        Ok(Err(st)) => return refused_or_broken(&st, broken),
-        Ok(Ok(None)) => return broken("stream closed before Welcome".into()),
+        Err(_) => return early("no Welcome within 2 s".into()),
+        Ok(Err(st)) => return refused_or_broken(&st, early),
+        Ok(Ok(None)) => return early("stream closed before Welcome".into()),
         Ok(Ok(Some(m))) => match m.msg {
             Some(In::Welcome(w)) => w,
             Some(In::Redirect(r)) => {

@@ -626,13 +626,7 @@ address = "{}:7789"
             });
         }
         if cloud.is_some() {
-            write_boot_script(
-                &root,
-                &addrs,
-                client_ip,
-                opts.resync_rate_kib,
-                pki.as_ref(),
-            );
+            write_boot_script(&root, &addrs, client_ip, opts.resync_rate_kib, pki.as_ref());
         }
         let creds = match &pki {
             Some(p) => p.operator("test-admin", Role::Admin),

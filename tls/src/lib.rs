@@ -162,11 +162,12 @@ impl TlsFiles {
     }
 }
 
-/// What a client needs to dial a controller over TLS.
+/// What a client needs to dial a controller over TLS (PEM).
 #[derive(Clone)]
 pub struct ClientTls {
-    ca: Certificate,
-    identity: Option<Identity>,
+    ca: Vec<u8>,
+    /// Certificate (chain) and key.
+    identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for ClientTls {
@@ -182,15 +183,114 @@ impl ClientTls {
     /// one the controller refuses the connection (it requires client
     /// certificates), which `understudyctl` reports as unauthorised.
     pub fn load(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<ClientTls, TlsError> {
-        let ca = Certificate::from_pem(read_certs("CA certificate", ca)?);
+        let ca = read_certs("CA certificate", ca)?;
         let identity = match identity {
-            Some((cert, key)) => Some(Identity::from_pem(
-                read_certs("certificate", cert)?,
-                read_key(key)?,
-            )),
+            Some((cert, key)) => Some((read_certs("certificate", cert)?, read_key(key)?)),
             None => None,
         };
         Ok(ClientTls { ca, identity })
+    }
+
+    /// Whether this client presents a certificate.
+    pub fn has_certificate(&self) -> bool {
+        self.identity.is_some()
+    }
+
+    /// The same configuration for rustls directly ([`diagnose`]).
+    fn rustls_config(&self) -> Result<rustls::ClientConfig, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(&self.ca) {
+            roots
+                .add(c.map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+        let mut cfg = match &self.identity {
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_slice_iter(cert)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| e.to_string())?;
+                let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| e.to_string())?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| e.to_string())?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(cfg)
+    }
+}
+
+/// Why a controller at `addr` refuses this client at the TLS layer, if it
+/// does: a bare handshake, then a wait for the controller's first bytes.
+///
+/// With TLS 1.3 a client learns that its certificate was refused only after
+/// its own handshake finished; a gRPC call that has already written its
+/// request may then see the connection reset rather than the controller's
+/// alert. This probe writes nothing, so the alert arrives intact. `None`: the
+/// controller accepted the handshake, or could not be reached at all.
+pub async fn diagnose(addr: &str, tls: &ClientTls, timeout: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let host = host_of(addr).ok()?.to_owned();
+    let name = rustls::pki_types::ServerName::try_from(host).ok()?;
+    let cfg = tls.rustls_config().ok()?;
+    let probe = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+        let mut stream = match connector.connect(name, tcp).await {
+            Ok(s) => s,
+            Err(e) => return auth_failure(&e),
+        };
+        let mut buf = [0u8; 64];
+        match stream.read(&mut buf).await {
+            Err(e) => auth_failure(&e),
+            Ok(_) => None,
+        }
+    };
+    tokio::time::timeout(timeout, probe).await.ok().flatten()
+}
+
+/// Background [`diagnose`] after failed calls of a long-running client (an
+/// agent, a Raft peer), at most once per interval, so a refused certificate is
+/// logged as such instead of as a broken connection; the caller's retries go
+/// on undelayed.
+#[derive(Debug)]
+pub struct Diagnosis {
+    every: Duration,
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Diagnosis {
+    pub fn new(every: Duration) -> Self {
+        Diagnosis {
+            every,
+            last: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// A call to `addr` failed in transport: unless a probe ran within the
+    /// interval, probe in the background and log an error naming the reason
+    /// if the controller refuses this client's certificate. Needs a tokio runtime.
+    pub fn after_failure(&self, addr: &str, tls: &ClientTls, who: &'static str) {
+        {
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < self.every) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let (addr, tls) = (addr.to_owned(), tls.clone());
+        tokio::spawn(async move {
+            if let Some(why) = diagnose(&addr, &tls, Duration::from_secs(2)).await {
+                tracing::error!(controller = %addr, error = %why, "{who}: TLS refused");
+            }
+        });
     }
 }
 
@@ -223,10 +323,10 @@ pub fn endpoint(addr: &str, tls: Option<&ClientTls>) -> Result<Endpoint, TlsErro
         None => Endpoint::from_shared(format!("http://{addr}")).map_err(bad),
         Some(t) => {
             let mut cfg = ClientTlsConfig::new()
-                .ca_certificate(t.ca.clone())
+                .ca_certificate(Certificate::from_pem(&t.ca))
                 .domain_name(host.to_owned());
-            if let Some(id) = &t.identity {
-                cfg = cfg.identity(id.clone());
+            if let Some((cert, key)) = &t.identity {
+                cfg = cfg.identity(Identity::from_pem(cert, key));
             }
             Endpoint::from_shared(format!("https://{addr}"))
                 .and_then(|e| e.tls_config(cfg))
@@ -277,32 +377,47 @@ fn walk<T>(
 /// refused this client's certificate or its absence, or this client does not
 /// trust the controller's), what an operator should fix; `None` for other
 /// failures.
+///
+/// rustls's error is matched by type where it survives, and by its text where
+/// it does not: h2 keeps only the message of an I/O error it passes on.
 pub fn auth_failure(e: &(dyn StdError + 'static)) -> Option<String> {
-    use rustls::AlertDescription as A;
-    walk(e, &mut |err| {
-        let r = err.downcast_ref::<rustls::Error>()?;
-        Some(match r {
-            rustls::Error::AlertReceived(A::CertificateRequired) => {
-                "the controller requires a client certificate: pass --cert and --key (or [tls] cert and key)".to_string()
+    walk(e, &mut |err| match err.downcast_ref::<rustls::Error>() {
+        Some(rustls::Error::AlertReceived(a)) => alert(&format!("{a:?}")),
+        Some(rustls::Error::InvalidCertificate(c)) => Some(untrusted(&c.to_string())),
+        Some(_) => None,
+        None => {
+            let text = err.to_string();
+            if let Some(rest) = text.split("received fatal alert: ").nth(1) {
+                alert(rest.split(|c: char| !c.is_ascii_alphanumeric()).next()?)
+            } else {
+                let rest = text.split("invalid peer certificate: ").nth(1)?;
+                Some(untrusted(rest))
             }
-            rustls::Error::AlertReceived(
-                a @ (A::BadCertificate
-                | A::UnknownCA
-                | A::CertificateUnknown
-                | A::CertificateExpired
-                | A::CertificateRevoked
-                | A::UnsupportedCertificate
-                | A::AccessDenied
-                | A::DecryptError),
-            ) => format!(
-                "the controller refused this client's certificate (TLS alert {a:?}): it must be signed by the cluster CA, unexpired, and made for this use by `understudyctl certs issue`"
-            ),
-            rustls::Error::InvalidCertificate(c) => format!(
-                "the controller's certificate is not acceptable ({c:?}): check that the CA is the cluster's and that the controller's certificate names the address dialled (`understudyctl certs issue --controller N --addr IP,...`)"
-            ),
-            _ => return None,
-        })
+        }
     })
+}
+
+/// A TLS alert from the controller that means it refused this client.
+fn alert(name: &str) -> Option<String> {
+    match name {
+        "CertificateRequired" => Some(
+            "the controller requires a client certificate: pass --cert and --key (or [tls] cert and key)".into(),
+        ),
+        "BadCertificate" | "UnknownCA" | "CertificateUnknown" | "CertificateExpired"
+        | "CertificateRevoked" | "UnsupportedCertificate" | "AccessDenied" | "DecryptError" => {
+            Some(format!(
+                "the controller refused this client's certificate (TLS alert {name}): it must be signed by the cluster CA, unexpired, and made for this use by `understudyctl certs issue`"
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// This client does not accept the controller's certificate.
+fn untrusted(why: &str) -> String {
+    format!(
+        "the controller's certificate is not acceptable ({why}): check that --ca (or [tls] ca) is the cluster's CA and that the controller's certificate names the address dialled (`understudyctl certs issue --controller N --addr IP,...`)"
+    )
 }
 
 #[cfg(test)]
@@ -354,6 +469,33 @@ mod tests {
             TlsSection::files(Some(&TlsSection::default())),
             Err(TlsError::Incomplete("ca"))
         ));
+    }
+
+    #[test]
+    fn refusals_are_recognised_by_type_or_by_text() {
+        let typed = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired),
+        );
+        assert!(auth_failure(&typed)
+            .unwrap()
+            .contains("requires a client certificate"));
+        // As h2 passes it on: the message only.
+        let text = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "received fatal alert: UnknownCA",
+        );
+        assert!(auth_failure(&text).unwrap().contains("TLS alert UnknownCA"));
+        let text = std::io::Error::other(
+            "invalid peer certificate: certificate not valid for name \"10.0.0.1\"",
+        );
+        assert!(auth_failure(&text)
+            .unwrap()
+            .contains("not valid for name \"10.0.0.1\""));
+        let other = std::io::Error::other("connection refused");
+        assert_eq!(auth_failure(&other), None);
+        let other = std::io::Error::other("received fatal alert: HandshakeFailure");
+        assert_eq!(auth_failure(&other), None);
     }
 
     #[test]

@@ -259,6 +259,21 @@ where
                 if let Some(reason) = understudy_tls::auth_failure(&st) {
                     return Err(CtlError::Unauthorized { addr, reason });
                 }
+                // TLS 1.3 tells a refused client only after its handshake:
+                // the call may have seen a reset instead of the alert. Ask
+                // the controller again with a bare handshake.
+                if let (
+                    Some(t),
+                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled,
+                ) = (tls, st.code())
+                {
+                    if let Some(reason) =
+                        understudy_tls::diagnose(&addr, t, timeout.min(Duration::from_secs(2)))
+                            .await
+                    {
+                        return Err(CtlError::Unauthorized { addr, reason });
+                    }
+                }
                 tried.push(format!("{addr}: {}", understudy_tls::error_chain(&st)));
                 if let Some(leader) = st
                     .metadata()

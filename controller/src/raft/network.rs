@@ -64,6 +64,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             addr: node.addr.clone(),
             client: None,
             tls: self.tls.clone(),
+            diagnosis: understudy_tls::Diagnosis::new(Duration::from_secs(10)),
         }
     }
 }
@@ -74,6 +75,8 @@ pub struct PeerClient {
     addr: String,
     client: Option<RaftServiceClient<Channel>>,
     tls: Option<ClientTls>,
+    /// Says so in the log when the peer refuses this node's certificate.
+    diagnosis: understudy_tls::Diagnosis,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -87,6 +90,26 @@ fn unreachable<E: std::fmt::Display>(target: NodeId, addr: &str, e: E) -> Unreac
 }
 
 impl PeerClient {
+    /// Why a call failed; a refusal of this node (its certificate, or its
+    /// membership) is logged as an error: it will not heal by retrying.
+    fn failed(&self, status: &Status) -> String {
+        if let Some(why) = understudy_tls::auth_failure(status) {
+            tracing::error!(peer = self.target, error = %why, "a Raft peer refused this controller's certificate");
+            return why;
+        }
+        if matches!(
+            status.code(),
+            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+        ) {
+            tracing::error!(peer = self.target, error = %status.message(), "a Raft peer refused this controller");
+            return status.message().to_owned();
+        }
+        if let Some(tls) = &self.tls {
+            self.diagnosis.after_failure(&self.addr, tls, "Raft peer");
+        }
+        understudy_tls::error_chain(status)
+    }
+
     fn client(&mut self) -> Result<RaftServiceClient<Channel>, Unreachable<TypeConfig>> {
         if self.client.is_none() {
             let ch = channel(&self.addr, Duration::from_millis(500), self.tls.as_ref())
@@ -125,7 +148,7 @@ impl PeerClient {
                 return Err(RPCError::Unreachable(unreachable(
                     self.target,
                     &self.addr,
-                    peer_error(&status),
+                    self.failed(&status),
                 )));
             }
             Ok(Ok(r)) => r.into_inner(),
@@ -213,7 +236,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 return Err(StreamingError::Unreachable(unreachable(
                     self.target,
                     &self.addr,
-                    peer_error(&status),
+                    self.failed(&status),
                 )));
             }
             Ok(Ok(r)) => r.into_inner(),
@@ -221,26 +244,6 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         let res: Result<SnapshotResponse<TypeConfig>, String> = serde_json::from_slice(&reply.data)
             .map_err(|e| StreamingError::Network(NetworkError::from_string(e)))?;
         res.map_err(|e| StreamingError::Network(NetworkError::from_string(e)))
-    }
-}
-
-/// Why a peer call failed; a refused certificate is logged loudly (it will not
-/// heal by retrying: a peer's certificate or the CA is wrong).
-fn peer_error(status: &Status) -> String {
-    match understudy_tls::auth_failure(status) {
-        Some(why) => {
-            tracing::error!(error = %why, "a Raft peer refused this controller's certificate");
-            why
-        }
-        None if matches!(
-            status.code(),
-            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
-        ) =>
-        {
-            tracing::error!(error = %status.message(), "a Raft peer refused this controller");
-            status.message().to_owned()
-        }
-        None => understudy_tls::error_chain(status),
     }
 }
 
