@@ -17,6 +17,9 @@
 //! agents with the `device` mount mode. [`NsOptions::directory`]: the emulator
 //! replicates a directory (asynchronously) that the agents bind-mount.
 //!
+//! Every link runs over mutual TLS with certificates from a CA in the cluster's
+//! directory ([`crate::Pki`]); [`NsOptions::insecure`] runs plain text.
+//!
 //! Everything is removed on drop, also when a test panics: processes killed,
 //! mounts gone with their mount namespaces (bind mounts lazily unmounted), the
 //! cluster's loop devices detached (and those of a crashed run at the next
