@@ -161,17 +161,37 @@ async fn ask(
         .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
         .connect_timeout(Duration::from_millis(500))
         .timeout(Duration::from_secs(5));
-    let channel = endpoint.connect().await.map_err(|e| {
-        // A refused certificate will not heal by retrying: refuse (exit 6).
-        match understudy_tls::auth_failure(&e) {
-            Some(why) => tonic::Status::permission_denied(why),
+    let answer = match endpoint.connect().await {
+        Ok(channel) => match AgentServiceClient::new(channel).fence_peer(req).await {
+            Ok(r) => return Ok(r.into_inner()),
+            Err(st) => st,
+        },
+        Err(e) => match understudy_tls::auth_failure(&e) {
+            // A refused certificate will not heal by retrying: refuse (exit 6).
+            Some(why) => return Err(tonic::Status::permission_denied(why)),
+            None if !understudy_tls::worth_diagnosing(&e) => {
+                return Err(tonic::Status::unavailable(format!(
+                    "connect: {}",
+                    understudy_tls::error_chain(&e)
+                )))
+            }
             None => {
                 tonic::Status::unavailable(format!("connect: {}", understudy_tls::error_chain(&e)))
             }
+        },
+    };
+    // TLS 1.3 may have shown the refusal of this certificate as a reset:
+    // ask again with a bare handshake.
+    if let (Some(t), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled) =
+        (tls, answer.code())
+    {
+        let why = match understudy_tls::auth_failure(&answer) {
+            Some(why) => Some(why),
+            None => understudy_tls::diagnose(addr, t, Duration::from_secs(1)).await,
+        };
+        if let Some(why) = why {
+            return Err(tonic::Status::permission_denied(why));
         }
-    })?;
-    AgentServiceClient::new(channel)
-        .fence_peer(req)
-        .await
-        .map(|r| r.into_inner())
+    }
+    Err(answer)
 }

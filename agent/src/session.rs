@@ -151,7 +151,7 @@ async fn session(
     // Before the Welcome: maybe TLS refused this agent (see `run`).
     let early = |reason: String| {
         if let Some(t) = tls {
-            diagnosis.after_failure(addr, t, "agent session");
+            diagnosis.after_failure(addr, t, None, "agent session");
         }
         broken(reason)
     };
@@ -168,7 +168,12 @@ async fn session(
         Ok(c) => c,
         Err(e) => match understudy_tls::auth_failure(&e) {
             Some(why) => return Ended::Refused(why),
-            None => return early(format!("connect: {}", understudy_tls::error_chain(&e))),
+            None => {
+                if let Some(t) = tls {
+                    diagnosis.after_failure(addr, t, Some(&e), "agent session");
+                }
+                return broken(format!("connect: {}", understudy_tls::error_chain(&e)));
+            }
         },
     };
     let mut client = AgentServiceClient::new(channel);

@@ -31,7 +31,9 @@ use understudy_proto::raft_service_client::RaftServiceClient;
 use understudy_proto::{
     AgentMessage, FencePeerRequest, GetStatusRequest, Hello, RaftMessage, Report, ServerRole,
 };
-use understudy_tests::{bin, pair, pair_healthy, server, wait_for, Cluster, Creds, Pki, Proc};
+use understudy_tests::{
+    bin, free_udp_port, pair, pair_healthy, server, wait_for, Cluster, Creds, Pki, Proc,
+};
 use understudy_tls::ClientTls;
 
 fn rt() -> tokio::runtime::Runtime {
@@ -276,8 +278,8 @@ fn a_client_without_a_certificate_is_refused() {
     });
     let foreign = Creds::Tls {
         ca: pki.ca(),
-        cert: Some(w.cert),
-        key: Some(w.key),
+        cert: Some(w.cert.clone()),
+        key: Some(w.key.clone()),
     };
     let out = understudy_tests::ctl(&c.controllers.addrs, &foreign)
         .arg("status")
@@ -289,6 +291,51 @@ fn a_client_without_a_certificate_is_refused() {
         "{}",
         stderr(&out)
     );
+
+    // An agent holding a certificate from another CA: it says, in its log,
+    // that the controllers refuse its certificate.
+    let b = &c.hosts[1];
+    let fs1b = issued(&pki, "agent-fs1-b");
+    // (fs1-b's own agent still runs: another probe port.)
+    let text = std::fs::read_to_string(&b.agent_config)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            if l.starts_with("probe_listen") {
+                format!("probe_listen = \"127.0.0.1:{}\"", free_udp_port())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let cfg = b.dir.join("foreign.toml");
+    std::fs::write(
+        &cfg,
+        text.replace(
+            &fs1b.cert.display().to_string(),
+            &w.cert.display().to_string(),
+        )
+        .replace(
+            &fs1b.key.display().to_string(),
+            &w.key.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let log = b.dir.join("foreign.log");
+    let mut cmd = std::process::Command::new(bin("understudy-agent"));
+    cmd.arg("--config").arg(&cfg).env("RUST_LOG", "info");
+    let agent = Proc::spawn("agent with a foreign certificate", &mut cmd, &log);
+    wait_for(
+        "the agent to log that its certificate is refused",
+        Duration::from_secs(10),
+        || {
+            let l = std::fs::read_to_string(&log).unwrap_or_default();
+            l.contains("refused this client's certificate")
+                .then_some(())
+        },
+    );
+    agent.kill();
 
     // Plain text against TLS controllers: nothing answers (exit 1), with a hint.
     let out = understudy_tests::ctl(&c.controllers.addrs, &Creds::Insecure)

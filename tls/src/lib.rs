@@ -227,6 +227,13 @@ impl ClientTls {
     }
 }
 
+/// Whether a failed call may hide a TLS refusal worth [`diagnose`]: not when
+/// the TCP connection itself failed (nobody listening, unreachable), nor when
+/// the refusal is already plain.
+pub fn worth_diagnosing(e: &(dyn StdError + 'static)) -> bool {
+    auth_failure(e).is_none() && !error_chain(e).contains("tcp connect error")
+}
+
 /// Why a controller at `addr` refuses this client at the TLS layer, if it
 /// does: a bare handshake, then a wait for the controller's first bytes.
 ///
@@ -274,10 +281,19 @@ impl Diagnosis {
         }
     }
 
-    /// A call to `addr` failed in transport: unless a probe ran within the
-    /// interval, probe in the background and log an error naming the reason
+    /// A call to `addr` failed in transport (with `failure`, when there is an
+    /// error to look at): unless a probe ran within the interval, probe in the background and log an error naming the reason
     /// if the controller refuses this client's certificate. Needs a tokio runtime.
-    pub fn after_failure(&self, addr: &str, tls: &ClientTls, who: &'static str) {
+    pub fn after_failure(
+        &self,
+        addr: &str,
+        tls: &ClientTls,
+        failure: Option<&(dyn StdError + 'static)>,
+        who: &'static str,
+    ) {
+        if failure.is_some_and(|e| !worth_diagnosing(e)) {
+            return;
+        }
         {
             let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
             if last.is_some_and(|t| t.elapsed() < self.every) {

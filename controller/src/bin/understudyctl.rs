@@ -262,11 +262,11 @@ where
                 // TLS 1.3 tells a refused client only after its handshake:
                 // the call may have seen a reset instead of the alert. Ask
                 // the controller again with a bare handshake.
-                if let (
-                    Some(t),
-                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled,
-                ) = (tls, st.code())
-                {
+                let transport = matches!(
+                    st.code(),
+                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                );
+                if let (Some(t), true) = (tls, transport && understudy_tls::worth_diagnosing(&st)) {
                     if let Some(reason) =
                         understudy_tls::diagnose(&addr, t, timeout.min(Duration::from_secs(2)))
                             .await

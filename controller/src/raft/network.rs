@@ -105,7 +105,8 @@ impl PeerClient {
             return status.message().to_owned();
         }
         if let Some(tls) = &self.tls {
-            self.diagnosis.after_failure(&self.addr, tls, "Raft peer");
+            self.diagnosis
+                .after_failure(&self.addr, tls, Some(status), "Raft peer");
         }
         understudy_tls::error_chain(status)
     }
