@@ -35,6 +35,33 @@ pub async fn run(
     cfg: ControllerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControllerError> {
+    // Mutual TLS (the same certificate serves and dials peers), or explicitly
+    // none; the files are read first, so a wrong path stops nothing half-started.
+    let tls_err = |e: understudy_tls::TlsError| ControllerError::Config {
+        path: "[tls]".into(),
+        reason: e.to_string(),
+    };
+    let (server_tls, client_tls, auth) = match &cfg.tls_files().map_err(tls_err)? {
+        Some(f) => (
+            Some(f.server().map_err(tls_err)?),
+            Some(f.client().map_err(tls_err)?),
+            Auth::tls(),
+        ),
+        None => {
+            tracing::warn!(node = cfg.node_id, "INSECURE: [tls] insecure = true: no TLS, any host that reaches {} can pose as an agent, an operator or a controller", cfg.listen);
+            (None, None, Auth::default())
+        }
+    };
+    let mut server = tonic::transport::Server::builder().tcp_nodelay(true);
+    if let Some(t) = server_tls {
+        server = server.tls_config(t).map_err(|e| ControllerError::Config {
+            path: "[tls]".into(),
+            reason: format!(
+                "{}; check that cert and key belong together and are PEM files from `understudyctl certs issue`",
+                understudy_tls::error_chain(&e)
+            ),
+        })?;
+    }
     std::fs::create_dir_all(&cfg.data_dir).map_err(|source| ControllerError::DataDir {
         path: cfg.data_dir.clone(),
         source,
@@ -59,26 +86,6 @@ pub async fn run(
         path: "timing".into(),
         reason: e.to_string(),
     })?;
-    // Mutual TLS (the same certificate serves and dials peers), or explicitly none.
-    let tls_files = cfg.tls_files().map_err(|e| ControllerError::Config {
-        path: "[tls]".into(),
-        reason: e.to_string(),
-    })?;
-    let tls_err = |e: understudy_tls::TlsError| ControllerError::Config {
-        path: "[tls]".into(),
-        reason: e.to_string(),
-    };
-    let (server_tls, client_tls, auth) = match &tls_files {
-        Some(f) => (
-            Some(f.server().map_err(tls_err)?),
-            Some(f.client().map_err(tls_err)?),
-            Auth::tls(),
-        ),
-        None => {
-            tracing::warn!(node = cfg.node_id, "INSECURE: [tls] insecure = true: no TLS, any host that reaches {} can pose as an agent, an operator or a controller", cfg.listen);
-            (None, None, Auth::default())
-        }
-    };
     let network = Network { tls: client_tls };
     let raft = Raft::new(cfg.node_id, Arc::new(raft_cfg), network, log, sm)
         .await
@@ -158,16 +165,6 @@ pub async fn run(
         cloud: executor.cloud.clone(),
         auth: auth.clone(),
     };
-    let mut server = tonic::transport::Server::builder().tcp_nodelay(true);
-    if let Some(t) = server_tls {
-        server = server.tls_config(t).map_err(|e| ControllerError::Config {
-            path: "[tls]".into(),
-            reason: format!(
-                "{}; check that cert and key belong together and are PEM files from `understudyctl certs issue`",
-                understudy_tls::error_chain(&e)
-            ),
-        })?;
-    }
     let members = cfg.members.iter().map(|m| m.id).collect();
     let served = server
         .add_service(RaftServiceServer::new(RaftGrpc::new(
