@@ -8,6 +8,12 @@
 //! state_dir = "/var/lib/understudy/agent"
 //! probe_listen = "0.0.0.0:7201"   # UDP: the leader's direct liveness probes
 //!
+//! [tls]                            # required: mutual TLS with the controllers ...
+//! ca = "/etc/understudy/pki/ca.pem"
+//! cert = "/etc/understudy/pki/agent-fs1-a.pem"   # names understudy:agent:fs1-a
+//! key = "/etc/understudy/pki/agent-fs1-a.key"
+//! # insecure = true               # ... or explicitly none (plain text)
+//!
 //! [drbd]
 //! resource = "r0"
 //! drbdsetup = "/usr/sbin/drbdsetup"   # any executable with the drbdsetup contract
@@ -132,6 +138,10 @@ pub struct AgentConfig {
     /// agent dials a fresh one.
     #[serde(default = "default_stall_ms")]
     pub stall_ms: u64,
+    /// `[tls]`: the CA, this agent's certificate (naming `server_id`) and key,
+    /// or `insecure = true`; required. `understudy-fence-peer` uses it too.
+    #[serde(default)]
+    pub tls: Option<understudy_tls::TlsSection>,
     /// The file this configuration was loaded from (set by [`AgentConfig::load`],
     /// not a key): the self-check verifies its permissions.
     #[serde(skip)]
@@ -174,7 +184,25 @@ impl AgentConfig {
         if c.probe_max_per_sec == 0 {
             return Err("probe_max_per_sec must be above 0".into());
         }
+        c.tls_files().map_err(|e| e.to_string())?;
         Ok(c)
+    }
+
+    /// The TLS certificate files, `None` when `[tls] insecure = true`.
+    pub fn tls_files(&self) -> Result<Option<understudy_tls::TlsFiles>, understudy_tls::TlsError> {
+        understudy_tls::TlsSection::files(self.tls.as_ref())
+    }
+
+    /// What dialling a controller needs (the files read now): `None` plain text.
+    pub fn client_tls(&self) -> Result<Option<understudy_tls::ClientTls>, AgentError> {
+        let err = |e: understudy_tls::TlsError| AgentError::Config {
+            path: self.config_path.clone().unwrap_or_default(),
+            reason: e.to_string(),
+        };
+        match self.tls_files().map_err(err)? {
+            Some(f) => Ok(Some(f.client().map_err(err)?)),
+            None => Ok(None),
+        }
     }
 }
 
@@ -192,6 +220,8 @@ controllers = ["127.0.0.1:7101"]
 state_dir = "/tmp/a"
 [drbd]
 resource = "r0"
+[tls]
+insecure = true
 "#;
         let c = AgentConfig::parse(good).unwrap();
         assert_eq!(c.role, Role::Primary);
@@ -236,5 +266,20 @@ resource = "r0"
         assert!(err.contains("controllers is empty"), "{err}");
         let err = AgentConfig::parse(&good.replace("\"primary\"", "\"boss\"")).unwrap_err();
         assert!(err.contains("unknown variant"), "{err}");
+        // TLS is configured, or insecure explicitly; never by default.
+        let err = AgentConfig::parse(&good.replace("[tls]\ninsecure = true\n", "")).unwrap_err();
+        assert!(err.contains("no [tls] section"), "{err}");
+        let c = AgentConfig::parse(&good.replace(
+            "insecure = true",
+            "ca = \"/pki/ca.pem\"\ncert = \"/pki/agent-fs1-a.pem\"\nkey = \"/pki/agent-fs1-a.key\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.tls_files().unwrap().unwrap().cert,
+            Path::new("/pki/agent-fs1-a.pem")
+        );
+        let err = AgentConfig::parse(&good.replace("insecure = true", "ca = \"/pki/ca.pem\""))
+            .unwrap_err();
+        assert!(err.contains("lacks cert"), "{err}");
     }
 }

@@ -19,9 +19,9 @@
 
 use std::time::{Duration, Instant};
 
-use tonic::transport::Endpoint;
 use understudy_proto::agent_service_client::AgentServiceClient;
 use understudy_proto::{FencePeerRequest, FencePeerResponse};
+use understudy_tls::ClientTls;
 
 use crate::config::AgentConfig;
 
@@ -90,6 +90,9 @@ pub async fn fence_peer(
             want: cfg.drbd.resource.clone(),
         });
     }
+    // The agent's own certificate: the controller accepts the request only for
+    // the server it names.
+    let tls = cfg.client_tls()?;
     let highest_epoch = crate::epoch::EpochStore::open(&cfg.state_dir)?
         .current()
         .epoch;
@@ -110,12 +113,13 @@ pub async fn fence_peer(
             i += 1;
             a
         });
-        match ask(&addr, req.clone()).await {
+        match ask(&addr, tls.as_ref(), req.clone()).await {
             Ok(r) => return Ok(r),
             Err(st) => {
                 last = format!("{addr}: {}", st.message());
                 match st.code() {
                     tonic::Code::PermissionDenied
+                    | tonic::Code::Unauthenticated
                     | tonic::Code::InvalidArgument
                     | tonic::Code::NotFound => {
                         return Err(FencePeerError::Refused(st.message().to_owned()))
@@ -148,17 +152,46 @@ pub async fn fence_peer(
     })
 }
 
-async fn ask(addr: &str, req: FencePeerRequest) -> Result<FencePeerResponse, tonic::Status> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| tonic::Status::invalid_argument(format!("bad address {addr:?}: {e}")))?
+async fn ask(
+    addr: &str,
+    tls: Option<&ClientTls>,
+    req: FencePeerRequest,
+) -> Result<FencePeerResponse, tonic::Status> {
+    let endpoint = understudy_tls::endpoint(addr, tls)
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
         .connect_timeout(Duration::from_millis(500))
         .timeout(Duration::from_secs(5));
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| tonic::Status::unavailable(format!("connect: {e}")))?;
-    AgentServiceClient::new(channel)
-        .fence_peer(req)
-        .await
-        .map(|r| r.into_inner())
+    let answer = match endpoint.connect().await {
+        Ok(channel) => match AgentServiceClient::new(channel).fence_peer(req).await {
+            Ok(r) => return Ok(r.into_inner()),
+            Err(st) => st,
+        },
+        Err(e) => match understudy_tls::auth_failure(&e) {
+            // A refused certificate will not heal by retrying: refuse (exit 6).
+            Some(why) => return Err(tonic::Status::permission_denied(why)),
+            None if !understudy_tls::worth_diagnosing(&e) => {
+                return Err(tonic::Status::unavailable(format!(
+                    "connect: {}",
+                    understudy_tls::error_chain(&e)
+                )))
+            }
+            None => {
+                tonic::Status::unavailable(format!("connect: {}", understudy_tls::error_chain(&e)))
+            }
+        },
+    };
+    // TLS 1.3 may have shown the refusal of this certificate as a reset:
+    // ask again with a bare handshake.
+    if let (Some(t), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled) =
+        (tls, answer.code())
+    {
+        let why = match understudy_tls::auth_failure(&answer) {
+            Some(why) => Some(why),
+            None => understudy_tls::diagnose(addr, t, Duration::from_secs(1)).await,
+        };
+        if let Some(why) = why {
+            return Err(tonic::Status::permission_denied(why));
+        }
+    }
+    Err(answer)
 }

@@ -34,6 +34,10 @@ pub use error::AgentError;
 
 /// Run the agent until the process is stopped.
 pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
+    let tls = cfg.client_tls()?;
+    if tls.is_none() {
+        tracing::warn!("INSECURE: [tls] insecure = true: the controller sessions are plain text and unauthenticated");
+    }
     let tokens = epoch::EpochStore::open(&cfg.state_dir)?;
     let drbd = actions::DrbdActionsConfig::new(cfg.drbd.resource.clone(), cfg.drbd.drbdadm.clone());
     let host = actions::HostActions::new(drbd, cfg.serving.clone())?
@@ -61,6 +65,6 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     // What the session reports: the observer's picture with DRBD's net options.
     let (tx, rx) = tokio::sync::watch::channel(understudy_proto::DrbdStatus::default());
     tokio::spawn(net_options::run(cfg.drbd.clone(), observed_rx, tx));
-    session::run(cfg, rx, handler, probes).await;
+    session::run(cfg, tls, rx, handler, probes).await;
     Ok(())
 }

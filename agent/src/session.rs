@@ -20,13 +20,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 use understudy_proto::agent_message::Msg;
 use understudy_proto::agent_service_client::AgentServiceClient;
 use understudy_proto::controller_message::Msg as In;
 use understudy_proto::{
     AgentMessage, DrbdStatus, Heartbeat, Hello, HostStatus, Report, ServerRole,
 };
+use understudy_tls::ClientTls;
 
 use std::sync::Arc;
 
@@ -58,6 +58,7 @@ pub fn unix_ms() -> i64 {
 /// Keep a session open with the current leader, forever.
 pub async fn run(
     cfg: AgentConfig,
+    tls: Option<ClientTls>,
     drbd: watch::Receiver<DrbdStatus>,
     handler: Arc<Handler>,
     probes: Arc<ProbeState>,
@@ -65,6 +66,9 @@ pub async fn run(
     let mut next = 0usize;
     let mut redirect_to: Option<String> = None;
     let mut redirects_in_a_row = 0u32;
+    // A session that fails before the leader's Welcome may be a refused
+    // certificate that TLS 1.3 reports as a reset: probe now and then, and say so.
+    let diagnosis = understudy_tls::Diagnosis::new(Duration::from_secs(10));
     loop {
         let addr = match redirect_to.take() {
             Some(a) => a,
@@ -74,7 +78,17 @@ pub async fn run(
                 a
             }
         };
-        match session(&cfg, &addr, drbd.clone(), handler.clone(), &probes).await {
+        match session(
+            &cfg,
+            tls.as_ref(),
+            &diagnosis,
+            &addr,
+            drbd.clone(),
+            handler.clone(),
+            &probes,
+        )
+        .await
+        {
             Ended::Redirect(Some(leader)) if redirects_in_a_row < 5 => {
                 tracing::info!(from = %addr, to = %leader, "following the controller leader");
                 redirects_in_a_row += 1;
@@ -102,8 +116,25 @@ pub async fn run(
     }
 }
 
+/// A refusal (this agent's certificate or its server) ends the session as
+/// `Refused`, logged as an error; anything else is transport trouble.
+fn refused_or_broken(st: &tonic::Status, broken: impl Fn(String) -> Ended) -> Ended {
+    if matches!(
+        st.code(),
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+    ) {
+        return Ended::Refused(st.message().to_owned());
+    }
+    match understudy_tls::auth_failure(st) {
+        Some(why) => Ended::Refused(why),
+        None => broken(understudy_tls::error_chain(st)),
+    }
+}
+
 async fn session(
     cfg: &AgentConfig,
+    tls: Option<&ClientTls>,
+    diagnosis: &understudy_tls::Diagnosis,
     addr: &str,
     mut drbd: watch::Receiver<DrbdStatus>,
     handler: Arc<Handler>,
@@ -117,18 +148,33 @@ async fn session(
             reason,
         })
     };
-    let endpoint = match Endpoint::from_shared(format!("http://{addr}")) {
+    // Before the Welcome: maybe TLS refused this agent (see `run`).
+    let early = |reason: String| {
+        if let Some(t) = tls {
+            diagnosis.after_failure(addr, t, None, "agent session");
+        }
+        broken(reason)
+    };
+    let endpoint = match understudy_tls::endpoint(addr, tls) {
         Ok(e) => e
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_millis(500))
             .keep_alive_timeout(Duration::from_millis(1500))
             .keep_alive_while_idle(true),
-        Err(e) => return Ended::Refused(format!("bad controller address {addr:?}: {e}")),
+        Err(e) => return Ended::Refused(e.to_string()),
     };
     let channel = match endpoint.connect().await {
         Ok(c) => c,
-        Err(e) => return broken(format!("connect: {e}")),
+        Err(e) => match understudy_tls::auth_failure(&e) {
+            Some(why) => return Ended::Refused(why),
+            None => {
+                if let Some(t) = tls {
+                    diagnosis.after_failure(addr, t, Some(&e), "agent session");
+                }
+                return broken(format!("connect: {}", understudy_tls::error_chain(&e)));
+            }
+        },
     };
     let mut client = AgentServiceClient::new(channel);
     let (tx, rx) = mpsc::channel::<AgentMessage>(32);
@@ -153,20 +199,14 @@ async fn session(
     )
     .await
     {
-        Err(_) => return broken("no answer to Hello within 2 s".into()),
-        Ok(Err(st)) if st.code() == tonic::Code::PermissionDenied => {
-            return Ended::Refused(st.message().to_owned())
-        }
-        Ok(Err(st)) => return broken(st.message().to_owned()),
+        Err(_) => return early("no answer to Hello within 2 s".into()),
+        Ok(Err(st)) => return refused_or_broken(&st, early),
         Ok(Ok(r)) => r.into_inner(),
     };
     let welcome = match tokio::time::timeout(Duration::from_secs(2), inbound.message()).await {
-        Err(_) => return broken("no Welcome within 2 s".into()),
-        Ok(Err(st)) if st.code() == tonic::Code::PermissionDenied => {
-            return Ended::Refused(st.message().to_owned())
-        }
-        Ok(Err(st)) => return broken(st.message().to_owned()),
-        Ok(Ok(None)) => return broken("stream closed before Welcome".into()),
+        Err(_) => return early("no Welcome within 2 s".into()),
+        Ok(Err(st)) => return refused_or_broken(&st, early),
+        Ok(Ok(None)) => return early("stream closed before Welcome".into()),
         Ok(Ok(Some(m))) => match m.msg {
             Some(In::Welcome(w)) => w,
             Some(In::Redirect(r)) => {

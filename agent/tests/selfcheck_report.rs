@@ -162,10 +162,11 @@ async fn self_checks_and_net_options_reach_the_leader_and_run_on_demand() {
     let handler = dir.path().join("understudy-fence-peer");
     script(&handler, "exit 4", 0o755);
     let cfg_path = dir.path().join("agent.toml");
+    // The fake leader speaks plain text: the agent must be told so explicitly.
     std::fs::write(
         &cfg_path,
         format!(
-            "server_id = \"fs1-a\"\npair_id = \"p\"\nrole = \"primary\"\ncontrollers = [\"{addr}\"]\nstate_dir = \"{state}\"\nprobe_listen = \"127.0.0.1:0\"\n[drbd]\nresource = \"r0\"\ndrbdsetup = \"{setup}\"\ndrbdadm = \"{adm}\"\nfence_peer_handler = \"{handler}\"\n",
+            "server_id = \"fs1-a\"\npair_id = \"p\"\nrole = \"primary\"\ncontrollers = [\"{addr}\"]\nstate_dir = \"{state}\"\nprobe_listen = \"127.0.0.1:0\"\n[drbd]\nresource = \"r0\"\ndrbdsetup = \"{setup}\"\ndrbdadm = \"{adm}\"\nfence_peer_handler = \"{handler}\"\n[tls]\ninsecure = true\n",
             state = dir.path().join("state").display(),
             setup = drbdsetup.display(),
             adm = drbdadm.display(),

@@ -5,6 +5,10 @@
 //! agent follows it. The leader answers `Welcome`, then records every heartbeat and
 //! report in [`Liveness`]. When this node loses leadership, every open session gets
 //! a `Redirect` and is closed, so agents always talk to the current leader.
+//!
+//! With TLS, an agent's certificate names its server (`understudy:agent:<id>`):
+//! a `Hello` for another server, or a `FencePeer` request for another server,
+//! is refused with `PERMISSION_DENIED` before anything is recorded.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,6 +25,7 @@ use understudy_proto::{
     Redirect, ServerRole, Welcome,
 };
 
+use crate::auth::Auth;
 use crate::leadership::LeaderView;
 use crate::liveness::Liveness;
 use crate::raft::store::SharedState;
@@ -36,6 +41,8 @@ pub struct AgentGrpc {
     pub liveness: Arc<Liveness>,
     pub state: SharedState,
     pub heartbeat_ms: u64,
+    /// Who may report for which server.
+    pub auth: Auth,
     next_session: AtomicU64,
 }
 
@@ -47,6 +54,7 @@ impl AgentGrpc {
         liveness: Arc<Liveness>,
         state: SharedState,
         heartbeat_ms: u64,
+        auth: Auth,
     ) -> Self {
         Self {
             raft,
@@ -55,6 +63,7 @@ impl AgentGrpc {
             liveness,
             state,
             heartbeat_ms,
+            auth,
             next_session: AtomicU64::new(1),
         }
     }
@@ -126,6 +135,11 @@ impl AgentService for AgentGrpc {
         &self,
         req: Request<FencePeerRequest>,
     ) -> Result<Response<FencePeerResponse>, Status> {
+        // Only the agent of the server the request names: another server's
+        // agent could otherwise outdate a healthy peer.
+        self.auth
+            .agent_for(&req, &req.get_ref().server_id)
+            .inspect_err(|e| tracing::warn!(error = %e.message(), "fence-peer request refused"))?;
         let view = self.leader.borrow().clone();
         crate::fence_peer::handle(&self.raft, &self.state, &view, req.into_inner())
             .await
@@ -136,6 +150,16 @@ impl AgentService for AgentGrpc {
         &self,
         req: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let caller = self.auth.caller(&req)?;
+        if !matches!(
+            caller,
+            crate::auth::Caller::Agent { .. } | crate::auth::Caller::Insecure
+        ) {
+            return Err(Status::permission_denied(format!(
+                "{} may not open an agent session; agents use certificates from `understudyctl certs issue --agent SERVER_ID`",
+                caller.identity()
+            )));
+        }
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -144,6 +168,11 @@ impl AgentService for AgentGrpc {
             Some(Msg::Hello(h)) => h,
             _ => return Err(Status::invalid_argument("the first message must be Hello")),
         };
+        // The certificate decides which server this agent speaks for: nothing
+        // of a Hello for another server is recorded.
+        Auth::agent_allowed(&caller, &hello.server_id).inspect_err(|e| {
+            tracing::warn!(error = %e.message(), "agent session refused");
+        })?;
         let (tx, rx) = mpsc::channel(64);
         let view = self.leader.borrow().clone();
         if !view.is_leader {

@@ -9,6 +9,12 @@
 //! id = 1
 //! addr = "127.0.0.1:7101"
 //!
+//! [tls]                              # required: mutual TLS (see `understudyctl certs`) ...
+//! ca = "/etc/understudy/pki/ca.pem"
+//! cert = "/etc/understudy/pki/controller-1.pem"   # names understudy:controller:1 and the listen IP
+//! key = "/etc/understudy/pki/controller-1.key"
+//! # insecure = true                 # ... or explicitly none (plain text; the status warns)
+//!
 //! [timing]                           # all optional
 //! raft_heartbeat_ms = 100
 //! election_timeout_min_ms = 400
@@ -125,6 +131,10 @@ pub struct ControllerConfig {
     /// Inventory preflight timing and limits.
     #[serde(default)]
     pub preflight: crate::preflight::PreflightConfig,
+    /// `[tls]`: the CA, this node's certificate and key, or `insecure = true`.
+    /// Required: a missing section is an error, never plain text by default.
+    #[serde(default)]
+    pub tls: Option<understudy_tls::TlsSection>,
 }
 
 /// Which cloud backend fences and moves the client IP.
@@ -309,6 +319,7 @@ impl ControllerConfig {
     }
 
     fn validate(&self) -> Result<(), String> {
+        self.tls_files().map_err(|e| e.to_string())?;
         if !matches!(self.members.len(), 1 | 3 | 5) {
             return Err(format!(
                 "members lists {} nodes; use 3 or 5 (1 for a lab)",
@@ -367,6 +378,11 @@ impl ControllerConfig {
         Ok(())
     }
 
+    /// The TLS certificate files, `None` when `[tls] insecure = true`.
+    pub fn tls_files(&self) -> Result<Option<understudy_tls::TlsFiles>, understudy_tls::TlsError> {
+        understudy_tls::TlsSection::files(self.tls.as_ref())
+    }
+
     /// The gRPC address of a member.
     pub fn member_addr(&self, id: u64) -> Option<&str> {
         self.members
@@ -392,6 +408,8 @@ client_ip = "198.18.0.100"
 zone = "a"
 primary = { id = "fs1-a", address = "198.18.0.2", zone = "a" }
 backup = { id = "fs1-b", address = "198.18.0.3", zone = "a" }
+[tls]
+insecure = true
 "#;
 
     #[test]
@@ -496,6 +514,19 @@ backup = { id = "fs1-b", address = "198.18.0.3", zone = "a" }
                 "interval_ms must be above 0",
             ),
         ];
+        let no_tls = GOOD.replace("[tls]\ninsecure = true\n", "");
+        let cases = cases.into_iter().chain([
+            (no_tls.clone(), "no [tls] section"),
+            (
+                format!("{no_tls}[tls]\ninsecure = true\nca = \"/ca.pem\"\n"),
+                "choose one",
+            ),
+            (
+                format!("{no_tls}[tls]\nca = \"/ca.pem\"\ncert = \"/c.pem\"\n"),
+                "lacks key",
+            ),
+            (format!("{no_tls}[tls]\ninsecur = true\n"), "unknown field"),
+        ]);
         for (text, want) in cases {
             let err = ControllerConfig::parse(&text).unwrap_err();
             assert!(err.contains(want), "{err:?} should mention {want:?}");

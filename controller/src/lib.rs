@@ -18,10 +18,13 @@
 //! - `leader`: the leader's loop (decisions, commits, dispatch to the executor);
 //! - `holdoff`: S5's hold-off on monotonic clocks;
 //! - `node`: wiring, cluster bootstrap, who leads (with the lease);
+//! - `auth`, `certs`: who calls (mutual TLS certificate names) and what they
+//!   may do; the cluster's CA and certificates (`understudyctl certs`);
 //! - `config`, `error`: the TOML configuration and the error type.
 
 pub mod agents;
 pub mod auth;
+pub mod certs;
 pub mod command;
 pub mod config;
 pub mod detector;

@@ -19,6 +19,7 @@ use understudy_proto::operator_service_server::OperatorServiceServer;
 use understudy_proto::raft_service_server::RaftServiceServer;
 
 use crate::agents::AgentGrpc;
+use crate::auth::Auth;
 use crate::config::ControllerConfig;
 use crate::error::ControllerError;
 use crate::failover::Executor;
@@ -34,6 +35,33 @@ pub async fn run(
     cfg: ControllerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControllerError> {
+    // Mutual TLS (the same certificate serves and dials peers), or explicitly
+    // none; the files are read first, so a wrong path stops nothing half-started.
+    let tls_err = |e: understudy_tls::TlsError| ControllerError::Config {
+        path: "[tls]".into(),
+        reason: e.to_string(),
+    };
+    let (server_tls, client_tls, auth) = match &cfg.tls_files().map_err(tls_err)? {
+        Some(f) => (
+            Some(f.server().map_err(tls_err)?),
+            Some(f.client().map_err(tls_err)?),
+            Auth::tls(),
+        ),
+        None => {
+            tracing::warn!(node = cfg.node_id, "INSECURE: [tls] insecure = true: no TLS, any host that reaches {} can pose as an agent, an operator or a controller", cfg.listen);
+            (None, None, Auth::default())
+        }
+    };
+    let mut server = tonic::transport::Server::builder().tcp_nodelay(true);
+    if let Some(t) = server_tls {
+        server = server.tls_config(t).map_err(|e| ControllerError::Config {
+            path: "[tls]".into(),
+            reason: format!(
+                "{}; check that cert and key belong together and are PEM files from `understudyctl certs issue`",
+                understudy_tls::error_chain(&e)
+            ),
+        })?;
+    }
     std::fs::create_dir_all(&cfg.data_dir).map_err(|source| ControllerError::DataDir {
         path: cfg.data_dir.clone(),
         source,
@@ -58,7 +86,8 @@ pub async fn run(
         path: "timing".into(),
         reason: e.to_string(),
     })?;
-    let raft = Raft::new(cfg.node_id, Arc::new(raft_cfg), Network, log, sm)
+    let network = Network { tls: client_tls };
+    let raft = Raft::new(cfg.node_id, Arc::new(raft_cfg), network, log, sm)
         .await
         .map_err(|e| ControllerError::RaftFatal(e.to_string()))?;
 
@@ -123,6 +152,7 @@ pub async fn run(
         liveness.clone(),
         shared.clone(),
         cfg.timing.agent_heartbeat_ms,
+        auth.clone(),
     );
     let operator = OperatorGrpc {
         raft: raft.clone(),
@@ -133,11 +163,15 @@ pub async fn run(
         provisioning: executor.provisioning.clone(),
         findings: findings.clone(),
         cloud: executor.cloud.clone(),
-        auth: crate::auth::Auth::default(),
+        auth: auth.clone(),
     };
-    let served = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(RaftServiceServer::new(RaftGrpc::new(raft.clone())))
+    let members = cfg.members.iter().map(|m| m.id).collect();
+    let served = server
+        .add_service(RaftServiceServer::new(RaftGrpc::new(
+            raft.clone(),
+            auth,
+            members,
+        )))
         .add_service(AgentServiceServer::new(agents))
         .add_service(OperatorServiceServer::new(operator))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)

@@ -6,6 +6,9 @@
 //! answers `FAILED_PRECONDITION` with the leader's address in the `understudy-leader`
 //! metadata, and the CLI retries there. Only the leader has the live agent view, so
 //! this is also the only place where report ages are meaningful.
+//!
+//! Every call first checks the caller's role ([`Auth::operator`]): `GetStatus`
+//! and `Check` need `viewer`; commands that change a pair need `admin`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +24,7 @@ use understudy_proto::{
     ResyncStatus, RetiredStatus, ServerStatus, SpareStatus, StepStatus as StepStatusMsg,
 };
 
+use crate::auth::{Auth, Role};
 use crate::config::ControllerConfig;
 use crate::detector::decide;
 use crate::leadership::LeaderView;
@@ -44,8 +48,8 @@ pub struct OperatorGrpc {
     pub findings: Arc<crate::preflight::Findings>,
     /// For `Check`: volumes attached, the launch template's zone.
     pub cloud: Arc<dyn understudy_cloud::Cloud>,
-    /// Who is calling and what they may do.
-    pub auth: crate::auth::Auth,
+    /// Who may call what (roles).
+    pub auth: Auth,
 }
 
 impl OperatorGrpc {
@@ -105,6 +109,7 @@ impl OperatorService for OperatorGrpc {
     }
 
     async fn check(&self, req: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        self.auth.operator(&req, Role::Viewer)?;
         let view = self.leader_barrier().await?;
         let only = req.into_inner().pair_id;
         let data = self.state.snapshot();
@@ -163,8 +168,9 @@ impl OperatorService for OperatorGrpc {
 
     async fn get_status(
         &self,
-        _req: Request<GetStatusRequest>,
+        req: Request<GetStatusRequest>,
     ) -> Result<Response<GetStatusResponse>, Status> {
+        self.auth.operator(&req, Role::Viewer)?;
         let view = self.leader_barrier().await?;
         let data = self.state.snapshot();
         let metrics = self.raft.metrics().borrow_watched().clone();
@@ -411,6 +417,7 @@ impl OperatorService for OperatorGrpc {
                 term: view.term,
                 last_applied_index: data.last_applied.map(|l| l.index).unwrap_or(0),
                 members,
+                insecure: self.auth.insecure,
             }),
             pairs,
         }))

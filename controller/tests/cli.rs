@@ -8,15 +8,38 @@ use std::process::Command;
 fn controller_refuses_a_bad_config_with_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
-    std::fs::write(&cfg, "node_id = 4\nlisten = \"127.0.0.1:1\"\ndata_dir = \"/nonexistent\"\nmembers = [ { id = 1, addr = \"127.0.0.1:1\" } ]\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_understudy-controller"))
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let text = "node_id = 4\nlisten = \"127.0.0.1:1\"\ndata_dir = \"/nonexistent\"\nmembers = [ { id = 1, addr = \"127.0.0.1:1\" } ]\n";
+    let run = |text: &str| {
+        std::fs::write(&cfg, text).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_understudy-controller"))
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap()
+    };
+    let out = run(&format!("{text}[tls]\ninsecure = true\n"));
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("node_id 4 is not one of the members"), "{err}");
+    // No [tls] at all: TLS or insecure must be chosen explicitly.
+    let out = run(&text.replace("node_id = 4", "node_id = 1"));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no [tls] section") && err.contains("insecure = true"),
+        "{err}"
+    );
+    // Unreadable certificate files are named before anything starts.
+    let out = run(&format!(
+        "{}[tls]\nca = \"/nonexistent/ca.pem\"\ncert = \"/nonexistent/c.pem\"\nkey = \"/nonexistent/c.key\"\n",
+        text.replace("node_id = 4", "node_id = 1")
+    ));
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot read the TLS CA certificate /nonexistent/ca.pem"),
+        "{err}"
+    );
     assert!(!std::path::Path::new("/nonexistent").exists());
 }
 
@@ -27,17 +50,66 @@ fn ctl_reports_unreachable_controllers_with_exit_1() {
         .local_addr()
         .unwrap()
         .port();
-    let out = Command::new(env!("CARGO_BIN_EXE_understudyctl"))
-        .args([
-            "--controllers",
-            &format!("127.0.0.1:{port}"),
-            "--timeout-ms",
-            "500",
-            "status",
-        ])
-        .output()
-        .unwrap();
+    let ctl = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_understudyctl"))
+            .args([
+                "--controllers",
+                &format!("127.0.0.1:{port}"),
+                "--timeout-ms",
+                "500",
+            ])
+            .args(extra)
+            .arg("status")
+            .env_remove("UNDERSTUDY_CA")
+            .env_remove("UNDERSTUDY_CERT")
+            .env_remove("UNDERSTUDY_KEY")
+            .env_remove("UNDERSTUDY_INSECURE")
+            .output()
+            .unwrap()
+    };
+    let out = ctl(&["--insecure"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no controller answered"), "{err}");
+    // With TLS credentials (a fresh CA and operator) too: 1, not 7.
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().display().to_string();
+    for args in [
+        vec!["certs", "init", "--dir", &pki],
+        vec![
+            "certs",
+            "issue",
+            "--dir",
+            &pki,
+            "--operator",
+            "op",
+            "--role",
+            "viewer",
+        ],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_understudyctl"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let f = |n: &str| dir.path().join(n).display().to_string();
+    let out = ctl(&[
+        "--ca",
+        &f("ca.pem"),
+        "--cert",
+        &f("operator-op.pem"),
+        "--key",
+        &f("operator-op.key"),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    // Neither credentials nor --insecure: bad usage, saying what to pass.
+    let out = ctl(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pass --ca, --cert and --key"), "{err}");
 }

@@ -10,6 +10,12 @@
 //! when a test panics; every port is a fresh free one, so tests run in parallel.
 //! The binaries come from the workspace's target directory: build them first with
 //! `cargo build --workspace --bins` (plain `cargo test` at the workspace root does).
+//!
+//! Clusters run with mutual TLS by default: [`Pki`] makes a CA and every
+//! process's certificate in the cluster's directory (`pki/`) through
+//! `understudy_controller::certs`, the code behind `understudyctl certs`, and
+//! `understudyctl` is called with an admin operator's certificate ([`Creds`]).
+//! [`Cluster::start_insecure`] runs everything in plain text instead.
 
 pub mod netns;
 pub mod nscluster;
@@ -21,6 +27,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use understudy_controller::auth::Role;
+use understudy_controller::certs::{self, Leaf, Written};
 
 /// The resource name the harness gives the pair.
 pub const RESOURCE: &str = "r0";
@@ -158,11 +166,118 @@ pub fn spawn_controller(config: &Path, log: &Path, i: usize) -> Proc {
     Proc::spawn(&format!("controller {}", i + 1), &mut cmd, log)
 }
 
-/// `understudyctl --output json status` against the controllers at `addrs`.
-pub fn ctl_status(addrs: &[String]) -> Result<Value, String> {
-    let out = Command::new(bin("understudyctl"))
-        .arg("--controllers")
+/// A test cluster's CA and certificates, in one directory.
+#[derive(Debug, Clone)]
+pub struct Pki {
+    pub dir: PathBuf,
+}
+
+impl Pki {
+    /// A new CA in `dir`.
+    pub fn new(dir: &Path) -> Pki {
+        certs::init_ca(dir, 30).unwrap_or_else(|e| panic!("test CA: {e}"));
+        Pki { dir: dir.into() }
+    }
+
+    /// The CA certificate.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join(certs::CA_CERT)
+    }
+
+    /// Issue a certificate into the PKI directory.
+    pub fn issue(&self, leaf: &Leaf) -> Written {
+        certs::issue(&self.dir, &self.dir, leaf, 30).unwrap_or_else(|e| panic!("{leaf:?}: {e}"))
+    }
+
+    /// An agent's certificate.
+    pub fn agent(&self, server_id: &str) -> Written {
+        self.issue(&Leaf::Agent {
+            server_id: server_id.into(),
+        })
+    }
+
+    /// A controller's certificate for its listen address (`host:port`).
+    pub fn controller(&self, node_id: u64, addr: &str) -> Written {
+        let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+        self.issue(&Leaf::Controller {
+            node_id,
+            addrs: vec![host.to_string()],
+        })
+    }
+
+    /// An operator's credentials for `understudyctl`.
+    pub fn operator(&self, name: &str, role: Role) -> Creds {
+        let w = self.issue(&Leaf::Operator {
+            name: name.into(),
+            role,
+        });
+        Creds::Tls {
+            ca: self.ca(),
+            cert: Some(w.cert),
+            key: Some(w.key),
+        }
+    }
+
+    /// The `[tls]` section for a process holding `w`.
+    pub fn section(&self, w: &Written) -> String {
+        format!(
+            "\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            self.ca().display(),
+            w.cert.display(),
+            w.key.display()
+        )
+    }
+}
+
+/// The `[tls]` section of a plain-text process.
+pub const INSECURE_SECTION: &str = "\n[tls]\ninsecure = true\n";
+
+/// How `understudyctl` authenticates.
+#[derive(Debug, Clone)]
+pub enum Creds {
+    /// `--insecure`.
+    Insecure,
+    /// `--ca`, and `--cert`/`--key` when given (without them the controllers refuse).
+    Tls {
+        ca: PathBuf,
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+    },
+}
+
+impl Creds {
+    /// The `understudyctl` arguments.
+    pub fn args(&self) -> Vec<std::ffi::OsString> {
+        match self {
+            Creds::Insecure => vec!["--insecure".into()],
+            Creds::Tls { ca, cert, key } => {
+                let mut a: Vec<std::ffi::OsString> = vec!["--ca".into(), ca.into()];
+                if let (Some(c), Some(k)) = (cert, key) {
+                    a.extend(["--cert".into(), c.into(), "--key".into(), k.into()]);
+                }
+                a
+            }
+        }
+    }
+}
+
+/// `understudyctl` with `--controllers` and the credentials; add the rest.
+pub fn ctl(addrs: &[String], creds: &Creds) -> Command {
+    let mut cmd = Command::new(bin("understudyctl"));
+    cmd.arg("--controllers")
         .arg(addrs.join(","))
+        .args(creds.args())
+        // The caller's environment must not add credentials of its own.
+        .env_remove("UNDERSTUDY_CA")
+        .env_remove("UNDERSTUDY_CERT")
+        .env_remove("UNDERSTUDY_KEY")
+        .env_remove("UNDERSTUDY_INSECURE");
+    cmd
+}
+
+/// `understudyctl --output json status` against the controllers at `addrs`.
+pub fn ctl_status(addrs: &[String], creds: &Creds) -> Result<Value, String> {
+    let out = ctl(addrs, creds)
         .args(["--timeout-ms", "1000", "--output", "json", "status"])
         .output()
         .map_err(|e| e.to_string())?;
@@ -176,6 +291,7 @@ pub fn ctl_status(addrs: &[String]) -> Result<Value, String> {
 /// the last status seen and where the logs are.
 pub fn wait_status_at(
     addrs: &[String],
+    creds: &Creds,
     logs: &Path,
     what: &str,
     timeout: Duration,
@@ -183,7 +299,7 @@ pub fn wait_status_at(
 ) -> Value {
     let deadline = Instant::now() + timeout;
     loop {
-        let last = match ctl_status(addrs) {
+        let last = match ctl_status(addrs, creds) {
             Ok(v) if pred(&v) => return v,
             Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_default(),
             Err(e) => e,
@@ -206,11 +322,13 @@ pub struct Controllers {
     pub procs: Vec<Option<Proc>>,
     /// The network namespace each controller runs in (`None`: this one).
     pub netns: Vec<Option<String>>,
+    /// What `understudyctl` authenticates with (an admin, or `--insecure`).
+    pub creds: Creds,
 }
 
 impl Controllers {
     /// Controllers with these addresses and configuration files, none started.
-    pub fn new(addrs: Vec<String>, configs: Vec<PathBuf>) -> Controllers {
+    pub fn new(addrs: Vec<String>, configs: Vec<PathBuf>, creds: Creds) -> Controllers {
         let procs = addrs.iter().map(|_| None).collect();
         let netns = addrs.iter().map(|_| None).collect();
         Controllers {
@@ -218,7 +336,18 @@ impl Controllers {
             configs,
             procs,
             netns,
+            creds,
         }
+    }
+
+    /// `understudyctl --controllers ... <credentials>`; add the rest.
+    pub fn ctl(&self) -> Command {
+        ctl(&self.addrs, &self.creds)
+    }
+
+    /// `understudyctl --output json status` against some of them only.
+    pub fn status_at(&self, addrs: &[String]) -> Result<Value, String> {
+        ctl_status(addrs, &self.creds)
     }
 
     /// Start controller `i` (0-based); its log is `controller-N.log` beside its config.
@@ -254,7 +383,7 @@ impl Controllers {
 
     /// `understudyctl --output json status` against them.
     pub fn status(&self) -> Result<Value, String> {
-        ctl_status(&self.addrs)
+        ctl_status(&self.addrs, &self.creds)
     }
 
     /// Wait until the status satisfies `pred`; panics with the last status seen.
@@ -265,7 +394,7 @@ impl Controllers {
         timeout: Duration,
         pred: impl FnMut(&Value) -> bool,
     ) -> Value {
-        wait_status_at(&self.addrs, logs, what, timeout, pred)
+        wait_status_at(&self.addrs, &self.creds, logs, what, timeout, pred)
     }
 }
 
@@ -341,18 +470,31 @@ pub struct Cluster {
     pub controllers: Controllers,
     pub hosts: Vec<Host>,
     pub pair_id: String,
+    /// The CA and certificates (`None`: plain text).
+    pub pki: Option<Pki>,
 }
 
 impl Cluster {
     /// Start `n` controllers and a pair (file server + backup on the emulator)
-    /// with its two agents. The file server is promoted with `--force` to start
-    /// the initial sync, as an operator does when creating a DRBD resource.
+    /// with its two agents, all over mutual TLS. The file server is promoted
+    /// with `--force` to start the initial sync, as an operator does when
+    /// creating a DRBD resource.
     pub fn start(n: usize) -> Cluster {
+        Self::start_with(n, true)
+    }
+
+    /// [`Cluster::start`] in plain text (`[tls] insecure = true`, `--insecure`).
+    pub fn start_insecure(n: usize) -> Cluster {
+        Self::start_with(n, false)
+    }
+
+    fn start_with(n: usize, tls: bool) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("understudy-test-")
             .tempdir()
             .expect("tempdir");
         let root = dir.path().to_path_buf();
+        let pki = tls.then(|| Pki::new(&root.join("pki")));
         let addrs: Vec<String> = (0..n)
             .map(|_| format!("127.0.0.1:{}", free_port()))
             .collect();
@@ -384,7 +526,11 @@ client_ip = "198.18.0.100"
 zone = "zone-a"
 primary = {{ id = "{a}", address = "127.0.0.1", zone = "zone-a", volumes = ["vol-a"], probe_port = {pa} }}
 backup = {{ id = "{b}", address = "127.0.0.1", zone = "zone-a", volumes = ["vol-b"], probe_port = {pb} }}
-"#,
+{tls}"#,
+                    tls = match &pki {
+                        Some(p) => p.section(&p.controller(i as u64 + 1, addr)),
+                        None => INSECURE_SECTION.into(),
+                    },
                     id = i + 1,
                     pa = probe_ports[0],
                     pb = probe_ports[1],
@@ -444,7 +590,11 @@ probe_listen = "127.0.0.1:{probe}"
 resource = "{RESOURCE}"
 drbdsetup = "{setup}"
 drbdadm = "{adm}"
-"#,
+{tls}"#,
+                    tls = match &pki {
+                        Some(p) => p.section(&p.agent(name)),
+                        None => INSECURE_SECTION.into(),
+                    },
                     role = if i == 0 { "primary" } else { "backup" },
                     probe = probe_ports[i],
                     ctl = addrs
@@ -471,11 +621,16 @@ drbdadm = "{adm}"
                 agent: None,
             });
         }
+        let creds = match &pki {
+            Some(p) => p.operator("test-admin", Role::Admin),
+            None => Creds::Insecure,
+        };
         let mut c = Cluster {
             dir,
-            controllers: Controllers::new(addrs, configs),
+            controllers: Controllers::new(addrs, configs, creds),
             hosts,
             pair_id,
+            pki,
         };
         for i in 0..n {
             c.start_controller(i);

@@ -17,6 +17,9 @@
 //! agents with the `device` mount mode. [`NsOptions::directory`]: the emulator
 //! replicates a directory (asynchronously) that the agents bind-mount.
 //!
+//! Every link runs over mutual TLS with certificates from a CA in the cluster's
+//! directory ([`crate::Pki`]); [`NsOptions::insecure`] runs plain text.
+//!
 //! Everything is removed on drop, also when a test panics: processes killed,
 //! mounts gone with their mount namespaces (bind mounts lazily unmounted), the
 //! cluster's loop devices detached (and those of a crashed run at the next
@@ -34,8 +37,10 @@ use serde_json::Value;
 
 use crate::netns::Net;
 use crate::{
-    bin, emulator_wrappers, free_port, pair, server, Controllers, KeepLogs, Proc, RESOURCE,
+    bin, emulator_wrappers, free_port, pair, server, Controllers, Creds, KeepLogs, Pki, Proc,
+    INSECURE_SECTION, RESOURCE,
 };
+use understudy_controller::auth::Role;
 
 /// The pair's id in the namespace cluster.
 pub const PAIR: &str = "fs1";
@@ -121,6 +126,9 @@ pub struct NsOptions {
     /// fsb's disks are local-cloud volumes, and `RunInstances` boots a new host
     /// on the bridge running [`NsCluster::boot_script`]. Block mode only.
     pub spares: Option<SpareOptions>,
+    /// Plain text everywhere (`[tls] insecure = true`, `understudyctl
+    /// --insecure`) instead of mutual TLS.
+    pub insecure: bool,
 }
 
 /// Knobs of the spares of a namespace cluster.
@@ -163,6 +171,7 @@ impl Default for NsOptions {
             confirm_window_ms: None,
             block_device: true,
             spares: None,
+            insecure: false,
         }
     }
 }
@@ -263,6 +272,8 @@ pub struct NsCluster {
     block_registration: Option<(PathBuf, fs::File)>,
     /// With spares: the local cloud (the same registry the controllers use).
     pub cloud: Option<understudy_cloud::local::LocalCloud>,
+    /// The CA and certificates (`None`: [`NsOptions::insecure`]).
+    pub pki: Option<Pki>,
 }
 
 fn check_tools() {
@@ -318,6 +329,7 @@ impl NsCluster {
             .tempdir()
             .expect("tempdir");
         let root = dir.path().to_path_buf();
+        let pki = (!opts.insecure).then(|| Pki::new(&root.join("pki")));
         let client_ip = net.free_addr(0);
         let bridge = net.bridge_addr();
         assert!(
@@ -462,7 +474,11 @@ nfs_port = {NFS_PORT}
 export_path = "{PSEUDO}"
 primary = {p}
 backup = {b}
-"#,
+{tls}"#,
+                    tls = match &pki {
+                        Some(p) => p.section(&p.controller(i as u64 + 1, addr)),
+                        None => INSECURE_SECTION.into(),
+                    },
                     id = i + 1,
                     data = root.join(format!("controller-{}", i + 1)).display(),
                     prefix = net.prefix(),
@@ -580,6 +596,10 @@ address = "{}:7789"
                     export_dir: &export_dir,
                     ganesha_dir: &hdir.join("ganesha"),
                     client_ip,
+                    tls: &match &pki {
+                        Some(p) => p.section(&p.agent(&sid(name))),
+                        None => INSECURE_SECTION.into(),
+                    },
                 }) + &volumes
                     .get(name)
                     .map(|(_, dev)| {
@@ -609,9 +629,13 @@ address = "{}:7789"
             });
         }
         if cloud.is_some() {
-            write_boot_script(&root, &addrs, client_ip, opts.resync_rate_kib);
+            write_boot_script(&root, &addrs, client_ip, opts.resync_rate_kib, pki.as_ref());
         }
-        let mut controllers = Controllers::new(addrs, configs);
+        let creds = match &pki {
+            Some(p) => p.operator("test-admin", Role::Admin),
+            None => Creds::Insecure,
+        };
+        let mut controllers = Controllers::new(addrs, configs, creds);
         if opts.controllers_in_namespaces {
             for (i, h) in CONTROLLER_HOSTS.iter().enumerate() {
                 controllers.netns[i] = Some(net.ns_name(h));
@@ -628,6 +652,7 @@ address = "{}:7789"
             block_device: opts.block_device,
             block_registration,
             cloud,
+            pki,
         };
         for i in 0..3 {
             c.start_controller(i);
@@ -1171,7 +1196,35 @@ fn configure_section(path: &str, template: Option<&str>, instance_dir: &str) -> 
 /// agent. The emulator starts when the controller's `DrbdConfigure` runs
 /// `drbdadm adjust` (autoloaded, in a private mount namespace); until then
 /// the agent reports no resource.
-fn write_boot_script(root: &Path, controllers: &[String], client_ip: Ipv4Addr, rate: Option<u64>) {
+///
+/// With TLS the host needs an agent certificate naming its server id, which
+/// only exists once the cloud has launched it: the script issues one with
+/// `understudyctl certs issue --agent "$UNDERSTUDY_SERVER_ID"` from the test
+/// CA's directory. In production the launch template's user data fetches the
+/// certificate (and the CA) from a secrets store instead, and the CA key never
+/// leaves the operators' PKI.
+fn write_boot_script(
+    root: &Path,
+    controllers: &[String],
+    client_ip: Ipv4Addr,
+    rate: Option<u64>,
+    pki: Option<&Pki>,
+) {
+    let tls = match pki {
+        Some(p) => format!(
+            "\n[tls]\nca = \"{}\"\ncert = \"@DIR@/agent-@SERVER_ID@.pem\"\nkey = \"@DIR@/agent-@SERVER_ID@.key\"\n",
+            p.ca().display()
+        ),
+        None => INSECURE_SECTION.into(),
+    };
+    let issue = match pki {
+        Some(p) => format!(
+            "# Test stand-in for fetching this host's certificate from a secrets store.\n\"{}\" certs issue --dir \"{}\" --out \"$D\" --agent \"$UNDERSTUDY_SERVER_ID\" >> \"$D/agent.log\" 2>&1\n",
+            bin("understudyctl").display(),
+            p.dir.display()
+        ),
+        None => String::new(),
+    };
     let agent = agent_toml(&AgentTomlArgs {
         server_id: "@SERVER_ID@",
         role: "backup",
@@ -1184,6 +1237,7 @@ fn write_boot_script(root: &Path, controllers: &[String], client_ip: Ipv4Addr, r
         export_dir: Path::new("@DIR@/export"),
         ganesha_dir: &PathBuf::from("@DIR@/ganesha"),
         client_ip,
+        tls: &tls,
     }) + &configure_section(
         "@DIR@/drbd-emu.toml",
         Some("@DIR@/drbd-emu.base.toml"),
@@ -1242,7 +1296,7 @@ DRBD_EMU_CONFIG=%s/drbd-emu.toml exec %s %s "$@"
 ' "$D" "{emu}" "$t" > "$D/$t"
   chmod 755 "$D/$t"
 done
-RUST_LOG=info exec "{agent}" --config "$D/agent.toml" >> "$D/agent.log" 2>&1
+{issue}RUST_LOG=info exec "{agent}" --config "$D/agent.toml" >> "$D/agent.log" 2>&1
 "#,
         root = root.display(),
         emu = bin("drbd-emu").display(),
@@ -1427,6 +1481,8 @@ struct AgentTomlArgs<'a> {
     export_dir: &'a Path,
     ganesha_dir: &'a Path,
     client_ip: Ipv4Addr,
+    /// The `[tls]` section.
+    tls: &'a str,
 }
 
 fn agent_toml(a: &AgentTomlArgs) -> String {
@@ -1463,7 +1519,8 @@ pseudo = "{PSEUDO}"
 address = "{ip}"
 prefix_len = 24
 interface = "eth0"
-"#,
+{tls}"#,
+        tls = a.tls,
         server_id = a.server_id,
         role = a.role,
         ctl = a

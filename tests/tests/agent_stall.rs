@@ -120,10 +120,11 @@ async fn start(acks: Acks) -> Agent {
     let dir = tempfile::tempdir().unwrap();
     let probe: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
     let cfg = dir.path().join("agent.toml");
+    // The fake leader speaks plain text: the agent must be told so explicitly.
     std::fs::write(
         &cfg,
         format!(
-            "server_id = \"fs1-a\"\npair_id = \"fs1\"\nrole = \"primary\"\ncontrollers = [\"{addr}\"]\nstate_dir = \"{}\"\nprobe_listen = \"{probe}\"\nstall_ms = 600\n[drbd]\nresource = \"r0\"\ndrbdsetup = \"/nonexistent/drbdsetup\"\ndrbdadm = \"/bin/true\"\n",
+            "server_id = \"fs1-a\"\npair_id = \"fs1\"\nrole = \"primary\"\ncontrollers = [\"{addr}\"]\nstate_dir = \"{}\"\nprobe_listen = \"{probe}\"\nstall_ms = 600\n[drbd]\nresource = \"r0\"\ndrbdsetup = \"/nonexistent/drbdsetup\"\ndrbdadm = \"/bin/true\"\n[tls]\ninsecure = true\n",
             dir.path().join("state").display()
         ),
     )

@@ -29,10 +29,7 @@ fn status_shows_both_servers_uptodate_and_connected() {
         .contains("in sync"));
 
     // The table output shows the same.
-    let out = std::process::Command::new(understudy_tests::bin("understudyctl"))
-        .args(["--controllers", &c.controllers.addrs.join(","), "status"])
-        .output()
-        .unwrap();
+    let out = c.controllers.ctl().arg("status").output().unwrap();
     assert!(out.status.success());
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("state Healthy"), "{table}");

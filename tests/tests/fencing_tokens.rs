@@ -129,10 +129,11 @@ async fn stale_fencing_tokens_are_refused_even_after_a_restart() {
     let cfg = dir.path().join("agent.toml");
     // `drbdadm secondary` is /bin/true here: the test is about the token check
     // that comes first; drbdsetup is absent, so the observer only reports errors.
+    // The fake leader speaks plain text: the agent must be told so explicitly.
     std::fs::write(
         &cfg,
         format!(
-            "server_id = \"fs1-b\"\npair_id = \"fs1\"\nrole = \"backup\"\ncontrollers = [\"{addr}\"]\nstate_dir = \"{}\"\nprobe_listen = \"127.0.0.1:0\"\n[drbd]\nresource = \"r0\"\ndrbdsetup = \"/nonexistent/drbdsetup\"\ndrbdadm = \"/bin/true\"\n",
+            "server_id = \"fs1-b\"\npair_id = \"fs1\"\nrole = \"backup\"\ncontrollers = [\"{addr}\"]\nstate_dir = \"{}\"\nprobe_listen = \"127.0.0.1:0\"\n[drbd]\nresource = \"r0\"\ndrbdsetup = \"/nonexistent/drbdsetup\"\ndrbdadm = \"/bin/true\"\n[tls]\ninsecure = true\n",
             dir.path().join("state").display()
         ),
     )

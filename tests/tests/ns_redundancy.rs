@@ -338,9 +338,9 @@ fn a_template_in_another_zone_launches_nothing_and_preflight_finds_the_unreplica
             Ok::<_, understudy_cloud::CloudError>(v.volume_id)
         })
         .unwrap();
-    let out = std::process::Command::new(understudy_tests::bin("understudyctl"))
-        .arg("--controllers")
-        .arg(c.controllers.addrs.join(","))
+    let out = c
+        .controllers
+        .ctl()
         .args(["--output", "json", "check"])
         .output()
         .unwrap();

@@ -158,7 +158,7 @@ fn a_leader_cut_off_from_its_peers_stands_down_and_the_others_fail_over() {
     // than "for as long as the partition lasts".
     assert!(took < Duration::from_secs(15), "took {took:?}");
     // The cut-off node does not answer as a leader.
-    let alone = understudy_tests::ctl_status(&[c.controllers.addrs[old].clone()]);
+    let alone = c.controllers.status_at(&[c.controllers.addrs[old].clone()]);
     assert!(
         alone.is_err()
             || alone
@@ -200,12 +200,7 @@ fn a_dead_backup_is_degraded_and_its_last_report_is_stale() {
     assert!(b["silent_ms"].as_u64().unwrap() > 1000, "{b}");
     assert_eq!(server(&s, PAIR, FSA)["stale"], false);
     // The table says so too.
-    let out = std::process::Command::new(understudy_tests::bin("understudyctl"))
-        .arg("--controllers")
-        .arg(c.controllers.addrs.join(","))
-        .arg("status")
-        .output()
-        .unwrap();
+    let out = c.controllers.ctl().arg("status").output().unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("STALE"), "{table}");
     assert!(table.contains("fs1-fsb: nothing heard for"), "{table}");

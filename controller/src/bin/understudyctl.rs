@@ -3,23 +3,43 @@
 //! Every read goes to the Raft leader (linearizable): the CLI tries the given
 //! controllers in turn and follows a follower's redirect to the leader.
 //!
-//! Exit codes: 0 done, 1 no controller could answer, 2 bad usage, 3 `check`
-//! found at least one error, 4 refused (the reason is printed: a safety rule, a
-//! plan in flight, a backup not in sync), 5 no such pair, 6 no quorum (the
-//! controllers answer but cannot commit or confirm leadership), 7 not
-//! authenticated or not allowed.
+//! Calls run over mutual TLS: `--ca` (the cluster CA), `--cert` and `--key` (an
+//! operator certificate naming a role, from `understudyctl certs issue
+//! --operator NAME --role viewer|admin`), or the `UNDERSTUDY_CA`,
+//! `UNDERSTUDY_CERT`, `UNDERSTUDY_KEY` environment variables; `--insecure`
+//! (`UNDERSTUDY_INSECURE=true`) talks plain text to controllers configured with
+//! `[tls] insecure = true`, and `status` then warns on its first line.
+//!
+//! `understudyctl certs init --dir D` makes a cluster CA; `understudyctl certs
+//! issue --dir D (--agent ID | --controller N --addr IP,... | --operator NAME
+//! --role viewer|admin)` a certificate signed by it (see
+//! `understudy_controller::certs`).
+//!
+//! Exit codes: 0 done; 1 no controller could answer (for `certs`: the files
+//! could not be read or written); 2 bad usage (including unreadable or missing
+//! `--ca/--cert/--key`); 3 `check` found at least one error; 4 refused (the
+//! reason is printed: a safety rule, a plan in flight, a backup not in sync); 5
+//! no such pair; 6 no quorum (the controllers answer but cannot commit or
+//! confirm leadership); 7 unauthorised: a controller refused these credentials
+//! (no or unknown client certificate, or a role that may not make the call;
+//! gRPC `UNAUTHENTICATED` or `PERMISSION_DENIED`), or the controller's
+//! certificate is not trusted.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
 
 #[path = "understudyctl/ops.rs"]
 mod ops;
+use understudy_controller::auth::Role;
+use understudy_controller::certs::{self, CertsError, Leaf};
 use understudy_controller::operator::LEADER_METADATA;
 use understudy_controller::raft::network::channel;
 use understudy_proto::operator_service_client::OperatorServiceClient;
 use understudy_proto::{CheckRequest, CheckResponse, Finding, GetStatusRequest, GetStatusResponse};
+use understudy_tls::ClientTls;
 
 /// Operate an Understudy cluster.
 #[derive(Parser)]
@@ -40,6 +60,24 @@ pub struct Args {
     /// Give up on a controller after this many milliseconds.
     #[arg(long, default_value_t = 3000, global = true)]
     timeout_ms: u64,
+    /// The cluster CA's certificate (PEM): controllers must present one it signed.
+    #[arg(
+        long,
+        env = "UNDERSTUDY_CA",
+        global = true,
+        conflicts_with = "insecure"
+    )]
+    ca: Option<PathBuf>,
+    /// This operator's certificate (PEM), naming its role.
+    #[arg(long, env = "UNDERSTUDY_CERT", global = true, requires = "key")]
+    cert: Option<PathBuf>,
+    /// This operator's private key (PEM).
+    #[arg(long, env = "UNDERSTUDY_KEY", global = true, requires = "cert")]
+    key: Option<PathBuf>,
+    /// Plain text, no authentication: only for controllers configured with
+    /// `[tls] insecure = true`.
+    #[arg(long, env = "UNDERSTUDY_INSECURE", global = true)]
+    insecure: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -128,48 +166,137 @@ enum Cmd {
     Explain { pair: String },
     /// A live stream of history lines and state changes (Ctrl-C ends it).
     Watch { pair: Option<String> },
+    /// Make a cluster CA and the certificates it signs (for a test or demo
+    /// cluster; production may use its own PKI with the same names).
+    Certs {
+        #[command(subcommand)]
+        cmd: CertsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// Make a new CA in --dir: ca.pem (give it to every process) and ca.key
+    /// (keep it secret: it can mint any identity).
+    Init {
+        /// Directory for ca.pem and ca.key (made if missing).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+    },
+    /// Issue a certificate and key signed by the CA in --dir.
+    Issue(IssueArgs),
+}
+
+/// Exactly one of --agent, --controller, --operator.
+#[derive(clap::Args)]
+#[command(group(ArgGroup::new("kind").required(true).args(["agent", "controller", "operator"])))]
+struct IssueArgs {
+    /// The CA's directory (ca.pem, ca.key).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Where to write <name>.pem and <name>.key (default: --dir).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// An agent certificate for this server id: it may report and act for
+    /// that server only.
+    #[arg(long, value_name = "SERVER_ID")]
+    agent: Option<String>,
+    /// A controller certificate for this node id (serves, and dials its peers).
+    #[arg(long, value_name = "NODE_ID", requires = "addr")]
+    controller: Option<u64>,
+    /// The controller's addresses (IPs or host names, no ports), comma-separated:
+    /// clients verify the address they dial against them.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "IP",
+        requires = "controller"
+    )]
+    addr: Vec<String>,
+    /// An operator certificate for this name.
+    #[arg(long, value_name = "NAME", requires = "role")]
+    operator: Option<String>,
+    /// The operator's role: viewer (status, check, history) or admin (everything).
+    #[arg(long, value_parser = parse_role, requires = "operator")]
+    role: Option<Role>,
+    /// Validity in days.
+    #[arg(long, default_value_t = 365)]
+    days: u32,
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    s.parse()
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
     #[error("no controller answered ({0}); check the --controllers addresses and that a majority of controllers runs")]
     NoController(String),
+    #[error("no controller answered ({0}); with --insecure: if the controllers run with TLS, pass --ca, --cert and --key instead")]
+    NoControllerInsecure(String),
     #[error("refused: {0}")]
     Refused(String),
     #[error("not found: {0}")]
     NotFound(String),
     #[error("no quorum: {0}; is a majority of controllers up and connected?")]
     NoQuorum(String),
-    #[error("not allowed: {0}")]
-    Unauthorized(String),
     #[error("{0}")]
     Usage(String),
+    #[error("controller {addr} refused: {reason}; use an operator certificate with the role this needs (`understudyctl certs issue --operator NAME --role viewer|admin`) signed by the cluster CA")]
+    Unauthorized { addr: String, reason: String },
 }
 
 impl CtlError {
-    /// The process exit code (see the module documentation).
-    fn code(&self) -> u8 {
+    fn exit_code(&self) -> ExitCode {
         match self {
-            CtlError::NoController(_) => 1,
-            CtlError::Usage(_) => 2,
-            CtlError::Refused(_) => 4,
-            CtlError::NotFound(_) => 5,
-            CtlError::NoQuorum(_) => 6,
-            CtlError::Unauthorized(_) => 7,
+            CtlError::NoController(_) | CtlError::NoControllerInsecure(_) => ExitCode::from(1),
+            CtlError::Unauthorized { .. } => ExitCode::from(EXIT_UNAUTHORIZED),
+            CtlError::Usage(_) => ExitCode::from(2),
+            CtlError::Refused(_) => ExitCode::from(4),
+            CtlError::NotFound(_) => ExitCode::from(5),
+            CtlError::NoQuorum(_) => ExitCode::from(6),
         }
     }
 }
 
-async fn get_status(args: &Args) -> Result<GetStatusResponse, CtlError> {
-    leader_call(args, |mut c| async move {
+/// Exit code: a controller refused these credentials.
+const EXIT_UNAUTHORIZED: u8 = 7;
+
+/// How to reach the controllers: `None` plain text (`--insecure`).
+fn client_tls(args: &Args) -> Result<Option<ClientTls>, String> {
+    if args.insecure {
+        return Ok(None);
+    }
+    let Some(ca) = &args.ca else {
+        return Err("no credentials: pass --ca, --cert and --key (or set UNDERSTUDY_CA, UNDERSTUDY_CERT, UNDERSTUDY_KEY); an operator certificate comes from `understudyctl certs issue --operator NAME --role viewer|admin`; for controllers with `[tls] insecure = true`, pass --insecure".into());
+    };
+    let identity = match (&args.cert, &args.key) {
+        (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+        // Without a client certificate the controllers refuse (exit 7, saying so).
+        _ => None,
+    };
+    ClientTls::load(ca, identity)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+async fn get_status(args: &Args, tls: Option<&ClientTls>) -> Result<GetStatusResponse, CtlError> {
+    leader_call(args, tls, |mut c| async move {
         c.get_status(GetStatusRequest {}).await
     })
     .await
 }
 
-async fn check(args: &Args, pair: &Option<String>) -> Result<CheckResponse, CtlError> {
+async fn check(
+    args: &Args,
+    tls: Option<&ClientTls>,
+    pair: &Option<String>,
+) -> Result<CheckResponse, CtlError> {
     let pair_id = pair.clone().unwrap_or_default();
-    leader_call(args, move |mut c| {
+    leader_call(args, tls, move |mut c| {
         let pair_id = pair_id.clone();
         async move { c.check(CheckRequest { pair_id }).await }
     })
@@ -178,8 +305,13 @@ async fn check(args: &Args, pair: &Option<String>) -> Result<CheckResponse, CtlE
 
 type Client = OperatorServiceClient<tonic::transport::Channel>;
 
-/// Call the leader: try the controllers in turn, follow redirects.
-pub async fn leader_call<T, F, Fut>(args: &Args, call: F) -> Result<T, CtlError>
+/// Call the leader: try the controllers in turn, follow redirects. A refusal
+/// of the credentials ends it at once: every controller would refuse them.
+pub async fn leader_call<T, F, Fut>(
+    args: &Args,
+    tls: Option<&ClientTls>,
+    call: F,
+) -> Result<T, CtlError>
 where
     F: Fn(Client) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -190,7 +322,7 @@ where
     let mut hops = 0;
     while let Some(addr) = (!queue.is_empty()).then(|| queue.remove(0)) {
         let timeout = Duration::from_millis(args.timeout_ms);
-        let ch = match channel(&addr, timeout) {
+        let ch = match channel(&addr, timeout, tls) {
             Ok(c) => c,
             Err(e) => {
                 tried.push(format!("{addr}: {e}"));
@@ -201,7 +333,34 @@ where
         match tokio::time::timeout(timeout, call(client)).await {
             Ok(Ok(r)) => return Ok(r.into_inner()),
             Ok(Err(st)) => {
-                tried.push(format!("{addr}: {}", st.message()));
+                if matches!(
+                    st.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                ) {
+                    return Err(CtlError::Unauthorized {
+                        addr,
+                        reason: st.message().to_owned(),
+                    });
+                }
+                if let Some(reason) = understudy_tls::auth_failure(&st) {
+                    return Err(CtlError::Unauthorized { addr, reason });
+                }
+                // TLS 1.3 tells a refused client only after its handshake:
+                // the call may have seen a reset instead of the alert. Ask
+                // the controller again with a bare handshake.
+                let transport = matches!(
+                    st.code(),
+                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                );
+                if let (Some(t), true) = (tls, transport && understudy_tls::worth_diagnosing(&st)) {
+                    if let Some(reason) =
+                        understudy_tls::diagnose(&addr, t, timeout.min(Duration::from_secs(2)))
+                            .await
+                    {
+                        return Err(CtlError::Unauthorized { addr, reason });
+                    }
+                }
+                tried.push(format!("{addr}: {}", understudy_tls::error_chain(&st)));
                 if let Some(leader) = st
                     .metadata()
                     .get(LEADER_METADATA)
@@ -219,12 +378,11 @@ where
                     Code::FailedPrecondition if msg.starts_with("no leader is known") => {
                         no_quorum = Some(msg)
                     }
-                    Code::Unavailable => no_quorum = Some(msg),
+                    Code::Unavailable if !msg.is_empty() && !transport_only(&st) => {
+                        no_quorum = Some(msg)
+                    }
                     Code::FailedPrecondition => return Err(CtlError::Refused(msg)),
                     Code::NotFound => return Err(CtlError::NotFound(msg)),
-                    Code::Unauthenticated | Code::PermissionDenied => {
-                        return Err(CtlError::Unauthorized(msg))
-                    }
                     Code::InvalidArgument => return Err(CtlError::Usage(msg)),
                     _ => {}
                 }
@@ -232,10 +390,64 @@ where
             Err(_) => tried.push(format!("{addr}: no answer within {timeout:?}")),
         }
     }
-    match no_quorum {
-        Some(m) => Err(CtlError::NoQuorum(m)),
-        None => Err(CtlError::NoController(tried.join("; "))),
+    if let Some(m) = no_quorum {
+        Err(CtlError::NoQuorum(m))
+    } else if args.insecure {
+        Err(CtlError::NoControllerInsecure(tried.join("; ")))
+    } else {
+        Err(CtlError::NoController(tried.join("; ")))
     }
+}
+
+/// An `UNAVAILABLE` from the transport (connection refused, reset), not from
+/// a controller that answered without a quorum.
+fn transport_only(st: &tonic::Status) -> bool {
+    use std::error::Error;
+    st.source().is_some()
+}
+
+/// The first line of `status` when the controllers run without TLS.
+const INSECURE_WARNING: &str = "WARNING: insecure mode: no TLS, any host that reaches the controllers can pose as an agent or operator";
+
+fn certs(cmd: &CertsCmd) -> Result<(), CertsError> {
+    match cmd {
+        CertsCmd::Init { dir, days } => {
+            let w = certs::init_ca(dir, *days)?;
+            println!(
+                "wrote {} (give it to every controller, agent and operator as the CA)",
+                w.cert.display()
+            );
+            println!(
+                "wrote {} (keep it secret, readable by you only: it can mint any identity)",
+                w.key.display()
+            );
+        }
+        CertsCmd::Issue(a) => {
+            let leaf = if let Some(server_id) = &a.agent {
+                Leaf::Agent {
+                    server_id: server_id.clone(),
+                }
+            } else if let Some(node_id) = a.controller {
+                Leaf::Controller {
+                    node_id,
+                    addrs: a.addr.clone(),
+                }
+            } else {
+                Leaf::Operator {
+                    name: a.operator.clone().unwrap_or_default(),
+                    role: a.role.unwrap_or(Role::Viewer),
+                }
+            };
+            let w = certs::issue(&a.dir, a.out.as_deref().unwrap_or(&a.dir), &leaf, a.days)?;
+            println!(
+                "wrote {} and {} ({})",
+                w.cert.display(),
+                w.key.display(),
+                certs::uri(&leaf.caller()).unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn fmt_opt<T: std::fmt::Display>(v: Option<T>, unit: &str) -> String {
@@ -245,6 +457,9 @@ fn fmt_opt<T: std::fmt::Display>(v: Option<T>, unit: &str) -> String {
 
 fn print_table(s: &GetStatusResponse) {
     if let Some(c) = &s.cluster {
+        if c.insecure {
+            println!("{INSECURE_WARNING}");
+        }
         println!(
             "controller leader: {} ({})  term {}  applied index {}  answered by {}",
             fmt_opt(c.leader_id, ""),
@@ -547,6 +762,7 @@ fn status_json(s: &GetStatusResponse) -> serde_json::Value {
         "cluster": s.cluster.as_ref().map(|c| json!({
             "answered_by": c.answered_by, "leader_id": c.leader_id, "leader_addr": c.leader_addr,
             "term": c.term, "last_applied_index": c.last_applied_index,
+            "insecure": c.insecure,
             "members": c.members.iter().map(|m| json!({
                 "id": m.id, "addr": m.addr, "voter": m.voter, "leader": m.leader,
                 "matched_index": m.matched_index,
@@ -603,13 +819,36 @@ fn status_json(s: &GetStatusResponse) -> serde_json::Value {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Cmd::Certs { cmd } = &args.cmd {
+        return match certs(cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("understudyctl: {e}");
+                ExitCode::from(match e {
+                    CertsError::BadName(_) | CertsError::BadAddr(_) => 2,
+                    _ => 1,
+                })
+            }
+        };
+    }
+    let tls = match client_tls(&args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("understudyctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     match &args.cmd {
-        Cmd::Status => match rt.block_on(get_status(&args)) {
+        Cmd::Certs { .. } => unreachable!("handled above"),
+        Cmd::Status => match rt.block_on(get_status(&args, tls.as_ref())) {
             Ok(s) => {
+                if args.output == Output::Json && s.cluster.as_ref().is_some_and(|c| c.insecure) {
+                    eprintln!("{INSECURE_WARNING}");
+                }
                 match args.output {
                     Output::Json => println!(
                         "{}",
@@ -621,10 +860,10 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("understudyctl: {e}");
-                ExitCode::from(1)
+                e.exit_code()
             }
         },
-        Cmd::Check { pair } => match rt.block_on(check(&args, pair)) {
+        Cmd::Check { pair } => match rt.block_on(check(&args, tls.as_ref(), pair)) {
             Ok(r) => {
                 match args.output {
                     Output::Json => {
@@ -662,24 +901,24 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("understudyctl: {e}");
-                ExitCode::from(e.code())
+                e.exit_code()
             }
         },
-        Cmd::History { pair } => done(rt.block_on(ops::history(&args, pair.clone()))),
-        Cmd::Explain { pair } => done(rt.block_on(ops::explain(&args, pair.clone()))),
-        Cmd::Watch { pair } => done(rt.block_on(ops::watch(&args, pair.clone()))),
+        Cmd::History { pair } => done(rt.block_on(ops::history(&args, tls.as_ref(), pair.clone()))),
+        Cmd::Explain { pair } => done(rt.block_on(ops::explain(&args, tls.as_ref(), pair.clone()))),
+        Cmd::Watch { pair } => done(rt.block_on(ops::watch(&args, tls.as_ref(), pair.clone()))),
         cmd => {
             let changes = match changes(cmd) {
                 Ok(c) => c,
                 Err(e) => return done(Err(e)),
             };
-            let pairs = match rt.block_on(targets(&args, cmd)) {
+            let pairs = match rt.block_on(targets(&args, tls.as_ref(), cmd)) {
                 Ok(p) => p,
                 Err(e) => return done(Err(e)),
             };
             let mut last = Ok(());
             for pair in pairs {
-                let r = rt.block_on(ops::change(&args, &pair, changes()));
+                let r = rt.block_on(ops::change(&args, tls.as_ref(), &pair, changes()));
                 match &r {
                     Ok(resp) => match args.output {
                         Output::Json => println!(
@@ -698,7 +937,7 @@ fn main() -> ExitCode {
                         if args.output == Output::Json {
                             println!(
                                 "{}",
-                                serde_json::json!({"pair": pair, "error": e.to_string(), "exit_code": e.code()})
+                                serde_json::json!({"pair": pair, "error": e.to_string()})
                             );
                         }
                         eprintln!("understudyctl: pair {pair}: {e}");
@@ -718,7 +957,7 @@ fn done(r: Result<(), CtlError>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("understudyctl: {e}");
-            ExitCode::from(e.code())
+            e.exit_code()
         }
     }
 }
@@ -726,7 +965,7 @@ fn done(r: Result<(), CtlError>) -> ExitCode {
 fn done_quiet(r: Result<(), CtlError>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => ExitCode::from(e.code()),
+        Err(e) => e.exit_code(),
     }
 }
 
@@ -780,7 +1019,7 @@ fn changes(cmd: &Cmd) -> Result<Box<dyn Fn() -> ops::Change>, CtlError> {
 }
 
 /// The pairs a subcommand applies to (`pause`/`resume` without PAIR: all).
-async fn targets(args: &Args, cmd: &Cmd) -> Result<Vec<String>, CtlError> {
+async fn targets(args: &Args, tls: Option<&ClientTls>, cmd: &Cmd) -> Result<Vec<String>, CtlError> {
     let one = match cmd {
         Cmd::Pause { pair } | Cmd::Resume { pair } => pair.clone(),
         Cmd::Switchover { pair, .. }
@@ -793,7 +1032,7 @@ async fn targets(args: &Args, cmd: &Cmd) -> Result<Vec<String>, CtlError> {
     match one {
         Some(p) => Ok(vec![p]),
         None => {
-            let s = get_status(args).await?;
+            let s = get_status(args, tls).await?;
             let resume = matches!(cmd, Cmd::Resume { .. });
             Ok(s.pairs
                 .iter()

@@ -4,7 +4,8 @@
 //! a `RaftMessage`; the workspace pins the openraft version, so both ends agree.
 //! The client side ([`Network`]) keeps one lazily-connected tonic channel per peer
 //! and maps transport failures to `Unreachable` (openraft then backs off); the
-//! server side ([`RaftGrpc`]) hands requests to the local Raft node.
+//! server side ([`RaftGrpc`]) hands requests to the local Raft node, once the
+//! caller proved (its TLS client certificate) to be a member controller.
 
 use std::future::Future;
 use std::time::Duration;
@@ -17,20 +18,28 @@ use openraft::raft::{
 };
 use openraft::{OptionalSend, RaftNetworkV2};
 use serde::{Deserialize, Serialize};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 use understudy_proto::raft_service_client::RaftServiceClient;
 use understudy_proto::raft_service_server::RaftService;
 use understudy_proto::{RaftMessage, SnapshotChunk};
+use understudy_tls::ClientTls;
 
 use super::types::{Node, NodeId, Raft, TypeConfig};
+use crate::auth::Auth;
 
 /// Size of one snapshot chunk on the wire.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
 
-/// Open a lazily-connecting channel to a controller's gRPC address (`host:port`).
-pub fn channel(addr: &str, connect_timeout: Duration) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+/// Open a lazily-connecting channel to a controller's gRPC address (`host:port`):
+/// mutual TLS with `tls` (the controller's certificate must name the host),
+/// plain text without.
+pub fn channel(
+    addr: &str,
+    connect_timeout: Duration,
+    tls: Option<&ClientTls>,
+) -> Result<Channel, understudy_tls::TlsError> {
+    Ok(understudy_tls::endpoint(addr, tls)?
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(1))
@@ -40,7 +49,11 @@ pub fn channel(addr: &str, connect_timeout: Duration) -> Result<Channel, tonic::
 
 /// Creates one [`PeerClient`] per Raft peer.
 #[derive(Clone, Default)]
-pub struct Network;
+pub struct Network {
+    /// This node's certificate (a controller's names its node id) and the CA;
+    /// `None`: plain text (`[tls] insecure = true`).
+    pub tls: Option<ClientTls>,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
@@ -50,6 +63,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.addr.clone(),
             client: None,
+            tls: self.tls.clone(),
+            diagnosis: understudy_tls::Diagnosis::new(Duration::from_secs(10)),
         }
     }
 }
@@ -59,6 +74,9 @@ pub struct PeerClient {
     target: NodeId,
     addr: String,
     client: Option<RaftServiceClient<Channel>>,
+    tls: Option<ClientTls>,
+    /// Says so in the log when the peer refuses this node's certificate.
+    diagnosis: understudy_tls::Diagnosis,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -72,9 +90,30 @@ fn unreachable<E: std::fmt::Display>(target: NodeId, addr: &str, e: E) -> Unreac
 }
 
 impl PeerClient {
+    /// Why a call failed; a refusal of this node (its certificate, or its
+    /// membership) is logged as an error: it will not heal by retrying.
+    fn failed(&self, status: &Status) -> String {
+        if let Some(why) = understudy_tls::auth_failure(status) {
+            tracing::error!(peer = self.target, error = %why, "a Raft peer refused this controller's certificate");
+            return why;
+        }
+        if matches!(
+            status.code(),
+            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+        ) {
+            tracing::error!(peer = self.target, error = %status.message(), "a Raft peer refused this controller");
+            return status.message().to_owned();
+        }
+        if let Some(tls) = &self.tls {
+            self.diagnosis
+                .after_failure(&self.addr, tls, Some(status), "Raft peer");
+        }
+        understudy_tls::error_chain(status)
+    }
+
     fn client(&mut self) -> Result<RaftServiceClient<Channel>, Unreachable<TypeConfig>> {
         if self.client.is_none() {
-            let ch = channel(&self.addr, Duration::from_millis(500))
+            let ch = channel(&self.addr, Duration::from_millis(500), self.tls.as_ref())
                 .map_err(|e| unreachable(self.target, &self.addr, e))?;
             self.client = Some(RaftServiceClient::new(ch));
         }
@@ -110,7 +149,7 @@ impl PeerClient {
                 return Err(RPCError::Unreachable(unreachable(
                     self.target,
                     &self.addr,
-                    status.message(),
+                    self.failed(&status),
                 )));
             }
             Ok(Ok(r)) => r.into_inner(),
@@ -198,7 +237,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 return Err(StreamingError::Unreachable(unreachable(
                     self.target,
                     &self.addr,
-                    status.message(),
+                    self.failed(&status),
                 )));
             }
             Ok(Ok(r)) => r.into_inner(),
@@ -212,11 +251,29 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
 /// Server side of the Raft transport: hands requests to the local node.
 pub struct RaftGrpc {
     raft: Raft,
+    auth: Auth,
+    /// The configured members' ids: only they may send Raft messages.
+    members: Vec<u64>,
 }
 
 impl RaftGrpc {
-    pub fn new(raft: Raft) -> Self {
-        Self { raft }
+    pub fn new(raft: Raft, auth: Auth, members: Vec<u64>) -> Self {
+        Self {
+            raft,
+            auth,
+            members,
+        }
+    }
+
+    /// Refuse anyone but a member controller (a peer certificate naming a
+    /// configured node id); logged, as it means a misconfiguration or an attack.
+    fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        self.auth
+            .peer(req, &self.members)
+            .map(|_| ())
+            .inspect_err(|e| {
+                tracing::warn!(error = %e.message(), "Raft message refused");
+            })
     }
 }
 
@@ -239,16 +296,19 @@ impl RaftService for RaftGrpc {
         &self,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        self.check(&req)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref())?;
         encode(self.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check(&req)?;
         let rpc: VoteRequest<TypeConfig> = decode(req.get_ref())?;
         encode(self.raft.vote(rpc).await)
     }
 
     async fn pre_vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check(&req)?;
         let rpc: VoteRequest<TypeConfig> = decode(req.get_ref())?;
         encode(self.raft.pre_vote(rpc).await)
     }
@@ -257,6 +317,7 @@ impl RaftService for RaftGrpc {
         &self,
         req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftMessage>, Status> {
+        self.check(&req)?;
         let mut stream = req.into_inner();
         let mut header: Option<SnapshotHeader> = None;
         let mut data = Vec::new();

@@ -13,18 +13,18 @@
 //! boots a new namespace host after a launch delay), gets a fresh volume,
 //! becomes fsb's backup and resyncs (progress and ETA shown) until the pair is
 //! Healthy again; the dead fsa is then terminated, its volume kept. Ctrl-C ends
-//! it and removes everything.
+//! it and removes everything. Every link runs over mutual TLS with certificates
+//! from `understudyctl certs` (the spare issues its own at boot).
 //!
 //! `--no-wait` exits after the scenario instead of watching until Ctrl-C.
 
 use std::io::Write;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use understudy_tests::nscluster::{NsCluster, NsOptions, SpareOptions, Writer, PAIR, PSEUDO};
-use understudy_tests::{bin, pair};
+use understudy_tests::{ctl, pair, Creds};
 
 struct Screen {
     started: Instant,
@@ -41,9 +41,9 @@ impl Screen {
         self.events.lock().unwrap().push(line);
     }
 
-    fn draw(&self, addrs: &str) {
-        let out = Command::new(bin("understudyctl"))
-            .args(["--controllers", addrs, "--timeout-ms", "800", "status"])
+    fn draw(&self, addrs: &[String], creds: &Creds) {
+        let out = ctl(addrs, creds)
+            .args(["--timeout-ms", "800", "status"])
             .output();
         let body = match out {
             Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -110,20 +110,32 @@ fn main() {
         resync_rate_kib: Some(8 * 1024),
         ..Default::default()
     });
-    let addrs = c.controllers.addrs.join(",");
+    let addrs = c.controllers.addrs.clone();
+    let creds = c.controllers.creds.clone();
     screen.event(format!(
         "fsa serves NFS on client IP {} (ganesha, {PSEUDO}); files and logs in {}",
         c.client_ip,
         c.dir.path().display()
     ));
+    if let Some(pki) = &c.pki {
+        screen.event(format!(
+            "mutual TLS everywhere: CA and certificates in {} (understudyctl runs as operator test-admin, role admin)",
+            pki.dir.display()
+        ));
+    }
 
     let drawing = Arc::new(AtomicBool::new(true));
     let painter = {
-        let (screen, addrs, drawing, stop) =
-            (screen.clone(), addrs.clone(), drawing.clone(), stop.clone());
+        let (screen, addrs, creds, drawing, stop) = (
+            screen.clone(),
+            addrs.clone(),
+            creds.clone(),
+            drawing.clone(),
+            stop.clone(),
+        );
         std::thread::spawn(move || {
             while drawing.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst) {
-                screen.draw(&addrs);
+                screen.draw(&addrs, &creds);
                 std::thread::sleep(Duration::from_millis(250));
             }
         })
@@ -305,7 +317,7 @@ fn main() {
     }
     drawing.store(false, Ordering::SeqCst);
     let _ = painter.join();
-    screen.draw(&addrs);
+    screen.draw(&addrs, &creds);
     println!(
         "\nstopping the cluster and removing {}",
         c.dir.path().display()

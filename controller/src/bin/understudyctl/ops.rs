@@ -10,6 +10,8 @@ use understudy_proto::{
     PromoteCommand, ResumeCommand, SwitchoverCommand, UnblockCommand, WatchRequest,
 };
 
+use understudy_tls::ClientTls;
+
 use super::{leader_call, Args, CtlError, Output};
 
 /// `30s`, `10m`, `2h`, `1d`, `1500ms` (a bare number is seconds).
@@ -98,6 +100,7 @@ pub enum Change {
 /// Send `change` for `pair` to the leader.
 pub async fn change(
     args: &Args,
+    tls: Option<&ClientTls>,
     pair: &str,
     change: Change,
 ) -> Result<OperatorCommandResponse, CtlError> {
@@ -133,7 +136,7 @@ pub async fn change(
         pair_id: pair.to_string(),
         command: Some(command),
     };
-    leader_call(args, move |mut c| {
+    leader_call(args, tls, move |mut c| {
         let req = req.clone();
         async move { c.command(req).await }
     })
@@ -163,9 +166,13 @@ fn time(ms: i64) -> String {
 }
 
 /// `history [PAIR]`.
-pub async fn history(args: &Args, pair: Option<String>) -> Result<(), CtlError> {
+pub async fn history(
+    args: &Args,
+    tls: Option<&ClientTls>,
+    pair: Option<String>,
+) -> Result<(), CtlError> {
     let pair_id = pair.unwrap_or_default();
-    let r = leader_call(args, move |mut c| {
+    let r = leader_call(args, tls, move |mut c| {
         let pair_id = pair_id.clone();
         async move { c.history(HistoryRequest { pair_id }).await }
     })
@@ -214,8 +221,8 @@ pub async fn history(args: &Args, pair: Option<String>) -> Result<(), CtlError> 
 }
 
 /// `explain PAIR`.
-pub async fn explain(args: &Args, pair: String) -> Result<(), CtlError> {
-    let r = leader_call(args, move |mut c| {
+pub async fn explain(args: &Args, tls: Option<&ClientTls>, pair: String) -> Result<(), CtlError> {
+    let r = leader_call(args, tls, move |mut c| {
         let pair_id = pair.clone();
         async move { c.explain(ExplainRequest { pair_id }).await }
     })
@@ -246,11 +253,15 @@ pub async fn explain(args: &Args, pair: String) -> Result<(), CtlError> {
 }
 
 /// `watch [PAIR]`: until interrupted; follows the leader when it moves.
-pub async fn watch(args: &Args, pair: Option<String>) -> Result<(), CtlError> {
+pub async fn watch(
+    args: &Args,
+    tls: Option<&ClientTls>,
+    pair: Option<String>,
+) -> Result<(), CtlError> {
     let pair_id = pair.unwrap_or_default();
     loop {
         let pid = pair_id.clone();
-        let mut stream = leader_call(args, move |mut c| {
+        let mut stream = leader_call(args, tls, move |mut c| {
             let pair_id = pid.clone();
             async move { c.watch(WatchRequest { pair_id }).await }
         })
