@@ -50,6 +50,11 @@
 //! # subnet_id = "subnet-0123456789abcdef0"
 //! # security_group_ids = ["sg-0123456789abcdef1"]
 //! # volume_type = "gp3"                   # EBS type of created volumes (default)
+//!
+//! [signals]                          # all optional: cloud signals (EC2 scheduled
+//! poll_ms = 60000                    # events, failed system status checks)
+//! auto_switchover = false            # true: schedule the proposed switchover
+//! window = "02:00-04:00"             # UTC; may wrap midnight; absent: any time
 //! ```
 //!
 //! The `[[pairs]]` inventory is proposed to Raft by the leader whenever it differs
@@ -125,6 +130,11 @@ pub struct ControllerConfig {
     /// Inventory preflight timing and limits.
     #[serde(default)]
     pub preflight: crate::preflight::PreflightConfig,
+    /// Cloud signals: how often the cloud is asked about scheduled events and
+    /// status checks, and whether (and when) the controller schedules the
+    /// switchover they call for (`crate::signals`).
+    #[serde(default)]
+    pub signals: crate::signals::SignalsConfig,
 }
 
 /// Which cloud backend fences and moves the client IP.
@@ -346,6 +356,7 @@ impl ControllerConfig {
             ));
         }
         self.probe.validate()?;
+        self.signals.validate()?;
         let mut pair_ids = BTreeSet::new();
         let mut server_ids = BTreeSet::new();
         for p in &self.pairs {
@@ -445,6 +456,17 @@ backup = { id = "fs1-b", address = "198.18.0.3", zone = "a" }
         // Inventories written before probes existed parse with the default port.
         assert_eq!(c.pairs[0].primary.probe_port, 7201);
         assert_eq!(c.probe, crate::probe::ProbeConfig::default());
+        assert_eq!(c.signals, crate::signals::SignalsConfig::default());
+        let c = ControllerConfig::parse(&format!(
+            "{GOOD}[signals]\npoll_ms = 1000\nauto_switchover = true\nwindow = \"23:00-01:30\"\n"
+        ))
+        .unwrap();
+        assert!(c.signals.auto_switchover);
+        assert_eq!(c.signals.poll_ms, 1000);
+        assert_eq!(
+            c.signals.window.map(|w| w.to_string()).as_deref(),
+            Some("23:00-01:30 UTC")
+        );
     }
 
     #[test]
@@ -494,6 +516,18 @@ backup = { id = "fs1-b", address = "198.18.0.3", zone = "a" }
             (
                 GOOD.replace("[[pairs]]", "[probe]\ninterval_ms = 0\n[[pairs]]"),
                 "interval_ms must be above 0",
+            ),
+            (
+                format!("{GOOD}[signals]\npoll_ms = 0\n"),
+                "poll_ms must be above 0",
+            ),
+            (
+                format!("{GOOD}[signals]\nwindow = \"02:00-02:00\"\n"),
+                "starts when it ends",
+            ),
+            (
+                format!("{GOOD}[signals]\nauto_switchover = \"yes\"\n"),
+                "invalid type",
             ),
         ];
         for (text, want) in cases {

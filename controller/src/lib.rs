@@ -17,6 +17,8 @@
 //! - `probe`: the leader's direct UDP liveness probes to agents;
 //! - `leader`: the leader's loop (decisions, commits, dispatch to the executor);
 //! - `holdoff`: S5's hold-off on monotonic clocks;
+//! - `signals`: cloud signals (scheduled events, failed status checks) and the
+//!   switchover they propose or schedule;
 //! - `node`: wiring, cluster bootstrap, who leads (with the lease);
 //! - `config`, `error`: the TOML configuration and the error type.
 
@@ -41,6 +43,7 @@ pub mod probe;
 pub mod raft;
 pub mod redundancy;
 pub mod resync;
+pub mod signals;
 pub mod state;
 #[cfg(test)]
 mod testutil;

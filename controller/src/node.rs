@@ -105,6 +105,7 @@ pub async fn run(
         spare: cfg.spare.clone(),
         provisioning: Default::default(),
         findings: findings.clone(),
+        signals: Default::default(),
         leader: leader_rx.clone(),
     });
     tokio::spawn(crate::leader::leader_duties(
@@ -133,6 +134,7 @@ pub async fn run(
         provisioning: executor.provisioning.clone(),
         findings: findings.clone(),
         cloud: executor.cloud.clone(),
+        signals: executor.signals.clone(),
         auth: crate::auth::Auth::default(),
     };
     let served = tonic::transport::Server::builder()

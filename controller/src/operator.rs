@@ -44,6 +44,8 @@ pub struct OperatorGrpc {
     pub findings: Arc<crate::preflight::Findings>,
     /// For `Check`: volumes attached, the launch template's zone.
     pub cloud: Arc<dyn understudy_cloud::Cloud>,
+    /// The latest cloud signals (leader memory).
+    pub signals: Arc<crate::signals::Signals>,
     /// Who is calling and what they may do.
     pub auth: crate::auth::Auth,
 }
@@ -263,6 +265,12 @@ impl OperatorService for OperatorGrpc {
                             eta_ms: e.eta_ms,
                         })
                 };
+                let signal = self.signals.status_line(
+                    p,
+                    sb,
+                    crate::leadership::now_unix_ms(),
+                    &self.cfg.signals,
+                );
                 PairStatus {
                     id: p.spec.id.clone(),
                     state: p.state.to_string(),
@@ -382,6 +390,7 @@ impl OperatorService for OperatorGrpc {
                             )
                         })
                         .unwrap_or_default(),
+                    signal,
                     outdated: p.outdated.as_ref().map(|m| OutdatedStatus {
                         server: m.server.clone(),
                         lost_peer_unix_ms: m.lost_peer_unix_ms,
