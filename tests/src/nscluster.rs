@@ -121,6 +121,10 @@ pub struct NsOptions {
     /// fsb's disks are local-cloud volumes, and `RunInstances` boots a new host
     /// on the bridge running [`NsCluster::boot_script`]. Block mode only.
     pub spares: Option<SpareOptions>,
+    /// The keys of the controllers' `[signals]` section as TOML lines
+    /// (`"poll_ms = 300\nauto_switchover = true"`); `None`: no section (the
+    /// defaults). Scheduled events are injected through [`NsCluster::cloud`].
+    pub signals: Option<String>,
 }
 
 /// Knobs of the spares of a namespace cluster.
@@ -163,6 +167,7 @@ impl Default for NsOptions {
             confirm_window_ms: None,
             block_device: true,
             spares: None,
+            signals: None,
         }
     }
 }
@@ -217,6 +222,10 @@ impl NsOptions {
                         s.keep_ms, s.reattach
                     )
                 })
+                .unwrap_or_default(),
+            self.signals
+                .as_ref()
+                .map(|s| format!("[signals]\n{s}\n"))
                 .unwrap_or_default(),
         ]
         .concat()
