@@ -13,7 +13,7 @@ use serde_json::Value;
 use understudy_cloud::health::event_codes;
 use understudy_cloud::ScheduledEvent;
 use understudy_tests::nscluster::{NsCluster, NsOptions, SpareOptions, PAIR};
-use understudy_tests::{bin, pair, server};
+use understudy_tests::{bin, pair, server, wait_for};
 
 const FSA: &str = "fs1-fsa";
 const FSB: &str = "fs1-fsb";
@@ -154,10 +154,11 @@ fn with_auto_switchover_the_controller_schedules_the_switchover_and_it_happens()
     });
     assert_eq!(c.exporting_hosts(), vec!["fsb"]);
     assert_eq!(c.ip_holders(), vec!["fsb"]);
-    assert_eq!(
-        c.nfs_read("before.txt").unwrap(),
-        b"written before the cloud signal"
-    );
+    // Read back through the client IP once fsb's grace period is over.
+    let data = wait_for("the file through fsb", Duration::from_secs(120), || {
+        c.nfs_read("before.txt").ok()
+    });
+    assert_eq!(data, b"written before the cloud signal");
     assert_eq!(server(&s, PAIR, FSA)["drbd"]["role"], "Secondary");
     let (code, out, err) = ctl(&c, &["--output", "json", "history", PAIR]);
     assert_eq!(code, 0, "{err}");
