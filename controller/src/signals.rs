@@ -270,13 +270,20 @@ impl Proposal {
     }
 }
 
-fn describe(e: &ScheduledEvent) -> String {
+/// `system-maintenance[ on SERVER][ from START], until END ("description")`.
+fn describe(e: &ScheduledEvent, on: Option<&str>, from: bool) -> String {
     let mut s = e.code.clone();
+    if let Some(server) = on {
+        s.push_str(&format!(" on {server}"));
+    }
+    if from {
+        s.push_str(&format!(" from {}", fmt_unix_ms(e.not_before_unix_ms)));
+    }
     if let Some(end) = e.not_after_unix_ms {
-        s.push_str(&format!(" (until {})", fmt_unix_ms(end)));
+        s.push_str(&format!(", until {}", fmt_unix_ms(end)));
     }
     if !e.description.is_empty() {
-        s.push_str(&format!(": {}", e.description));
+        s.push_str(&format!(" ({:?})", e.description));
     }
     s
 }
@@ -334,7 +341,7 @@ pub fn proposal(
             e.code.clone(),
             e.not_before_unix_ms,
             Some(e.not_before_unix_ms),
-            format!("{} on {server}", describe(e)),
+            describe(e, Some(server), false),
         )
     };
     let reason = match before {
@@ -502,13 +509,7 @@ impl Signals {
                                 } else {
                                     events
                                         .iter()
-                                        .map(|e| {
-                                            format!(
-                                                "{} from {}",
-                                                describe(e),
-                                                fmt_unix_ms(e.not_before_unix_ms)
-                                            )
-                                        })
+                                        .map(|e| describe(e, None, true))
                                         .collect::<Vec<_>>()
                                         .join("; ")
                                 }
