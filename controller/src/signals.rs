@@ -23,7 +23,8 @@
 //!   again when its time comes.
 //! - Never scheduled while the standby is not UpToDate and in sync
 //!   ([`crate::detector::switchover_ready`]), nor when the standby itself has an
-//!   event or a failing host, nor while the pair is paused: the proposal says why.
+//!   event or a failing host, nor while the pair is not `Healthy` (paused,
+//!   suspect, blocked ...): the proposal says why.
 //!
 //! Depends on the small types only (state, the agent view, the cloud's health
 //! types), not on `node`.
@@ -362,8 +363,11 @@ pub fn proposal(
         ))
     } else if !cfg.auto_switchover {
         Schedule::Manual
-    } else if pair.state == PairState::Paused {
-        Schedule::Not(format!("pair {} is paused", pair.spec.id))
+    } else if pair.state != PairState::Healthy {
+        Schedule::Not(format!(
+            "pair {} is {}, not Healthy: no automatic switchover",
+            pair.spec.id, pair.state
+        ))
     } else {
         // A second from now: a scheduled time must be in the future when committed.
         match schedule_time(cfg.window.as_ref(), now + 1000, before) {
@@ -837,10 +841,14 @@ mod tests {
         // A window that opens before it: scheduled at its start.
         let got = proposal(&p, &h, None, &ready(), NOW, &auto(Some("12:00-13:00"))).unwrap();
         assert_eq!(got.schedule, Schedule::At(MIDNIGHT + 12 * HOUR));
-        // Paused: no automatic action.
-        let paused = pair(PairState::Paused);
-        let got = proposal(&paused, &h, None, &ready(), NOW, &auto(None)).unwrap();
-        assert!(matches!(&got.schedule, Schedule::Not(w) if w.contains("paused")));
+        // Paused (or anything but Healthy): no automatic action.
+        for state in [PairState::Paused, PairState::Blocked, PairState::Suspect] {
+            let got = proposal(&pair(state), &h, None, &ready(), NOW, &auto(None)).unwrap();
+            assert!(
+                matches!(&got.schedule, Schedule::Not(w) if w.contains(&format!("is {state}, not Healthy"))),
+                "{got:?}"
+            );
+        }
         // Already scheduled (by an operator or a previous leader): shown, not again.
         let mut sch = pair(PairState::Healthy);
         sch.ops.scheduled = Some(ScheduledSwitchover {
