@@ -937,6 +937,43 @@ mod tests {
         assert!(line.contains("no switchover needed"), "{line}");
     }
 
+    #[tokio::test]
+    async fn a_poll_reads_every_server_and_bounds_each_call() {
+        use understudy_cloud::faulty::{FaultyCloud, Op};
+        use understudy_cloud::strict::StrictCloud;
+        let srv = |id: &str| CloudServer {
+            server_id: id.into(),
+            instance_id: format!("i-{id}"),
+            interface_id: format!("eni-{id}"),
+            zone: "z".into(),
+        };
+        let cloud = FaultyCloud::new(StrictCloud::default());
+        cloud.inner().add_server(&srv("a"));
+        cloud.inner().add_server(&srv("b"));
+        cloud
+            .inner()
+            .inject_event("i-a", event(event_codes::INSTANCE_RETIREMENT, NOW + HOUR));
+        let servers = [srv("a"), srv("b"), srv("gone")];
+        let got = poll(&cloud, &servers, || NOW, Duration::from_millis(200)).await;
+        assert_eq!(got["a"].health.as_ref().unwrap().events.len(), 1);
+        assert_eq!(got["b"].health, Ok(InstanceHealth::ok()));
+        assert!(got["gone"]
+            .health
+            .as_ref()
+            .unwrap_err()
+            .contains("not found"));
+        assert_eq!(got["a"].at_unix_ms, NOW);
+        // A hung cloud: each call ends at the bound, as an error.
+        cloud.hang(Op::InstanceHealth);
+        let t0 = std::time::Instant::now();
+        let got = poll(&cloud, &servers[..1], || NOW, Duration::from_millis(200)).await;
+        assert!(t0.elapsed() < Duration::from_secs(2));
+        assert_eq!(
+            got["a"].health,
+            Err("strict did not answer within 200 ms".into())
+        );
+    }
+
     #[test]
     fn config_defaults_and_bad_values() {
         #[derive(Deserialize)]
