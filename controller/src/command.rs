@@ -439,6 +439,10 @@ impl OperatorGrpc {
                     .unwrap_or("finish".into())
             ));
         }
+        inputs.extend(
+            self.signals
+                .explain_lines(&pair, &sb, now, &self.cfg.signals),
+        );
         let redundancy = match &self.cfg.spare {
             Some(sc) => format!("{:?}", crate::redundancy::need(&pair, &sv, &sb, now, sc, d)),
             None => "no [spare] configured: nothing is launched".into(),

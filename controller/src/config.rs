@@ -56,6 +56,11 @@
 //! # subnet_id = "subnet-0123456789abcdef0"
 //! # security_group_ids = ["sg-0123456789abcdef1"]
 //! # volume_type = "gp3"                   # EBS type of created volumes (default)
+//!
+//! [signals]                          # all optional: cloud signals (EC2 scheduled
+//! poll_ms = 60000                    # events, failed system status checks)
+//! auto_switchover = false            # true: schedule the proposed switchover
+//! window = "02:00-04:00"             # UTC; may wrap midnight; absent: any time
 //! ```
 //!
 //! The `[[pairs]]` inventory is proposed to Raft by the leader whenever it differs
@@ -135,6 +140,11 @@ pub struct ControllerConfig {
     /// Required: a missing section is an error, never plain text by default.
     #[serde(default)]
     pub tls: Option<understudy_tls::TlsSection>,
+    /// Cloud signals: how often the cloud is asked about scheduled events and
+    /// status checks, and whether (and when) the controller schedules the
+    /// switchover they call for (`crate::signals`).
+    #[serde(default)]
+    pub signals: crate::signals::SignalsConfig,
 }
 
 /// Which cloud backend fences and moves the client IP.
@@ -357,6 +367,7 @@ impl ControllerConfig {
             ));
         }
         self.probe.validate()?;
+        self.signals.validate()?;
         let mut pair_ids = BTreeSet::new();
         let mut server_ids = BTreeSet::new();
         for p in &self.pairs {
@@ -463,6 +474,17 @@ insecure = true
         // Inventories written before probes existed parse with the default port.
         assert_eq!(c.pairs[0].primary.probe_port, 7201);
         assert_eq!(c.probe, crate::probe::ProbeConfig::default());
+        assert_eq!(c.signals, crate::signals::SignalsConfig::default());
+        let c = ControllerConfig::parse(&format!(
+            "{GOOD}[signals]\npoll_ms = 1000\nauto_switchover = true\nwindow = \"23:00-01:30\"\n"
+        ))
+        .unwrap();
+        assert!(c.signals.auto_switchover);
+        assert_eq!(c.signals.poll_ms, 1000);
+        assert_eq!(
+            c.signals.window.map(|w| w.to_string()).as_deref(),
+            Some("23:00-01:30 UTC")
+        );
     }
 
     #[test]
@@ -512,6 +534,18 @@ insecure = true
             (
                 GOOD.replace("[[pairs]]", "[probe]\ninterval_ms = 0\n[[pairs]]"),
                 "interval_ms must be above 0",
+            ),
+            (
+                format!("{GOOD}[signals]\npoll_ms = 0\n"),
+                "poll_ms must be above 0",
+            ),
+            (
+                format!("{GOOD}[signals]\nwindow = \"02:00-02:00\"\n"),
+                "starts when it ends",
+            ),
+            (
+                format!("{GOOD}[signals]\nauto_switchover = \"yes\"\n"),
+                "invalid type",
             ),
         ];
         let no_tls = GOOD.replace("[tls]\ninsecure = true\n", "");

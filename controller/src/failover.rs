@@ -109,6 +109,8 @@ pub struct Executor {
     pub provisioning: Arc<crate::redundancy::Provisioning>,
     /// The latest inventory preflight per pair, for status.
     pub findings: Arc<crate::preflight::Findings>,
+    /// The latest cloud signals per server (leader memory, `crate::signals`).
+    pub signals: Arc<crate::signals::Signals>,
 }
 
 /// A server of the inventory as the cloud knows it.

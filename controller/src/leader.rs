@@ -2,8 +2,10 @@
 //! keep the replicated inventory in line with the configuration and, on every
 //! agent report and a short tick, ask the pure [`crate::detector::decide`] what
 //! each pair needs, commit it, and run what it says (failover plans, bring-up,
-//! stand-down, S1 outdating) through the [`Executor`]. Depends on the small
-//! leader-state type in `leadership`, not on `node`, which only wires it up.
+//! stand-down, S1 outdating) through the [`Executor`]. It also polls the
+//! cloud's signals and schedules the switchover they call for
+//! (`crate::signals`). Depends on the small leader-state type in
+//! `leadership`, not on `node`, which only wires it up.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -66,6 +68,9 @@ pub async fn leader_duties(
         let mut provisioning: HashMap<String, (tokio::task::JoinHandle<()>, Instant)> =
             HashMap::new();
         let mut preflight: Option<(tokio::task::JoinHandle<()>, Instant)> = None;
+        // Cloud signals: the health poll, and the last signal line logged per pair.
+        let mut signals_poll: Option<(tokio::task::JoinHandle<()>, Instant)> = None;
+        let mut signal_said: HashMap<String, String> = HashMap::new();
         loop {
             if !inventory_synced {
                 let current: Vec<_> = shared
@@ -126,6 +131,32 @@ pub async fn leader_duties(
                     Instant::now(),
                 ));
             }
+            // Cloud signals: every `[signals] poll_ms`, the health of every server.
+            let every = Duration::from_millis(cfg.signals.poll_ms);
+            if signals_poll
+                .as_ref()
+                .is_none_or(|(h, at)| h.is_finished() && at.elapsed() >= every)
+            {
+                let ex = executor.clone();
+                let servers: Vec<_> = shared
+                    .snapshot()
+                    .state
+                    .pairs
+                    .values()
+                    .flat_map(|p| [&p.spec.primary, &p.spec.backup])
+                    .map(crate::failover::cloud_server)
+                    .collect();
+                let limit = Duration::from_millis(cfg.signals.poll_ms.clamp(1000, 10_000));
+                signals_poll = Some((
+                    tokio::spawn(async move {
+                        let all =
+                            crate::signals::poll(ex.cloud.as_ref(), &servers, now_unix_ms, limit)
+                                .await;
+                        ex.signals.set_all(all);
+                    }),
+                    Instant::now(),
+                ));
+            }
             let now = Instant::now();
             for pair in shared.snapshot().state.pairs.values() {
                 // S4: an epoch never goes back. An agent that holds a higher one
@@ -179,6 +210,50 @@ pub async fn leader_duties(
                     said.insert(id.clone(), dec.reason.clone());
                 }
                 let at_unix_ms = now_unix_ms();
+                // A cloud signal: log what it proposes when that changes and, with
+                // `auto_switchover`, schedule the switchover once per event.
+                let line = executor
+                    .signals
+                    .status_line(pair, &sb, at_unix_ms, &cfg.signals);
+                if signal_said.get(&id) != Some(&line) {
+                    if !line.is_empty() {
+                        tracing::warn!(pair = %id, signal = %line, "cloud signal");
+                    }
+                    signal_said.insert(id.clone(), line);
+                }
+                if let Ok(Some(p)) =
+                    executor
+                        .signals
+                        .proposal_for(pair, &sb, at_unix_ms, &cfg.signals)
+                {
+                    if let crate::signals::Schedule::At(t) = p.schedule {
+                        let r = propose(
+                            &raft,
+                            Request::Operator {
+                                pair_id: id.clone(),
+                                identity: p.identity(),
+                                command: OperatorCommand::ScheduleSwitchover {
+                                    to: p.to.clone(),
+                                    at_unix_ms: t,
+                                },
+                                at_unix_ms,
+                            },
+                        )
+                        .await;
+                        match r {
+                            Some(Response::Refused { reason }) => {
+                                tracing::warn!(pair = %id, code = %p.code, %reason, "cloud signal: the switchover could not be scheduled");
+                                executor.signals.mark_handled(p.key());
+                            }
+                            Some(_) => {
+                                tracing::info!(pair = %id, code = %p.code, to = %p.to, at = %crate::state::fmt_unix_ms(t), "cloud signal: switchover scheduled");
+                                executor.signals.mark_handled(p.key());
+                            }
+                            None => {}
+                        }
+                        continue;
+                    }
+                }
                 // A scheduled switchover whose time has come.
                 if let Some(sch) = pair
                     .ops
@@ -441,6 +516,9 @@ pub async fn leader_duties(
             h.abort();
         }
         if let Some((h, _)) = preflight.take() {
+            h.abort();
+        }
+        if let Some((h, _)) = signals_poll.take() {
             h.abort();
         }
         let view = leader.borrow().clone();

@@ -17,6 +17,8 @@
 //! - `probe`: the leader's direct UDP liveness probes to agents;
 //! - `leader`: the leader's loop (decisions, commits, dispatch to the executor);
 //! - `holdoff`: S5's hold-off on monotonic clocks;
+//! - `signals`: cloud signals (scheduled events, failed status checks) and the
+//!   switchover they propose or schedule;
 //! - `node`: wiring, cluster bootstrap, who leads (with the lease);
 //! - `auth`, `certs`: who calls (mutual TLS certificate names) and what they
 //!   may do; the cluster's CA and certificates (`understudyctl certs`);
@@ -44,6 +46,7 @@ pub mod probe;
 pub mod raft;
 pub mod redundancy;
 pub mod resync;
+pub mod signals;
 pub mod state;
 #[cfg(test)]
 mod testutil;

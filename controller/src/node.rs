@@ -134,6 +134,7 @@ pub async fn run(
         spare: cfg.spare.clone(),
         provisioning: Default::default(),
         findings: findings.clone(),
+        signals: Default::default(),
         leader: leader_rx.clone(),
     });
     tokio::spawn(crate::leader::leader_duties(
@@ -163,6 +164,7 @@ pub async fn run(
         provisioning: executor.provisioning.clone(),
         findings: findings.clone(),
         cloud: executor.cloud.clone(),
+        signals: executor.signals.clone(),
         auth: auth.clone(),
     };
     let members = cfg.members.iter().map(|m| m.id).collect();

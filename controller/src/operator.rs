@@ -48,6 +48,8 @@ pub struct OperatorGrpc {
     pub findings: Arc<crate::preflight::Findings>,
     /// For `Check`: volumes attached, the launch template's zone.
     pub cloud: Arc<dyn understudy_cloud::Cloud>,
+    /// The latest cloud signals (leader memory).
+    pub signals: Arc<crate::signals::Signals>,
     /// Who may call what (roles).
     pub auth: Auth,
 }
@@ -269,6 +271,12 @@ impl OperatorService for OperatorGrpc {
                             eta_ms: e.eta_ms,
                         })
                 };
+                let signal = self.signals.status_line(
+                    p,
+                    sb,
+                    crate::leadership::now_unix_ms(),
+                    &self.cfg.signals,
+                );
                 PairStatus {
                     id: p.spec.id.clone(),
                     state: p.state.to_string(),
@@ -388,6 +396,7 @@ impl OperatorService for OperatorGrpc {
                             )
                         })
                         .unwrap_or_default(),
+                    signal,
                     outdated: p.outdated.as_ref().map(|m| OutdatedStatus {
                         server: m.server.clone(),
                         lost_peer_unix_ms: m.lost_peer_unix_ms,

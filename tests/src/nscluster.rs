@@ -129,6 +129,10 @@ pub struct NsOptions {
     /// Plain text everywhere (`[tls] insecure = true`, `understudyctl
     /// --insecure`) instead of mutual TLS.
     pub insecure: bool,
+    /// The keys of the controllers' `[signals]` section as TOML lines
+    /// (`"poll_ms = 300\nauto_switchover = true"`); `None`: no section (the
+    /// defaults). Scheduled events are injected through [`NsCluster::cloud`].
+    pub signals: Option<String>,
 }
 
 /// Knobs of the spares of a namespace cluster.
@@ -172,6 +176,7 @@ impl Default for NsOptions {
             block_device: true,
             spares: None,
             insecure: false,
+            signals: None,
         }
     }
 }
@@ -226,6 +231,10 @@ impl NsOptions {
                         s.keep_ms, s.reattach
                     )
                 })
+                .unwrap_or_default(),
+            self.signals
+                .as_ref()
+                .map(|s| format!("[signals]\n{s}\n"))
                 .unwrap_or_default(),
         ]
         .concat()

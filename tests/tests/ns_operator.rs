@@ -3,21 +3,20 @@
 //! promotion in the audit log, pause / resume, a maintenance window, and a
 //! command that survives the death of the leader that accepted it.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use understudy_tests::nscluster::{Invariants, NsCluster, Writer, PAIR};
-use understudy_tests::{bin, pair, server, wait_for, Cluster, RESOURCE};
+use understudy_tests::{pair, server, wait_for, Cluster, RESOURCE};
 
 const FSA: &str = "fs1-fsa";
 const FSB: &str = "fs1-fsb";
 
 /// `understudyctl ARGS` against the cluster: (exit code, stdout, stderr).
 fn ctl(c: &NsCluster, args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(bin("understudyctl"))
-        .arg("--controllers")
-        .arg(c.controllers.addrs.join(","))
+    let o = c
+        .controllers
+        .ctl()
         .args(args)
         .output()
         .expect("understudyctl");

@@ -39,10 +39,11 @@ use aws_sdk_ec2::Client;
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use serde::Deserialize;
 use understudy_cloud::{
-    Cloud, CloudError, CloudServer, Instance, InstanceState, LaunchRequest, Tag, Volume,
-    VolumeFilter, VolumeRequest,
+    Cloud, CloudError, CloudServer, Instance, InstanceHealth, InstanceState, LaunchRequest, Tag,
+    Volume, VolumeFilter, VolumeRequest,
 };
 
+pub mod health;
 pub mod provision;
 
 /// The SDK this backend is built on, for callers of [`Ec2Cloud::client`].
@@ -1419,6 +1420,10 @@ impl Cloud for Ec2Cloud {
 
     async fn instance_state(&self, server: &CloudServer) -> Result<InstanceState, CloudError> {
         Ok(self.describe_server("instance_state", server).await?.state)
+    }
+
+    async fn instance_health(&self, server: &CloudServer) -> Result<InstanceHealth, CloudError> {
+        health::instance_health(self, server).await
     }
 
     async fn launch_zone(&self) -> Result<String, CloudError> {

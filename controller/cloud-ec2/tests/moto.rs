@@ -446,3 +446,40 @@ async fn unreachable_endpoint_is_transient() {
     assert!(matches!(e, CloudError::Transient { .. }), "{e}");
     eprintln!("{e}");
 }
+
+/// `DescribeInstanceStatus` as moto answers it: the checks of a running
+/// instance are `ok`, a stopped one's `not-applicable` (listed thanks to
+/// `IncludeAllInstances`); moto schedules no event (the event mapping is
+/// unit-tested in `health.rs`); an unknown instance is not found.
+#[tokio::test]
+async fn instance_health_reports_moto_status_checks() {
+    let moto = start_moto();
+    let cloud = Ec2Cloud::new(config(&moto)).unwrap();
+    let w = setup(cloud.client()).await;
+    let (fs, bk) = (&w.file_server, &w.backup);
+    let h = timed("instance_health (running)", cloud.instance_health(fs))
+        .await
+        .unwrap();
+    assert_eq!(
+        (h.system_status.as_str(), h.instance_status.as_str()),
+        ("ok", "ok"),
+        "{h:?}"
+    );
+    assert!(h.events.is_empty(), "{h:?}");
+    cloud.force_stop(fs).await.unwrap();
+    let h = timed("instance_health (stopped)", cloud.instance_health(fs))
+        .await
+        .unwrap();
+    assert_eq!(h.system_status, "not-applicable", "{h:?}");
+    assert_eq!(h.instance_status, "not-applicable", "{h:?}");
+    assert_eq!(cloud.instance_health(bk).await.unwrap().system_status, "ok");
+    let ghost = CloudServer {
+        instance_id: "i-0123456789abcdef0".into(),
+        ..fs.clone()
+    };
+    let e = timed("instance_health (unknown)", cloud.instance_health(&ghost))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CloudError::NotFound { .. }), "{e}");
+    eprintln!("{e}");
+}

@@ -30,8 +30,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::{
-    Cloud, CloudError, CloudServer, Instance, InstanceState, LaunchRequest, Tag, Volume,
-    VolumeFilter, VolumeRequest,
+    Cloud, CloudError, CloudServer, Instance, InstanceHealth, InstanceState, LaunchRequest, Tag,
+    Volume, VolumeFilter, VolumeRequest,
 };
 
 /// One operation of the [`Cloud`] trait.
@@ -43,6 +43,7 @@ pub enum Op {
     IsIsolated,
     ForceStop,
     InstanceState,
+    InstanceHealth,
     LaunchZone,
     LaunchInstance,
     DescribeInstance,
@@ -56,13 +57,14 @@ pub enum Op {
 
 impl Op {
     /// Every operation, in trait order.
-    pub const ALL: [Op; 15] = [
+    pub const ALL: [Op; 16] = [
         Op::MoveClientIp,
         Op::IpHolders,
         Op::Isolate,
         Op::IsIsolated,
         Op::ForceStop,
         Op::InstanceState,
+        Op::InstanceHealth,
         Op::LaunchZone,
         Op::LaunchInstance,
         Op::DescribeInstance,
@@ -106,6 +108,7 @@ impl Op {
             Op::IsIsolated => "is_isolated",
             Op::ForceStop => "force_stop",
             Op::InstanceState => "instance_state",
+            Op::InstanceHealth => "instance_health",
             Op::LaunchZone => "launch_zone",
             Op::LaunchInstance => "launch_instance",
             Op::DescribeInstance => "describe_instance",
@@ -336,6 +339,11 @@ impl<C: Cloud> Cloud for FaultyCloud<C> {
         self.inner.instance_state(server).await
     }
 
+    async fn instance_health(&self, server: &CloudServer) -> Result<InstanceHealth, CloudError> {
+        self.gate(Op::InstanceHealth).await?;
+        self.inner.instance_health(server).await
+    }
+
     async fn launch_zone(&self) -> Result<String, CloudError> {
         self.gate(Op::LaunchZone).await?;
         self.inner.launch_zone().await
@@ -497,6 +505,21 @@ mod tests {
         assert_eq!(c.ip_holders("10.0.0.9").await.unwrap(), vec!["eni-b"]);
         c.isolate(&a).await.unwrap();
         assert!(c.is_isolated(&a).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn instance_health_passes_through_unless_faulted() {
+        let (c, a, _) = world();
+        c.inner().set_system_status("i-a", "impaired");
+        c.throttle(Op::InstanceHealth, 1);
+        let e = c.instance_health(&a).await.unwrap_err();
+        assert!(matches!(e, CloudError::Transient { .. }), "{e}");
+        assert_eq!(
+            c.instance_health(&a).await.unwrap().system_status,
+            "impaired"
+        );
+        assert_eq!(c.calls(Op::InstanceHealth), 2);
+        assert_eq!(c.faulted(Op::InstanceHealth), 1);
     }
 
     #[test]

@@ -7,15 +7,22 @@
 //! exhaustive executor tests), and [`faulty::FaultyCloud`] around any of them to make
 //! chosen calls slow, hung or failing.
 //!
+//! Besides fencing and provisioning, a backend may report what the provider
+//! plans for an instance and how its status checks look
+//! ([`Cloud::instance_health`], [`health`]): the controller proposes (or
+//! schedules) a switchover away from a file server before a scheduled event.
+//!
 //! Every operation is idempotent: the executor may repeat a step after a leader
 //! change (S7). No backend may be trusted to enforce anything by itself: after
 //! moving the client IP the caller checks [`Cloud::ip_holders`].
 
 pub mod faulty;
+pub mod health;
 pub mod local;
 pub mod provision;
 pub mod strict;
 
+pub use health::{InstanceHealth, ScheduledEvent};
 pub use provision::{
     Instance, LaunchRequest, Tag, Volume, VolumeAttachment, VolumeFilter, VolumeRequest,
     VolumeState,
@@ -134,6 +141,15 @@ pub trait Cloud: Send + Sync {
 
     /// The instance's lifecycle state.
     async fn instance_state(&self, server: &CloudServer) -> Result<InstanceState, CloudError>;
+
+    /// The provider's status checks of `server`'s instance and the events it
+    /// has scheduled for it (EC2: `DescribeInstanceStatus` with every instance
+    /// included). A provider without them answers
+    /// [`InstanceHealth::unreported`]: statuses `unknown`, no event, which
+    /// claims nothing.
+    async fn instance_health(&self, _server: &CloudServer) -> Result<InstanceHealth, CloudError> {
+        Ok(InstanceHealth::unreported())
+    }
 
     /// The zone the configured launch template puts new instances in (EC2: the
     /// availability zone of the template's subnet). The controller compares it

@@ -27,6 +27,10 @@
 //!   yet, so a fenced server keeps running behind its cut cable (an isolate that
 //!   does not kill). Tests use it to thaw a frozen file server after its failover
 //!   and check that the controller stands it down (S10).
+//! - [`Cloud::instance_health`] reads the registry of `[cloud.launch]`: tests
+//!   schedule events and set a system status there
+//!   ([`LocalCloud::inject_event`], [`LocalCloud::set_system_status`]) for every
+//!   controller to see; without `[cloud.launch]` nothing is reported.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -37,8 +41,8 @@ use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
 use crate::{
-    Cloud, CloudError, CloudServer, Instance, InstanceState, LaunchRequest, Tag, Volume,
-    VolumeFilter, VolumeRequest,
+    Cloud, CloudError, CloudServer, Instance, InstanceHealth, InstanceState, LaunchRequest, Tag,
+    Volume, VolumeFilter, VolumeRequest,
 };
 
 mod launch;
@@ -635,6 +639,10 @@ impl Cloud for LocalCloud {
         } else {
             InstanceState::Stopped
         })
+    }
+
+    async fn instance_health(&self, server: &CloudServer) -> Result<InstanceHealth, CloudError> {
+        self.local_instance_health(server).await
     }
 
     async fn launch_zone(&self) -> Result<String, CloudError> {

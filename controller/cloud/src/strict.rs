@@ -32,6 +32,11 @@
 //!   (forced or not) needs it attached to that instance and makes it `available`.
 //!   Describing an unknown volume id fails with `NotFound`, as in EC2.
 //!
+//! Health follows EC2's `DescribeInstanceStatus`: a running instance's checks
+//! are `ok` and a stopped one's `not-applicable`, unless
+//! [`StrictCloud::set_system_status`] says otherwise; events come from
+//! [`StrictCloud::inject_event`].
+//!
 //! [`StrictCloud::fail`] takes the trait method names (`launch_instance`,
 //! `attach_volume`, ...); [`StrictCloud::calls`] records them with their
 //! arguments.
@@ -40,10 +45,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::health::status;
 use crate::provision::{check_client_token, check_tags, merge_tags, tags};
 use crate::{
-    Cloud, CloudError, CloudServer, Instance, InstanceState, LaunchRequest, Tag, Volume,
-    VolumeAttachment, VolumeFilter, VolumeRequest, VolumeState,
+    Cloud, CloudError, CloudServer, Instance, InstanceHealth, InstanceState, LaunchRequest,
+    ScheduledEvent, Tag, Volume, VolumeAttachment, VolumeFilter, VolumeRequest, VolumeState,
 };
 
 const NAME: &str = "strict";
@@ -113,6 +119,10 @@ struct Inner {
     volume_tokens: BTreeMap<String, (TokenKey, String)>,
     /// Ids handed out so far (instances, interfaces, addresses, volumes).
     next_id: u64,
+    /// instance id -> system status set by the test (else from the state)
+    system_status: BTreeMap<String, String>,
+    /// instance id -> events injected by the test
+    events: BTreeMap<String, Vec<ScheduledEvent>>,
 }
 
 impl Inner {
@@ -351,6 +361,33 @@ impl StrictCloud {
         self.inner.lock().unwrap().stop_time = Some(after);
     }
 
+    /// Schedule `event` for an instance, as EC2 announces a retirement or a
+    /// maintenance ([`Cloud::instance_health`] lists it from now on).
+    pub fn inject_event(&self, instance_id: &str, event: ScheduledEvent) {
+        self.inner
+            .lock()
+            .unwrap()
+            .events
+            .entry(instance_id.into())
+            .or_default()
+            .push(event);
+    }
+
+    /// Drop every event injected for an instance.
+    pub fn clear_events(&self, instance_id: &str) {
+        self.inner.lock().unwrap().events.remove(instance_id);
+    }
+
+    /// Set an instance's system status check (`impaired`, `ok`, ...); it
+    /// stays until set again.
+    pub fn set_system_status(&self, instance_id: &str, status: &str) {
+        self.inner
+            .lock()
+            .unwrap()
+            .system_status
+            .insert(instance_id.into(), status.into());
+    }
+
     /// Make every call of operation `op` fail (a transient error) until cleared.
     pub fn fail(&self, op: &'static str, on: bool) {
         let mut i = self.inner.lock().unwrap();
@@ -484,6 +521,36 @@ impl Cloud for StrictCloud {
                 what: "instance",
                 id: server.instance_id.clone(),
             })
+    }
+
+    async fn instance_health(&self, server: &CloudServer) -> Result<InstanceHealth, CloudError> {
+        let i = self.enter("instance_health", server.server_id.clone())?;
+        let state = i
+            .instances
+            .get(&server.instance_id)
+            .ok_or_else(|| CloudError::NotFound {
+                provider: NAME,
+                what: "instance",
+                id: server.instance_id.clone(),
+            })?;
+        let checked = if *state == InstanceState::Running {
+            status::OK
+        } else {
+            status::NOT_APPLICABLE
+        };
+        Ok(InstanceHealth {
+            system_status: i
+                .system_status
+                .get(&server.instance_id)
+                .cloned()
+                .unwrap_or_else(|| checked.into()),
+            instance_status: checked.into(),
+            events: i
+                .events
+                .get(&server.instance_id)
+                .cloned()
+                .unwrap_or_default(),
+        })
     }
 
     async fn launch_zone(&self) -> Result<String, CloudError> {
@@ -832,6 +899,44 @@ mod tests {
         c.fail("isolate", false);
         c.isolate(&a).await.unwrap();
         assert!(c.is_isolated(&a).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn health_follows_the_state_and_what_the_test_injects() {
+        let c = StrictCloud::default();
+        let (a, b) = (srv("a", "z1"), srv("b", "z1"));
+        c.add_server(&a);
+        c.add_server(&b);
+        assert_eq!(c.instance_health(&a).await.unwrap(), InstanceHealth::ok());
+        let ev = ScheduledEvent {
+            code: crate::health::event_codes::INSTANCE_RETIREMENT.into(),
+            description: "The instance is running on degraded hardware".into(),
+            not_before_unix_ms: 1_700_000_000_000,
+            not_after_unix_ms: None,
+        };
+        c.inject_event("i-a", ev.clone());
+        c.set_system_status("i-a", status::IMPAIRED);
+        let h = c.instance_health(&a).await.unwrap();
+        assert_eq!(h.system_status, "impaired");
+        assert_eq!(h.instance_status, "ok");
+        assert_eq!(h.events, vec![ev]);
+        // Only the instance it was injected for.
+        assert_eq!(c.instance_health(&b).await.unwrap(), InstanceHealth::ok());
+        c.clear_events("i-a");
+        assert!(c.instance_health(&a).await.unwrap().events.is_empty());
+        // A stopped instance's checks do not apply (EC2's not-applicable).
+        c.set_state("i-b", InstanceState::Stopped);
+        let h = c.instance_health(&b).await.unwrap();
+        assert_eq!(
+            (h.system_status.as_str(), h.instance_status.as_str()),
+            ("not-applicable", "not-applicable")
+        );
+        let e = c
+            .instance_health(&srv("nope", "z1"))
+            .await
+            .expect_err("unknown instance");
+        assert!(matches!(e, CloudError::NotFound { .. }), "{e}");
+        assert!(c.calls().contains(&"instance_health(a)".to_string()));
     }
 
     fn launch(token: &str, zone: &str, pair: &str) -> LaunchRequest {

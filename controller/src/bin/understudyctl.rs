@@ -653,6 +653,9 @@ fn print_table(s: &GetStatusResponse) {
         if !p.scheduled_switchover.is_empty() {
             println!("  SWITCHOVER SCHEDULED {}", p.scheduled_switchover);
         }
+        if !p.signal.is_empty() {
+            println!("  CLOUD SIGNAL: {}", p.signal);
+        }
         if !p.provisioning_error.is_empty() {
             println!("  SPARE NOT LAUNCHED: {}", p.provisioning_error);
         }
@@ -808,6 +811,7 @@ fn status_json(s: &GetStatusResponse) -> serde_json::Value {
             "provisioning_error": p.provisioning_error,
             "paused": p.paused, "maintenance": p.maintenance,
             "scheduled_switchover": p.scheduled_switchover,
+            "signal": p.signal,
             "findings": p.findings.iter().map(finding_json).collect::<Vec<_>>(),
             "history": p.history.iter().map(|h| json!({
                 "at_unix_ms": h.at_unix_ms, "epoch": h.epoch, "event": h.event,

@@ -8,8 +8,9 @@
 //! State shared by every controller node (each has its own `LocalCloud`) lives in
 //! [`LocalLaunchConfig::state_dir`]:
 //!
-//! - `registry.json`: instances (client token, address, zone, tags, terminated)
-//!   and volumes (client token, zone, size, tags, attachment), read and written
+//! - `registry.json`: instances (client token, address, zone, tags, terminated,
+//!   and the health a test injected: scheduled events and a system status, see
+//!   [`LocalCloud::inject_event`]) and volumes (client token, zone, size, tags, attachment), read and written
 //!   under an exclusive `flock` on `registry.lock`, so two leaders repeating one
 //!   launch with the same client token get one instance;
 //! - `instances/<netns>/`: the host's directory (`boot.log`, `booted` once the boot
@@ -36,10 +37,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::{LocalCloud, NAME};
+use crate::health::status;
 use crate::provision::{check_client_token, check_tags, merge_tags, tags, Tag};
 use crate::{
-    CloudError, Instance, InstanceState, LaunchRequest, Volume, VolumeAttachment, VolumeFilter,
-    VolumeRequest, VolumeState,
+    CloudError, CloudServer, Instance, InstanceHealth, InstanceState, LaunchRequest,
+    ScheduledEvent, Volume, VolumeAttachment, VolumeFilter, VolumeRequest, VolumeState,
 };
 
 fn default_boot_delay_ms() -> u64 {
@@ -94,6 +96,13 @@ struct InstanceRec {
     launched: bool,
     terminated: bool,
     launched_unix_ms: i64,
+    /// The system status check a test set ([`LocalCloud::set_system_status`]);
+    /// `None`: `ok` while running.
+    #[serde(default)]
+    system_status: Option<String>,
+    /// Events a test scheduled ([`LocalCloud::inject_event`]).
+    #[serde(default)]
+    events: Vec<ScheduledEvent>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -144,6 +153,20 @@ fn io_err(op: &'static str, what: &str, e: std::io::Error) -> CloudError {
         op,
         reason: format!("{what}: {e}"),
     }
+}
+
+/// The registry's record of `instance_id`, or `NotFound`.
+fn registered<'a>(
+    reg: &'a mut Registry,
+    instance_id: &str,
+) -> Result<&'a mut InstanceRec, CloudError> {
+    reg.instances
+        .get_mut(instance_id)
+        .ok_or_else(|| CloudError::NotFound {
+            provider: NAME,
+            what: "instance",
+            id: instance_id.to_string(),
+        })
 }
 
 fn tag<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
@@ -237,6 +260,8 @@ impl LocalCloud {
                 launched: false,
                 terminated: false,
                 launched_unix_ms: now_unix_ms(),
+                system_status: None,
+                events: Vec::new(),
             });
         let dev = self
             .instance_dir(instance_id)
@@ -245,6 +270,77 @@ impl LocalCloud {
         fs::create_dir_all(&dev)
             .map_err(|e| io_err(OP, &format!("create {}", dev.display()), e))?;
         l.save().map_err(|e| io_err(OP, "write the registry", e))
+    }
+
+    /// Schedule `event` for `instance_id`, as EC2 announces a retirement or a
+    /// maintenance: recorded in the registry, so every controller's
+    /// [`crate::Cloud::instance_health`] lists it from now on.
+    pub async fn inject_event(
+        &self,
+        instance_id: &str,
+        event: ScheduledEvent,
+    ) -> Result<(), CloudError> {
+        const OP: &str = "inject_event";
+        let mut l = self.lock(OP).await?;
+        let r = registered(&mut l.reg, instance_id)?;
+        tracing::info!(instance = %instance_id, code = %event.code, not_before_unix_ms = event.not_before_unix_ms, "scheduled event injected");
+        r.events.push(event);
+        l.save().map_err(|e| io_err(OP, "write the registry", e))
+    }
+
+    /// Drop every event scheduled for `instance_id`.
+    pub async fn clear_events(&self, instance_id: &str) -> Result<(), CloudError> {
+        const OP: &str = "clear_events";
+        let mut l = self.lock(OP).await?;
+        registered(&mut l.reg, instance_id)?.events.clear();
+        l.save().map_err(|e| io_err(OP, "write the registry", e))
+    }
+
+    /// Set the system status check of `instance_id` (`impaired`, `ok`, ...;
+    /// recorded in the registry until set again).
+    pub async fn set_system_status(
+        &self,
+        instance_id: &str,
+        status: &str,
+    ) -> Result<(), CloudError> {
+        const OP: &str = "set_system_status";
+        let mut l = self.lock(OP).await?;
+        registered(&mut l.reg, instance_id)?.system_status = Some(status.to_string());
+        tracing::info!(instance = %instance_id, status, "system status set");
+        l.save().map_err(|e| io_err(OP, "write the registry", e))
+    }
+
+    /// Health as the registry has it: a registered instance's checks are `ok`
+    /// while it runs (`not-applicable` otherwise) unless a test set the system
+    /// status, with the events a test injected. Without `[cloud.launch]` there
+    /// is no registry, and an instance it does not list (a host nobody
+    /// registered) is not watched: both answer [`InstanceHealth::unreported`].
+    pub(super) async fn local_instance_health(
+        &self,
+        server: &CloudServer,
+    ) -> Result<InstanceHealth, CloudError> {
+        if self.cfg.launch.is_none() {
+            return Ok(InstanceHealth::unreported());
+        }
+        let rec = {
+            let l = self.lock("instance_health").await?;
+            l.reg.instances.get(&server.instance_id).cloned()
+        };
+        let Some(rec) = rec else {
+            return Ok(InstanceHealth::unreported());
+        };
+        let running = !rec.terminated
+            && crate::Cloud::instance_state(self, server).await? == InstanceState::Running;
+        let checked = if running {
+            status::OK
+        } else {
+            status::NOT_APPLICABLE
+        };
+        Ok(InstanceHealth {
+            system_status: rec.system_status.unwrap_or_else(|| checked.into()),
+            instance_status: checked.into(),
+            events: rec.events,
+        })
     }
 
     /// Every instance id in the registry that is not terminated.
@@ -499,6 +595,8 @@ impl LocalCloud {
                 launched: true,
                 terminated: false,
                 launched_unix_ms: now_unix_ms(),
+                system_status: None,
+                events: Vec::new(),
             },
         );
         l.save().map_err(|e| io_err(OP, "write the registry", e))?;
@@ -822,6 +920,64 @@ mod tests {
         assert!(!device_in_use(&link));
         let _held = fs::File::create(v.join("disk.img")).unwrap();
         assert!(device_in_use(&link));
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    /// Injected health lives in the registry: a second cloud over the same
+    /// state directory (another controller) sees it. No namespace is made: the
+    /// registered host does not run, so its checks do not apply.
+    #[tokio::test]
+    async fn injected_events_and_status_are_shared_through_the_registry() {
+        let d = tempfile_dir();
+        let cloud = || {
+            let mut c = super::super::LocalConfig::new("ushealth-", 24);
+            c.launch = Some(LocalLaunchConfig {
+                state_dir: d.clone(),
+                zone: "z".into(),
+                bridge: "none".into(),
+                gateway: "198.18.0.1".parse().unwrap(),
+                addresses: vec![],
+                boot_command: "true".into(),
+                boot_delay_ms: 0,
+                mib_per_gib: 1,
+            });
+            LocalCloud::new(c)
+        };
+        let (a, b) = (cloud(), cloud());
+        let server = CloudServer {
+            server_id: "fs1-a".into(),
+            instance_id: "ushealth-a".into(),
+            interface_id: "ushealth-a:eth0".into(),
+            zone: "z".into(),
+        };
+        let ev = ScheduledEvent {
+            code: crate::health::event_codes::SYSTEM_MAINTENANCE.into(),
+            description: "scheduled host maintenance".into(),
+            not_before_unix_ms: now_unix_ms() + 3_600_000,
+            not_after_unix_ms: Some(now_unix_ms() + 7_200_000),
+        };
+        // Not registered: not watched, and nothing can be injected for it.
+        assert_eq!(
+            crate::Cloud::instance_health(&a, &server).await.unwrap(),
+            InstanceHealth::unreported()
+        );
+        let e = a.inject_event("ushealth-a", ev.clone()).await.unwrap_err();
+        assert!(matches!(e, CloudError::NotFound { .. }), "{e}");
+        a.register_instance("ushealth-a", "198.18.0.5", "z", vec![])
+            .await
+            .unwrap();
+        a.inject_event("ushealth-a", ev.clone()).await.unwrap();
+        a.set_system_status("ushealth-a", "impaired").await.unwrap();
+        let h = crate::Cloud::instance_health(&b, &server).await.unwrap();
+        assert_eq!(h.events, vec![ev]);
+        assert_eq!(h.system_status, "impaired");
+        assert_eq!(h.instance_status, "not-applicable");
+        b.clear_events("ushealth-a").await.unwrap();
+        assert!(crate::Cloud::instance_health(&a, &server)
+            .await
+            .unwrap()
+            .events
+            .is_empty());
         let _ = fs::remove_dir_all(&d);
     }
 
