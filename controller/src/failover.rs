@@ -314,6 +314,10 @@ impl Executor {
             }
             Step::Repoint => self.repoint_standby(pair, term).await,
             Step::Promote => {
+                // DRBD refuses a second Primary: after a fence of a live old
+                // primary (a manual promotion) wait, bounded, until the target
+                // no longer sees it as a connected Primary.
+                let waited = self.until_peer_not_primary(&plan.to).await;
                 self.agent(
                     pair,
                     plan,
@@ -321,6 +325,12 @@ impl Executor {
                     Cmd::Promote(DrbdPromote { force: plan.force }),
                 )
                 .await
+                .map(|d| match waited {
+                    Some(ms) if ms > 0 => {
+                        format!("{d}; waited {ms} ms for the fenced peer's DRBD connection to drop")
+                    }
+                    _ => d,
+                })
             }
             Step::Check => self.switchover_check(pair, plan).await,
             Step::ReleaseOld => {
@@ -609,6 +619,35 @@ impl Executor {
         // (dropping the handles detaches them) and log their outcomes in this span.
         let run = fencer.run().await;
         run.result.map(|f| f.to_string()).map_err(|e| e.to_string())
+    }
+
+    /// Wait (up to `agent_step_timeout_ms`) until `server` reports its DRBD peer
+    /// not connected as a Primary; the milliseconds waited, `None` on timeout.
+    async fn until_peer_not_primary(&self, server: &str) -> Option<u64> {
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_millis(self.cfg.agent_step_timeout_ms);
+        loop {
+            let v = self.liveness.get(server);
+            let busy = v
+                .as_ref()
+                .and_then(|v| v.last_report.as_ref())
+                .and_then(|r| r.drbd.as_ref())
+                .map(|d| {
+                    d.resources.iter().any(|r| {
+                        r.summary.as_ref().is_some_and(|s| {
+                            s.connection == "Connected" && s.peer_role == "Primary"
+                        })
+                    })
+                })
+                .unwrap_or(false);
+            if !busy {
+                return Some(t0.elapsed().as_millis() as u64);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Send a command to the old primary's agent (a switchover) and wait for its result.

@@ -7,9 +7,8 @@
 //! - a client without a client certificate (or with one from another CA) is
 //!   refused, and `understudyctl` exits 7;
 //! - a certificate that is not an operator's is refused by the operator API
-//!   (exit 7); a viewer may read the status. (A viewer calling an admin-only
-//!   RPC: no such RPC exists yet; `auth::tests` in the controller checks the
-//!   refusal such an RPC makes, and these tests that a refusal exits 7.)
+//!   (exit 7); a viewer may read the status and history, but `promote` and
+//!   `pause` are refused (exit 7) and change nothing;
 //! - Raft messages from anything but a member controller are refused, before
 //!   they are decoded: a vote with a far higher term leaves the term alone;
 //! - none of this changes the cluster's state.
@@ -381,6 +380,25 @@ fn operator_calls_need_an_operator_certificate_and_raft_a_member_controller() {
         "{}",
         stderr(&out)
     );
+
+    // A viewer may read the history, but not promote or pause: exit 7, and
+    // nothing changes.
+    let out = understudy_tests::ctl(&c.controllers.addrs, &viewer)
+        .args(["history", "fs1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    for args in [&["promote", "fs1"][..], &["pause", "fs1"]] {
+        let out = understudy_tests::ctl(&c.controllers.addrs, &viewer)
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(7), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("viewer"), "{}", stderr(&out));
+    }
+    let now = c.wait_status("status", Duration::from_secs(10), |_| true);
+    assert_eq!(now["pairs"][0]["state"], "Healthy");
+    assert_eq!(now["pairs"][0]["epoch"], before["pairs"][0]["epoch"]);
 
     // An agent's certificate is no operator's: refused, exit 7, at once.
     let fs1a = issued(&pki, "agent-fs1-a");

@@ -6,23 +6,22 @@
 //! then runs (fsb serves, fsa is its in-sync backup) with `cloud signal` in the
 //! audit log.
 
-use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use understudy_cloud::health::event_codes;
 use understudy_cloud::ScheduledEvent;
 use understudy_tests::nscluster::{NsCluster, NsOptions, SpareOptions, PAIR};
-use understudy_tests::{bin, pair, server, wait_for};
+use understudy_tests::{pair, server, wait_for};
 
 const FSA: &str = "fs1-fsa";
 const FSB: &str = "fs1-fsb";
 
 /// `understudyctl ARGS` against the cluster: (exit code, stdout, stderr).
 fn ctl(c: &NsCluster, args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(bin("understudyctl"))
-        .arg("--controllers")
-        .arg(c.controllers.addrs.join(","))
+    let o = c
+        .controllers
+        .ctl()
         .args(args)
         .output()
         .expect("understudyctl");
