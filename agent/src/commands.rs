@@ -137,7 +137,8 @@ impl Handler {
         });
     }
 
-    async fn refresh(&self) {
+    /// Re-read the host state now and publish it.
+    pub async fn refresh(&self) {
         let st = self.actions.lock().await.status().await;
         *lock(&self.live) = st;
         self.publish();

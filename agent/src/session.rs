@@ -35,6 +35,10 @@ use crate::config::{AgentConfig, Role};
 use crate::error::AgentError;
 use crate::probe::ProbeState;
 
+/// How long a new session waits for a fresh read of the host state before its
+/// first report.
+const FIRST_REPORT_REFRESH: Duration = Duration::from_millis(1000);
+
 /// How a session ended.
 enum Ended {
     /// Go to this leader (or wait: none known yet).
@@ -244,6 +248,11 @@ async fn session(
             host: Some(h.clone()),
         })),
     };
+    // The first report of a session says what the host holds now, not what
+    // was read before a freeze or a long stall (a thawed old primary would
+    // otherwise report the client IP the fence already took), bounded so a
+    // long-running command does not hold the report back.
+    let _ = tokio::time::timeout(FIRST_REPORT_REFRESH, handler.refresh()).await;
     let first = report(seq, &drbd.borrow_and_update(), &host.borrow_and_update());
     if tx.send(first).await.is_err() {
         return broken("stream closed".into());
