@@ -465,67 +465,77 @@ impl OperatorGrpc {
         self.auth.operator(&req, Role::Viewer)?;
         self.leader_barrier().await?;
         let only = req.into_inner().pair_id;
-        let state = self.state.clone();
-        let leader = self.leader.clone();
-        let (tx, rx) = tokio::sync::mpsc::channel(256);
-        tokio::spawn(async move {
-            // Lines already there are not sent; only what is committed from now on.
-            let last = |p: &PairRecord| p.history.last().map(|h| (h.at_unix_ms, h.event.clone()));
-            let mut seen: std::collections::HashMap<String, Option<(i64, String)>> = state
-                .snapshot()
-                .state
-                .pairs
-                .values()
-                .map(|p| (p.spec.id.clone(), last(p)))
-                .collect();
-            loop {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                if !leader.borrow().is_leader {
-                    let _ = tx
-                        .send(Err(Status::unavailable(
-                            "leadership moved: watch again (understudyctl follows the new leader)",
-                        )))
-                        .await;
-                    return;
-                }
-                for p in state.snapshot().state.pairs.values() {
-                    if !only.is_empty() && p.spec.id != only {
-                        continue;
-                    }
-                    // The lines after the last one sent (history is bounded: if that
-                    // one was dropped, the lines after its time).
-                    let start = match seen.get(&p.spec.id).cloned().flatten() {
-                        None => 0,
-                        Some((at, ev)) => p
-                            .history
-                            .iter()
-                            .rposition(|h| h.at_unix_ms == at && h.event == ev)
-                            .map(|i| i + 1)
-                            .unwrap_or_else(|| {
-                                p.history
-                                    .iter()
-                                    .position(|h| h.at_unix_ms > at)
-                                    .unwrap_or(p.history.len())
-                            }),
-                    };
-                    for h in &p.history[start..] {
-                        let ev = WatchEvent {
-                            at_unix_ms: h.at_unix_ms,
-                            pair_id: p.spec.id.clone(),
-                            epoch: h.epoch,
-                            state: p.state.to_string(),
-                            event: h.event.clone(),
-                        };
-                        if tx.send(Ok(ev)).await.is_err() {
-                            return;
-                        }
-                    }
-                    seen.insert(p.spec.id.clone(), last(p));
-                }
-            }
-        });
+        let rx = watch_events(self.state.clone(), self.leader.clone(), only);
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
     }
+}
+
+/// History lines as they are committed (for `Watch` and the HTTP event stream):
+/// nothing already there, only what comes from now on; ends when this node
+/// stops leading (with an `UNAVAILABLE` item).
+pub fn watch_events(
+    state: crate::raft::store::SharedState,
+    leader: tokio::sync::watch::Receiver<crate::leadership::LeaderView>,
+    only: String,
+) -> tokio::sync::mpsc::Receiver<Result<WatchEvent, Status>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(async move {
+        // Lines already there are not sent; only what is committed from now on.
+        let last = |p: &PairRecord| p.history.last().map(|h| (h.at_unix_ms, h.event.clone()));
+        let mut seen: std::collections::HashMap<String, Option<(i64, String)>> = state
+            .snapshot()
+            .state
+            .pairs
+            .values()
+            .map(|p| (p.spec.id.clone(), last(p)))
+            .collect();
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if !leader.borrow().is_leader {
+                let _ = tx
+                    .send(Err(Status::unavailable(
+                        "leadership moved: watch again (understudyctl follows the new leader)",
+                    )))
+                    .await;
+                return;
+            }
+            for p in state.snapshot().state.pairs.values() {
+                if !only.is_empty() && p.spec.id != only {
+                    continue;
+                }
+                // The lines after the last one sent (history is bounded: if that
+                // one was dropped, the lines after its time).
+                let start = match seen.get(&p.spec.id).cloned().flatten() {
+                    None => 0,
+                    Some((at, ev)) => p
+                        .history
+                        .iter()
+                        .rposition(|h| h.at_unix_ms == at && h.event == ev)
+                        .map(|i| i + 1)
+                        .unwrap_or_else(|| {
+                            p.history
+                                .iter()
+                                .position(|h| h.at_unix_ms > at)
+                                .unwrap_or(p.history.len())
+                        }),
+                };
+                for h in &p.history[start..] {
+                    let ev = WatchEvent {
+                        at_unix_ms: h.at_unix_ms,
+                        pair_id: p.spec.id.clone(),
+                        epoch: h.epoch,
+                        state: p.state.to_string(),
+                        event: h.event.clone(),
+                    };
+                    if tx.send(Ok(ev)).await.is_err() {
+                        return;
+                    }
+                }
+                seen.insert(p.spec.id.clone(), last(p));
+            }
+        }
+    });
+    rx
 }

@@ -82,6 +82,9 @@ use crate::state::PairSpec;
 pub struct Member {
     pub id: u64,
     pub addr: String,
+    /// Its `[http] listen` address, for followers' redirects to the leader.
+    #[serde(default)]
+    pub http: Option<String>,
 }
 
 /// Timings, in milliseconds.
@@ -133,6 +136,9 @@ pub struct ControllerConfig {
     /// Pre-spun spares, replacement backups, reattach (S9). Absent: off.
     #[serde(default)]
     pub spare: Option<crate::redundancy::SpareConfig>,
+    /// `[http]`: the JSON API, event stream and health checks (absent: off).
+    #[serde(default)]
+    pub http: Option<crate::http::HttpConfig>,
     /// Inventory preflight timing and limits.
     #[serde(default)]
     pub preflight: crate::preflight::PreflightConfig,

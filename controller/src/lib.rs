@@ -35,6 +35,7 @@ pub mod failover;
 pub mod fence;
 pub mod fence_peer;
 pub mod holdoff;
+pub mod http;
 pub mod leader;
 pub mod leadership;
 pub mod liveness;
@@ -48,6 +49,7 @@ pub mod redundancy;
 pub mod resync;
 pub mod signals;
 pub mod state;
+pub mod status_json;
 #[cfg(test)]
 mod testutil;
 

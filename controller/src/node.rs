@@ -155,7 +155,7 @@ pub async fn run(
         cfg.timing.agent_heartbeat_ms,
         auth.clone(),
     );
-    let operator = OperatorGrpc {
+    let operator = Arc::new(OperatorGrpc {
         raft: raft.clone(),
         cfg: cfg.clone(),
         leader: leader_rx,
@@ -166,7 +166,23 @@ pub async fn run(
         cloud: executor.cloud.clone(),
         signals: executor.signals.clone(),
         auth: auth.clone(),
-    };
+    });
+    if let Some(http) = cfg.http.clone() {
+        let peers = cfg
+            .members
+            .iter()
+            .filter_map(|m| m.http.clone().map(|a| (m.id, a)))
+            .collect();
+        let h = crate::http::Http {
+            op: operator.clone(),
+            peers: Arc::new(peers),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = crate::http::serve(http.clone(), h).await {
+                tracing::error!(listen = %http.listen, error = %e, "HTTP server stopped: check that [http] listen is free");
+            }
+        });
+    }
     let members = cfg.members.iter().map(|m| m.id).collect();
     let served = server
         .add_service(RaftServiceServer::new(RaftGrpc::new(
@@ -175,7 +191,7 @@ pub async fn run(
             members,
         )))
         .add_service(AgentServiceServer::new(agents))
-        .add_service(OperatorServiceServer::new(operator))
+        .add_service(OperatorServiceServer::from_arc(operator.clone()))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
     tracing::info!(node = cfg.node_id, "shutting down Raft");

@@ -55,124 +55,8 @@ pub struct OperatorGrpc {
 }
 
 impl OperatorGrpc {
-    /// Refuse unless this node leads with a quorum and has applied all it committed.
-    pub(crate) async fn leader_barrier(&self) -> Result<LeaderView, Status> {
-        let view = self.leader.borrow().clone();
-        if !view.is_leader {
-            return Err(crate::leadership::not_leader(&view));
-        }
-        match tokio::time::timeout(
-            Duration::from_secs(3),
-            self.raft.ensure_linearizable(ReadPolicy::ReadIndex),
-        )
-        .await
-        {
-            Ok(Ok(_)) => Ok(view),
-            Ok(Err(e)) => Err(Status::unavailable(format!(
-                "cannot confirm leadership with a quorum: {e}"
-            ))),
-            Err(_) => Err(Status::unavailable(
-                "cannot confirm leadership with a quorum within 3 s; is a majority of controllers up?",
-            )),
-        }
-    }
-}
-
-#[tonic::async_trait]
-impl OperatorService for OperatorGrpc {
-    type WatchStream = crate::command::WatchStream;
-
-    async fn command(
-        &self,
-        req: Request<understudy_proto::OperatorCommandRequest>,
-    ) -> Result<Response<understudy_proto::OperatorCommandResponse>, Status> {
-        self.run_command(req).await
-    }
-
-    async fn history(
-        &self,
-        req: Request<understudy_proto::HistoryRequest>,
-    ) -> Result<Response<understudy_proto::HistoryResponse>, Status> {
-        OperatorGrpc::history(self, req).await
-    }
-
-    async fn explain(
-        &self,
-        req: Request<understudy_proto::ExplainRequest>,
-    ) -> Result<Response<understudy_proto::ExplainResponse>, Status> {
-        OperatorGrpc::explain(self, req).await
-    }
-
-    async fn watch(
-        &self,
-        req: Request<understudy_proto::WatchRequest>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
-        OperatorGrpc::watch(self, req).await
-    }
-
-    async fn check(&self, req: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
-        self.auth.operator(&req, Role::Viewer)?;
-        let view = self.leader_barrier().await?;
-        let only = req.into_inner().pair_id;
-        let data = self.state.snapshot();
-        if !only.is_empty() && !data.state.pairs.contains_key(&only) {
-            return Err(Status::not_found(format!(
-                "no pair {only:?} in the inventory"
-            )));
-        }
-        // The agents re-run their self-checks first (read-only: any epoch).
-        let mut waits = Vec::new();
-        for p in data.state.pairs.values() {
-            if !only.is_empty() && p.spec.id != only {
-                continue;
-            }
-            for s in [&p.spec.primary, &p.spec.backup] {
-                let cmd = understudy_proto::Command {
-                    command_id: 0,
-                    raft_term: view.term,
-                    epoch: p.epoch,
-                    pair_id: p.spec.id.clone(),
-                    timeout_ms: 2000,
-                    action: Some(understudy_proto::command::Action::SelfCheck(
-                        understudy_proto::RunSelfCheck {},
-                    )),
-                };
-                if let Ok(rx) = self.liveness.send_command(&s.id, cmd) {
-                    waits.push(rx);
-                }
-            }
-        }
-        for rx in waits {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(3), rx).await;
-        }
-        // Their fresh reports follow the results on the same stream.
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        let data = self.state.snapshot();
-        let all = crate::preflight::run_all(
-            self.cloud.as_ref(),
-            &data.state,
-            &self.liveness,
-            &self.cfg.preflight,
-            self.cfg.spare.is_some(),
-            (!only.is_empty()).then_some(only.as_str()),
-        )
-        .await;
-        for (id, f) in &all {
-            self.findings.set(id, f.clone());
-        }
-        Ok(Response::new(CheckResponse {
-            pairs: all
-                .into_iter()
-                .map(|(pair_id, findings)| PairFindings { pair_id, findings })
-                .collect(),
-        }))
-    }
-
-    async fn get_status(
-        &self,
-        req: Request<GetStatusRequest>,
-    ) -> Result<Response<GetStatusResponse>, Status> {
-        self.auth.operator(&req, Role::Viewer)?;
+    /// The status as the leader sees it (after a linearizable read barrier).
+    pub async fn status(&self) -> Result<GetStatusResponse, Status> {
         let view = self.leader_barrier().await?;
         let data = self.state.snapshot();
         let metrics = self.raft.metrics().borrow_watched().clone();
@@ -418,7 +302,7 @@ impl OperatorService for OperatorGrpc {
                 }
             })
             .collect();
-        Ok(Response::new(GetStatusResponse {
+        Ok(GetStatusResponse {
             cluster: Some(ClusterStatus {
                 answered_by: self.cfg.node_id,
                 leader_id: view.leader_id,
@@ -429,7 +313,128 @@ impl OperatorService for OperatorGrpc {
                 insecure: self.auth.insecure,
             }),
             pairs,
+        })
+    }
+
+    /// Refuse unless this node leads with a quorum and has applied all it committed.
+    pub(crate) async fn leader_barrier(&self) -> Result<LeaderView, Status> {
+        let view = self.leader.borrow().clone();
+        if !view.is_leader {
+            return Err(crate::leadership::not_leader(&view));
+        }
+        match tokio::time::timeout(
+            Duration::from_secs(3),
+            self.raft.ensure_linearizable(ReadPolicy::ReadIndex),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(view),
+            Ok(Err(e)) => Err(Status::unavailable(format!(
+                "cannot confirm leadership with a quorum: {e}"
+            ))),
+            Err(_) => Err(Status::unavailable(
+                "cannot confirm leadership with a quorum within 3 s; is a majority of controllers up?",
+            )),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl OperatorService for OperatorGrpc {
+    type WatchStream = crate::command::WatchStream;
+
+    async fn command(
+        &self,
+        req: Request<understudy_proto::OperatorCommandRequest>,
+    ) -> Result<Response<understudy_proto::OperatorCommandResponse>, Status> {
+        self.run_command(req).await
+    }
+
+    async fn history(
+        &self,
+        req: Request<understudy_proto::HistoryRequest>,
+    ) -> Result<Response<understudy_proto::HistoryResponse>, Status> {
+        OperatorGrpc::history(self, req).await
+    }
+
+    async fn explain(
+        &self,
+        req: Request<understudy_proto::ExplainRequest>,
+    ) -> Result<Response<understudy_proto::ExplainResponse>, Status> {
+        OperatorGrpc::explain(self, req).await
+    }
+
+    async fn watch(
+        &self,
+        req: Request<understudy_proto::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        OperatorGrpc::watch(self, req).await
+    }
+
+    async fn check(&self, req: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        self.auth.operator(&req, Role::Viewer)?;
+        let view = self.leader_barrier().await?;
+        let only = req.into_inner().pair_id;
+        let data = self.state.snapshot();
+        if !only.is_empty() && !data.state.pairs.contains_key(&only) {
+            return Err(Status::not_found(format!(
+                "no pair {only:?} in the inventory"
+            )));
+        }
+        // The agents re-run their self-checks first (read-only: any epoch).
+        let mut waits = Vec::new();
+        for p in data.state.pairs.values() {
+            if !only.is_empty() && p.spec.id != only {
+                continue;
+            }
+            for s in [&p.spec.primary, &p.spec.backup] {
+                let cmd = understudy_proto::Command {
+                    command_id: 0,
+                    raft_term: view.term,
+                    epoch: p.epoch,
+                    pair_id: p.spec.id.clone(),
+                    timeout_ms: 2000,
+                    action: Some(understudy_proto::command::Action::SelfCheck(
+                        understudy_proto::RunSelfCheck {},
+                    )),
+                };
+                if let Ok(rx) = self.liveness.send_command(&s.id, cmd) {
+                    waits.push(rx);
+                }
+            }
+        }
+        for rx in waits {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(3), rx).await;
+        }
+        // Their fresh reports follow the results on the same stream.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let data = self.state.snapshot();
+        let all = crate::preflight::run_all(
+            self.cloud.as_ref(),
+            &data.state,
+            &self.liveness,
+            &self.cfg.preflight,
+            self.cfg.spare.is_some(),
+            (!only.is_empty()).then_some(only.as_str()),
+        )
+        .await;
+        for (id, f) in &all {
+            self.findings.set(id, f.clone());
+        }
+        Ok(Response::new(CheckResponse {
+            pairs: all
+                .into_iter()
+                .map(|(pair_id, findings)| PairFindings { pair_id, findings })
+                .collect(),
         }))
+    }
+
+    async fn get_status(
+        &self,
+        req: Request<GetStatusRequest>,
+    ) -> Result<Response<GetStatusResponse>, Status> {
+        self.auth.operator(&req, Role::Viewer)?;
+        Ok(Response::new(self.status().await?))
     }
 }
 

@@ -472,6 +472,8 @@ pub struct Cluster {
     pub pair_id: String,
     /// The CA and certificates (`None`: plain text).
     pub pki: Option<Pki>,
+    /// Each controller's `[http] listen` address.
+    pub http: Vec<String>,
 }
 
 impl Cluster {
@@ -498,10 +500,14 @@ impl Cluster {
         let addrs: Vec<String> = (0..n)
             .map(|_| format!("127.0.0.1:{}", free_port()))
             .collect();
+        let http: Vec<String> = (0..n)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
         let members = addrs
             .iter()
+            .zip(&http)
             .enumerate()
-            .map(|(i, a)| format!("{{ id = {}, addr = \"{a}\" }}", i + 1))
+            .map(|(i, (a, h))| format!("{{ id = {}, addr = \"{a}\", http = \"{h}\" }}", i + 1))
             .collect::<Vec<_>>()
             .join(", ");
         let pair_id = "fs1".to_string();
@@ -519,6 +525,9 @@ listen = "{addr}"
 data_dir = "{data}"
 members = [ {members} ]
 
+[http]
+listen = "{http_listen}"
+
 [[pairs]]
 id = "{pair_id}"
 resource = "{RESOURCE}"
@@ -532,6 +541,7 @@ backup = {{ id = "{b}", address = "127.0.0.1", zone = "zone-a", volumes = ["vol-
                         None => INSECURE_SECTION.into(),
                     },
                     id = i + 1,
+                    http_listen = http[i],
                     pa = probe_ports[0],
                     pb = probe_ports[1],
                     data = root.join(format!("controller-{}", i + 1)).display(),
@@ -631,6 +641,7 @@ drbdadm = "{adm}"
             hosts,
             pair_id,
             pki,
+            http,
         };
         for i in 0..n {
             c.start_controller(i);
