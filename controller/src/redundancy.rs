@@ -573,9 +573,7 @@ impl Executor {
                 let s = pair
                     .any_server(spare)
                     .ok_or_else(|| format!("{spare} is not known to the pair"))?;
-                let (ids, detail) = self.fresh_volumes(pair, &s, id, &cfg).await?;
-                let _ = ids;
-                Ok(detail)
+                Ok(self.fresh_volumes(pair, &s, id, &cfg).await?.1)
             }
             RebuildStep::Adopt => {
                 let s = pair

@@ -370,6 +370,35 @@ pub struct FailoverPlan {
 }
 
 impl FailoverPlan {
+    /// A plan of `steps`, all pending.
+    pub fn new(
+        epoch: u64,
+        from: &str,
+        to: &str,
+        reason: &str,
+        automatic: bool,
+        started_unix_ms: i64,
+        steps: &[Step],
+    ) -> FailoverPlan {
+        FailoverPlan {
+            epoch,
+            from: from.to_string(),
+            to: to.to_string(),
+            reason: reason.to_string(),
+            automatic,
+            started_unix_ms,
+            steps: steps
+                .iter()
+                .map(|s| StepRecord {
+                    step: *s,
+                    status: StepStatus::Pending,
+                    attempts: 0,
+                })
+                .collect(),
+            force: false,
+        }
+    }
+
     /// A reattach plan (S9) rather than a failover to the backup.
     pub fn is_reattach(&self) -> bool {
         self.steps.iter().any(|s| s.step == Step::MoveVolumes)
@@ -384,6 +413,25 @@ impl FailoverPlan {
 }
 
 impl PairRecord {
+    /// An automatic plan may start: none in flight (S5), and the pair is still
+    /// in the state and at the epoch the decision saw.
+    fn may_start_plan(&self, expect: PairState, expect_epoch: u64) -> Result<(), Response> {
+        let pair_id = &self.spec.id;
+        if let Some(f) = &self.failover {
+            return Err(refused(format!(
+                "pair {pair_id}: failover epoch {} is already in flight (S5: one at a time)",
+                f.epoch
+            )));
+        }
+        if self.state != expect || self.epoch != expect_epoch {
+            return Err(refused(format!(
+                "pair {pair_id} is {} at epoch {}, not {expect} at epoch {expect_epoch}; decision taken on a stale view",
+                self.state, self.epoch
+            )));
+        }
+        Ok(())
+    }
+
     /// The id of the server holding the primary role now.
     pub fn serving_id(&self) -> &str {
         self.serving.as_deref().unwrap_or(&self.spec.primary.id)
@@ -758,17 +806,8 @@ impl ClusterState {
                     Ok(p) => p,
                     Err(r) => return r,
                 };
-                if let Some(f) = &pair.failover {
-                    return refused(format!(
-                        "pair {pair_id}: failover epoch {} is already in flight (S5: one at a time)",
-                        f.epoch
-                    ));
-                }
-                if pair.state != *expect || pair.epoch != *expect_epoch {
-                    return refused(format!(
-                        "pair {pair_id} is {} at epoch {}, not {expect} at epoch {expect_epoch}; decision taken on a stale view",
-                        pair.state, pair.epoch
-                    ));
+                if let Err(r) = pair.may_start_plan(*expect, *expect_epoch) {
+                    return r;
                 }
                 if pair.server(from).is_none() || pair.server(to).is_none() || from == to {
                     return refused(format!("pair {pair_id}: bad failover {from} -> {to}"));
@@ -778,23 +817,15 @@ impl ClusterState {
                 pair.state = PairState::FailingOver;
                 pair.state_reason = reason.clone();
                 pair.state_since_unix_ms = *at_unix_ms;
-                pair.failover = Some(FailoverPlan {
-                    epoch: pair.epoch,
-                    from: from.clone(),
-                    to: to.clone(),
-                    reason: reason.clone(),
-                    automatic: *automatic,
-                    started_unix_ms: *at_unix_ms,
-                    steps: Step::ALL
-                        .iter()
-                        .map(|s| StepRecord {
-                            step: *s,
-                            status: StepStatus::Pending,
-                            attempts: 0,
-                        })
-                        .collect(),
-                    force: false,
-                });
+                pair.failover = Some(FailoverPlan::new(
+                    pair.epoch,
+                    from,
+                    to,
+                    reason,
+                    *automatic,
+                    *at_unix_ms,
+                    &Step::ALL,
+                ));
                 pair.record(
                     *at_unix_ms,
                     format!(
@@ -817,17 +848,8 @@ impl ClusterState {
                     Ok(p) => p,
                     Err(r) => return r,
                 };
-                if let Some(f) = &pair.failover {
-                    return refused(format!(
-                        "pair {pair_id}: failover epoch {} is already in flight (S5: one at a time)",
-                        f.epoch
-                    ));
-                }
-                if pair.state != *expect || pair.epoch != *expect_epoch {
-                    return refused(format!(
-                        "pair {pair_id} is {} at epoch {}, not {expect} at epoch {expect_epoch}; decision taken on a stale view",
-                        pair.state, pair.epoch
-                    ));
+                if let Err(r) = pair.may_start_plan(*expect, *expect_epoch) {
+                    return r;
                 }
                 if pair.serving_id() != from {
                     return refused(format!(
@@ -849,23 +871,15 @@ impl ClusterState {
                 pair.state = PairState::FailingOver;
                 pair.state_reason = reason.clone();
                 pair.state_since_unix_ms = *at_unix_ms;
-                pair.failover = Some(FailoverPlan {
-                    epoch: pair.epoch,
-                    from: from.clone(),
-                    to: to.clone(),
-                    reason: reason.clone(),
-                    automatic: true,
-                    started_unix_ms: *at_unix_ms,
-                    steps: Step::REATTACH
-                        .iter()
-                        .map(|s| StepRecord {
-                            step: *s,
-                            status: StepStatus::Pending,
-                            attempts: 0,
-                        })
-                        .collect(),
-                    force: false,
-                });
+                pair.failover = Some(FailoverPlan::new(
+                    pair.epoch,
+                    from,
+                    to,
+                    reason,
+                    true,
+                    *at_unix_ms,
+                    &Step::REATTACH,
+                ));
                 pair.record(
                     *at_unix_ms,
                     format!("{prev} -> FailingOver: reattach (S9) of {from}'s volumes to {to}: {reason}"),

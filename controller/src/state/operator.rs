@@ -6,10 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{
-    fmt_unix_ms, refused, ClusterState, FailoverPlan, PairState, Response, Step, StepRecord,
-    StepStatus,
-};
+use super::{fmt_unix_ms, refused, ClusterState, FailoverPlan, PairState, Response, Step};
 
 /// Audit entries kept (oldest dropped first).
 pub const AUDIT_LIMIT: usize = 1000;
@@ -141,26 +138,6 @@ impl std::fmt::Display for OperatorCommand {
             OperatorCommand::CancelSwitchover => f.write_str("cancel scheduled switchover"),
             OperatorCommand::Refused { command, .. } => f.write_str(command),
         }
-    }
-}
-
-fn plan(epoch: u64, from: &str, to: &str, reason: &str, at: i64, steps: &[Step]) -> FailoverPlan {
-    FailoverPlan {
-        epoch,
-        from: from.to_string(),
-        to: to.to_string(),
-        reason: reason.to_string(),
-        automatic: false,
-        started_unix_ms: at,
-        steps: steps
-            .iter()
-            .map(|s| StepRecord {
-                step: *s,
-                status: StepStatus::Pending,
-                attempts: 0,
-            })
-            .collect(),
-        force: false,
     }
 }
 
@@ -305,7 +282,7 @@ impl ClusterState {
                     ));
                 }
                 pair.epoch += 1;
-                let mut p = plan(pair.epoch, &from, to, reason, at, &Step::ALL);
+                let mut p = FailoverPlan::new(pair.epoch, &from, to, reason, false, at, &Step::ALL);
                 p.force = *force;
                 pair.failover = Some(p);
                 pair.state = PairState::FailingOver;
@@ -328,7 +305,15 @@ impl ClusterState {
                 }
                 pair.epoch += 1;
                 let reason = format!("planned switchover by {identity}: {from} -> {to}");
-                pair.failover = Some(plan(pair.epoch, &from, to, &reason, at, &Step::SWITCHOVER));
+                pair.failover = Some(FailoverPlan::new(
+                    pair.epoch,
+                    &from,
+                    to,
+                    &reason,
+                    false,
+                    at,
+                    &Step::SWITCHOVER,
+                ));
                 pair.ops.scheduled = None;
                 pair.state = PairState::SwitchingOver;
                 pair.state_reason = reason;

@@ -86,6 +86,19 @@ struct Registry {
     volumes: BTreeMap<String, VolumeRec>,
 }
 
+impl Registry {
+    /// Volume `id`, or NotFound as EC2 answers for an unknown volume.
+    fn volume_mut(&mut self, id: &str) -> Result<&mut VolumeRec, CloudError> {
+        self.volumes
+            .get_mut(id)
+            .ok_or_else(|| CloudError::NotFound {
+                provider: NAME,
+                what: "volume",
+                id: id.into(),
+            })
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct InstanceRec {
     client_token: Option<String>,
@@ -763,15 +776,7 @@ impl LocalCloud {
                 what: "instance",
                 id: instance_id.into(),
             })?;
-        let vol = l
-            .reg
-            .volumes
-            .get_mut(volume_id)
-            .ok_or_else(|| CloudError::NotFound {
-                provider: NAME,
-                what: "volume",
-                id: volume_id.into(),
-            })?;
+        let vol = l.reg.volume_mut(volume_id)?;
         if device.is_empty() || device.contains('/') || device.starts_with('.') {
             return Err(refused(
                 OP,
@@ -823,15 +828,7 @@ impl LocalCloud {
     ) -> Result<(), CloudError> {
         const OP: &str = "detach_volume";
         let mut l = self.lock(OP).await?;
-        let vol = l
-            .reg
-            .volumes
-            .get_mut(volume_id)
-            .ok_or_else(|| CloudError::NotFound {
-                provider: NAME,
-                what: "volume",
-                id: volume_id.into(),
-            })?;
+        let vol = l.reg.volume_mut(volume_id)?;
         let Some((i, d)) = vol.attachment.clone() else {
             return Ok(());
         };
@@ -868,15 +865,7 @@ impl LocalCloud {
     ) -> Result<(), CloudError> {
         const OP: &str = "tag_volume";
         let mut l = self.lock(OP).await?;
-        let vol = l
-            .reg
-            .volumes
-            .get_mut(volume_id)
-            .ok_or_else(|| CloudError::NotFound {
-                provider: NAME,
-                what: "volume",
-                id: volume_id.into(),
-            })?;
+        let vol = l.reg.volume_mut(volume_id)?;
         merge_tags(&mut vol.tags, new);
         l.save().map_err(|e| io_err(OP, "write the registry", e))
     }
