@@ -1,0 +1,862 @@
+//! Benchmark: the controller at scale, through the real interfaces.
+//!
+//! Starts a real 3-node controller cluster on loopback (mutual TLS, one agent
+//! certificate per server) whose inventory holds `--pairs` pairs, then simulates
+//! their 2 × pairs agents from this process: each opens its own TLS connection
+//! and `AgentService.Session` stream (following redirects to the leader), says
+//! hello, heartbeats at the interval the controller asks for, sends a full
+//! report `--rate` times a second, and answers commands. Churn: every second,
+//! `--churn` × pairs backups start a resync (SyncTarget, out-of-sync bytes
+//! falling over three reports, then UpToDate again), so the pair goes
+//! `Healthy -> Rebuilding -> Healthy` through Raft.
+//!
+//! Measured over `--duration` seconds of that load, in one run:
+//! - the leader's CPU (user + system seconds per second, from /proc/PID/stat)
+//!   and resident memory (VmRSS), and this process's own CPU apart;
+//! - report-to-applied latency: from the report that makes a pair change state
+//!   until the change is seen committed on the leader's `Watch` stream (p50/p99);
+//! - Raft commits per second (the leader's applied index over the window);
+//! - detection: a pair's primary goes silent (stream open, nothing sent, no
+//!   probe answered) and its backup loses the DRBD peer; the time until the
+//!   pair is `Suspect` and until its failover starts (`FailingOver`), under the
+//!   load and, first, on an idle cluster of the same build (one pair);
+//! - the latency of the other pairs' changes in the 5 s after each failover starts.
+//!
+//! Usage: `cargo run --release -p understudy-tests --bin bench-scale -- --pairs 2000
+//! --rate 1 --churn 0.01 --duration 60` (build the workspace binaries first:
+//! `cargo build --release --workspace --bins`).
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use understudy_controller::auth::Role;
+use understudy_proto::agent_message::Msg;
+use understudy_proto::agent_service_client::AgentServiceClient;
+use understudy_proto::controller_message::Msg as Out;
+use understudy_proto::operator_service_client::OperatorServiceClient;
+use understudy_proto::{
+    AgentMessage, CommandResult, DrbdResource, DrbdStatus, DrbdSummary, GetStatusRequest,
+    GetStatusResponse, Heartbeat, Hello, Report, ServerRole, WatchRequest,
+};
+use understudy_tests::{free_port, free_udp_port, spawn_controller, Creds, Pki, Proc};
+use understudy_tls::ClientTls;
+
+const RESOURCE: &str = "r0";
+
+#[derive(Debug, Clone)]
+struct Args {
+    pairs: usize,
+    rate: f64,
+    churn: f64,
+    duration: u64,
+    kills: usize,
+    idle_baseline: bool,
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: bench-scale [--pairs N] [--rate REPORTS_PER_S] [--churn FRACTION_PER_S] [--duration S] [--kills K] [--no-idle]"
+    );
+    std::process::exit(2)
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        pairs: 100,
+        rate: 1.0,
+        churn: 0.01,
+        duration: 30,
+        kills: 3,
+        idle_baseline: true,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().unwrap_or_else(|| usage());
+        match flag.as_str() {
+            "--pairs" => a.pairs = val().parse().unwrap_or_else(|_| usage()),
+            "--rate" => a.rate = val().parse().unwrap_or_else(|_| usage()),
+            "--churn" => a.churn = val().parse().unwrap_or_else(|_| usage()),
+            "--duration" => a.duration = val().parse().unwrap_or_else(|_| usage()),
+            "--kills" => a.kills = val().parse().unwrap_or_else(|_| usage()),
+            "--no-idle" => a.idle_baseline = false,
+            _ => usage(),
+        }
+    }
+    if a.pairs < a.kills + 1 || a.rate <= 0.0 {
+        usage()
+    }
+    a
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn pair_id(i: usize) -> String {
+    format!("p{i:05}")
+}
+
+fn server_id(i: usize, backup: bool) -> String {
+    format!("p{i:05}-{}", if backup { 'b' } else { 'a' })
+}
+
+/// What the simulated DRBD of one pair shows, driven by the churn and the kills.
+#[derive(Default)]
+struct PairSim {
+    /// Reports left in the backup's current resync (0: in sync).
+    resync_left: AtomicU64,
+    /// The primary went silent (killed): nothing more from it.
+    primary_dead: AtomicBool,
+}
+
+/// A change the bench made and expects to see committed.
+struct Pending {
+    since: Instant,
+    want: &'static str,
+}
+
+#[derive(Default)]
+struct Shared {
+    pending: Mutex<HashMap<String, Pending>>,
+    /// (when it was seen, latency) of every change seen committed.
+    latencies: Mutex<Vec<(Instant, Duration)>>,
+    /// Pair -> (state, when seen) for every state the watch saw.
+    seen: Mutex<HashMap<String, Vec<(String, Instant)>>>,
+    welcomed: AtomicUsize,
+    reports: AtomicU64,
+    heartbeats: AtomicU64,
+    commands: AtomicU64,
+    /// Stop every agent (end of the run).
+    stop: AtomicBool,
+}
+
+fn summary(role: &str, disk: &str, conn: &str, repl: &str, oos: u64) -> DrbdSummary {
+    DrbdSummary {
+        role: role.into(),
+        disk: disk.into(),
+        peer_role: if role == "Primary" {
+            "Secondary".into()
+        } else {
+            "Primary".into()
+        },
+        connection: conn.into(),
+        replication: repl.into(),
+        peer_disk: "UpToDate".into(),
+        done_percent: (oos > 0).then_some(100.0 - (oos as f64 / 1e7)),
+        eta_seconds: None,
+        out_of_sync_bytes: Some(oos),
+        quorum: Some(true),
+    }
+}
+
+fn report(seq: u64, sum: DrbdSummary) -> Report {
+    Report {
+        seq,
+        observed_at_unix_ms: now_ms(),
+        drbd: Some(DrbdStatus {
+            observer_running: true,
+            resources: vec![DrbdResource {
+                name: RESOURCE.into(),
+                role: sum.role.clone(),
+                last_connected: (sum.connection == "Connected").then(|| sum.clone()),
+                summary: Some(sum),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        host: None,
+    }
+}
+
+/// One simulated agent: connects (following redirects), reports and heartbeats
+/// until the bench stops, re-dialling when the stream breaks.
+#[allow(clippy::too_many_arguments)]
+async fn agent(
+    i: usize,
+    backup: bool,
+    addrs: Arc<Vec<String>>,
+    tls: ClientTls,
+    rate: f64,
+    sim: Arc<PairSim>,
+    shared: Arc<Shared>,
+    dial: Arc<Semaphore>,
+) {
+    let id = server_id(i, backup);
+    let mut addr = addrs[i % addrs.len()].clone();
+    let mut seq = 0u64;
+    let period = Duration::from_secs_f64(1.0 / rate);
+    // Spread the reports of all agents over the period.
+    let phase = period.mul_f64(((i * 2 + backup as usize) % 997) as f64 / 997.0);
+    while !shared.stop.load(Ordering::Relaxed) {
+        let permit = dial.acquire().await.expect("semaphore");
+        let ch = match understudy_tls::endpoint(&addr, Some(&tls)) {
+            Ok(e) => {
+                e.connect_timeout(Duration::from_secs(5))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_millis(500))
+                    .keep_alive_timeout(Duration::from_millis(1500))
+                    .keep_alive_while_idle(true)
+                    .connect()
+                    .await
+            }
+            Err(e) => panic!("endpoint {addr}: {e}"),
+        };
+        let ch = match ch {
+            Ok(c) => c,
+            Err(_) => {
+                drop(permit);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                addr = addrs[(i + seq as usize) % addrs.len()].clone();
+                seq += 1;
+                continue;
+            }
+        };
+        let (tx, rx) = mpsc::channel::<AgentMessage>(16);
+        let _ = tx
+            .send(AgentMessage {
+                msg: Some(Msg::Hello(Hello {
+                    server_id: id.clone(),
+                    pair_id: pair_id(i),
+                    role: if backup {
+                        ServerRole::Backup
+                    } else {
+                        ServerRole::Primary
+                    } as i32,
+                    agent_version: "bench-scale".into(),
+                    highest_epoch: 0,
+                })),
+            })
+            .await;
+        let resp = AgentServiceClient::new(ch)
+            .max_decoding_message_size(16 << 20)
+            .session(ReceiverStream::new(rx))
+            .await;
+        drop(permit);
+        let mut inbound = match resp {
+            Ok(r) => r.into_inner(),
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let heartbeat = match inbound.message().await {
+            Ok(Some(m)) => match m.msg {
+                Some(Out::Welcome(w)) => Duration::from_millis(w.heartbeat_interval_ms.max(10)),
+                Some(Out::Redirect(r)) => {
+                    if !r.leader_addr.is_empty() {
+                        addr = r.leader_addr;
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    continue;
+                }
+                _ => continue,
+            },
+            _ => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        shared.welcomed.fetch_add(1, Ordering::Relaxed);
+        let mut hb = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        let mut rep = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
+        hb.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        rep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first report at once: the controller needs it to decide anything.
+        let mut first = true;
+        let mut peer_lost_sent = false;
+        loop {
+            if shared.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let dead = sim.primary_dead.load(Ordering::Relaxed);
+            if dead && !backup {
+                // Silent: keep the stream open, send nothing, answer nothing.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            let send_report = first || (dead && backup && !peer_lost_sent);
+            let msg = if send_report {
+                None
+            } else {
+                tokio::select! {
+                    _ = hb.tick() => {
+                        seq += 1;
+                        shared.heartbeats.fetch_add(1, Ordering::Relaxed);
+                        Some(Msg::Heartbeat(Heartbeat { seq, sent_at_unix_ms: now_ms() }))
+                    }
+                    _ = rep.tick() => None,
+                    m = inbound.message() => match m {
+                        Ok(Some(m)) => match m.msg {
+                            Some(Out::Command(c)) => {
+                                shared.commands.fetch_add(1, Ordering::Relaxed);
+                                Some(Msg::CommandResult(CommandResult {
+                                    command_id: c.command_id,
+                                    ok: true,
+                                    error: String::new(),
+                                    duration_ms: 1,
+                                    detail: "bench-scale: done".into(),
+                                }))
+                            }
+                            Some(Out::Redirect(r)) => {
+                                if !r.leader_addr.is_empty() {
+                                    addr = r.leader_addr;
+                                }
+                                break;
+                            }
+                            _ => continue,
+                        },
+                        _ => break,
+                    }
+                }
+            };
+            let msg = match msg {
+                Some(m) => m,
+                None => {
+                    first = false;
+                    seq += 1;
+                    shared.reports.fetch_add(1, Ordering::Relaxed);
+                    let sum = if !backup {
+                        summary("Primary", "UpToDate", "Connected", "Established", 0)
+                    } else if dead {
+                        peer_lost_sent = true;
+                        summary("Secondary", "UpToDate", "Connecting", "Off", 0)
+                    } else {
+                        let left = sim.resync_left.load(Ordering::Relaxed);
+                        if left > 0 {
+                            sim.resync_left.store(left - 1, Ordering::Relaxed);
+                            if left == 4 {
+                                expect(&shared, i, "Rebuilding");
+                            } else if left == 1 {
+                                expect(&shared, i, "Healthy");
+                            }
+                        }
+                        // 4, 3, 2: SyncTarget with falling out-of-sync; 1: in sync.
+                        if left > 1 {
+                            summary(
+                                "Secondary",
+                                "Inconsistent",
+                                "Connected",
+                                "SyncTarget",
+                                (left - 1) * 64 << 20,
+                            )
+                        } else {
+                            summary("Secondary", "UpToDate", "Connected", "Established", 0)
+                        }
+                    };
+                    Msg::Report(report(seq, sum))
+                }
+            };
+            if tx.send(AgentMessage { msg: Some(msg) }).await.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+fn expect(shared: &Shared, i: usize, want: &'static str) {
+    shared.pending.lock().unwrap().insert(
+        pair_id(i),
+        Pending {
+            since: Instant::now(),
+            want,
+        },
+    );
+}
+
+/// Follow the leader's `Watch` stream: every committed state change the bench
+/// caused is a latency sample; every state seen is recorded for detection.
+async fn watch(addrs: Arc<Vec<String>>, tls: ClientTls, shared: Arc<Shared>) {
+    let mut k = 0;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let addr = &addrs[k % addrs.len()];
+        k += 1;
+        let Ok(ch) =
+            understudy_controller::raft::network::channel(addr, Duration::from_secs(2), Some(&tls))
+        else {
+            continue;
+        };
+        let mut c = OperatorServiceClient::new(ch).max_decoding_message_size(256 << 20);
+        let Ok(r) = c
+            .watch(WatchRequest {
+                pair_id: String::new(),
+            })
+            .await
+        else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let mut s = r.into_inner();
+        while let Ok(Some(ev)) = s.message().await {
+            let at = Instant::now();
+            shared
+                .seen
+                .lock()
+                .unwrap()
+                .entry(ev.pair_id.clone())
+                .or_default()
+                .push((ev.state.clone(), at));
+            let mut p = shared.pending.lock().unwrap();
+            if let Some(want) = p.get(&ev.pair_id) {
+                if want.want == ev.state {
+                    let d = at - want.since;
+                    p.remove(&ev.pair_id);
+                    drop(p);
+                    shared.latencies.lock().unwrap().push((at, d));
+                }
+            }
+        }
+    }
+}
+
+async fn status(addrs: &[String], tls: &ClientTls) -> Option<GetStatusResponse> {
+    for addr in addrs {
+        let Ok(ch) =
+            understudy_controller::raft::network::channel(addr, Duration::from_secs(2), Some(tls))
+        else {
+            continue;
+        };
+        let mut c = OperatorServiceClient::new(ch).max_decoding_message_size(1 << 30);
+        if let Ok(Ok(r)) =
+            tokio::time::timeout(Duration::from_secs(20), c.get_status(GetStatusRequest {})).await
+        {
+            let r = r.into_inner();
+            if r.cluster.as_ref().is_some_and(|c| c.leader_id.is_some()) {
+                return Some(r);
+            }
+        }
+    }
+    None
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: i32) -> f64 {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let ut: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let st: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    (ut + st) / tick
+}
+
+fn rss_mb(pid: i32) -> f64 {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Option<Duration> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort();
+    let i = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
+    Some(v[i])
+}
+
+fn ms(d: Option<Duration>) -> String {
+    d.map(|d| format!("{} ms", d.as_millis()))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn raise_fd_limit() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+        r.rlim_cur = r.rlim_max.max(1 << 20);
+        r.rlim_max = r.rlim_cur;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+/// A running cluster and its simulated agents.
+struct Run {
+    _dir: tempfile::TempDir,
+    procs: Vec<Proc>,
+    addrs: Arc<Vec<String>>,
+    admin: ClientTls,
+    sims: Vec<Arc<PairSim>>,
+    shared: Arc<Shared>,
+}
+
+impl Run {
+    async fn start(pairs: usize, rate: f64) -> Run {
+        let dir = tempfile::Builder::new()
+            .prefix("understudy-bench-scale-")
+            .tempdir()
+            .expect("tempdir");
+        let root = dir.path().to_path_buf();
+        let pki = Pki::new(&root.join("pki"));
+        let addrs: Vec<String> = (0..3)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let members = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{{ id = {}, addr = \"{a}\" }}", i + 1))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // Nobody answers this UDP port: a silent primary answers no probe.
+        let probe = free_udp_port();
+        let mut inventory = String::new();
+        for i in 0..pairs {
+            inventory.push_str(&format!(
+                "\n[[pairs]]\nid = \"{p}\"\nresource = \"{RESOURCE}\"\nclient_ip = \"198.18.{hi}.{lo}\"\nzone = \"zone-a\"\nprimary = {{ id = \"{a}\", address = \"127.0.0.1\", zone = \"zone-a\", probe_port = {probe} }}\nbackup = {{ id = \"{b}\", address = \"127.0.0.1\", zone = \"zone-a\", probe_port = {probe} }}\n",
+                p = pair_id(i),
+                hi = i / 250,
+                lo = i % 250 + 1,
+                a = server_id(i, false),
+                b = server_id(i, true),
+            ));
+        }
+        let mut procs = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let path = root.join(format!("controller-{}.toml", i + 1));
+            let tls = pki.section(&pki.controller(i as u64 + 1, addr));
+            fs::write(
+                &path,
+                format!(
+                    "node_id = {id}\nlisten = \"{addr}\"\ndata_dir = \"{data}\"\nmembers = [ {members} ]\n{inventory}{tls}",
+                    id = i + 1,
+                    data = root.join(format!("controller-{}", i + 1)).display(),
+                ),
+            )
+            .expect("write controller config");
+            procs.push(spawn_controller(
+                &path,
+                &root.join(format!("controller-{}.log", i + 1)),
+                i,
+            ));
+        }
+        let t = Instant::now();
+        let certs: Vec<(PathBuf, PathBuf)> = (0..pairs)
+            .flat_map(|i| [server_id(i, false), server_id(i, true)])
+            .map(|id| {
+                let w = pki.agent(&id);
+                (w.cert, w.key)
+            })
+            .collect();
+        let admin = match pki.operator("bench", Role::Admin) {
+            Creds::Tls {
+                ca,
+                cert: Some(c),
+                key: Some(k),
+            } => ClientTls::load(&ca, Some((&c, &k))).expect("admin TLS"),
+            _ => unreachable!("the PKI issues TLS credentials"),
+        };
+        let tlss: Vec<ClientTls> = certs
+            .iter()
+            .map(|(c, k)| ClientTls::load(&pki.ca(), Some((c, k))).expect("agent TLS"))
+            .collect();
+        eprintln!(
+            "{} agent certificates issued and loaded in {} ms",
+            tlss.len(),
+            t.elapsed().as_millis()
+        );
+        let addrs = Arc::new(addrs);
+        // The inventory is replicated by the leader once elected.
+        let t = Instant::now();
+        loop {
+            if let Some(s) = status(&addrs, &admin).await {
+                if s.pairs.len() == pairs {
+                    break;
+                }
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "no leader with the inventory after 120 s: see {}",
+                root.display()
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let shared = Arc::new(Shared::default());
+        let sims: Vec<Arc<PairSim>> = (0..pairs).map(|_| Arc::default()).collect();
+        tokio::spawn(watch(addrs.clone(), admin.clone(), shared.clone()));
+        let dial = Arc::new(Semaphore::new(64));
+        for (k, tls) in tlss.into_iter().enumerate() {
+            let (i, backup) = (k / 2, k % 2 == 1);
+            tokio::spawn(agent(
+                i,
+                backup,
+                addrs.clone(),
+                tls,
+                rate,
+                sims[i].clone(),
+                shared.clone(),
+                dial.clone(),
+            ));
+        }
+        let run = Run {
+            _dir: dir,
+            procs,
+            addrs,
+            admin,
+            sims,
+            shared,
+        };
+        let t = Instant::now();
+        loop {
+            let s = status(&run.addrs, &run.admin).await;
+            let healthy = s
+                .as_ref()
+                .map(|s| s.pairs.iter().filter(|p| p.state == "Healthy").count())
+                .unwrap_or(0);
+            let welcomed = run.shared.welcomed.load(Ordering::Relaxed);
+            eprintln!(
+                "{:>5.1} s: {welcomed} agent sessions opened, {healthy}/{pairs} pairs Healthy",
+                t.elapsed().as_secs_f64()
+            );
+            if healthy == pairs {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(600),
+                "pairs not all Healthy after 600 s: see {}",
+                root.display()
+            );
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        run
+    }
+
+    async fn leader_pid(&self) -> (u64, i32, u64) {
+        let s = status(&self.addrs, &self.admin).await.expect("status");
+        let c = s.cluster.expect("cluster");
+        let id = c.leader_id.expect("leader");
+        (id, self.procs[id as usize - 1].pid(), c.last_applied_index)
+    }
+
+    /// Kill pair `i`'s primary (silent) and wait for detection; returns
+    /// (kill time, time to Suspect, time to FailingOver).
+    async fn kill(&self, i: usize) -> (Instant, Option<Duration>, Option<Duration>) {
+        let id = pair_id(i);
+        self.shared.pending.lock().unwrap().remove(&id);
+        let t0 = Instant::now();
+        self.sims[i].primary_dead.store(true, Ordering::Relaxed);
+        let deadline = t0 + Duration::from_secs(15);
+        let (mut suspect, mut failing) = (None, None);
+        while Instant::now() < deadline && failing.is_none() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if let Some(v) = self.shared.seen.lock().unwrap().get(&id) {
+                for (st, at) in v.iter().filter(|(_, at)| *at >= t0) {
+                    if st == "Suspect" && suspect.is_none() {
+                        suspect = Some(*at - t0);
+                    }
+                    if st == "FailingOver" && failing.is_none() {
+                        failing = Some(*at - t0);
+                    }
+                }
+            }
+        }
+        (t0, suspect, failing)
+    }
+
+    fn stop(self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for p in self.procs {
+            p.kill();
+        }
+    }
+}
+
+fn churn_task(run_sims: Vec<Arc<PairSim>>, churn: f64, skip: usize, stop: Arc<Shared>) {
+    tokio::spawn(async move {
+        let n = run_sims.len();
+        let per_s = churn * n as f64;
+        let mut credit = 0.0;
+        let mut next = skip;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        while !stop.stop.load(Ordering::Relaxed) {
+            tick.tick().await;
+            credit += per_s / 10.0;
+            while credit >= 1.0 {
+                credit -= 1.0;
+                // Round robin over the pairs not used for kills.
+                let s = &run_sims[next];
+                next = if next + 1 >= n { skip } else { next + 1 };
+                if s.resync_left.load(Ordering::Relaxed) == 0 {
+                    s.resync_left.store(4, Ordering::Relaxed);
+                }
+            }
+        }
+    });
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args = parse_args();
+    raise_fd_limit();
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    assert!(tick > 0);
+
+    let mut idle = Vec::new();
+    if args.idle_baseline {
+        eprintln!("idle baseline: one pair, no churn");
+        let run = Run::start(args.kills.max(1) + 1, args.rate).await;
+        for k in 0..args.kills.max(1) {
+            let (_, s, f) = run.kill(k).await;
+            eprintln!(
+                "idle kill {k}: Suspect after {}, FailingOver after {}",
+                ms(s),
+                ms(f)
+            );
+            idle.push((s, f));
+        }
+        run.stop();
+    }
+
+    eprintln!(
+        "load: {} pairs ({} agent streams), {} report/s each, churn {}/s",
+        args.pairs,
+        args.pairs * 2,
+        args.rate,
+        args.churn
+    );
+    let run = Run::start(args.pairs, args.rate).await;
+    let self_pid = std::process::id() as i32;
+    // The first `kills` pairs are kept out of the churn: they are killed.
+    churn_task(run.sims.clone(), args.churn, args.kills, run.shared.clone());
+    // Warm up: let the churn reach its steady state.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    run.shared.latencies.lock().unwrap().clear();
+    let (leader, pid, idx0) = run.leader_pid().await;
+    let t0 = Instant::now();
+    let (cpu0, self0) = (cpu_seconds(pid), cpu_seconds(self_pid));
+    let (rep0, hb0) = (
+        run.shared.reports.load(Ordering::Relaxed),
+        run.shared.heartbeats.load(Ordering::Relaxed),
+    );
+    let mut rss = Vec::new();
+    let mut cpu_max: f64 = 0.0;
+    let mut kills = Vec::new();
+    let kill_every = args.duration as f64 / (args.kills as f64 + 1.0);
+    let mut last = (Instant::now(), cpu0);
+    while t0.elapsed() < Duration::from_secs(args.duration) {
+        let k = kills.len();
+        if k < args.kills && t0.elapsed().as_secs_f64() >= kill_every * (k as f64 + 1.0) {
+            let r = run.kill(k).await;
+            eprintln!(
+                "kill {k} under load: Suspect after {}, FailingOver after {}",
+                ms(r.1),
+                ms(r.2)
+            );
+            kills.push(r);
+            continue;
+        }
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let (now, c) = (Instant::now(), cpu_seconds(pid));
+        cpu_max = cpu_max.max((c - last.1) / (now - last.0).as_secs_f64());
+        last = (now, c);
+        rss.push(rss_mb(pid));
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = (cpu_seconds(pid) - cpu0) / wall;
+    let self_cpu = (cpu_seconds(self_pid) - self0) / wall;
+    let (leader2, _, idx1) = run.leader_pid().await;
+    let reports = run.shared.reports.load(Ordering::Relaxed) - rep0;
+    let heartbeats = run.shared.heartbeats.load(Ordering::Relaxed) - hb0;
+    let lat = run.shared.latencies.lock().unwrap().clone();
+    let mut all: Vec<Duration> = lat.iter().map(|(_, d)| *d).collect();
+    // Changes of other pairs committed within 5 s after a failover started.
+    let mut during: Vec<Duration> = lat
+        .iter()
+        .filter(|(at, _)| {
+            kills
+                .iter()
+                .any(|(k, _, _)| *at >= *k && *at < *k + Duration::from_secs(5))
+        })
+        .map(|(_, d)| *d)
+        .collect();
+    let rss_avg = rss.iter().sum::<f64>() / rss.len().max(1) as f64;
+    let rss_max = rss.iter().cloned().fold(0.0, f64::max);
+    let mut idle_s: Vec<Duration> = idle.iter().filter_map(|x| x.0).collect();
+    let mut idle_f: Vec<Duration> = idle.iter().filter_map(|x| x.1).collect();
+    let mut load_s: Vec<Duration> = kills.iter().filter_map(|x| x.1).collect();
+    let mut load_f: Vec<Duration> = kills.iter().filter_map(|x| x.2).collect();
+
+    println!();
+    println!(
+        "bench-scale: {} pairs ({} agent streams), {} report/s per agent, churn {}/s ({:.0} resyncs/s), {:.0} s measured",
+        args.pairs,
+        args.pairs * 2,
+        args.rate,
+        args.churn,
+        args.churn * args.pairs as f64,
+        wall
+    );
+    if leader != leader2 {
+        println!("WARNING: the leader changed during the run ({leader} -> {leader2})");
+    }
+    println!("| figure | value |");
+    println!("| --- | --- |");
+    println!("| leader CPU (user+sys), average | {cpu:.2} core |");
+    println!("| leader CPU, busiest second | {cpu_max:.2} core |");
+    println!("| leader resident memory, average / max | {rss_avg:.0} / {rss_max:.0} MB |");
+    println!("| load generator's own CPU (apart) | {self_cpu:.2} core |");
+    println!(
+        "| agent messages sent | {:.0} reports/s, {:.0} heartbeats/s |",
+        reports as f64 / wall,
+        heartbeats as f64 / wall
+    );
+    println!(
+        "| Raft commits (applied entries) | {:.1} /s |",
+        (idx1.saturating_sub(idx0)) as f64 / wall
+    );
+    println!(
+        "| report-to-applied latency p50 / p99 ({} changes) | {} / {} |",
+        all.len(),
+        ms(pct(&mut all, 0.5)),
+        ms(pct(&mut all, 0.99))
+    );
+    println!(
+        "| same, other pairs within 5 s of a failover start ({} changes) | {} / {} |",
+        during.len(),
+        ms(pct(&mut during, 0.5)),
+        ms(pct(&mut during, 0.99))
+    );
+    println!(
+        "| dead primary -> Suspect, idle p50 / max ({} kills) | {} / {} |",
+        idle_s.len(),
+        ms(pct(&mut idle_s, 0.5)),
+        ms(pct(&mut idle_s, 1.0))
+    );
+    println!(
+        "| dead primary -> Suspect, under load p50 / max ({} kills) | {} / {} |",
+        load_s.len(),
+        ms(pct(&mut load_s, 0.5)),
+        ms(pct(&mut load_s, 1.0))
+    );
+    println!(
+        "| dead primary -> failover started, idle p50 / max | {} / {} |",
+        ms(pct(&mut idle_f, 0.5)),
+        ms(pct(&mut idle_f, 1.0))
+    );
+    println!(
+        "| dead primary -> failover started, under load p50 / max | {} / {} |",
+        ms(pct(&mut load_f, 0.5)),
+        ms(pct(&mut load_f, 1.0))
+    );
+    println!("(latencies as seen on the leader's Watch stream by this process)");
+    run.stop();
+}
