@@ -294,6 +294,22 @@ impl OperatorGrpc {
                 "no pair {only:?} in the inventory"
             )));
         }
+        // One pair: its archived lines too (older than the live ones); every
+        // pair: the live lines only (the archive can be long).
+        let archived = if only.is_empty() {
+            Vec::new()
+        } else {
+            self.state.archived_history(&only).map_err(|e| {
+                Status::internal(format!(
+                    "cannot read the history archive of {only}: {e}; check the controller's data_dir"
+                ))
+            })?
+        };
+        let line = |h: &crate::state::HistoryEntry| HistoryLine {
+            at_unix_ms: h.at_unix_ms,
+            epoch: h.epoch,
+            event: h.event.clone(),
+        };
         let pairs = data
             .state
             .pairs
@@ -301,15 +317,7 @@ impl OperatorGrpc {
             .filter(|p| only.is_empty() || p.spec.id == only)
             .map(|p| PairHistory {
                 pair_id: p.spec.id.clone(),
-                lines: p
-                    .history
-                    .iter()
-                    .map(|h| HistoryLine {
-                        at_unix_ms: h.at_unix_ms,
-                        epoch: h.epoch,
-                        event: h.event.clone(),
-                    })
-                    .collect(),
+                lines: archived.iter().chain(&p.history).map(line).collect(),
             })
             .collect();
         let audit = data

@@ -137,7 +137,12 @@ impl Executor {
     }
 
     pub(crate) fn pair(&self, id: &str) -> Option<PairRecord> {
-        self.state.snapshot().state.pairs.get(id).cloned()
+        self.state
+            .snapshot()
+            .state
+            .pairs
+            .get(id)
+            .map(|p| PairRecord::clone(p))
     }
 
     /// Run the plan of `pair_id` to its end (or until this node stops leading).

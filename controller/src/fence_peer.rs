@@ -106,7 +106,11 @@ pub async fn handle(
     if let Verdict::AlreadyFenced(detail) = check(&pair, &req)? {
         tracing::info!(pair = %pair.spec.id, server = %req.server_id, %detail, "fence-peer before promotion");
         return Ok(FencePeerResponse {
-            outdated_server: pair.failover.map(|p| p.from).unwrap_or_default(),
+            outdated_server: pair
+                .failover
+                .as_ref()
+                .map(|p| p.from.clone())
+                .unwrap_or_default(),
             epoch: pair.epoch,
             detail,
         });

@@ -11,11 +11,20 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-/// How many history records are kept per pair (oldest dropped first).
-pub const HISTORY_LIMIT: usize = 200;
+/// How many history records of a pair stay live in the replicated state (what
+/// the status, `watch` and decisions see). The storage (`raft/store.rs`) moves
+/// older ones to its history archive after every applied batch: they stay
+/// readable through `understudyctl history --pair` and travel in snapshots.
+pub const HISTORY_LIMIT: usize = 64;
+
+/// A safety cap applied by [`ClusterState::apply`] itself (oldest dropped
+/// first), for a state used without the storage's compaction. Far above what
+/// one applied batch adds to one pair, so the storage compacts long before.
+pub const HISTORY_CAP: usize = 10_000;
 
 mod operator;
 mod redundancy;
@@ -459,8 +468,8 @@ impl PairRecord {
             epoch: self.epoch,
             event,
         });
-        if self.history.len() > HISTORY_LIMIT {
-            let excess = self.history.len() - HISTORY_LIMIT;
+        if self.history.len() > HISTORY_CAP {
+            let excess = self.history.len() - HISTORY_CAP;
             self.history.drain(..excess);
         }
     }
@@ -469,7 +478,10 @@ impl PairRecord {
 /// The whole replicated application state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
-    pub pairs: BTreeMap<String, PairRecord>,
+    /// Shared records: a copy of the state (what readers hold, what each
+    /// applied batch starts from) copies only pointers; a change copies the
+    /// one record it changes (`Arc::make_mut`).
+    pub pairs: BTreeMap<String, Arc<PairRecord>>,
     /// Every operator command, accepted or refused, with who asked (S8).
     #[serde(default)]
     pub audit: Vec<AuditEntry>,
@@ -763,7 +775,7 @@ impl ClusterState {
                 reason,
                 at_unix_ms,
             } => {
-                let Some(pair) = self.pairs.get_mut(pair_id) else {
+                let Some(pair) = self.pairs.get_mut(pair_id).map(Arc::make_mut) else {
                     return Response::Refused {
                         reason: format!("pair {pair_id} is not in the inventory"),
                     };
@@ -1198,6 +1210,7 @@ impl ClusterState {
     fn pair_mut(&mut self, id: &str) -> Result<&mut PairRecord, Response> {
         self.pairs
             .get_mut(id)
+            .map(Arc::make_mut)
             .ok_or_else(|| refused(format!("pair {id} is not in the inventory")))
     }
 
@@ -1207,6 +1220,7 @@ impl ClusterState {
             match self.pairs.get_mut(&spec.id) {
                 Some(rec) if rec.spec == effective_spec(spec, &rec.redundancy) => {}
                 Some(rec) => {
+                    let rec = Arc::make_mut(rec);
                     rec.spec = effective_spec(spec, &rec.redundancy);
                     rec.record(at, "inventory updated from configuration".into());
                     updated.push(spec.id.clone());
@@ -1229,7 +1243,7 @@ impl ClusterState {
                         ops: Operations::default(),
                     };
                     rec.record(at, "pair added to the inventory".into());
-                    self.pairs.insert(spec.id.clone(), rec);
+                    self.pairs.insert(spec.id.clone(), Arc::new(rec));
                     added.push(spec.id.clone());
                 }
             }
@@ -1357,7 +1371,7 @@ mod tests {
             at_unix_ms: 0,
         });
         let mut cur = PairState::Rebuilding;
-        for i in 0..(HISTORY_LIMIT as i64 + 50) {
+        for i in 0..(HISTORY_CAP as i64 + 50) {
             let next = if cur == PairState::Healthy {
                 PairState::Rebuilding
             } else {
@@ -1373,8 +1387,8 @@ mod tests {
             cur = next;
         }
         let h = &st.pairs["p1"].history;
-        assert_eq!(h.len(), HISTORY_LIMIT);
-        assert_eq!(h.last().unwrap().at_unix_ms, HISTORY_LIMIT as i64 + 49);
+        assert_eq!(h.len(), HISTORY_CAP);
+        assert_eq!(h.last().unwrap().at_unix_ms, HISTORY_CAP as i64 + 49);
     }
 
     #[test]

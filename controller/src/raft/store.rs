@@ -1,20 +1,29 @@
 //! Durable Raft storage on redb (an embedded, pure-Rust, ACID key-value store).
 //!
-//! One redb file per controller node holds three tables:
+//! One redb file per controller node holds five tables:
 //! - `raft_log`: log index -> JSON of the openraft entry;
 //! - `raft_meta`: the vote, the committed log id and the last purged log id;
-//! - `state_machine`: the applied log id, the last membership, the application
-//!   state ([`ClusterState`]) and the current snapshot.
+//! - `sm_pairs`: pair id -> JSON of its [`PairRecord`] (spec, state, plan, the
+//!   last [`HISTORY_LIMIT`] history lines);
+//! - `history_archive`: (pair id, n) -> JSON of an older history line, at most
+//!   [`ARCHIVE_LIMIT`] per pair;
+//! - `state_machine`: the applied log id, the last membership, the audit log and
+//!   the current snapshot.
 //!
 //! Every write is one redb transaction committed with fsync before the call returns
 //! (before openraft's `IOFlushed` callback fires for appends), so a node that is
-//! SIGKILLed restarts with exactly what it acknowledged. The application state is
-//! small (an inventory of pairs), so it is stored whole after every applied batch;
-//! a snapshot is that same JSON.
+//! SIGKILLed restarts with exactly what it acknowledged. An applied batch writes
+//! only what it changed: the rows of the pairs its requests name (every row for
+//! an inventory sync), the audit log if an operator command was applied, the
+//! membership if it changed, and the applied log id, in one transaction; the
+//! history lines a written pair has beyond [`HISTORY_LIMIT`] move to the archive
+//! in that same transaction. A snapshot is the whole state plus the archive
+//! ([`SnapshotBody`]); installing one replaces every row.
 //!
 //! The state machine also publishes its data through [`SharedState`], which the
 //! gRPC services read after a linearizable read barrier.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
@@ -34,16 +43,23 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::types::TypeConfig;
-use crate::state::{ClusterState, Response};
+use crate::state::{ClusterState, HistoryEntry, PairRecord, Request, Response, HISTORY_LIMIT};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 const SM: TableDefinition<&str, &[u8]> = TableDefinition::new("state_machine");
+const PAIRS: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_pairs");
+const ARCHIVE: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("history_archive");
 
 const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
 const KEY_PURGED: &str = "last_purged";
+/// The whole state as one JSON value: the format before rows (read once, then
+/// converted to rows and removed).
 const KEY_SM_DATA: &str = "data";
+const KEY_APPLIED: &str = "applied";
+const KEY_MEMBERSHIP: &str = "membership";
+const KEY_AUDIT: &str = "audit";
 const KEY_SNAPSHOT: &str = "snapshot";
 
 type Entry = EntryOf<TypeConfig>;
@@ -73,6 +89,8 @@ pub fn open_database(path: &Path) -> io::Result<Arc<Database>> {
     tx.open_table(LOG).map_err(io_err)?;
     tx.open_table(META).map_err(io_err)?;
     tx.open_table(SM).map_err(io_err)?;
+    tx.open_table(PAIRS).map_err(io_err)?;
+    tx.open_table(ARCHIVE).map_err(io_err)?;
     tx.commit().map_err(io_err)?;
     Ok(Arc::new(db))
 }
@@ -227,7 +245,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-/// Everything the state machine holds; also the snapshot format.
+/// Everything the state machine holds in memory; the JSON of this (plus the
+/// history archive, [`SnapshotBody`]) is also the snapshot format.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SmData {
     pub last_applied: Option<LogId>,
@@ -235,7 +254,19 @@ pub struct SmData {
     pub state: ClusterState,
 }
 
-/// A snapshot as stored on disk: metadata plus the serialized [`SmData`].
+/// A snapshot's data: the state machine and every pair's archived history.
+/// A snapshot written before the archive existed (bare [`SmData`]) reads with
+/// an empty archive.
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    last_applied: Option<LogId>,
+    membership: StoredMembershipOf<TypeConfig>,
+    state: ClusterState,
+    #[serde(default)]
+    archive: BTreeMap<String, Vec<HistoryEntry>>,
+}
+
+/// A snapshot as stored on disk: metadata plus the serialized [`SnapshotBody`].
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMetaOf<TypeConfig>,
@@ -245,13 +276,15 @@ struct StoredSnapshot {
 /// Read access to the applied state, shared with the gRPC services.
 #[derive(Clone)]
 pub struct SharedState {
-    data: Arc<RwLock<SmData>>,
+    data: Arc<RwLock<Arc<SmData>>>,
     applied_tx: Arc<watch::Sender<u64>>,
+    db: Arc<Database>,
 }
 
 impl SharedState {
-    /// A copy of the applied application state.
-    pub fn snapshot(&self) -> SmData {
+    /// The applied application state. Cheap: the state is shared, not copied
+    /// (pairs are `Arc`s); hold it only as long as needed.
+    pub fn snapshot(&self) -> Arc<SmData> {
         self.data.read().expect("state lock poisoned").clone()
     }
 
@@ -259,33 +292,225 @@ impl SharedState {
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.applied_tx.subscribe()
     }
+
+    /// A pair's history lines older than the live ones (compacted out of the
+    /// replicated state by [`HISTORY_LIMIT`]), oldest first; at most
+    /// [`ARCHIVE_LIMIT`] of them.
+    pub fn archived_history(&self, pair_id: &str) -> io::Result<Vec<HistoryEntry>> {
+        let tx = self.db.begin_read().map_err(io_err)?;
+        let t = tx.open_table(ARCHIVE).map_err(io_err)?;
+        read_archive(&t, pair_id)
+    }
 }
 
-/// The state machine, durable in redb.
+fn read_archive(
+    t: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    pair_id: &str,
+) -> io::Result<Vec<HistoryEntry>> {
+    let mut out = Vec::new();
+    for item in t
+        .range((pair_id, 0u64)..=(pair_id, u64::MAX))
+        .map_err(io_err)?
+    {
+        let (_, v) = item.map_err(io_err)?;
+        out.push(from_json(v.value())?);
+    }
+    Ok(out)
+}
+
+/// How many archived history lines are kept per pair (oldest dropped first).
+pub const ARCHIVE_LIMIT: u64 = 10_000;
+
+/// The pair a request changes; `None`: it may change any (inventory sync).
+fn pair_of(req: &Request) -> Option<&str> {
+    match req {
+        Request::SyncInventory { .. } => None,
+        Request::SetPairState { pair_id, .. }
+        | Request::StartFailover { pair_id, .. }
+        | Request::StartReattach { pair_id, .. }
+        | Request::StepUpdate { pair_id, .. }
+        | Request::FinishFailover { pair_id, .. }
+        | Request::Acknowledge { pair_id, .. }
+        | Request::HoldoffElapsed { pair_id, .. }
+        | Request::MarkOutdated { pair_id, .. }
+        | Request::ClearOutdated { pair_id, .. }
+        | Request::RaiseEpoch { pair_id, .. }
+        | Request::IssueCommand { pair_id, .. }
+        | Request::StandDownStep { pair_id, .. }
+        | Request::Operator { pair_id, .. }
+        | Request::Redundancy { pair_id, .. } => Some(pair_id),
+    }
+}
+
+/// What an applied batch changed, to be written.
+#[derive(Default)]
+struct Dirty {
+    all: bool,
+    pairs: BTreeSet<String>,
+    audit: bool,
+    membership: bool,
+}
+
+/// How many rows the last batches wrote (for tests and the benchmark's notes).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Pair rows written (or removed) by the last applied batch.
+    pub pair_rows: usize,
+    /// History lines moved to the archive by the last applied batch.
+    pub archived: usize,
+}
+
+/// Write the rows `dirty` names, compacting each written pair's history, and
+/// the applied log id; all in the caller's transaction.
+fn write_rows(
+    tx: &redb::WriteTransaction,
+    data: &mut SmData,
+    dirty: &Dirty,
+) -> io::Result<WriteStats> {
+    let mut stats = WriteStats::default();
+    let mut pairs = tx.open_table(PAIRS).map_err(io_err)?;
+    let mut archive = tx.open_table(ARCHIVE).map_err(io_err)?;
+    let ids: Vec<String> = if dirty.all {
+        // Every pair held, and every row on disk (removed pairs).
+        let mut all: BTreeSet<String> = data.state.pairs.keys().cloned().collect();
+        for item in pairs.iter().map_err(io_err)? {
+            let (k, _) = item.map_err(io_err)?;
+            all.insert(k.value().to_string());
+        }
+        all.into_iter().collect()
+    } else {
+        dirty.pairs.iter().cloned().collect()
+    };
+    for id in ids {
+        stats.pair_rows += 1;
+        let Some(rec) = data.state.pairs.get_mut(&id) else {
+            pairs.remove(id.as_str()).map_err(io_err)?;
+            archive
+                .retain_in((id.as_str(), 0u64)..=(id.as_str(), u64::MAX), |_, _| false)
+                .map_err(io_err)?;
+            continue;
+        };
+        if rec.history.len() > HISTORY_LIMIT {
+            let rec = Arc::make_mut(rec);
+            let excess = rec.history.len() - HISTORY_LIMIT;
+            let next = archive
+                .range((id.as_str(), 0u64)..=(id.as_str(), u64::MAX))
+                .map_err(io_err)?
+                .next_back()
+                .transpose()
+                .map_err(io_err)?
+                .map_or(0, |(k, _)| k.value().1 + 1);
+            for (n, h) in rec.history.drain(..excess).enumerate() {
+                let bytes = to_json(&h)?;
+                archive
+                    .insert((id.as_str(), next + n as u64), bytes.as_slice())
+                    .map_err(io_err)?;
+            }
+            stats.archived += excess;
+            let end = next + excess as u64;
+            if end > ARCHIVE_LIMIT {
+                archive
+                    .retain_in(
+                        (id.as_str(), 0u64)..(id.as_str(), end - ARCHIVE_LIMIT),
+                        |_, _| false,
+                    )
+                    .map_err(io_err)?;
+            }
+        }
+        let bytes = to_json(&**rec)?;
+        pairs
+            .insert(id.as_str(), bytes.as_slice())
+            .map_err(io_err)?;
+    }
+    let mut sm = tx.open_table(SM).map_err(io_err)?;
+    if dirty.audit || dirty.all {
+        sm.insert(KEY_AUDIT, to_json(&data.state.audit)?.as_slice())
+            .map_err(io_err)?;
+    }
+    if dirty.membership || dirty.all {
+        sm.insert(KEY_MEMBERSHIP, to_json(&data.membership)?.as_slice())
+            .map_err(io_err)?;
+    }
+    sm.insert(KEY_APPLIED, to_json(&data.last_applied)?.as_slice())
+        .map_err(io_err)?;
+    Ok(stats)
+}
+
+/// Load the state machine's rows (converting a database of the whole-state
+/// format, one JSON value, to rows on the way).
+fn load(db: &Database) -> io::Result<SmData> {
+    let old: Option<SmData> = {
+        let tx = db.begin_read().map_err(io_err)?;
+        let t = tx.open_table(SM).map_err(io_err)?;
+        match t.get(KEY_SM_DATA).map_err(io_err)? {
+            Some(v) => Some(from_json(v.value())?),
+            None => None,
+        }
+    };
+    if let Some(mut data) = old {
+        let tx = db.begin_write().map_err(io_err)?;
+        let dirty = Dirty {
+            all: true,
+            ..Default::default()
+        };
+        write_rows(&tx, &mut data, &dirty)?;
+        tx.open_table(SM)
+            .map_err(io_err)?
+            .remove(KEY_SM_DATA)
+            .map_err(io_err)?;
+        tx.commit().map_err(io_err)?;
+        return Ok(data);
+    }
+    let tx = db.begin_read().map_err(io_err)?;
+    let sm = tx.open_table(SM).map_err(io_err)?;
+    let get = |k: &str| -> io::Result<Option<Vec<u8>>> {
+        Ok(sm.get(k).map_err(io_err)?.map(|v| v.value().to_vec()))
+    };
+    let mut data = SmData::default();
+    if let Some(b) = get(KEY_APPLIED)? {
+        data.last_applied = from_json(&b)?;
+    }
+    if let Some(b) = get(KEY_MEMBERSHIP)? {
+        data.membership = from_json(&b)?;
+    }
+    if let Some(b) = get(KEY_AUDIT)? {
+        data.state.audit = from_json(&b)?;
+    }
+    let pairs = tx.open_table(PAIRS).map_err(io_err)?;
+    for item in pairs.iter().map_err(io_err)? {
+        let (k, v) = item.map_err(io_err)?;
+        let rec: PairRecord = from_json(v.value())?;
+        data.state
+            .pairs
+            .insert(k.value().to_string(), Arc::new(rec));
+    }
+    Ok(data)
+}
+
+/// The state machine, durable in redb: one row per pair (`sm_pairs`), the
+/// archived history (`history_archive`), and small rows for the applied log
+/// id, the membership and the audit log (`state_machine`). An applied batch
+/// writes only the rows it changed, in one transaction with the applied log id.
 pub struct StateMachineStore {
     db: Arc<Database>,
     shared: SharedState,
+    last_write: WriteStats,
 }
 
 impl StateMachineStore {
     /// Load the state machine from the database (empty on a new node).
     pub fn open(db: Arc<Database>) -> io::Result<Self> {
-        let data: SmData = {
-            let tx = db.begin_read().map_err(io_err)?;
-            let t = tx.open_table(SM).map_err(io_err)?;
-            match t.get(KEY_SM_DATA).map_err(io_err)? {
-                Some(v) => from_json(v.value())?,
-                None => SmData::default(),
-            }
-        };
+        let data = load(&db)?;
         let idx = data.last_applied.as_ref().map(|l| l.index()).unwrap_or(0);
         let (applied_tx, _) = watch::channel(idx);
         Ok(Self {
-            db,
             shared: SharedState {
-                data: Arc::new(RwLock::new(data)),
+                data: Arc::new(RwLock::new(Arc::new(data))),
                 applied_tx: Arc::new(applied_tx),
+                db: db.clone(),
             },
+            db,
+            last_write: WriteStats::default(),
         })
     }
 
@@ -293,38 +518,92 @@ impl StateMachineStore {
         self.shared.clone()
     }
 
-    fn persist(&self, data: &SmData, snapshot: Option<&StoredSnapshot>) -> io::Result<()> {
-        let bytes = to_json(data)?;
-        let snap = snapshot.map(to_json).transpose()?;
-        let tx = self.db.begin_write().map_err(io_err)?;
-        {
-            let mut t = tx.open_table(SM).map_err(io_err)?;
-            t.insert(KEY_SM_DATA, bytes.as_slice()).map_err(io_err)?;
-            if let Some(s) = &snap {
-                t.insert(KEY_SNAPSHOT, s.as_slice()).map_err(io_err)?;
-            }
-        }
-        tx.commit().map_err(io_err)
+    /// What the last applied batch wrote.
+    pub fn last_write(&self) -> WriteStats {
+        self.last_write
     }
 
     fn publish(&self, data: SmData) {
         let idx = data.last_applied.as_ref().map(|l| l.index()).unwrap_or(0);
-        *self.shared.data.write().expect("state lock poisoned") = data;
+        *self.shared.data.write().expect("state lock poisoned") = Arc::new(data);
         self.shared.applied_tx.send_replace(idx);
+    }
+
+    /// Apply requests to a copy of the state and write what they changed: the
+    /// body of [`RaftStateMachine::apply`], for unit tests without openraft.
+    #[cfg(test)]
+    fn apply_batch<'a>(
+        &mut self,
+        entries: impl IntoIterator<Item = (LogId, Option<&'a Request>)>,
+    ) -> io::Result<Vec<Response>> {
+        let mut data: SmData = (*self.shared.snapshot()).clone();
+        let mut dirty = Dirty::default();
+        let mut out = Vec::new();
+        for (log_id, req) in entries {
+            data.last_applied = Some(log_id);
+            out.push(match req {
+                Some(req) => self.apply_one(&mut data, &mut dirty, req),
+                None => Response::None,
+            });
+        }
+        self.commit(data, &dirty)?;
+        Ok(out)
+    }
+
+    fn apply_one(&self, data: &mut SmData, dirty: &mut Dirty, req: &Request) -> Response {
+        let audit = data.state.audit.len();
+        let resp = data.state.apply(req);
+        match pair_of(req) {
+            Some(id) => {
+                dirty.pairs.insert(id.to_string());
+            }
+            None => dirty.all = true,
+        }
+        dirty.audit |= matches!(req, Request::Operator { .. }) || data.state.audit.len() != audit;
+        resp
+    }
+
+    fn commit(&mut self, mut data: SmData, dirty: &Dirty) -> io::Result<()> {
+        let tx = self.db.begin_write().map_err(io_err)?;
+        self.last_write = write_rows(&tx, &mut data, dirty)?;
+        tx.commit().map_err(io_err)?;
+        self.publish(data);
+        Ok(())
     }
 }
 
-/// Builds snapshots from the state as applied at the time of the call.
+/// Builds snapshots from the state as applied at the time of the call, with
+/// the archive as it was then (a read transaction opened at the same point).
 pub struct SnapshotBuilder {
     db: Arc<Database>,
-    data: SmData,
+    data: Arc<SmData>,
+    archive: io::Result<redb::ReadTransaction>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = Vec<u8>;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, Vec<u8>>, io::Error> {
-        let data = to_json(&self.data)?;
+        let rtx = std::mem::replace(&mut self.archive, Err(io_err("snapshot already built")))?;
+        let mut archive: BTreeMap<String, Vec<HistoryEntry>> = BTreeMap::new();
+        {
+            let t = rtx.open_table(ARCHIVE).map_err(io_err)?;
+            for item in t.iter().map_err(io_err)? {
+                let (k, v) = item.map_err(io_err)?;
+                archive
+                    .entry(k.value().0.to_string())
+                    .or_default()
+                    .push(from_json(v.value())?);
+            }
+        }
+        drop(rtx);
+        let body = SnapshotBody {
+            last_applied: self.data.last_applied.clone(),
+            membership: self.data.membership.clone(),
+            state: self.data.state.clone(),
+            archive,
+        };
+        let data = to_json(&body)?;
         let meta = SnapshotMetaOf::<TypeConfig> {
             last_log_id: self.data.last_applied.clone(),
             last_membership: self.data.membership.clone(),
@@ -354,7 +633,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn applied_state(
         &mut self,
     ) -> Result<(Option<LogId>, StoredMembershipOf<TypeConfig>), io::Error> {
-        let d = self.shared.data.read().expect("state lock poisoned");
+        let d = self.shared.snapshot();
         Ok((d.last_applied.clone(), d.membership.clone()))
     }
 
@@ -364,17 +643,21 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             + Unpin
             + OptionalSend,
     {
-        let mut data = self.shared.snapshot();
+        // A copy of the map of shared records: the records themselves are
+        // copied only when a request changes them.
+        let mut data: SmData = (*self.shared.snapshot()).clone();
+        let mut dirty = Dirty::default();
         let mut replies = Vec::new();
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
             data.last_applied = Some(entry.log_id());
             let resp = match &entry.payload {
                 EntryPayload::Blank => Response::None,
-                EntryPayload::Normal(req) => data.state.apply(req),
+                EntryPayload::Normal(req) => self.apply_one(&mut data, &mut dirty, req),
                 EntryPayload::Membership(m) => {
                     data.membership =
                         StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id()), m.clone());
+                    dirty.membership = true;
                     Response::None
                 }
             };
@@ -382,8 +665,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 replies.push((r, resp));
             }
         }
-        self.persist(&data, None)?;
-        self.publish(data);
+        self.commit(data, &dirty)?;
         for (r, resp) in replies {
             r.send(resp);
         }
@@ -394,6 +676,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         SnapshotBuilder {
             db: self.db.clone(),
             data: self.shared.snapshot(),
+            archive: self.db.begin_read().map_err(io_err),
         }
     }
 
@@ -402,14 +685,42 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMetaOf<TypeConfig>,
         snapshot: Vec<u8>,
     ) -> Result<(), io::Error> {
-        let mut data: SmData = from_json(&snapshot)?;
-        data.last_applied = meta.last_log_id.clone();
-        data.membership = meta.last_membership.clone();
+        let body: SnapshotBody = from_json(&snapshot)?;
+        let mut data = SmData {
+            last_applied: meta.last_log_id.clone(),
+            membership: meta.last_membership.clone(),
+            state: body.state,
+        };
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data: snapshot,
         };
-        self.persist(&data, Some(&stored))?;
+        let tx = self.db.begin_write().map_err(io_err)?;
+        {
+            // Replace everything: rows of pairs the snapshot does not hold go,
+            // and the archive is the snapshot's.
+            tx.delete_table(PAIRS).map_err(io_err)?;
+            tx.delete_table(ARCHIVE).map_err(io_err)?;
+            let mut archive = tx.open_table(ARCHIVE).map_err(io_err)?;
+            for (id, lines) in &body.archive {
+                for (n, h) in lines.iter().enumerate() {
+                    archive
+                        .insert((id.as_str(), n as u64), to_json(h)?.as_slice())
+                        .map_err(io_err)?;
+                }
+            }
+        }
+        let dirty = Dirty {
+            all: true,
+            ..Default::default()
+        };
+        self.last_write = write_rows(&tx, &mut data, &dirty)?;
+        {
+            let mut t = tx.open_table(SM).map_err(io_err)?;
+            t.insert(KEY_SNAPSHOT, to_json(&stored)?.as_slice())
+                .map_err(io_err)?;
+        }
+        tx.commit().map_err(io_err)?;
         self.publish(data);
         Ok(())
     }
@@ -458,10 +769,313 @@ mod tests {
         Suite::test_all(RedbBuilder).await.expect("storage suite");
     }
 
+    use crate::state::{PairSpec, PairState, ServerSpec};
+
+    fn server(id: &str) -> ServerSpec {
+        ServerSpec {
+            id: id.into(),
+            address: "127.0.0.1".into(),
+            zone: "z".into(),
+            ..Default::default()
+        }
+    }
+
+    fn spec(id: &str) -> PairSpec {
+        PairSpec {
+            id: id.into(),
+            resource: "r0".into(),
+            client_ip: "198.18.0.9".into(),
+            zone: "z".into(),
+            primary: server(&format!("{id}-a")),
+            backup: server(&format!("{id}-b")),
+            ..Default::default()
+        }
+    }
+
+    fn sync(ids: &[&str]) -> Request {
+        Request::SyncInventory {
+            pairs: ids.iter().map(|id| spec(id)).collect(),
+            at_unix_ms: 0,
+        }
+    }
+
+    /// A state flip of `pair` that always applies (it alternates).
+    fn flip(sm: &StateMachineStore, pair: &str, at: i64) -> Request {
+        let cur = sm.shared.snapshot().state.pairs[pair].state;
+        let next = if cur == PairState::Healthy {
+            PairState::Rebuilding
+        } else {
+            PairState::Healthy
+        };
+        Request::SetPairState {
+            pair_id: pair.into(),
+            expect: cur,
+            state: next,
+            reason: format!("flip {at}"),
+            at_unix_ms: at,
+        }
+    }
+
+    struct Node {
+        sm: StateMachineStore,
+        next: u64,
+    }
+
+    impl Node {
+        fn open(path: &Path) -> Node {
+            let sm = StateMachineStore::open(open_database(path).unwrap()).unwrap();
+            let next = sm
+                .shared
+                .snapshot()
+                .last_applied
+                .as_ref()
+                .map_or(1, |l| l.index() + 1);
+            Node { sm, next }
+        }
+
+        fn apply(&mut self, reqs: &[Request]) -> Vec<Response> {
+            let entries: Vec<_> = reqs
+                .iter()
+                .map(|r| {
+                    self.next += 1;
+                    (
+                        openraft::testing::log_id::<TypeConfig>(1, 1, self.next - 1),
+                        Some(r),
+                    )
+                })
+                .collect();
+            self.sm.apply_batch(entries).unwrap()
+        }
+
+        fn row(&self, pair: &str) -> Option<Vec<u8>> {
+            let tx = self.sm.db.begin_read().unwrap();
+            let t = tx.open_table(PAIRS).unwrap();
+            t.get(pair).unwrap().map(|v| v.value().to_vec())
+        }
+
+        /// Every history line of a pair: the archive, then the live ones.
+        fn full_history(&self, pair: &str) -> Vec<HistoryEntry> {
+            let mut h = self.sm.shared.archived_history(pair).unwrap();
+            h.extend(self.sm.shared.snapshot().state.pairs[pair].history.clone());
+            h
+        }
+    }
+
+    /// A batch writes the rows of the pairs it changed, no others; the applied
+    /// log id is written with them.
+    #[tokio::test]
+    async fn a_batch_writes_only_the_rows_it_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut n = Node::open(&dir.path().join("raft.redb"));
+        n.apply(&[sync(&["p1", "p2", "p3"])]);
+        assert_eq!(
+            n.sm.last_write().pair_rows,
+            3,
+            "an inventory sync writes every row"
+        );
+        let (p1, p3) = (n.row("p1").unwrap(), n.row("p3").unwrap());
+        let p2 = n.row("p2").unwrap();
+        let req = flip(&n.sm, "p2", 5);
+        let resp = n.apply(&[req]);
+        assert!(matches!(resp[0], Response::StateChanged { .. }), "{resp:?}");
+        assert_eq!(n.sm.last_write().pair_rows, 1);
+        assert_eq!(n.row("p1").unwrap(), p1, "p1's row untouched");
+        assert_eq!(n.row("p3").unwrap(), p3, "p3's row untouched");
+        assert_ne!(n.row("p2").unwrap(), p2, "p2's row rewritten");
+        let on_disk: PairRecord = from_json(&n.row("p2").unwrap()).unwrap();
+        assert_eq!(on_disk, *n.sm.shared.snapshot().state.pairs["p2"]);
+        // A refused request names its pair too: rewritten, unchanged.
+        let stale = Request::SetPairState {
+            pair_id: "p1".into(),
+            expect: PairState::Blocked,
+            state: PairState::Healthy,
+            reason: "stale".into(),
+            at_unix_ms: 6,
+        };
+        assert!(matches!(n.apply(&[stale])[0], Response::Refused { .. }));
+        assert_eq!(n.row("p1").unwrap(), p1);
+        // A pair removed from the inventory loses its row.
+        n.apply(&[sync(&["p1", "p2"])]);
+        assert!(n.row("p3").is_none());
+    }
+
+    /// A node reopened (after a SIGKILL) has exactly the state it applied:
+    /// pairs, audit log, membership and applied log id.
+    #[tokio::test]
+    async fn a_reopened_node_has_exactly_what_it_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        let before = {
+            let mut n = Node::open(&path);
+            n.apply(&[sync(&["p1", "p2"])]);
+            for i in 0..10 {
+                let r = flip(&n.sm, if i % 2 == 0 { "p1" } else { "p2" }, i);
+                n.apply(&[r]);
+            }
+            n.apply(&[Request::Operator {
+                pair_id: "p1".into(),
+                identity: "alice (admin)".into(),
+                command: crate::state::OperatorCommand::Pause,
+                at_unix_ms: 20,
+            }]);
+            n.sm.shared.snapshot()
+        };
+        assert_eq!(before.state.audit.len(), 1);
+        let n = Node::open(&path);
+        let after = n.sm.shared.snapshot();
+        assert_eq!(after.state, before.state);
+        assert_eq!(after.last_applied, before.last_applied);
+        assert_eq!(after.membership, before.membership);
+    }
+
+    /// History beyond the live bound moves to the archive, in order, in the
+    /// same batch; every line stays readable; a reopened node reads it too.
+    #[tokio::test]
+    async fn history_is_compacted_into_the_archive_and_still_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        let mut n = Node::open(&path);
+        n.apply(&[sync(&["p1", "p2"])]);
+        let total = HISTORY_LIMIT + 37;
+        // Some batches of one request, one of several.
+        for i in 0..(total - 1 - 10) {
+            let r = flip(&n.sm, "p1", i as i64);
+            n.apply(&[r]);
+        }
+        let mut batch = Vec::new();
+        let mut cur = n.sm.shared.snapshot().state.pairs["p1"].state;
+        for i in 0..10 {
+            let next = if cur == PairState::Healthy {
+                PairState::Rebuilding
+            } else {
+                PairState::Healthy
+            };
+            batch.push(Request::SetPairState {
+                pair_id: "p1".into(),
+                expect: cur,
+                state: next,
+                reason: format!("batched {i}"),
+                at_unix_ms: 1000 + i,
+            });
+            cur = next;
+        }
+        n.apply(&batch);
+        let live = n.sm.shared.snapshot().state.pairs["p1"].history.clone();
+        assert_eq!(live.len(), HISTORY_LIMIT);
+        let archived = n.sm.shared.archived_history("p1").unwrap();
+        assert_eq!(archived.len(), total - HISTORY_LIMIT);
+        let full = n.full_history("p1");
+        assert_eq!(full.len(), total);
+        assert_eq!(full[0].event, "pair added to the inventory");
+        assert!(full[1].event.contains("flip 0"), "{:?}", full[1]);
+        assert!(
+            full[total - 1].event.contains("batched 9"),
+            "{:?}",
+            full[total - 1]
+        );
+        assert!(
+            full.windows(2).all(|w| w[0].at_unix_ms <= w[1].at_unix_ms),
+            "in order"
+        );
+        assert!(n.sm.shared.archived_history("p2").unwrap().is_empty());
+        drop(n);
+        let n = Node::open(&path);
+        assert_eq!(n.full_history("p1"), full);
+    }
+
+    /// A snapshot carries the whole state and the archive; installing it on
+    /// another node replaces every row there, including pairs it lacks.
+    #[tokio::test]
+    async fn a_snapshot_round_trips_with_the_archive() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = Node::open(&dir.path().join("a.redb"));
+        a.apply(&[sync(&["p1", "p2"])]);
+        for i in 0..(HISTORY_LIMIT + 5) {
+            let r = flip(&a.sm, "p1", i as i64);
+            a.apply(&[r]);
+        }
+        let snap =
+            a.sm.get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+        let mut b = Node::open(&dir.path().join("b.redb"));
+        b.apply(&[sync(&["p9"])]);
+        for i in 0..(HISTORY_LIMIT + 2) {
+            let r = flip(&b.sm, "p9", i as i64);
+            b.apply(&[r]);
+        }
+        b.sm.install_snapshot(&snap.meta, snap.snapshot.clone())
+            .await
+            .unwrap();
+        let (sa, sb) = (a.sm.shared.snapshot(), b.sm.shared.snapshot());
+        assert_eq!(sb.state, sa.state);
+        assert_eq!(sb.last_applied, sa.last_applied);
+        assert_eq!(b.full_history("p1"), a.full_history("p1"));
+        assert!(b.row("p9").is_none());
+        assert!(b.sm.shared.archived_history("p9").unwrap().is_empty());
+        // And the current snapshot is the one installed.
+        let cur = b.sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(cur.snapshot, snap.snapshot);
+        // It survives a reopen.
+        let path = dir.path().join("b.redb");
+        drop(b);
+        let b = Node::open(&path);
+        assert_eq!(b.sm.shared.snapshot().state, sa.state);
+        assert_eq!(b.full_history("p1"), a.full_history("p1"));
+    }
+
+    /// A database of the whole-state format (one JSON value) is converted to
+    /// rows when opened; a snapshot of that format installs.
+    #[tokio::test]
+    async fn the_whole_state_format_is_converted_to_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        let mut old = SmData::default();
+        old.state.apply(&sync(&["p1", "p2"]));
+        old.last_applied = Some(openraft::testing::log_id::<TypeConfig>(1, 1, 7));
+        {
+            let db = open_database(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(SM)
+                .unwrap()
+                .insert(KEY_SM_DATA, to_json(&old).unwrap().as_slice())
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let n = Node::open(&path);
+        assert_eq!(n.sm.shared.snapshot().state, old.state);
+        assert_eq!(n.sm.shared.snapshot().last_applied, old.last_applied);
+        assert!(n.row("p1").is_some() && n.row("p2").is_some());
+        let tx = n.sm.db.begin_read().unwrap();
+        assert!(tx
+            .open_table(SM)
+            .unwrap()
+            .get(KEY_SM_DATA)
+            .unwrap()
+            .is_none());
+        drop(tx);
+        // An old-format snapshot (bare SmData) installs with an empty archive.
+        let dir2 = tempfile::tempdir().unwrap();
+        let mut m = Node::open(&dir2.path().join("m.redb"));
+        let meta = SnapshotMetaOf::<TypeConfig> {
+            last_log_id: old.last_applied.clone(),
+            last_membership: old.membership.clone(),
+        };
+        m.sm.install_snapshot(&meta, to_json(&old).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(m.sm.shared.snapshot().state, old.state);
+        m.next = 8;
+        let r = flip(&m.sm, "p1", 1);
+        assert!(matches!(m.apply(&[r])[0], Response::StateChanged { .. }));
+    }
+
     /// The state machine reloads its applied state from disk.
     #[tokio::test]
     async fn state_machine_survives_reopen() {
-        use crate::state::{PairSpec, Request, ServerSpec};
+        use crate::state::{PairSpec, ServerSpec};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft.redb");
         let server = |id: &str| ServerSpec {
@@ -473,9 +1087,8 @@ mod tests {
         };
         {
             let db = open_database(&path).unwrap();
-            let sm = StateMachineStore::open(db).unwrap();
-            let mut data = sm.shared.snapshot();
-            data.state.apply(&Request::SyncInventory {
+            let mut sm = StateMachineStore::open(db).unwrap();
+            let req = Request::SyncInventory {
                 pairs: vec![PairSpec {
                     id: "p".into(),
                     resource: "r0".into(),
@@ -486,8 +1099,9 @@ mod tests {
                     ..Default::default()
                 }],
                 at_unix_ms: 0,
-            });
-            sm.persist(&data, None).unwrap();
+            };
+            let log_id = openraft::testing::log_id::<TypeConfig>(1, 1, 1);
+            sm.apply_batch([(log_id, Some(&req))]).unwrap();
         }
         let db = open_database(&path).unwrap();
         let sm = StateMachineStore::open(db).unwrap();

@@ -164,7 +164,7 @@ impl ClusterState {
             (Response::StateChanged { epoch }, _) => (true, format!("done (epoch {epoch})")),
             _ => (true, "done".to_string()),
         };
-        if let Some(p) = self.pairs.get_mut(pair_id) {
+        if let Some(p) = self.pairs.get_mut(pair_id).map(std::sync::Arc::make_mut) {
             let line = format!(
                 "operator {identity}: {cmd}: {}",
                 if accepted {
@@ -356,7 +356,7 @@ mod tests {
         let mut p: PairRecord = crate::testutil::pair(state);
         p.spec.id = "p".into();
         let mut c = ClusterState::default();
-        c.pairs.insert("p".into(), p);
+        c.pairs.insert("p".into(), std::sync::Arc::new(p));
         c
     }
 
