@@ -71,6 +71,9 @@ pub async fn leader_duties(
         // Cloud signals: the health poll, and the last signal line logged per pair.
         let mut signals_poll: Option<(tokio::task::JoinHandle<()>, Instant)> = None;
         let mut signal_said: HashMap<String, String> = HashMap::new();
+        // A tick looks at every pair (silence grows with time); a wake-up by
+        // the agents' view only at the pairs whose view changed.
+        let mut sweep_all = true;
         loop {
             if !inventory_synced {
                 let current: Vec<_> = shared
@@ -158,7 +161,14 @@ pub async fn leader_duties(
                 ));
             }
             let now = Instant::now();
+            let changed = liveness.take_changed();
+            // State changes decided in this pass, proposed together (Raft
+            // batches them into one append) once every pair was looked at.
+            let mut batch = Vec::new();
             for pair in shared.snapshot().state.pairs.values() {
+                if !sweep_all && !changed.contains(&pair.spec.id) {
+                    continue;
+                }
                 // S4: an epoch never goes back. An agent that holds a higher one
                 // (the pair was re-added, the controllers restored) raises it.
                 let live_s = liveness.get(pair.serving_id());
@@ -377,7 +387,7 @@ pub async fn leader_duties(
                 match dec.action {
                     Action::Nothing => {}
                     Action::SetState(state) => {
-                        propose(
+                        batch.push(propose(
                             &raft,
                             Request::SetPairState {
                                 pair_id: id,
@@ -386,11 +396,10 @@ pub async fn leader_duties(
                                 reason: dec.reason,
                                 at_unix_ms,
                             },
-                        )
-                        .await;
+                        ));
                     }
                     Action::Block => {
-                        propose(
+                        batch.push(propose(
                             &raft,
                             Request::SetPairState {
                                 pair_id: id,
@@ -399,8 +408,7 @@ pub async fn leader_duties(
                                 reason: dec.reason,
                                 at_unix_ms,
                             },
-                        )
-                        .await;
+                        ));
                     }
                     Action::StartFailover { from, to } => {
                         let started = propose(
@@ -438,7 +446,7 @@ pub async fn leader_duties(
                         lost_peer_unix_ms,
                         primary_alive_unix_ms,
                     } => {
-                        propose(
+                        batch.push(propose(
                             &raft,
                             Request::MarkOutdated {
                                 pair_id: id,
@@ -449,11 +457,10 @@ pub async fn leader_duties(
                                 source: "seen by the controller in the agents' DRBD reports".into(),
                                 at_unix_ms,
                             },
-                        )
-                        .await;
+                        ));
                     }
                     Action::ClearOutdated { server, why } => {
-                        propose(
+                        batch.push(propose(
                             &raft,
                             Request::ClearOutdated {
                                 pair_id: id,
@@ -461,8 +468,7 @@ pub async fn leader_duties(
                                 why,
                                 at_unix_ms,
                             },
-                        )
-                        .await;
+                        ));
                     }
                     Action::OutdateStandby(server) => {
                         let due = outdating
@@ -498,9 +504,10 @@ pub async fn leader_duties(
                     }
                 }
             }
+            futures::future::join_all(batch).await;
             tokio::select! {
-                _ = live.changed() => {}
-                _ = tick.tick() => {}
+                _ = live.changed() => sweep_all = false,
+                _ = tick.tick() => sweep_all = true,
                 r = leader.changed() => {
                     if r.is_err() || !leader.borrow().is_leader {
                         break;

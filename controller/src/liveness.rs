@@ -7,7 +7,7 @@
 //! the leader and reconnect to it. Only the decisions taken from this view (pair
 //! state changes) are committed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -52,6 +52,10 @@ pub struct Liveness {
     next_command: std::sync::atomic::AtomicU64,
     leading_since: Mutex<Instant>,
     changed: watch::Sender<u64>,
+    /// Pairs whose agents' view changed since the leader's loop last looked
+    /// ([`Liveness::take_changed`]): a session opened or closed, a report that
+    /// differs from the previous one.
+    changed_pairs: Mutex<HashSet<String>>,
 }
 
 impl Default for Liveness {
@@ -64,6 +68,7 @@ impl Default for Liveness {
             next_command: std::sync::atomic::AtomicU64::new(1),
             leading_since: Mutex::new(Instant::now()),
             changed: watch::channel(0).0,
+            changed_pairs: Mutex::default(),
         }
     }
 }
@@ -73,7 +78,24 @@ impl Liveness {
         self.changed.send_modify(|v| *v += 1);
     }
 
-    /// Woken on every report, connect and disconnect.
+    /// `pair_id`'s view changed: note it, wake the leader's loop.
+    fn changed(&self, pair_id: &str) {
+        {
+            let mut c = self.changed_pairs.lock().expect("liveness lock");
+            if !c.contains(pair_id) {
+                c.insert(pair_id.to_string());
+            }
+        }
+        self.bump();
+    }
+
+    /// The pairs whose view changed since the last call (and forget them).
+    pub fn take_changed(&self) -> HashSet<String> {
+        std::mem::take(&mut *self.changed_pairs.lock().expect("liveness lock"))
+    }
+
+    /// Woken on every connect, disconnect and report that differs from the
+    /// agent's previous one (not on heartbeats, nor on a report that repeats).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
@@ -81,6 +103,7 @@ impl Liveness {
     /// An agent said hello on a new session.
     pub fn connected(&self, session: u64, hello: Hello, tx: SessionTx) {
         let id = hello.server_id.clone();
+        let pair = hello.pair_id.clone();
         let now = Instant::now();
         {
             let mut s = self.servers.lock().expect("liveness lock");
@@ -107,7 +130,7 @@ impl Liveness {
             .lock()
             .expect("liveness lock")
             .insert(id, (session, tx));
-        self.bump();
+        self.changed(&pair);
     }
 
     /// Any message from the agent: it is alive.
@@ -124,9 +147,11 @@ impl Liveness {
         }
     }
 
-    /// A full report from the agent.
+    /// A full report from the agent. One that repeats the previous report of
+    /// the same session (same DRBD and host state) only counts as a sign of
+    /// life, like a heartbeat: it does not wake the leader's loop.
     pub fn report(&self, server_id: &str, session: u64, report: Report) {
-        let mut changed = false;
+        let mut changed = None;
         if let Some(e) = self
             .servers
             .lock()
@@ -135,6 +160,10 @@ impl Liveness {
         {
             if e.session == session {
                 let now = Instant::now();
+                let repeat = e.last_report_at.is_some_and(|t| t >= e.session_started)
+                    && e.last_report
+                        .as_ref()
+                        .is_some_and(|old| old.drbd == report.drbd && old.host == report.host);
                 e.last_seen = now;
                 e.last_report_at = Some(now);
                 for r in report.drbd.iter().flat_map(|d| d.resources.iter()) {
@@ -144,6 +173,9 @@ impl Liveness {
                         sum.out_of_sync_bytes,
                         sum.replication == "SyncTarget",
                     );
+                    if repeat {
+                        continue;
+                    }
                     if sum.connection == "Connected" {
                         e.conn_lost_since.remove(&r.name);
                         e.last_connected.insert(r.name.clone(), sum.clone());
@@ -156,17 +188,20 @@ impl Liveness {
                         }
                     }
                 }
-                e.last_report = Some(report);
-                changed = true;
+                if !repeat {
+                    e.last_report = Some(report);
+                    changed = Some(e.hello.pair_id.clone());
+                }
             }
         }
-        if changed {
-            self.bump();
+        if let Some(pair) = changed {
+            self.changed(&pair);
         }
     }
 
     /// The session ended (stream closed or broken).
     pub fn disconnected(&self, server_id: &str, session: u64) {
+        let mut pair = None;
         if let Some(e) = self
             .servers
             .lock()
@@ -176,13 +211,17 @@ impl Liveness {
             if e.session == session {
                 e.connected = false;
             }
+            pair = Some(e.hello.pair_id.clone());
         }
         let mut sessions = self.sessions.lock().expect("liveness lock");
         if sessions.get(server_id).map(|(s, _)| *s) == Some(session) {
             sessions.remove(server_id);
         }
         drop(sessions);
-        self.bump();
+        match pair {
+            Some(p) => self.changed(&p),
+            None => self.bump(),
+        }
     }
 
     /// `server_id`'s agent accepted a command carrying `epoch` (it persisted it,
