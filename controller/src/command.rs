@@ -9,6 +9,7 @@
 //! loss of any leader. Refusals answer `FAILED_PRECONDITION` with the reason.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::Stream;
@@ -491,16 +492,25 @@ pub fn watch_events(
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     tokio::spawn(async move {
         // Lines already there are not sent; only what is committed from now on.
+        // A record not changed since the last look is the same `Arc` (the state
+        // copies a record only when it changes it): skipped at once.
+        type Seen = (Arc<PairRecord>, Option<(i64, String)>);
         let last = |p: &PairRecord| p.history.last().map(|h| (h.at_unix_ms, h.event.clone()));
-        let mut seen: std::collections::HashMap<String, Option<(i64, String)>> = state
+        let mut applied = state.subscribe();
+        let mut seen: std::collections::HashMap<String, Seen> = state
             .snapshot()
             .state
             .pairs
-            .values()
-            .map(|p| (p.spec.id.clone(), last(p)))
+            .iter()
+            .map(|(id, p)| (id.clone(), (p.clone(), last(p))))
             .collect();
         loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Woken by every applied batch (and every 100 ms to notice a
+            // change of leader).
+            tokio::select! {
+                _ = applied.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
             if !leader.borrow().is_leader {
                 let _ = tx
                     .send(Err(Status::unavailable(
@@ -509,23 +519,29 @@ pub fn watch_events(
                     .await;
                 return;
             }
-            for p in state.snapshot().state.pairs.values() {
-                if !only.is_empty() && p.spec.id != only {
+            let snap = state.snapshot();
+            for (id, p) in &snap.state.pairs {
+                if !only.is_empty() && *id != only {
                     continue;
                 }
+                let prev = match seen.get(id) {
+                    Some((rec, _)) if Arc::ptr_eq(rec, p) => continue,
+                    Some((_, prev)) => prev.as_ref(),
+                    None => None,
+                };
                 // The lines after the last one sent (history is bounded: if that
-                // one was dropped, the lines after its time).
-                let start = match seen.get(&p.spec.id).cloned().flatten() {
+                // one was compacted away, the lines after its time).
+                let start = match prev {
                     None => 0,
                     Some((at, ev)) => p
                         .history
                         .iter()
-                        .rposition(|h| h.at_unix_ms == at && h.event == ev)
+                        .rposition(|h| h.at_unix_ms == *at && h.event == *ev)
                         .map(|i| i + 1)
                         .unwrap_or_else(|| {
                             p.history
                                 .iter()
-                                .position(|h| h.at_unix_ms > at)
+                                .position(|h| h.at_unix_ms > *at)
                                 .unwrap_or(p.history.len())
                         }),
                 };
@@ -541,7 +557,7 @@ pub fn watch_events(
                         return;
                     }
                 }
-                seen.insert(p.spec.id.clone(), last(p));
+                seen.insert(id.clone(), (p.clone(), last(p)));
             }
         }
     });
