@@ -18,7 +18,7 @@ use crate::config::ControllerConfig;
 use crate::detector::{decide, Action};
 use crate::failover::Executor;
 use crate::leadership::{now_unix_ms, write, LeaderView};
-use crate::liveness::{agent_view, Liveness};
+use crate::liveness::Liveness;
 use crate::raft::store::SharedState;
 use crate::raft::Raft;
 use crate::redundancy::Need;
@@ -33,6 +33,13 @@ async fn propose(raft: &Raft, req: Request) -> Option<crate::state::Response> {
             None
         }
     }
+}
+
+/// Whether two texts differ at most in their digits.
+fn same_but_numbers(a: &str, b: &str) -> bool {
+    a.chars()
+        .filter(|c| !c.is_ascii_digit())
+        .eq(b.chars().filter(|c| !c.is_ascii_digit()))
 }
 
 /// The leader's work: keep the inventory in line with the configuration, decide
@@ -171,11 +178,12 @@ pub async fn leader_duties(
                 }
                 // S4: an epoch never goes back. An agent that holds a higher one
                 // (the pair was re-added, the controllers restored) raises it.
-                let live_s = liveness.get(pair.serving_id());
-                let live_b = liveness.get(pair.standby_id());
-                let held = [(pair.serving_id(), &live_s), (pair.standby_id(), &live_b)]
+                let res = &pair.spec.resource;
+                let sv = liveness.agent_view(pair.serving_id(), res, now, leading_since);
+                let sb = liveness.agent_view(pair.standby_id(), res, now, leading_since);
+                let held = [(pair.serving_id(), &sv), (pair.standby_id(), &sb)]
                     .into_iter()
-                    .filter_map(|(id, v)| v.as_ref().map(|v| (id, v.hello.highest_epoch)))
+                    .filter_map(|(id, v)| v.highest_epoch.map(|e| (id, e)))
                     .max_by_key(|(_, e)| *e);
                 if let Some((server, at_least)) = held.filter(|(_, e)| *e > pair.epoch) {
                     if pair.failover.is_none() {
@@ -210,12 +218,15 @@ pub async fn leader_duties(
                     }
                 }
                 let pair = &*holdoff.view(pair, mono, hold);
-                let res = &pair.spec.resource;
-                let sv = agent_view(live_s.as_ref(), res, now, leading_since);
-                let sb = agent_view(live_b.as_ref(), res, now, leading_since);
                 let dec = decide(pair, &sv, &sb, now_unix_ms(), &cfg.detector);
                 let id = pair.spec.id.clone();
-                if said.get(&id) != Some(&dec.reason) {
+                // Logged when it changes, not when only its numbers do (a
+                // silence growing by the millisecond would log every pair on
+                // every tick while agents are away).
+                if !said
+                    .get(&id)
+                    .is_some_and(|s| same_but_numbers(s, &dec.reason))
+                {
                     tracing::info!(pair = %id, epoch = pair.epoch, state = %pair.state, action = ?dec.action, reason = %dec.reason, "decision");
                     said.insert(id.clone(), dec.reason.clone());
                 }
@@ -533,5 +544,22 @@ pub async fn leader_duties(
             let _ = tx.try_send(Ok(redirect(&view, "leadership moved")));
         }
         liveness.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_but_numbers;
+
+    #[test]
+    fn a_reason_whose_numbers_alone_changed_is_the_same() {
+        assert!(same_but_numbers(
+            "p1-a's agent silent for 1048 ms",
+            "p1-a's agent silent for 11098 ms"
+        ));
+        assert!(!same_but_numbers(
+            "p1-a's agent silent for 1048 ms",
+            "p1-b's agent silent for 1048 ms"
+        ));
     }
 }

@@ -272,6 +272,30 @@ impl Liveness {
         }
     }
 
+    /// [`agent_view`] of one server, read in place: what the leader's loop
+    /// needs of every pair on every tick, without copying the whole view and
+    /// its last report as [`Liveness::get`] does.
+    pub fn agent_view(
+        &self,
+        server_id: &str,
+        resource: &str,
+        now: Instant,
+        leading_since: Instant,
+    ) -> crate::observe::AgentView {
+        let probe = self.probe_answer(server_id).map(|(at, _)| at);
+        {
+            let servers = self.servers.lock().expect("liveness lock");
+            if let Some(v) = servers.get(server_id) {
+                let mut view = agent_view(Some(v), resource, now, leading_since);
+                view.probe_answered_ms =
+                    probe.map(|t| now.saturating_duration_since(t).as_millis() as u64);
+                return view;
+            }
+        }
+        // No session yet (maybe a probe answer): as `get` makes it.
+        agent_view(self.get(server_id).as_ref(), resource, now, leading_since)
+    }
+
     /// An agent answered a direct probe (the reply is checked by `probe.rs`).
     pub fn probe_answered(&self, server_id: &str, reply: ProbeReply) {
         self.probes
