@@ -57,11 +57,15 @@ struct Args {
     duration: u64,
     kills: usize,
     idle_baseline: bool,
+    /// `perf record` the leader during the measured window into this file.
+    profile: Option<PathBuf>,
+    /// Keep the cluster's directory (configurations, logs) after the run.
+    keep: bool,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench-scale [--pairs N] [--rate REPORTS_PER_S] [--churn FRACTION_PER_S] [--duration S] [--kills K] [--no-idle]"
+        "usage: bench-scale [--pairs N] [--rate REPORTS_PER_S] [--churn FRACTION_PER_S] [--duration S] [--kills K] [--no-idle] [--profile PERF_DATA] [--keep]"
     );
     std::process::exit(2)
 }
@@ -74,6 +78,8 @@ fn parse_args() -> Args {
         duration: 30,
         kills: 3,
         idle_baseline: true,
+        profile: None,
+        keep: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -85,6 +91,8 @@ fn parse_args() -> Args {
             "--duration" => a.duration = val().parse().unwrap_or_else(|_| usage()),
             "--kills" => a.kills = val().parse().unwrap_or_else(|_| usage()),
             "--no-idle" => a.idle_baseline = false,
+            "--profile" => a.profile = Some(val().into()),
+            "--keep" => a.keep = true,
             _ => usage(),
         }
     }
@@ -672,10 +680,13 @@ impl Run {
         (t0, suspect, failing)
     }
 
-    fn stop(self) {
+    fn stop(self, keep: bool) {
         self.shared.stop.store(true, Ordering::Relaxed);
         for p in self.procs {
             p.kill();
+        }
+        if keep {
+            eprintln!("kept {}", self._dir.keep().display());
         }
     }
 }
@@ -723,7 +734,7 @@ async fn main() {
             );
             idle.push((s, f));
         }
-        run.stop();
+        run.stop(false);
     }
 
     eprintln!(
@@ -752,6 +763,23 @@ async fn main() {
     let mut kills = Vec::new();
     let kill_every = args.duration as f64 / (args.kills as f64 + 1.0);
     let mut last = (Instant::now(), cpu0);
+    // A flat profile of the leader over the first half of the window.
+    let perf = args.profile.as_ref().map(|out| {
+        // BENCH_PERF_CALL_GRAPH=dwarf (or fp) records call stacks too.
+        let graph: Vec<String> = std::env::var("BENCH_PERF_CALL_GRAPH")
+            .map(|g| vec!["--call-graph".into(), g])
+            .unwrap_or_default();
+        std::process::Command::new("perf")
+            .args(["record", "-F", "499", "-p", &pid.to_string()])
+            .args(graph)
+            .arg("-o")
+            .arg(out)
+            .args(["--", "sleep", &(args.duration / 2).max(1).to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("perf record (install linux-perf)")
+    });
     while t0.elapsed() < Duration::from_secs(args.duration) {
         let k = kills.len();
         if k < args.kills && t0.elapsed().as_secs_f64() >= kill_every * (k as f64 + 1.0) {
@@ -771,6 +799,13 @@ async fn main() {
         rss.push(rss_mb(pid));
     }
     let wall = t0.elapsed().as_secs_f64();
+    if let Some(mut p) = perf {
+        let _ = p.wait();
+        eprintln!(
+            "leader profile: perf report -i {} --stdio --no-children",
+            args.profile.as_ref().unwrap().display()
+        );
+    }
     let cpu = (cpu_seconds(pid) - cpu0) / wall;
     let self_cpu = (cpu_seconds(self_pid) - self0) / wall;
     let (leader2, _, idx1) = run.leader_pid().await;
@@ -858,5 +893,5 @@ async fn main() {
         ms(pct(&mut load_f, 1.0))
     );
     println!("(latencies as seen on the leader's Watch stream by this process)");
-    run.stop();
+    run.stop(args.keep);
 }
