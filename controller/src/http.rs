@@ -27,6 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures::Stream;
+use openraft::async_runtime::watch::WatchReceiver;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -59,6 +60,7 @@ pub fn router(h: Http) -> Router {
         .route("/health", get(health))
         .route("/health/leader", get(health_leader))
         .route("/health/pair/{id}", get(health_pair))
+        .route("/metrics", get(metrics))
         .with_state(h)
 }
 
@@ -240,6 +242,67 @@ async fn health_leader(State(h): State<Http>) -> Response {
         role_header(r.headers_mut(), "follower");
         r
     }
+}
+
+/// This node's Raft figures, for `/metrics`.
+fn raft_figures(h: &Http) -> crate::metrics::RaftFigures {
+    let m = h.op.raft.metrics().borrow_watched().clone();
+    let view = h.op.leader.borrow().clone();
+    let voters = m.membership_config.membership().voter_ids().count();
+    crate::metrics::RaftFigures {
+        node_id: h.op.cfg.node_id,
+        is_leader: view.is_leader,
+        term: m.current_term,
+        leader_id: m.current_leader,
+        last_log_index: m.last_log_index,
+        committed_index: m.local_committed.map(|l| l.index),
+        applied_index: m.last_applied.map(|l| l.index),
+        voters,
+        matched: m
+            .replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .filter(|(id, _)| **id != h.op.cfg.node_id)
+                    .map(|(id, l)| (*id, l.as_ref().map(|l| l.index)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        millis_since_quorum_ack: m
+            .last_quorum_acked
+            .map(|t| openraft::Instant::elapsed(&*t).as_millis() as u64),
+    }
+}
+
+/// `GET /metrics`: Prometheus text format; every node answers for itself (a
+/// follower without the leader-only per-server figures).
+async fn metrics(State(h): State<Http>) -> Response {
+    let raft = raft_figures(&h);
+    let status = if raft.is_leader {
+        h.op.status().await.ok()
+    } else {
+        None
+    };
+    let data = h.op.state.snapshot();
+    let text = crate::metrics::render(&crate::metrics::Inputs {
+        raft: &raft,
+        agent_sessions: h.op.liveness.sessions().len(),
+        pairs: &data.state.pairs,
+        status: status.as_ref(),
+    });
+    let mut r = (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response();
+    role_header(
+        r.headers_mut(),
+        if raft.is_leader { "leader" } else { "follower" },
+    );
+    r
 }
 
 /// The HTTP code of `/health/pair/{id}` for a pair in `state`: 200 serving and

@@ -39,6 +39,7 @@ pub mod http;
 pub mod leader;
 pub mod leadership;
 pub mod liveness;
+pub mod metrics;
 pub mod node;
 pub mod observe;
 pub mod operator;
