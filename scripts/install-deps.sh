@@ -18,6 +18,7 @@ fi
 # Debian packages the build, the tests and the demo use.
 pkgs=(ca-certificates gcc libc6-dev python3 python3-pip python3-venv iproute2 iptables arping iputils-ping procps mount
       nfs-ganesha nfs-ganesha-vfs libnfs-utils
+      chromium chromium-driver  # the dashboard's browser test (headless)
       util-linux e2fsprogs fuse3)  # the DRBD emulator's block mode: losetup, mkfs.ext4 (tests), fusermount3 for manual cleanup
 missing=()
 for p in "${pkgs[@]}"; do

@@ -29,6 +29,7 @@ pub mod auth;
 pub mod certs;
 pub mod command;
 pub mod config;
+pub mod dashboard;
 pub mod detector;
 pub mod error;
 pub mod failover;

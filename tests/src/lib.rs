@@ -19,9 +19,11 @@
 
 pub mod netns;
 pub mod nscluster;
+pub mod webdriver;
 
 use std::fs;
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -805,4 +807,24 @@ pub fn pair_healthy(s: &Value) -> bool {
             && sv["drbd"]["out_of_sync_bytes"] == 0
     };
     ok("fs1-a", "Primary") && ok("fs1-b", "Secondary") && pair(s, "fs1")["state"] == "Healthy"
+}
+
+/// A plain HTTP/1.1 GET: (status code, headers lowercased, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, head.to_lowercase(), body.to_string())
 }

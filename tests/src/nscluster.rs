@@ -271,6 +271,8 @@ pub struct NsCluster {
     pub net: Net,
     pub client_ip: Ipv4Addr,
     pub controllers: Controllers,
+    /// Each controller's `[http] listen` address (API, metrics, dashboard).
+    pub http: Vec<String>,
     pub hosts: Vec<NsHost>,
     /// Set when the controllers run in namespaces of their own.
     pub root_netns: Option<RootNetnsName>,
@@ -409,10 +411,20 @@ impl NsCluster {
                 }
             })
             .collect();
+        let http: Vec<String> = (0..3)
+            .map(|i| {
+                if opts.controllers_in_namespaces {
+                    format!("{}:7180", net.addr(CONTROLLER_HOSTS[i]))
+                } else {
+                    format!("{bridge}:{}", free_port())
+                }
+            })
+            .collect();
         let members = addrs
             .iter()
+            .zip(&http)
             .enumerate()
-            .map(|(i, a)| format!("{{ id = {}, addr = \"{a}\" }}", i + 1))
+            .map(|(i, (a, h))| format!("{{ id = {}, addr = \"{a}\", http = \"{h}\" }}", i + 1))
             .collect::<Vec<_>>()
             .join(", ");
         let names = ["fsa", "fsb"];
@@ -462,6 +474,9 @@ listen = "{addr}"
 data_dir = "{data}"
 members = [ {members} ]
 
+[http]
+listen = "{http_listen}"
+
 [executor]
 step_pause_ms = {pause}
 result_pause_ms = {rpause}
@@ -489,6 +504,7 @@ backup = {b}
                         None => INSECURE_SECTION.into(),
                     },
                     id = i + 1,
+                    http_listen = http[i],
                     data = root.join(format!("controller-{}", i + 1)).display(),
                     prefix = net.prefix(),
                     root_netns = root_netns
@@ -656,6 +672,7 @@ address = "{}:7789"
             net,
             client_ip,
             controllers,
+            http,
             hosts,
             root_netns,
             block_device: opts.block_device,
