@@ -162,10 +162,20 @@ pub fn emulator_wrappers(dir: &Path, emu_config: &Path) -> (PathBuf, PathBuf) {
 /// Start controller number `i` (0-based) with `config`, logging next to it.
 pub fn spawn_controller(config: &Path, log: &Path, i: usize) -> Proc {
     let mut cmd = Command::new(bin("understudy-controller"));
+    controller_args(&mut cmd, config, false);
+    Proc::spawn(&format!("controller {}", i + 1), &mut cmd, log)
+}
+
+/// The controller's arguments and environment: its config, the log filter, and
+/// text or JSON log lines.
+fn controller_args(cmd: &mut Command, config: &Path, json_logs: bool) {
     cmd.arg("--config")
         .arg(config)
-        .env("RUST_LOG", "info,openraft=warn");
-    Proc::spawn(&format!("controller {}", i + 1), &mut cmd, log)
+        .env("RUST_LOG", "info,openraft=warn")
+        .env(
+            "UNDERSTUDY_LOG_FORMAT",
+            if json_logs { "json" } else { "text" },
+        );
 }
 
 /// A test cluster's CA and certificates, in one directory.
@@ -326,6 +336,8 @@ pub struct Controllers {
     pub netns: Vec<Option<String>>,
     /// What `understudyctl` authenticates with (an admin, or `--insecure`).
     pub creds: Creds,
+    /// Log JSON lines (`--log-format json`) rather than text.
+    pub json_logs: bool,
 }
 
 impl Controllers {
@@ -339,6 +351,7 @@ impl Controllers {
             procs,
             netns,
             creds,
+            json_logs: false,
         }
     }
 
@@ -355,18 +368,20 @@ impl Controllers {
     /// Start controller `i` (0-based); its log is `controller-N.log` beside its config.
     pub fn start(&mut self, i: usize) {
         let log = self.configs[i].with_file_name(format!("controller-{}.log", i + 1));
-        self.procs[i] = Some(match &self.netns[i] {
-            None => spawn_controller(&self.configs[i], &log, i),
+        let (mut cmd, name) = match &self.netns[i] {
+            None => (
+                Command::new(bin("understudy-controller")),
+                format!("controller {}", i + 1),
+            ),
             Some(ns) => {
                 let mut cmd = Command::new("ip");
                 cmd.args(["netns", "exec", ns])
-                    .arg(bin("understudy-controller"))
-                    .arg("--config")
-                    .arg(&self.configs[i])
-                    .env("RUST_LOG", "info,openraft=warn");
-                Proc::spawn(&format!("controller {} in {ns}", i + 1), &mut cmd, &log)
+                    .arg(bin("understudy-controller"));
+                (cmd, format!("controller {} in {ns}", i + 1))
             }
-        });
+        };
+        controller_args(&mut cmd, &self.configs[i], self.json_logs);
+        self.procs[i] = Some(Proc::spawn(&name, &mut cmd, &log));
     }
 
     /// SIGKILL controller `i` (0-based) and reap it.

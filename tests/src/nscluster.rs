@@ -90,6 +90,8 @@ pub struct NsHost {
 pub struct NsOptions {
     /// `[executor] step_pause_ms` of the controllers.
     pub step_pause_ms: u64,
+    /// The controllers log JSON lines (`--log-format json`).
+    pub json_logs: bool,
     /// `[executor] result_pause_ms`: after a step's action, before its result.
     pub result_pause_ms: u64,
     /// `[detector] flap_holdoff_ms`; `None` keeps the default (10 minutes).
@@ -163,6 +165,7 @@ impl Default for NsOptions {
     fn default() -> Self {
         NsOptions {
             step_pause_ms: 0,
+            json_logs: false,
             result_pause_ms: 0,
             flap_holdoff_ms: None,
             resync_rate_kib: None,
@@ -661,6 +664,7 @@ address = "{}:7789"
             None => Creds::Insecure,
         };
         let mut controllers = Controllers::new(addrs, configs, creds);
+        controllers.json_logs = opts.json_logs;
         if opts.controllers_in_namespaces {
             for (i, h) in CONTROLLER_HOSTS.iter().enumerate() {
                 controllers.netns[i] = Some(net.ns_name(h));

@@ -102,7 +102,10 @@ fn get_json(addr: &str, path: &str) -> Value {
 
 #[test]
 fn json_and_metrics_endpoints_move_with_a_failover() {
-    let mut c = NsCluster::start();
+    let mut c = NsCluster::start_with(NsOptions {
+        json_logs: true,
+        ..Default::default()
+    });
     let _logs = c.keep_logs_on_panic();
     let l = leader_http(&c);
 
@@ -329,6 +332,44 @@ fn json_and_metrics_endpoints_move_with_a_failover() {
         Some(1.0)
     );
     assert_eq!(step_counts(&fol, "failover"), steps);
+
+    // The leader's log: JSON lines; each failover step a span with the pair,
+    // the epoch, the step, its outcome and duration.
+    let leader = understudy_tests::Cluster::leader_index(&s).expect("leader");
+    let log =
+        c.controllers.configs[leader].with_file_name(format!("controller-{}.log", leader + 1));
+    let text = std::fs::read_to_string(&log).expect("leader log");
+    let mut done = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {line}"));
+        if v["fields"]["message"] != "step done" {
+            continue;
+        }
+        let spans = v["spans"].as_array().expect("span list");
+        let Some(plan) = spans.iter().find(|x| x["name"] == "failover") else {
+            continue;
+        };
+        assert_eq!(plan["pair"], PAIR, "{line}");
+        assert_eq!(plan["epoch"], epoch, "{line}");
+        assert_eq!(plan["kind"], "failover", "{line}");
+        let step = &v["span"];
+        assert_eq!(step["name"], "step", "{line}");
+        assert_eq!(step["outcome"], "done", "{line}");
+        assert!(step["duration_ms"].is_u64(), "{line}");
+        done.insert(
+            step["step"].as_str().unwrap().to_string(),
+            step["duration_ms"].clone(),
+        );
+    }
+    for step in [
+        "Confirm", "Fence", "Promote", "Mount", "Export", "ClaimIp", "Verify",
+    ] {
+        assert!(
+            done.contains_key(step),
+            "no JSON log line for step {step}: {done:?}"
+        );
+    }
 }
 
 /// The states the pair's row showed, in order, recorded by the page itself on
