@@ -16,6 +16,9 @@
 //! it and removes everything. Every link runs over mutual TLS with certificates
 //! from `understudyctl certs` (the spare issues its own at boot).
 //!
+//! It prints the address of the live web dashboard (every controller serves
+//! it) and, unless `--no-wait`, waits 10 s before the kill so it can be opened.
+//!
 //! `--no-wait` exits after the scenario instead of watching until Ctrl-C.
 
 use std::io::Write;
