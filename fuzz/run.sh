@@ -10,7 +10,7 @@
 # Targets: events2 status_json show (agent/drbd), agent_config probe_request
 # (agent), agent_report controller_config (controller: a long first build).
 # The corpus grows in fuzz/corpus/TARGET (seeded from the repository's
-# fixtures), crashes land in fuzz/artifacts/TARGET; both are git-ignored.
+# fixtures and fuzz/seeds), crashes land in fuzz/artifacts/TARGET; both are git-ignored.
 # Replay a crash: fuzz/run.sh TARGET 0 fuzz/artifacts/TARGET/crash-...
 # With a nightly toolchain and cargo-fuzz, `cargo fuzz run TARGET` works as
 # well (add `--features agent` or `--features controller` for those targets).
@@ -54,6 +54,7 @@ case $target in
 events2) seeds=("$fixtures"/events2-*.txt) ;;
 status_json) seeds=("$fixtures"/*.json) ;;
 show) seeds=("$fixtures"/show-*.txt) ;;
+agent_config | controller_config) seeds=(seeds/"$target"/*) ;;
 esac
 if [ ${#seeds[@]} -gt 0 ] && [ -z "$(ls -A "corpus/$target")" ]; then
     cp "${seeds[@]}" "corpus/$target/"
