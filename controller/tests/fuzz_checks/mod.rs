@@ -145,6 +145,7 @@ fn pair(c: &ReportCase, now_ms: i64) -> PairRecord {
         failover: None,
         last_auto_failover_unix_ms: None,
         flap_acknowledged: false,
+        stats: Default::default(),
         outdated: c.outdated_mark.then(|| OutdatedMark {
             server: standby.into(),
             lost_peer_unix_ms: now_ms - 5000,
