@@ -234,6 +234,10 @@ pub struct Outcome {
     /// From the first fault to the first write started after it that was
     /// acknowledged.
     pub time_to_serve: Option<Duration>,
+    /// The longest time the client went without an acknowledged write, from
+    /// the first fault to the end of the run (the outage a failover causes
+    /// when the first fault is not the failure, e.g. a clock jump first).
+    pub longest_stall: Option<Duration>,
     /// From the end of the healing to a serving, `Healthy` pair.
     pub converged_in: Option<Duration>,
     pub writes_attempted: usize,
@@ -1244,6 +1248,17 @@ pub fn run(sc: &Scenario, seed: u64) -> Outcome {
         .filter(|w| w.acked && w.started >= first_fault)
         .map(|w| w.finished - first_fault)
         .min();
+    let longest_stall = {
+        let mut done: Vec<Instant> = writes
+            .iter()
+            .filter(|w| w.acked)
+            .map(|w| w.finished)
+            .filter(|f| *f >= first_fault)
+            .collect();
+        done.insert(0, first_fault);
+        done.sort();
+        done.windows(2).map(|w| w[1] - w[0]).max()
+    };
     let report: InvariantReport = inv.finish();
     violations.extend(report.violations());
     // S1 from the emulators' own logs.
@@ -1302,6 +1317,7 @@ pub fn run(sc: &Scenario, seed: u64) -> Outcome {
         failovers,
         violations,
         time_to_serve,
+        longest_stall,
         converged_in,
         writes_attempted: check.attempted,
         writes_acked: check.acked,
@@ -1352,12 +1368,13 @@ fn secs(d: Option<Duration>) -> String {
 /// One line about a run.
 pub fn describe(o: &Outcome) -> String {
     format!(
-        "{} seed {}: {} failovers, {} violations, serve again {}, converged {} ({}), writes {}/{} acknowledged, {} IP samples, took {:.0}s; schedule {}",
+        "{} seed {}: {} failovers, {} violations, serve again {}, longest stall {}, converged {} ({}), writes {}/{} acknowledged, {} IP samples, took {:.0}s; schedule {}",
         o.scenario,
         o.seed,
         o.failovers,
         o.violations.len(),
         secs(o.time_to_serve),
+        secs(o.longest_stall),
         secs(o.converged_in),
         o.end,
         o.writes_acked,
@@ -1385,15 +1402,16 @@ pub fn table(outcomes: &[Outcome]) -> String {
         Some(v[k])
     };
     let mut t = String::from(
-        "| scenario | seeds | failovers | violations | time to serve again p50 / max | converged p50 / max | writes acked | run time |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| scenario | seeds | failovers | violations | time to serve again p50 / max | longest stall p50 / max | converged p50 / max | writes acked | run time |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for n in names {
         let os: Vec<&Outcome> = outcomes.iter().filter(|o| o.scenario == n).collect();
         let mut serve: Vec<Duration> = os.iter().filter_map(|o| o.time_to_serve).collect();
         let mut conv: Vec<Duration> = os.iter().filter_map(|o| o.converged_in).collect();
+        let mut stall: Vec<Duration> = os.iter().filter_map(|o| o.longest_stall).collect();
         let failovers: Vec<String> = os.iter().map(|o| o.failovers.to_string()).collect();
         t.push_str(&format!(
-            "| {n} | {} | {} | {} | {} / {} | {} / {} | {} | {:.0}s |\n",
+            "| {n} | {} | {} | {} | {} / {} | {} / {} | {} / {} | {} | {:.0}s |\n",
             os.iter()
                 .map(|o| o.seed.to_string())
                 .collect::<Vec<_>>()
@@ -1402,6 +1420,8 @@ pub fn table(outcomes: &[Outcome]) -> String {
             os.iter().map(|o| o.violations.len()).sum::<usize>(),
             secs(pct(&mut serve, 0.5)),
             secs(pct(&mut serve, 1.0)),
+            secs(pct(&mut stall, 0.5)),
+            secs(pct(&mut stall, 1.0)),
             secs(pct(&mut conv, 0.5)),
             secs(pct(&mut conv, 1.0)),
             os.iter().map(|o| o.writes_acked).sum::<usize>(),
