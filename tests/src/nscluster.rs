@@ -1601,19 +1601,33 @@ impl NfsClient {
     }
 
     fn cmd(&self, program: &str) -> Command {
+        self.cmd_within(program, NFS_OP_TIMEOUT_SECS)
+    }
+
+    fn cmd_within(&self, program: &str, timeout_secs: u64) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.ns, "timeout", "-s", "KILL"])
-            .arg(NFS_OP_TIMEOUT_SECS.to_string())
+            .arg(timeout_secs.to_string())
             .arg(program);
         c
     }
 
     /// One `nfs-cp` of `data` to `path`: `Ok` = acknowledged (exit 0).
     pub fn write_once(&self, path: &str, data: &[u8]) -> Result<(), String> {
+        self.write_once_within(path, data, NFS_OP_TIMEOUT_SECS)
+    }
+
+    /// [`NfsClient::write_once`], killed after `timeout_secs`.
+    pub fn write_once_within(
+        &self,
+        path: &str,
+        data: &[u8],
+        timeout_secs: u64,
+    ) -> Result<(), String> {
         let local = self.dir.join(format!("upload-{}", path.replace('/', "_")));
         fs::write(&local, data).map_err(|e| e.to_string())?;
         let out = self
-            .cmd("nfs-cp")
+            .cmd_within("nfs-cp", timeout_secs)
             .arg(&local)
             .arg(self.url(path))
             .output()
