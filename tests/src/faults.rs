@@ -682,6 +682,10 @@ pub fn scenarios() -> Vec<Scenario> {
             options: || NsOptions {
                 spares: Some(SpareOptions::default()),
                 resync_rate_kib: Some(16 * 1024),
+                // A pre-spun spare makes the whole rebuild take ~0.4 s: each
+                // step (failover and rebuild) held 1.5 s, so the leader dies
+                // while one runs (seed 5 of the first full run missed it).
+                step_pause_ms: 1500,
                 ..NsOptions::default()
             },
             schedule: leader_killed_during_rebuild,
