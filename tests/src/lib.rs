@@ -17,6 +17,7 @@
 //! `understudyctl` is called with an admin operator's certificate ([`Creds`]).
 //! [`Cluster::start_insecure`] runs everything in plain text instead.
 
+pub mod faults;
 pub mod netns;
 pub mod nscluster;
 pub mod webdriver;
@@ -338,6 +339,9 @@ pub struct Controllers {
     pub creds: Creds,
     /// Log JSON lines (`--log-format json`) rather than text.
     pub json_logs: bool,
+    /// Extra environment of each controller's process (e.g. `LD_PRELOAD` of
+    /// libfaketime for a clock jump on one controller), applied at its next start.
+    pub env: Vec<Vec<(String, String)>>,
 }
 
 impl Controllers {
@@ -345,6 +349,7 @@ impl Controllers {
     pub fn new(addrs: Vec<String>, configs: Vec<PathBuf>, creds: Creds) -> Controllers {
         let procs = addrs.iter().map(|_| None).collect();
         let netns = addrs.iter().map(|_| None).collect();
+        let env = addrs.iter().map(|_| Vec::new()).collect();
         Controllers {
             addrs,
             configs,
@@ -352,6 +357,7 @@ impl Controllers {
             netns,
             creds,
             json_logs: false,
+            env,
         }
     }
 
@@ -381,6 +387,7 @@ impl Controllers {
             }
         };
         controller_args(&mut cmd, &self.configs[i], self.json_logs);
+        cmd.envs(self.env[i].iter().map(|(k, v)| (k, v)));
         self.procs[i] = Some(Proc::spawn(&name, &mut cmd, &log));
     }
 
@@ -737,44 +744,47 @@ impl Drop for KeepLogs {
                 eprintln!("pausing {secs} s; cluster in {}", self.0.display());
                 std::thread::sleep(std::time::Duration::from_secs(secs));
             }
-            let dest = PathBuf::from(
-                std::env::var("UNDERSTUDY_TEST_LOGS")
-                    .unwrap_or_else(|_| "/tmp/understudy-failed-tests".into()),
-            )
-            .join(self.0.file_name().unwrap_or_default());
-            let copied = dest
-                .parent()
-                .map_or(Ok(()), std::fs::create_dir_all)
-                .map_err(|e| format!("cannot create {}: {e}", dest.display()))
-                .and_then(|()| {
-                    // Sockets and FIFOs of the cluster are skipped (-r without -a
-                    // copies regular files and directories); a partial copy
-                    // still keeps the logs, so cp's own complaints are shown.
-                    let out = Command::new("cp")
-                        .arg("-r")
-                        .arg(&self.0)
-                        .arg(&dest)
-                        .output()
-                        .map_err(|e| format!("cannot run cp: {e}"))?;
-                    if dest.is_dir() {
-                        Ok(())
-                    } else {
-                        Err(format!(
-                            "cp -r {} {} failed: {}",
-                            self.0.display(),
-                            dest.display(),
-                            String::from_utf8_lossy(&out.stderr).trim()
-                        ))
-                    }
-                });
+            let copied = copy_logs(&self.0);
             match copied {
-                Ok(()) => eprintln!("cluster logs kept in {}", dest.display()),
+                Ok(dest) => eprintln!("cluster logs kept in {}", dest.display()),
                 Err(e) => eprintln!(
                     "cluster logs NOT kept ({e}); they were in {}",
                     self.0.display()
                 ),
             }
         }
+    }
+}
+
+/// Copy a cluster's directory (configurations and logs) to
+/// `$UNDERSTUDY_TEST_LOGS` (default /tmp/understudy-failed-tests); the copy's path.
+pub fn copy_logs(dir: &Path) -> Result<PathBuf, String> {
+    let dest = PathBuf::from(
+        std::env::var("UNDERSTUDY_TEST_LOGS")
+            .unwrap_or_else(|_| "/tmp/understudy-failed-tests".into()),
+    )
+    .join(dir.file_name().unwrap_or_default());
+    dest.parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
+    // Sockets and FIFOs of the cluster are skipped (-r without -a copies
+    // regular files and directories); a partial copy still keeps the logs, so
+    // cp's own complaints are shown.
+    let out = Command::new("cp")
+        .arg("-r")
+        .arg(dir)
+        .arg(&dest)
+        .output()
+        .map_err(|e| format!("cannot run cp: {e}"))?;
+    if dest.is_dir() {
+        Ok(dest)
+    } else {
+        Err(format!(
+            "cp -r {} {} failed: {}",
+            dir.display(),
+            dest.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
