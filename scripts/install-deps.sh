@@ -18,7 +18,9 @@ fi
 # Debian packages the build, the tests and the demo use.
 pkgs=(ca-certificates gcc libc6-dev python3 python3-pip python3-venv iproute2 iptables arping iputils-ping procps mount
       nfs-ganesha nfs-ganesha-vfs libnfs-utils
-      util-linux e2fsprogs fuse3)  # the DRBD emulator's block mode: losetup, mkfs.ext4 (tests), fusermount3 for manual cleanup
+      chromium chromium-driver  # the dashboard's browser test (headless)
+      util-linux e2fsprogs fuse3  # the DRBD emulator's block mode: losetup, mkfs.ext4 (tests), fusermount3 for manual cleanup
+      faketime)  # libfaketime: the fault matrix's clock jump on one controller
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

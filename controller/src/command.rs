@@ -28,6 +28,20 @@ use crate::observe::AgentView;
 use crate::operator::OperatorGrpc;
 use crate::state::{fmt_unix_ms, OperatorCommand, PairRecord, PairState, Request as Req};
 
+/// When a maintenance window of `duration_ms` (as the operator sent it, any
+/// u64) that starts at `now` ends; a duration that does not fit in the clock is
+/// refused instead of wrapping into the past (or overflowing).
+fn maintenance_until(now: i64, duration_ms: u64) -> Result<i64, Status> {
+    i64::try_from(duration_ms)
+        .ok()
+        .and_then(|d| now.checked_add(d))
+        .ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "a maintenance window of {duration_ms} ms ends beyond the clock's range; give a shorter duration"
+            ))
+        })
+}
+
 /// The stream of `Watch`.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
 
@@ -122,7 +136,7 @@ impl OperatorGrpc {
                         "a maintenance window needs a duration above 0 and a reason",
                     ));
                 }
-                let until = now_unix_ms() + m.duration_ms as i64;
+                let until = maintenance_until(now_unix_ms(), m.duration_ms)?;
                 self.commit(
                     id,
                     &identity,
@@ -562,4 +576,23 @@ pub fn watch_events(
         }
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found reviewing what the controller does with decoded values (issue 11's
+    /// fuzzing): `duration_ms as i64` wrapped a huge duration into the past,
+    /// or overflowed the add (a panic in debug builds).
+    #[test]
+    fn a_maintenance_duration_beyond_the_clock_is_refused() {
+        let now = 1_700_000_000_000;
+        assert_eq!(maintenance_until(now, 60_000).unwrap(), now + 60_000);
+        for huge in [u64::MAX, 1 << 63, i64::MAX as u64, i64::MAX as u64 - 1000] {
+            let e = maintenance_until(now, huge).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().contains("maintenance window"), "{e}");
+        }
+    }
 }

@@ -378,11 +378,14 @@ impl ControllerConfig {
         let mut server_ids = BTreeSet::new();
         for p in &self.pairs {
             if !pair_ids.insert(p.id.as_str()) {
-                return Err(format!("pair {} is listed twice", p.id));
+                return Err(format!("pair id {:?} is listed twice", p.id));
             }
             for s in [&p.primary, &p.backup] {
                 if !server_ids.insert(s.id.as_str()) {
-                    return Err(format!("server {} appears in more than one place", s.id));
+                    return Err(format!(
+                        "server id {:?} appears in more than one place (each pair's primary and backup need their own)",
+                        s.id
+                    ));
                 }
             }
             if p.client_ip.parse::<std::net::IpAddr>().is_err() {

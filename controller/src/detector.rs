@@ -725,8 +725,22 @@ fn decide_main(
     // No witness. First: the serving server must actually serve.
     let serving_up = serving.reachable(cfg.agent_timeout_ms);
     if let (true, Some(dr), Some(h)) = (serving_up, serving.drbd.as_ref(), serving.host.as_ref()) {
-        if h.serving_managed && dr.role == "Primary" {
+        // A serving server that rebooted (or whose DRBD restarted) comes back
+        // Secondary, as DRBD always starts: it is promoted again, as a cluster
+        // manager promotes its DRBD resource after a reboot. Only its own data,
+        // UpToDate (S1: it holds every write acknowledged since it was made the
+        // file server; the standby never served since, or it would be the
+        // serving server), and never while the standby is Primary (S10 stands
+        // that one down first; DRBD refuses a second Primary anyway, and with no
+        // peer connected its fence-peer handler outdates the standby first).
+        let standby_primary =
+            standby.drbd.as_ref().is_some_and(|b| b.role == "Primary") || dr.peer_role == "Primary";
+        let promote = dr.role == "Secondary" && dr.disk == "UpToDate" && !standby_primary;
+        if h.serving_managed && (dr.role == "Primary" || promote) {
             let mut missing = Vec::new();
+            if promote {
+                missing.push(Step::Promote);
+            }
             if !h.mounted {
                 missing.push(Step::Mount);
             }
@@ -2222,13 +2236,65 @@ mod tests {
             decide(&pair(PairState::Healthy), &s, &b, NOW, &cfg()).action,
             Action::Nothing
         );
-        // A Secondary is never brought up.
+        // A serving server back Secondary with its UpToDate disk (a reboot:
+        // DRBD starts Secondary) is promoted and brought up.
         s.host.as_mut().unwrap().serving_managed = true;
+        s.host.as_mut().unwrap().mounted = false;
         s.drbd.as_mut().unwrap().role = "Secondary".into();
+        s.drbd.as_mut().unwrap().peer_role = "Secondary".into();
         assert_eq!(
             decide(&pair(PairState::Healthy), &s, &b, NOW, &cfg()).action,
-            Action::Nothing
+            Action::Serve(vec![
+                Step::Promote,
+                Step::Mount,
+                Step::Export,
+                Step::ClaimIp
+            ])
         );
+        // Also with the backup dead (Degraded): its fence-peer handler
+        // outdates the backup before DRBD promotes it.
+        let gone = AgentView {
+            connected: false,
+            silent_ms: Some(60_000),
+            ..standby(in_sync(), None, Some(in_sync()))
+        };
+        assert_eq!(
+            decide(&pair(PairState::Degraded), &s, &gone, NOW, &cfg()).action,
+            Action::Serve(vec![
+                Step::Promote,
+                Step::Mount,
+                Step::Export,
+                Step::ClaimIp
+            ])
+        );
+        // Never without UpToDate data of its own (S1) ...
+        for disk in ["Outdated", "Inconsistent", "Consistent", "Diskless"] {
+            s.drbd.as_mut().unwrap().disk = disk.into();
+            assert_eq!(
+                decide(&pair(PairState::Healthy), &s, &b, NOW, &cfg()).action,
+                Action::Nothing,
+                "{disk}"
+            );
+        }
+        // ... nor while the standby is Primary.
+        s.drbd.as_mut().unwrap().disk = "UpToDate".into();
+        s.drbd.as_mut().unwrap().peer_role = "Primary".into();
+        assert_ne!(
+            decide(&pair(PairState::Healthy), &s, &b, NOW, &cfg()).action,
+            Action::Serve(vec![
+                Step::Promote,
+                Step::Mount,
+                Step::Export,
+                Step::ClaimIp
+            ])
+        );
+        let mut bp = b.clone();
+        bp.drbd.as_mut().unwrap().role = "Primary".into();
+        s.drbd.as_mut().unwrap().peer_role = "Secondary".into();
+        assert!(!matches!(
+            decide(&pair(PairState::Healthy), &s, &bp, NOW, &cfg()).action,
+            Action::Serve(_)
+        ));
     }
 }
 

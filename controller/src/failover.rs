@@ -158,7 +158,7 @@ impl Executor {
             let Some(plan) = pair.failover.clone() else {
                 return;
             };
-            let span = tracing::info_span!("failover", pair = %pair_id, epoch = plan.epoch);
+            let span = tracing::info_span!("failover", pair = %pair_id, epoch = plan.epoch, kind = plan.kind());
             let Some(rec) = plan.next_step().cloned() else {
                 let total = now_unix_ms() - plan.started_unix_ms;
                 let r = self
@@ -207,7 +207,7 @@ impl Executor {
                 }
                 return;
             }
-            let step_span = tracing::info_span!(parent: &span, "step", step = %rec.step, attempt = rec.attempts + 1);
+            let step_span = tracing::info_span!(parent: &span, "step", step = %rec.step, attempt = rec.attempts + 1, outcome = tracing::field::Empty, duration_ms = tracing::field::Empty);
             let res = async {
                 // S7: committed before it runs.
                 self.commit(Request::StepUpdate {
@@ -228,6 +228,9 @@ impl Executor {
                 let t0 = Instant::now();
                 let out = self.run_step(rec.step, &pair, &plan, view.term).await;
                 let duration_ms = t0.elapsed().as_millis() as u64;
+                let current = tracing::Span::current();
+                current.record("duration_ms", duration_ms);
+                current.record("outcome", if out.is_ok() { "done" } else { "failed" });
                 match &out {
                     Ok(detail) => tracing::info!(duration_ms, %detail, "step done"),
                     Err(reason) => tracing::warn!(duration_ms, %reason, "step failed"),

@@ -6,7 +6,10 @@
 //!   answers `307` to the leader's HTTP address when it knows it
 //!   (`X-Understudy-Role: follower`), `503` otherwise.
 //! - `GET /api/v1/events`: server-sent events, one `event: history` per history
-//!   line committed from now on (state changes, failover and rebuild steps).
+//!   line committed from now on (state changes, failover and rebuild steps);
+//!   with `?status=1` also `event: status` snapshots (what the dashboard reads).
+//! - `GET /metrics`: Prometheus text format ([`crate::metrics`]), every node.
+//! - `GET /`: the live dashboard ([`crate::dashboard`]).
 //! - `GET /health` (this node answers), `/health/leader` (200 only on the
 //!   leader), `/health/pair/{id}` (200 only when the pair serves and is
 //!   redundant, `Healthy`; 429 when it serves without a backup; 503 when it does
@@ -20,13 +23,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures::Stream;
+use openraft::async_runtime::watch::WatchReceiver;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -59,6 +63,9 @@ pub fn router(h: Http) -> Router {
         .route("/health", get(health))
         .route("/health/leader", get(health_leader))
         .route("/health/pair/{id}", get(health_pair))
+        .route("/metrics", get(metrics))
+        .merge(crate::dashboard::routes())
+        .layer(axum::middleware::map_response(cors))
         .with_state(h)
 }
 
@@ -67,6 +74,16 @@ pub async fn serve(cfg: HttpConfig, h: Http) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
     tracing::info!(listen = %cfg.listen, "HTTP API and health checks");
     axum::serve(listener, router(h)).await
+}
+
+/// Read-only JSON and events may be read by the dashboard served by another
+/// controller (it follows the leader).
+async fn cors(mut r: Response) -> Response {
+    r.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    r
 }
 
 fn role_header(h: &mut HeaderMap, role: &str) {
@@ -114,13 +131,29 @@ async fn leader_status(h: &Http, path: &str) -> Result<Value, Response> {
         return Err(not_leader(h, path));
     }
     match h.op.status().await {
-        Ok(s) => Ok(crate::status_json::status_json(&s)),
+        Ok(s) => Ok(status_with_http(h, &s)),
         Err(st) => Err((
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"role": "leader", "error": st.message()})),
         )
             .into_response()),
     }
+}
+
+/// The status JSON, with every member's HTTP address (`cluster.http`).
+fn status_with_http(h: &Http, s: &understudy_proto::GetStatusResponse) -> Value {
+    let mut v = crate::status_json::status_json(s);
+    if let Some(c) = v.get_mut("cluster").and_then(|c| c.as_object_mut()) {
+        c.insert(
+            "http".into(),
+            h.peers
+                .iter()
+                .map(|(id, a)| (id.to_string(), Value::from(a.clone())))
+                .collect::<serde_json::Map<_, _>>()
+                .into(),
+        );
+    }
+    v
 }
 
 fn leader_json(v: Value) -> Response {
@@ -185,27 +218,93 @@ async fn history(State(h): State<Http>) -> Response {
     leader_json(json!({"pairs": pairs, "audit": audit}))
 }
 
-async fn events(State(h): State<Http>) -> Response {
-    if !h.op.leader.borrow().is_leader {
-        return not_leader(&h, "/api/v1/events");
-    }
-    let rx = crate::command::watch_events(h.op.state.clone(), h.op.leader.clone(), String::new());
-    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
-    let events = futures::StreamExt::map(stream, |e| -> Result<Event, Infallible> {
-        Ok(match e {
-            Ok(e) => Event::default().event("history").data(
-                json!({
-                    "at_unix_ms": e.at_unix_ms, "pair_id": e.pair_id, "epoch": e.epoch,
-                    "state": e.state, "event": e.event,
-                })
-                .to_string(),
-            ),
-            Err(st) => Event::default()
-                .event("error")
-                .data(st.message().to_string()),
+/// `?status=1`: also a `status` event (the whole status, as `/api/v1/status`)
+/// at once, after every history line, and at least every second.
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    status: Option<String>,
+}
+
+fn history_event(e: &understudy_proto::WatchEvent) -> Event {
+    Event::default().event("history").data(
+        json!({
+            "at_unix_ms": e.at_unix_ms, "pair_id": e.pair_id, "epoch": e.epoch,
+            "state": e.state, "event": e.event,
         })
+        .to_string(),
+    )
+}
+
+async fn events(
+    State(h): State<Http>,
+    Query(q): Query<EventsQuery>,
+    uri: axum::http::Uri,
+) -> Response {
+    if !h.op.leader.borrow().is_leader {
+        // The redirect keeps the query (`?status=1`).
+        let path = uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/api/v1/events");
+        return not_leader(&h, path);
+    }
+    let with_status = q
+        .status
+        .as_deref()
+        .is_some_and(|v| v != "0" && v != "false");
+    let mut history =
+        crate::command::watch_events(h.op.state.clone(), h.op.leader.clone(), String::new());
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let due = tokio::select! {
+                e = history.recv() => match e {
+                    None => return,
+                    Some(Ok(e)) => {
+                        if tx.send(history_event(&e)).await.is_err() {
+                            return;
+                        }
+                        // The lines committed with it go before the status.
+                        while let Ok(Ok(e)) = history.try_recv() {
+                            if tx.send(history_event(&e)).await.is_err() {
+                                return;
+                            }
+                        }
+                        with_status
+                    }
+                    Some(Err(st)) => {
+                        let _ = tx
+                            .send(Event::default().event("error").data(st.message().to_string()))
+                            .await;
+                        return;
+                    }
+                },
+                _ = tick.tick() => with_status,
+                _ = tx.closed() => return,
+            };
+            if due {
+                let ev = match h.op.status().await {
+                    Ok(s) => Event::default().event("status").data(
+                        json!({
+                            "now_unix_ms": crate::leadership::now_unix_ms(),
+                            "status": status_with_http(&h, &s),
+                        })
+                        .to_string(),
+                    ),
+                    Err(st) => Event::default()
+                        .event("error")
+                        .data(st.message().to_string()),
+                };
+                if tx.send(ev).await.is_err() {
+                    return;
+                }
+            }
+        }
     });
-    sse(events)
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    sse(futures::StreamExt::map(stream, Ok::<Event, Infallible>))
 }
 
 fn sse(s: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -> Response {
@@ -240,6 +339,67 @@ async fn health_leader(State(h): State<Http>) -> Response {
         role_header(r.headers_mut(), "follower");
         r
     }
+}
+
+/// This node's Raft figures, for `/metrics`.
+fn raft_figures(h: &Http) -> crate::metrics::RaftFigures {
+    let m = h.op.raft.metrics().borrow_watched().clone();
+    let view = h.op.leader.borrow().clone();
+    let voters = m.membership_config.membership().voter_ids().count();
+    crate::metrics::RaftFigures {
+        node_id: h.op.cfg.node_id,
+        is_leader: view.is_leader,
+        term: m.current_term,
+        leader_id: m.current_leader,
+        last_log_index: m.last_log_index,
+        committed_index: m.local_committed.map(|l| l.index),
+        applied_index: m.last_applied.map(|l| l.index),
+        voters,
+        matched: m
+            .replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .filter(|(id, _)| **id != h.op.cfg.node_id)
+                    .map(|(id, l)| (*id, l.as_ref().map(|l| l.index)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        millis_since_quorum_ack: m
+            .last_quorum_acked
+            .map(|t| openraft::Instant::elapsed(&*t).as_millis() as u64),
+    }
+}
+
+/// `GET /metrics`: Prometheus text format; every node answers for itself (a
+/// follower without the leader-only per-server figures).
+async fn metrics(State(h): State<Http>) -> Response {
+    let raft = raft_figures(&h);
+    let status = if raft.is_leader {
+        h.op.status().await.ok()
+    } else {
+        None
+    };
+    let data = h.op.state.snapshot();
+    let text = crate::metrics::render(&crate::metrics::Inputs {
+        raft: &raft,
+        agent_sessions: h.op.liveness.sessions().len(),
+        pairs: &data.state.pairs,
+        status: status.as_ref(),
+    });
+    let mut r = (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response();
+    role_header(
+        r.headers_mut(),
+        if raft.is_leader { "leader" } else { "follower" },
+    );
+    r
 }
 
 /// The HTTP code of `/health/pair/{id}` for a pair in `state`: 200 serving and

@@ -187,6 +187,8 @@ impl OperatorGrpc {
                             .iter()
                             .map(|s| step_status(&s.step.to_string(), &s.status, s.attempts))
                             .collect(),
+                        kind: f.kind().into(),
+                        ..Default::default()
                     }),
                     spare: p.redundancy.spare.as_ref().map(|s| SpareStatus {
                         server_id: s.server_id.clone(),
@@ -227,7 +229,11 @@ impl OperatorGrpc {
                             .iter()
                             .map(|s| step_status(&s.step.to_string(), &s.status, s.attempts))
                             .collect(),
+                        kind: "rebuild".into(),
+                        ..Default::default()
                     }),
+                    last_failover: p.stats.last_failover.as_ref().map(finished_status),
+                    last_rebuild: p.stats.last_rebuild.as_ref().map(finished_status),
                     retired: p
                         .redundancy
                         .retired
@@ -446,7 +452,18 @@ pub const HISTORY_IN_STATUS: usize = 60;
 fn step_status(step: &str, status: &StepStatus, attempts: u32) -> StepStatusMsg {
     let (word, duration_ms, detail) = match status {
         StepStatus::Pending => ("pending", None, String::new()),
-        StepStatus::Running { .. } => ("running", None, String::new()),
+        StepStatus::Running {
+            started_unix_ms, ..
+        } => {
+            return StepStatusMsg {
+                step: step.to_string(),
+                status: "running".into(),
+                duration_ms: None,
+                detail: String::new(),
+                attempts,
+                started_unix_ms: *started_unix_ms,
+            }
+        }
         StepStatus::Done {
             duration_ms,
             detail,
@@ -462,5 +479,33 @@ fn step_status(step: &str, status: &StepStatus, attempts: u32) -> StepStatusMsg 
         duration_ms,
         detail,
         attempts,
+        started_unix_ms: 0,
+    }
+}
+
+/// A finished plan (`PairStats`) as the status shows it.
+fn finished_status(f: &crate::state::stats::FinishedPlan) -> FailoverStatus {
+    FailoverStatus {
+        epoch: f.epoch,
+        from: f.from.clone(),
+        to: f.to.clone(),
+        automatic: f.automatic,
+        started_unix_ms: f.started_unix_ms,
+        steps: f
+            .steps
+            .iter()
+            .map(|s| StepStatusMsg {
+                step: s.step.clone(),
+                status: s.status.clone(),
+                duration_ms: s.duration_ms,
+                detail: s.detail.clone(),
+                attempts: s.attempts,
+                started_unix_ms: 0,
+            })
+            .collect(),
+        finished_unix_ms: f.finished_unix_ms,
+        outcome: f.outcome.clone(),
+        kind: f.kind.clone(),
+        end: f.end.clone(),
     }
 }

@@ -168,7 +168,10 @@ pub fn pair_findings(
             .and_then(|r| r.net.as_ref());
         if let Some(n) = net {
             if let (Some(pi), Some(pt)) = (n.ping_int_ms, n.ping_timeout_ms) {
-                if pi + pt > cfg.recovery_target_ms {
+                // Reported values: any u64 (an agent's bug or a hostile one)
+                // must not overflow, and a huge one is the finding itself.
+                let detect_ms = pi.saturating_add(pt);
+                if detect_ms > cfg.recovery_target_ms {
                     out.push(finding(
                         "error",
                         m.id,
@@ -177,7 +180,7 @@ pub fn pair_findings(
                             pi as f64 / 1000.0,
                             pt as f64 / 1000.0,
                             m.id,
-                            pi + pt,
+                            detect_ms,
                             cfg.recovery_target_ms
                         ),
                         format!(
@@ -450,6 +453,39 @@ mod tests {
         assert!(problems[1].contains("self-check drbdadm"));
         assert_eq!(out[1].fix, "chmod 755 /usr/sbin/drbdadm");
         assert!(problems[2].contains("ping-int 10 s"));
+    }
+
+    /// Found by the property test `controller/tests/fuzz_report.rs`: a
+    /// report whose ping-int + ping-timeout overflows u64 panicked the
+    /// leader's preflight (debug) or wrapped past the check (release).
+    #[test]
+    fn huge_reported_drbd_timing_is_a_finding_not_an_overflow() {
+        let p = pair(PairState::Healthy);
+        for (pi, pt) in [(u64::MAX, 1), (u64::MAX, u64::MAX), (1 << 63, 1 << 63)] {
+            let report = Report {
+                drbd: Some(DrbdStatus {
+                    resources: vec![DrbdResource {
+                        name: "r0".into(),
+                        net: Some(DrbdNetOptions {
+                            ping_int_ms: Some(pi),
+                            ping_timeout_ms: Some(pt),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let out = run(
+                &p,
+                &CloudFacts::default(),
+                Some(&report),
+                AgentView::default(),
+            );
+            assert_eq!(out.len(), 1, "{out:?}");
+            assert!(out[0].problem.contains(&format!("{} ms", u64::MAX)));
+        }
     }
 
     #[test]

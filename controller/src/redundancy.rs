@@ -524,6 +524,9 @@ impl Executor {
                 let t0 = Instant::now();
                 let out = self.rebuild_step(rec.step, &pair, &plan.replaces, &plan.spare, plan.id, view.term).await;
                 let duration_ms = t0.elapsed().as_millis() as u64;
+                let current = tracing::Span::current();
+                current.record("duration_ms", duration_ms);
+                current.record("outcome", if out.is_ok() { "done" } else { "failed" });
                 match &out {
                     Ok(detail) => tracing::info!(duration_ms, %detail, "step done"),
                     Err(reason) => tracing::warn!(duration_ms, %reason, "step failed"),
@@ -548,7 +551,7 @@ impl Executor {
                 )
                 .await
             }
-            .instrument(tracing::info_span!(parent: &span, "step", step = %rec.step, attempt = rec.attempts + 1))
+            .instrument(tracing::info_span!(parent: &span, "step", step = %rec.step, attempt = rec.attempts + 1, outcome = tracing::field::Empty, duration_ms = tracing::field::Empty))
             .await;
             if let Err(e) = res {
                 span.in_scope(|| tracing::warn!(error = %e, "rebuild paused: cannot commit"));

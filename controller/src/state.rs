@@ -28,6 +28,7 @@ pub const HISTORY_CAP: usize = 10_000;
 
 mod operator;
 mod redundancy;
+pub mod stats;
 pub use operator::*;
 pub use redundancy::*;
 
@@ -175,6 +176,10 @@ pub struct PairRecord {
     /// Pause, maintenance window, scheduled switchover.
     #[serde(default)]
     pub ops: Operations,
+    /// What its plans did: counts, step durations, the last ones (metrics,
+    /// dashboard timeline).
+    #[serde(default)]
+    pub stats: stats::PairStats,
 }
 
 /// Why and since when a standby is known to be outdated (S1).
@@ -418,6 +423,47 @@ impl FailoverPlan {
         self.steps
             .iter()
             .find(|s| !matches!(s.status, StepStatus::Done { .. }))
+    }
+
+    /// `failover`, `reattach`, `switchover` or `promote` (metrics, timeline).
+    pub fn kind(&self) -> &'static str {
+        if self.is_reattach() {
+            "reattach"
+        } else if self.steps.iter().any(|s| s.step == Step::Check) {
+            "switchover"
+        } else if self.automatic {
+            "failover"
+        } else {
+            "promote"
+        }
+    }
+
+    /// The plan as it finished, for [`stats::PairStats::finish`].
+    fn finished(&self, at_unix_ms: i64, state: PairState, reason: &str) -> stats::FinishedPlan {
+        stats::FinishedPlan {
+            kind: self.kind().into(),
+            epoch: self.epoch,
+            from: self.from.clone(),
+            to: self.to.clone(),
+            automatic: self.automatic,
+            started_unix_ms: self.started_unix_ms,
+            finished_unix_ms: at_unix_ms,
+            outcome: match state {
+                PairState::Degraded | PairState::Healthy => "succeeded",
+                PairState::Suspect => "aborted",
+                _ => "failed",
+            }
+            .into(),
+            end: format!("{state}: {reason}"),
+            steps: self.steps.iter().map(StepRecord::finished).collect(),
+        }
+    }
+}
+
+impl StepRecord {
+    /// The step as a finished plan's timeline shows it.
+    pub fn finished(&self) -> stats::FinishedStep {
+        stats::FinishedStep::of(&self.step.to_string(), &self.status, self.attempts)
     }
 }
 
@@ -914,6 +960,7 @@ impl ClusterState {
                         "pair {pair_id}: no failover at epoch {epoch} in flight (stale executor)"
                     ));
                 };
+                let kind = plan.kind();
                 let Some(rec) = plan.steps.iter_mut().find(|r| r.step == *step) else {
                     return refused(format!("pair {pair_id}: unknown step {step}"));
                 };
@@ -923,6 +970,12 @@ impl ClusterState {
                 rec.status = status.clone();
                 if matches!(status, StepStatus::Running { .. }) {
                     rec.attempts += 1;
+                }
+                if let StepStatus::Done { duration_ms, .. }
+                | StepStatus::Failed { duration_ms, .. } = status
+                {
+                    pair.stats
+                        .observe_step(kind, &step.to_string(), *duration_ms);
                 }
                 let line = match status {
                     StepStatus::Pending => None,
@@ -962,6 +1015,8 @@ impl ClusterState {
                         "pair {pair_id}: no failover at epoch {epoch} in flight (stale executor)"
                     ));
                 };
+                pair.stats
+                    .finish(plan.finished(*at_unix_ms, *state, reason));
                 if *state == PairState::Degraded {
                     pair.serving = Some(plan.to.clone());
                     // The mark named the server that now serves; the new standby
@@ -1241,6 +1296,7 @@ impl ClusterState {
                         holdoff_elapsed_ms: 0,
                         redundancy: Redundancy::default(),
                         ops: Operations::default(),
+                        stats: Default::default(),
                     };
                     rec.record(at, "pair added to the inventory".into());
                     self.pairs.insert(spec.id.clone(), Arc::new(rec));

@@ -57,6 +57,32 @@ pub fn server_json(sv: &understudy_proto::ServerStatus) -> serde_json::Value {
     })
 }
 
+/// A plan in flight or finished (failover, switchover, rebuild...). A rebuild's
+/// `epoch` is its id, `from` the replaced server, `to` the spare.
+pub fn plan_json(f: &understudy_proto::FailoverStatus) -> serde_json::Value {
+    use serde_json::json;
+    json!({
+        "kind": f.kind, "epoch": f.epoch, "from": f.from, "to": f.to, "automatic": f.automatic,
+        "started_unix_ms": f.started_unix_ms,
+        "finished_unix_ms": (f.finished_unix_ms != 0).then_some(f.finished_unix_ms),
+        "outcome": f.outcome, "end": f.end,
+        "steps": f.steps.iter().map(|st| json!({
+            "step": st.step, "status": st.status, "duration_ms": st.duration_ms,
+            "detail": st.detail, "attempts": st.attempts,
+            "started_unix_ms": (st.started_unix_ms != 0).then_some(st.started_unix_ms),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// A rebuild: a plan whose `id` is its epoch, replacing `from` by the spare `to`.
+fn rebuild_json(f: &understudy_proto::FailoverStatus) -> serde_json::Value {
+    let mut v = plan_json(f);
+    v["id"] = f.epoch.into();
+    v["replaces"] = f.from.clone().into();
+    v["spare"] = f.to.clone().into();
+    v
+}
+
 /// The whole status.
 pub fn status_json(s: &GetStatusResponse) -> serde_json::Value {
     use serde_json::json;
@@ -78,26 +104,15 @@ pub fn status_json(s: &GetStatusResponse) -> serde_json::Value {
                 "server": o.server, "lost_peer_unix_ms": o.lost_peer_unix_ms,
                 "primary_alive_unix_ms": o.primary_alive_unix_ms, "source": o.source,
             })),
-            "failover": p.failover.as_ref().map(|f| json!({
-                "epoch": f.epoch, "from": f.from, "to": f.to, "automatic": f.automatic,
-                "started_unix_ms": f.started_unix_ms,
-                "steps": f.steps.iter().map(|st| json!({
-                    "step": st.step, "status": st.status, "duration_ms": st.duration_ms,
-                    "detail": st.detail, "attempts": st.attempts,
-                })).collect::<Vec<_>>(),
-            })),
+            "failover": p.failover.as_ref().map(plan_json),
+            "last_failover": p.last_failover.as_ref().map(plan_json),
             "spare": p.spare.as_ref().map(|sp| json!({
                 "server_id": sp.server_id, "instance_id": sp.instance_id, "address": sp.address,
                 "zone": sp.zone, "state": sp.state, "reason": sp.reason,
                 "requested_unix_ms": sp.requested_unix_ms,
             })),
-            "rebuild": p.rebuild.as_ref().map(|r| json!({
-                "id": r.epoch, "replaces": r.from, "spare": r.to, "started_unix_ms": r.started_unix_ms,
-                "steps": r.steps.iter().map(|st| json!({
-                    "step": st.step, "status": st.status, "duration_ms": st.duration_ms,
-                    "detail": st.detail, "attempts": st.attempts,
-                })).collect::<Vec<_>>(),
-            })),
+            "rebuild": p.rebuild.as_ref().map(rebuild_json),
+            "last_rebuild": p.last_rebuild.as_ref().map(rebuild_json),
             "retired": p.retired.iter().map(|x| json!({
                 "server_id": x.server_id, "instance_id": x.instance_id, "volumes": x.volumes,
                 "replaced_by": x.replaced_by, "terminated": x.terminated,

@@ -34,6 +34,7 @@ pub fn pair(state: PairState) -> PairRecord {
         holdoff_elapsed_ms: 0,
         redundancy: Default::default(),
         ops: Default::default(),
+        stats: Default::default(),
     }
 }
 

@@ -17,11 +17,14 @@
 //! `understudyctl` is called with an admin operator's certificate ([`Creds`]).
 //! [`Cluster::start_insecure`] runs everything in plain text instead.
 
+pub mod faults;
 pub mod netns;
 pub mod nscluster;
+pub mod webdriver;
 
 use std::fs;
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -160,10 +163,20 @@ pub fn emulator_wrappers(dir: &Path, emu_config: &Path) -> (PathBuf, PathBuf) {
 /// Start controller number `i` (0-based) with `config`, logging next to it.
 pub fn spawn_controller(config: &Path, log: &Path, i: usize) -> Proc {
     let mut cmd = Command::new(bin("understudy-controller"));
+    controller_args(&mut cmd, config, false);
+    Proc::spawn(&format!("controller {}", i + 1), &mut cmd, log)
+}
+
+/// The controller's arguments and environment: its config, the log filter, and
+/// text or JSON log lines.
+fn controller_args(cmd: &mut Command, config: &Path, json_logs: bool) {
     cmd.arg("--config")
         .arg(config)
-        .env("RUST_LOG", "info,openraft=warn");
-    Proc::spawn(&format!("controller {}", i + 1), &mut cmd, log)
+        .env("RUST_LOG", "info,openraft=warn")
+        .env(
+            "UNDERSTUDY_LOG_FORMAT",
+            if json_logs { "json" } else { "text" },
+        );
 }
 
 /// A test cluster's CA and certificates, in one directory.
@@ -324,6 +337,11 @@ pub struct Controllers {
     pub netns: Vec<Option<String>>,
     /// What `understudyctl` authenticates with (an admin, or `--insecure`).
     pub creds: Creds,
+    /// Log JSON lines (`--log-format json`) rather than text.
+    pub json_logs: bool,
+    /// Extra environment of each controller's process (e.g. `LD_PRELOAD` of
+    /// libfaketime for a clock jump on one controller), applied at its next start.
+    pub env: Vec<Vec<(String, String)>>,
 }
 
 impl Controllers {
@@ -331,12 +349,15 @@ impl Controllers {
     pub fn new(addrs: Vec<String>, configs: Vec<PathBuf>, creds: Creds) -> Controllers {
         let procs = addrs.iter().map(|_| None).collect();
         let netns = addrs.iter().map(|_| None).collect();
+        let env = addrs.iter().map(|_| Vec::new()).collect();
         Controllers {
             addrs,
             configs,
             procs,
             netns,
             creds,
+            json_logs: false,
+            env,
         }
     }
 
@@ -353,18 +374,21 @@ impl Controllers {
     /// Start controller `i` (0-based); its log is `controller-N.log` beside its config.
     pub fn start(&mut self, i: usize) {
         let log = self.configs[i].with_file_name(format!("controller-{}.log", i + 1));
-        self.procs[i] = Some(match &self.netns[i] {
-            None => spawn_controller(&self.configs[i], &log, i),
+        let (mut cmd, name) = match &self.netns[i] {
+            None => (
+                Command::new(bin("understudy-controller")),
+                format!("controller {}", i + 1),
+            ),
             Some(ns) => {
                 let mut cmd = Command::new("ip");
                 cmd.args(["netns", "exec", ns])
-                    .arg(bin("understudy-controller"))
-                    .arg("--config")
-                    .arg(&self.configs[i])
-                    .env("RUST_LOG", "info,openraft=warn");
-                Proc::spawn(&format!("controller {} in {ns}", i + 1), &mut cmd, &log)
+                    .arg(bin("understudy-controller"));
+                (cmd, format!("controller {} in {ns}", i + 1))
             }
-        });
+        };
+        controller_args(&mut cmd, &self.configs[i], self.json_logs);
+        cmd.envs(self.env[i].iter().map(|(k, v)| (k, v)));
+        self.procs[i] = Some(Proc::spawn(&name, &mut cmd, &log));
     }
 
     /// SIGKILL controller `i` (0-based) and reap it.
@@ -720,44 +744,47 @@ impl Drop for KeepLogs {
                 eprintln!("pausing {secs} s; cluster in {}", self.0.display());
                 std::thread::sleep(std::time::Duration::from_secs(secs));
             }
-            let dest = PathBuf::from(
-                std::env::var("UNDERSTUDY_TEST_LOGS")
-                    .unwrap_or_else(|_| "/tmp/understudy-failed-tests".into()),
-            )
-            .join(self.0.file_name().unwrap_or_default());
-            let copied = dest
-                .parent()
-                .map_or(Ok(()), std::fs::create_dir_all)
-                .map_err(|e| format!("cannot create {}: {e}", dest.display()))
-                .and_then(|()| {
-                    // Sockets and FIFOs of the cluster are skipped (-r without -a
-                    // copies regular files and directories); a partial copy
-                    // still keeps the logs, so cp's own complaints are shown.
-                    let out = Command::new("cp")
-                        .arg("-r")
-                        .arg(&self.0)
-                        .arg(&dest)
-                        .output()
-                        .map_err(|e| format!("cannot run cp: {e}"))?;
-                    if dest.is_dir() {
-                        Ok(())
-                    } else {
-                        Err(format!(
-                            "cp -r {} {} failed: {}",
-                            self.0.display(),
-                            dest.display(),
-                            String::from_utf8_lossy(&out.stderr).trim()
-                        ))
-                    }
-                });
+            let copied = copy_logs(&self.0);
             match copied {
-                Ok(()) => eprintln!("cluster logs kept in {}", dest.display()),
+                Ok(dest) => eprintln!("cluster logs kept in {}", dest.display()),
                 Err(e) => eprintln!(
                     "cluster logs NOT kept ({e}); they were in {}",
                     self.0.display()
                 ),
             }
         }
+    }
+}
+
+/// Copy a cluster's directory (configurations and logs) to
+/// `$UNDERSTUDY_TEST_LOGS` (default /tmp/understudy-failed-tests); the copy's path.
+pub fn copy_logs(dir: &Path) -> Result<PathBuf, String> {
+    let dest = PathBuf::from(
+        std::env::var("UNDERSTUDY_TEST_LOGS")
+            .unwrap_or_else(|_| "/tmp/understudy-failed-tests".into()),
+    )
+    .join(dir.file_name().unwrap_or_default());
+    dest.parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
+    // Sockets and FIFOs of the cluster are skipped (-r without -a copies
+    // regular files and directories); a partial copy still keeps the logs, so
+    // cp's own complaints are shown.
+    let out = Command::new("cp")
+        .arg("-r")
+        .arg(dir)
+        .arg(&dest)
+        .output()
+        .map_err(|e| format!("cannot run cp: {e}"))?;
+    if dest.is_dir() {
+        Ok(dest)
+    } else {
+        Err(format!(
+            "cp -r {} {} failed: {}",
+            dir.display(),
+            dest.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
@@ -805,4 +832,24 @@ pub fn pair_healthy(s: &Value) -> bool {
             && sv["drbd"]["out_of_sync_bytes"] == 0
     };
     ok("fs1-a", "Primary") && ok("fs1-b", "Secondary") && pair(s, "fs1")["state"] == "Healthy"
+}
+
+/// A plain HTTP/1.1 GET: (status code, headers lowercased, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, head.to_lowercase(), body.to_string())
 }

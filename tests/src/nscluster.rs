@@ -90,6 +90,8 @@ pub struct NsHost {
 pub struct NsOptions {
     /// `[executor] step_pause_ms` of the controllers.
     pub step_pause_ms: u64,
+    /// The controllers log JSON lines (`--log-format json`).
+    pub json_logs: bool,
     /// `[executor] result_pause_ms`: after a step's action, before its result.
     pub result_pause_ms: u64,
     /// `[detector] flap_holdoff_ms`; `None` keeps the default (10 minutes).
@@ -163,6 +165,7 @@ impl Default for NsOptions {
     fn default() -> Self {
         NsOptions {
             step_pause_ms: 0,
+            json_logs: false,
             result_pause_ms: 0,
             flap_holdoff_ms: None,
             resync_rate_kib: None,
@@ -271,6 +274,8 @@ pub struct NsCluster {
     pub net: Net,
     pub client_ip: Ipv4Addr,
     pub controllers: Controllers,
+    /// Each controller's `[http] listen` address (API, metrics, dashboard).
+    pub http: Vec<String>,
     pub hosts: Vec<NsHost>,
     /// Set when the controllers run in namespaces of their own.
     pub root_netns: Option<RootNetnsName>,
@@ -409,10 +414,20 @@ impl NsCluster {
                 }
             })
             .collect();
+        let http: Vec<String> = (0..3)
+            .map(|i| {
+                if opts.controllers_in_namespaces {
+                    format!("{}:7180", net.addr(CONTROLLER_HOSTS[i]))
+                } else {
+                    format!("{bridge}:{}", free_port())
+                }
+            })
+            .collect();
         let members = addrs
             .iter()
+            .zip(&http)
             .enumerate()
-            .map(|(i, a)| format!("{{ id = {}, addr = \"{a}\" }}", i + 1))
+            .map(|(i, (a, h))| format!("{{ id = {}, addr = \"{a}\", http = \"{h}\" }}", i + 1))
             .collect::<Vec<_>>()
             .join(", ");
         let names = ["fsa", "fsb"];
@@ -462,6 +477,9 @@ listen = "{addr}"
 data_dir = "{data}"
 members = [ {members} ]
 
+[http]
+listen = "{http_listen}"
+
 [executor]
 step_pause_ms = {pause}
 result_pause_ms = {rpause}
@@ -489,6 +507,7 @@ backup = {b}
                         None => INSECURE_SECTION.into(),
                     },
                     id = i + 1,
+                    http_listen = http[i],
                     data = root.join(format!("controller-{}", i + 1)).display(),
                     prefix = net.prefix(),
                     root_netns = root_netns
@@ -645,6 +664,7 @@ address = "{}:7789"
             None => Creds::Insecure,
         };
         let mut controllers = Controllers::new(addrs, configs, creds);
+        controllers.json_logs = opts.json_logs;
         if opts.controllers_in_namespaces {
             for (i, h) in CONTROLLER_HOSTS.iter().enumerate() {
                 controllers.netns[i] = Some(net.ns_name(h));
@@ -656,6 +676,7 @@ address = "{}:7789"
             net,
             client_ip,
             controllers,
+            http,
             hosts,
             root_netns,
             block_device: opts.block_device,
@@ -855,6 +876,14 @@ address = "{}:7789"
     }
 
     fn signal_host(&self, i: usize, sig: i32) {
+        let n = self.signal_host_processes(i, sig);
+        assert!(n > 0, "no process in {} to signal", self.hosts[i].name);
+    }
+
+    /// Send `sig` to every process in host `i`'s namespace (short-lived `ip`
+    /// commands excepted, as in [`NsCluster::freeze_host`]); how many there were.
+    /// Zero is no error here: a fence may have killed them all.
+    pub fn signal_host_processes(&self, i: usize, sig: i32) -> usize {
         let ns = self.net.ns_name(self.hosts[i].name);
         let pids = crate::netns::run("ip", &["netns", "pids", &ns])
             .unwrap_or_else(|e| panic!("listing the processes of {ns}: {e}"));
@@ -865,13 +894,13 @@ address = "{}:7789"
                 fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() != "ip")
             })
             .collect();
-        assert!(!pids.is_empty(), "no process in {ns} to signal");
-        for pid in pids {
+        for pid in &pids {
             // SAFETY: plain kill(2); a pid that exited meanwhile gives ESRCH, ignored.
             unsafe {
-                libc::kill(pid, sig);
+                libc::kill(*pid, sig);
             }
         }
+        pids.len()
     }
 
     /// Whether host `i`'s cable is in (the root side of its veth is up).
@@ -1572,19 +1601,33 @@ impl NfsClient {
     }
 
     fn cmd(&self, program: &str) -> Command {
+        self.cmd_within(program, NFS_OP_TIMEOUT_SECS)
+    }
+
+    fn cmd_within(&self, program: &str, timeout_secs: u64) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.ns, "timeout", "-s", "KILL"])
-            .arg(NFS_OP_TIMEOUT_SECS.to_string())
+            .arg(timeout_secs.to_string())
             .arg(program);
         c
     }
 
     /// One `nfs-cp` of `data` to `path`: `Ok` = acknowledged (exit 0).
     pub fn write_once(&self, path: &str, data: &[u8]) -> Result<(), String> {
+        self.write_once_within(path, data, NFS_OP_TIMEOUT_SECS)
+    }
+
+    /// [`NfsClient::write_once`], killed after `timeout_secs`.
+    pub fn write_once_within(
+        &self,
+        path: &str,
+        data: &[u8],
+        timeout_secs: u64,
+    ) -> Result<(), String> {
         let local = self.dir.join(format!("upload-{}", path.replace('/', "_")));
         fs::write(&local, data).map_err(|e| e.to_string())?;
         let out = self
-            .cmd("nfs-cp")
+            .cmd_within("nfs-cp", timeout_secs)
             .arg(&local)
             .arg(self.url(path))
             .output()
@@ -1735,23 +1778,71 @@ impl Drop for Writer {
 
 /// Samples every 100 ms, in a thread, which hosts hold the client IP and which
 /// run an NFS server, and keeps the worst seen; [`Invariants::check`] panics if
-/// two ever did at once.
+/// two ever did at once ([`Invariants::finish`] reports it).
 pub struct Invariants {
     stop: Arc<AtomicBool>,
-    worst: Arc<Mutex<(usize, usize, String, u64)>>,
+    worst: Arc<Mutex<InvariantReport>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What an [`Invariants`] sampler saw.
+#[derive(Debug, Clone, Default)]
+pub struct InvariantReport {
+    /// The most hosts holding the client IP at once, and running an NFS server.
+    pub max_ip_holders: usize,
+    pub max_exporters: usize,
+    /// The sample with the most of either.
+    pub worst: String,
+    /// Every sample with two or more of either, first 20 (with the time since
+    /// the sampler started).
+    pub doubles: Vec<String>,
+    pub samples: u64,
+}
+
+impl InvariantReport {
+    /// The violations: two holders of the client IP, or two NFS servers, at once.
+    pub fn violations(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.max_ip_holders > 1 {
+            v.push(format!(
+                "two holders of the client IP at once: {} (samples: {:?})",
+                self.worst, self.doubles
+            ));
+        }
+        if self.max_exporters > 1 {
+            v.push(format!(
+                "two NFS servers at once: {} (samples: {:?})",
+                self.worst, self.doubles
+            ));
+        }
+        v
+    }
 }
 
 impl Invariants {
     pub fn watch(c: &NsCluster) -> Invariants {
+        Self::watch_with(c, false)
+    }
+
+    /// With `reachable_only`, a host counts only while its cable is in (the
+    /// root side of its veth up): a host the fence cut off but did not stop
+    /// (`fence_keeps_processes`, an EC2 isolation whose stop has not landed) still
+    /// holds the address and runs ganesha, unreachable, and that is the fence.
+    pub fn watch_with(c: &NsCluster, reachable_only: bool) -> Invariants {
         let stop = Arc::new(AtomicBool::new(false));
-        let worst = Arc::new(Mutex::new((0, 0, String::new(), 0)));
+        let worst = Arc::new(Mutex::new(InvariantReport::default()));
         let ns = c.host_namespaces();
+        let veths: std::collections::HashMap<&'static str, String> = c
+            .hosts
+            .iter()
+            .map(|h| (h.name, c.net.root_veth(h.name)))
+            .collect();
         let ip = c.client_ip;
         // Hosts the local cloud launches meanwhile count too.
         let launched = format!("{}-i", c.net.prefix());
         let (s2, w2) = (stop.clone(), worst.clone());
         let thread = std::thread::spawn(move || {
+            let t0 = Instant::now();
             let mut names: std::collections::HashMap<String, &'static str> =
                 std::collections::HashMap::new();
             while !s2.load(Ordering::Relaxed) {
@@ -1764,14 +1855,25 @@ impl Invariants {
                         ns.push((n, name));
                     }
                 }
-                let holders = ip_holders_in(&ns, ip);
-                let exporting = exporters_in(&ns);
+                let reachable =
+                    |h: &&'static str| !reachable_only || veths.get(*h).is_none_or(|v| link_up(v));
+                let holders: Vec<_> = ip_holders_in(&ns, ip)
+                    .into_iter()
+                    .filter(reachable)
+                    .collect();
+                let exporting: Vec<_> = exporters_in(&ns).into_iter().filter(reachable).collect();
                 let mut w = w2.lock().unwrap();
-                w.3 += 1;
-                if holders.len() > w.0 || exporting.len() > w.1 {
-                    w.0 = w.0.max(holders.len());
-                    w.1 = w.1.max(exporting.len());
-                    w.2 = format!("IP holders {holders:?}, exporters {exporting:?}");
+                w.samples += 1;
+                if holders.len() > w.max_ip_holders || exporting.len() > w.max_exporters {
+                    w.max_ip_holders = w.max_ip_holders.max(holders.len());
+                    w.max_exporters = w.max_exporters.max(exporting.len());
+                    w.worst = format!("IP holders {holders:?}, exporters {exporting:?}");
+                }
+                if (holders.len() > 1 || exporting.len() > 1) && w.doubles.len() < 20 {
+                    let at = t0.elapsed().as_secs_f64();
+                    w.doubles.push(format!(
+                        "{at:.1}s: IP holders {holders:?}, exporters {exporting:?}"
+                    ));
                 }
                 drop(w);
                 std::thread::sleep(Duration::from_millis(100));
@@ -1784,17 +1886,23 @@ impl Invariants {
         }
     }
 
-    /// Stop sampling; panics if two hosts ever held the IP or exported at once.
-    /// Returns the number of samples taken.
-    pub fn check(mut self) -> u64 {
+    /// Stop sampling and report what was seen.
+    pub fn finish(mut self) -> InvariantReport {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             t.join().unwrap();
         }
         let w = self.worst.lock().unwrap();
-        assert!(w.0 <= 1, "two holders of the client IP at once: {}", w.2);
-        assert!(w.1 <= 1, "two NFS servers at once: {}", w.2);
-        w.3
+        w.clone()
+    }
+
+    /// Stop sampling; panics if two hosts ever held the IP or exported at once.
+    /// Returns the number of samples taken.
+    pub fn check(self) -> u64 {
+        let r = self.finish();
+        let v = r.violations();
+        assert!(v.is_empty(), "{}", v.join("; "));
+        r.samples
     }
 }
 

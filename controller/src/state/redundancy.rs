@@ -415,6 +415,12 @@ impl ClusterState {
                     rec.attempts += 1;
                 }
                 rec.status = status.clone();
+                if let StepStatus::Done { duration_ms, .. }
+                | StepStatus::Failed { duration_ms, .. } = status
+                {
+                    pair.stats
+                        .observe_step("rebuild", &step.to_string(), *duration_ms);
+                }
                 let line = match status {
                     StepStatus::Done {
                         duration_ms,
@@ -439,6 +445,28 @@ impl ClusterState {
                 let Some(plan) = r.rebuild.take_if(|p| p.id == *id) else {
                     return refused(format!("pair {pair_id}: rebuild #{id} is not in flight"));
                 };
+                pair.stats.finish(super::stats::FinishedPlan {
+                    kind: "rebuild".into(),
+                    epoch: plan.id,
+                    from: plan.replaces.clone(),
+                    to: plan.spare.clone(),
+                    automatic: true,
+                    started_unix_ms: plan.started_unix_ms,
+                    finished_unix_ms: at,
+                    outcome: if *ok { "succeeded" } else { "failed" }.into(),
+                    end: reason.clone(),
+                    steps: plan
+                        .steps
+                        .iter()
+                        .map(|s| {
+                            super::stats::FinishedStep::of(
+                                &s.step.to_string(),
+                                &s.status,
+                                s.attempts,
+                            )
+                        })
+                        .collect(),
+                });
                 pair.record(
                     at,
                     format!(

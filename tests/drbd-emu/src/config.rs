@@ -315,8 +315,13 @@ impl Config {
                 self.node_id
             ));
         }
-        if self.node_id > 31 || self.peer.node_id > 31 {
-            return Err("node ids must be in 0..=31".into());
+        for (k, id) in [
+            ("node_id", self.node_id),
+            ("peer.node_id", self.peer.node_id),
+        ] {
+            if id > 31 {
+                return Err(format!("{k} {id} is not a DRBD node id (0..=31)"));
+            }
         }
         if self.state_dir.as_os_str().is_empty() {
             return Err("state_dir must be set".into());
@@ -372,8 +377,14 @@ impl Config {
             }
         }
         let t = &self.tuning;
-        if t.ping_interval_ms == 0 || t.connect_retry_ms == 0 || t.scan_interval_ms == 0 {
-            return Err("tuning intervals must be > 0".into());
+        for (k, v) in [
+            ("ping_interval_ms", t.ping_interval_ms),
+            ("connect_retry_ms", t.connect_retry_ms),
+            ("scan_interval_ms", t.scan_interval_ms),
+        ] {
+            if v == 0 {
+                return Err(format!("tuning.{k} must be > 0"));
+            }
         }
         if t.ping_timeout_ms <= t.ping_interval_ms {
             return Err(format!(
@@ -524,6 +535,38 @@ address = "127.0.0.1:7790"
 [tuning]
 resync_rate_kib = 100
 "#;
+
+    /// Found by `config_props`: these errors did not say which key to fix.
+    #[test]
+    fn zero_intervals_and_bad_node_ids_name_their_key() {
+        for (key, edit) in [
+            (
+                "tuning.ping_interval_ms",
+                "resync_rate_kib = 100\nping_interval_ms = 0",
+            ),
+            (
+                "tuning.connect_retry_ms",
+                "resync_rate_kib = 100\nconnect_retry_ms = 0",
+            ),
+            (
+                "tuning.scan_interval_ms",
+                "resync_rate_kib = 100\nscan_interval_ms = 0",
+            ),
+        ] {
+            let text = GOOD.replace("resync_rate_kib = 100", edit);
+            let err = Config::parse(&text, Path::new("x.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{err}");
+        }
+        let err = Config::parse(
+            &GOOD.replace("node_id = 1", "node_id = 32"),
+            Path::new("x.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("peer.node_id 32"), "{err}");
+    }
 
     #[test]
     fn parses_good_config_with_defaults() {

@@ -13,12 +13,16 @@
 
 mod block;
 mod config;
+#[cfg(test)]
+mod config_props;
 mod ctl;
 mod daemon;
 mod drbdadm;
 mod drbdsetup;
 mod fence;
 mod format;
+#[cfg(test)]
+mod format_props;
 mod meta;
 mod model;
 mod repl;

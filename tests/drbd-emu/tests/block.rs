@@ -530,17 +530,26 @@ fn ext4_survives_primary_crash() {
     }
     // the backup's writes work on the promoted device
     std::fs::write(mnt_b.join("after-failover"), b"ok").unwrap();
-    let _ = Command::new("umount").arg(&mnt_b).output();
+    let u = Command::new("umount").arg(&mnt_b).output().expect("umount");
+    assert!(u.status.success(), "umount: {u:?}");
     bp.mounts.retain(|m| m != &mnt_b);
     // the crashed host comes back: what it leaked (loop device on a dead
     // FUSE mount) is cleaned up, and it resyncs from the new Primary
     bp.p.a.start();
     let a_file = dev_file(&bp.p.a).display().to_string();
-    let attached = run("losetup", &["-l", "-n", "--raw", "-O", "BACK-FILE"])
-        .lines()
-        .filter(|l| l.replace("\\x20", " ").trim_end_matches(" (deleted)") == a_file)
-        .count();
-    assert_eq!(attached, 1, "loop devices on {a_file} after the restart");
+    // The restarted daemon attaches its loop device once its device is up
+    // (the stale one is detached first): exactly one, within a bound.
+    let attached = || {
+        run("losetup", &["-l", "-n", "--raw", "-O", "BACK-FILE"])
+            .lines()
+            .filter(|l| l.replace("\\x20", " ").trim_end_matches(" (deleted)") == a_file)
+            .count()
+    };
+    let t0 = std::time::Instant::now();
+    while attached() != 1 && t0.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(attached(), 1, "loop devices on {a_file} after the restart");
     assert_ne!(loop_dev(&bp.p.a), "", "no loop device after the restart");
     bp.p.b.wait_status(
         30,
@@ -554,5 +563,20 @@ fn ext4_survives_primary_crash() {
         std::fs::read(backing(&bp.p.a)).unwrap() == std::fs::read(backing(&bp.p.b)).unwrap(),
         "backing files differ after the old Primary rejoined"
     );
-    bp.p.b.adm_ok(&["secondary", "r0"]);
+    // Demoting is refused while the device is held open (as DRBD does); the
+    // kernel may still hold it an instant after the unmount on a loaded machine.
+    let t0 = std::time::Instant::now();
+    loop {
+        let o = bp.p.b.drbdadm(&["secondary", "r0"]);
+        if o.status.success() {
+            break;
+        }
+        let err =
+            String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("held open") && t0.elapsed() < std::time::Duration::from_secs(5),
+            "drbdadm secondary r0: {err}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }

@@ -16,6 +16,9 @@
 //! it and removes everything. Every link runs over mutual TLS with certificates
 //! from `understudyctl certs` (the spare issues its own at boot).
 //!
+//! It prints the address of the live web dashboard (every controller serves
+//! it) and, unless `--no-wait`, waits 10 s before the kill so it can be opened.
+//!
 //! `--no-wait` exits after the scenario instead of watching until Ctrl-C.
 
 use std::io::Write;
@@ -29,6 +32,8 @@ use understudy_tests::{ctl, pair, Creds};
 struct Screen {
     started: Instant,
     events: Mutex<Vec<String>>,
+    /// The web dashboard's address, once the cluster is up.
+    dashboard: Mutex<String>,
 }
 
 impl Screen {
@@ -56,6 +61,12 @@ impl Screen {
         s.push_str(
             "Understudy demo: 3 controllers, file server fsa + backup fsb (DRBD emulator, nfs-ganesha), a client\n",
         );
+        let dash = self.dashboard.lock().unwrap().clone();
+        if !dash.is_empty() {
+            s.push_str(&format!(
+                "live web dashboard: {dash} (any controller's address serves it)\n"
+            ));
+        }
         s.push_str("Ctrl-C to stop\n\n$ understudyctl status\n");
         s.push_str(&body);
         s.push_str("\nwhat happened:\n");
@@ -95,6 +106,7 @@ fn main() {
     let screen = Arc::new(Screen {
         started: Instant::now(),
         events: Mutex::new(Vec::new()),
+        dashboard: Mutex::new(String::new()),
     });
     println!("starting: 3 controllers, file server fsa + backup fsb (DRBD emulator, nfs-ganesha) and a client, each host a network namespace ...");
     screen.event("starting 3 controllers and hosts fsa, fsb, client (network namespaces)");
@@ -112,6 +124,13 @@ fn main() {
     });
     let addrs = c.controllers.addrs.clone();
     let creds = c.controllers.creds.clone();
+    let dashboard = format!("http://{}/", c.http[0]);
+    *screen.dashboard.lock().unwrap() = dashboard.clone();
+    println!("live web dashboard: {dashboard}");
+    screen.event(format!(
+        "web dashboard at {dashboard} (also http://{}/, http://{}/); Prometheus metrics at {dashboard}metrics",
+        c.http[1], c.http[2]
+    ));
     screen.event(format!(
         "fsa serves NFS on client IP {} (ganesha, {PSEUDO}); files and logs in {}",
         c.client_ip,
@@ -164,6 +183,12 @@ fn main() {
         let writer = c.start_writer("demo");
         screen.event("a client writes numbered files back to back through the client IP");
         pause(2);
+        if !no_wait {
+            screen.event(format!(
+                "open {dashboard} in a browser to watch: fsa dies in 10 s"
+            ));
+            pause(10);
+        }
         if stop.load(Ordering::SeqCst) {
             return Ok(());
         }

@@ -1,0 +1,11 @@
+//! `drbdsetup show` output and the net options read from it.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+#[path = "../../agent/drbd/tests/fuzz_checks/mod.rs"]
+mod checks;
+
+fuzz_target!(|data: &[u8]| {
+    checks::show_bytes(data);
+});
