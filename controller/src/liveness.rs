@@ -191,6 +191,11 @@ impl Liveness {
                 if !repeat {
                     e.last_report = Some(report);
                     changed = Some(e.hello.pair_id.clone());
+                } else if let Some(old) = e.last_report.as_mut() {
+                    // The same content: keep it, but it is this report now (its
+                    // sequence number and observation time), without a wake-up.
+                    old.seq = report.seq;
+                    old.observed_at_unix_ms = report.observed_at_unix_ms;
                 }
             }
         }
