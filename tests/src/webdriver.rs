@@ -37,7 +37,12 @@ pub fn check_prerequisites() -> Result<(), String> {
 }
 
 fn request(addr: &str, method: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
-    let mut s = TcpStream::connect(addr).map_err(|e| format!("chromedriver {addr}: {e}"))?;
+    let mut s = loop {
+        match TcpStream::connect(addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => break r.map_err(|e| format!("chromedriver {addr}: {e}"))?,
+        }
+    };
     s.set_read_timeout(Some(Duration::from_secs(60)))
         .map_err(|e| e.to_string())?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
@@ -55,7 +60,10 @@ fn request(addr: &str, method: &str, path: &str, body: Option<&Value>) -> Result
         if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
             break i + 4;
         }
-        let n = s.read(&mut buf).map_err(|e| format!("chromedriver: {e}"))?;
+        let n = match s.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => r.map_err(|e| format!("chromedriver: {e}"))?,
+        };
         if n == 0 {
             return Err("chromedriver closed the connection before answering".into());
         }
@@ -68,7 +76,11 @@ fn request(addr: &str, method: &str, path: &str, body: Option<&Value>) -> Result
         .and_then(|v| v.trim().parse().ok())
         .ok_or_else(|| format!("chromedriver: no Content-Length in {head:?}"))?;
     while raw.len() < head_end + len {
-        let n = s.read(&mut buf).map_err(|e| format!("chromedriver: {e}"))?;
+        let n = match s.read(&mut buf) {
+            // A signal to this process (a child's exit) is not an error.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => r.map_err(|e| format!("chromedriver: {e}"))?,
+        };
         if n == 0 {
             break;
         }
