@@ -450,28 +450,19 @@ pub const HISTORY_IN_STATUS: usize = 60;
 
 /// A plan step as the status shows it.
 fn step_status(step: &str, status: &StepStatus, attempts: u32) -> StepStatusMsg {
-    let (word, duration_ms, detail) = match status {
-        StepStatus::Pending => ("pending", None, String::new()),
+    let (word, duration_ms, detail, started_unix_ms) = match status {
+        StepStatus::Pending => ("pending", None, String::new(), 0),
         StepStatus::Running {
             started_unix_ms, ..
-        } => {
-            return StepStatusMsg {
-                step: step.to_string(),
-                status: "running".into(),
-                duration_ms: None,
-                detail: String::new(),
-                attempts,
-                started_unix_ms: *started_unix_ms,
-            }
-        }
+        } => ("running", None, String::new(), *started_unix_ms),
         StepStatus::Done {
             duration_ms,
             detail,
-        } => ("done", Some(*duration_ms), detail.clone()),
+        } => ("done", Some(*duration_ms), detail.clone(), 0),
         StepStatus::Failed {
             duration_ms,
             reason,
-        } => ("failed", Some(*duration_ms), reason.clone()),
+        } => ("failed", Some(*duration_ms), reason.clone(), 0),
     };
     StepStatusMsg {
         step: step.to_string(),
@@ -479,7 +470,7 @@ fn step_status(step: &str, status: &StepStatus, attempts: u32) -> StepStatusMsg 
         duration_ms,
         detail,
         attempts,
-        started_unix_ms: 0,
+        started_unix_ms,
     }
 }
 
