@@ -26,6 +26,9 @@ pub enum ControllerError {
         source: std::io::Error,
     },
 
+    #[error("cannot start Raft's own runtime: {source}; the controller needs two more threads (check the process and memory limits)")]
+    RaftRuntime { source: std::io::Error },
+
     #[error("cannot open a UDP socket for liveness probes: {source}; the controller needs one ephemeral UDP port")]
     ProbeSocket { source: std::io::Error },
 

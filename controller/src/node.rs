@@ -87,8 +87,18 @@ pub async fn run(
         reason: e.to_string(),
     })?;
     let network = Network { tls: client_tls };
-    let raft = Raft::new(cfg.node_id, Arc::new(raft_cfg), network, log, sm)
+    // Raft's core, its replication streams (the clients dialled to the peers)
+    // and the state machine run on a runtime of their own, on threads of their own:
+    // thousands of agent sessions (their TLS handshakes above all) on the main
+    // runtime cannot delay a heartbeat past the leader's lease (S6) and make it
+    // stand down, which would redirect every session and start a reconnect storm.
+    let raft_rt = RaftRuntime::start()?;
+    let node_id = cfg.node_id;
+    let raft = raft_rt
+        .handle
+        .spawn(async move { Raft::new(node_id, Arc::new(raft_cfg), network, log, sm).await })
         .await
+        .map_err(|e| ControllerError::RaftFatal(e.to_string()))?
         .map_err(|e| ControllerError::RaftFatal(e.to_string()))?;
 
     let (leader_tx, leader_rx) = watch::channel(LeaderView::default());
@@ -196,7 +206,40 @@ pub async fn run(
         .await;
     tracing::info!(node = cfg.node_id, "shutting down Raft");
     let _ = raft.shutdown().await;
+    drop(raft_rt);
     served.map_err(ControllerError::from)
+}
+
+/// Raft's own runtime (two worker threads: the state machine's disk writes
+/// block one while the other keeps the heartbeats going); dropping this shuts
+/// it down with everything still spawned on it.
+struct RaftRuntime {
+    handle: tokio::runtime::Handle,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl RaftRuntime {
+    fn start() -> Result<RaftRuntime, ControllerError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("understudy-raft")
+            .enable_all()
+            .build()
+            .map_err(|source| ControllerError::RaftRuntime { source })?;
+        Ok(RaftRuntime {
+            handle: rt.handle().clone(),
+            rt: Some(rt),
+        })
+    }
+}
+
+impl Drop for RaftRuntime {
+    fn drop(&mut self) {
+        // (Called from the main runtime: a blocking shutdown is not allowed there.)
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// Every server of the configured inventory, as the cloud knows it.

@@ -24,7 +24,12 @@
 //!
 //! Usage: `cargo run --release -p understudy-tests --bin bench-scale -- --pairs 2000
 //! --rate 1 --churn 0.01 --duration 60` (build the workspace binaries first:
-//! `cargo build --release --workspace --bins`).
+//! `cargo build --release --workspace --bins`). `BENCH_HEAPTRACK=DIR` runs every
+//! controller under heaptrack (its files in DIR; `heaptrack_print` reads them).
+//!
+//! Operator commands: after the window, `--commands` switchovers (each of a
+//! pair kept out of the churn), timed from the RPC sent to its answer and to
+//! the plan's first step seen committed as started.
 
 use std::collections::HashMap;
 use std::fs;
@@ -44,7 +49,7 @@ use understudy_proto::{
     AgentMessage, CommandResult, DrbdResource, DrbdStatus, DrbdSummary, GetStatusRequest,
     GetStatusResponse, Heartbeat, Hello, Report, ServerRole, WatchRequest,
 };
-use understudy_tests::{free_port, free_udp_port, spawn_controller, Creds, Pki, Proc};
+use understudy_tests::{bin, free_port, free_udp_port, spawn_controller, Creds, Pki, Proc};
 use understudy_tls::ClientTls;
 
 const RESOURCE: &str = "r0";
@@ -56,6 +61,8 @@ struct Args {
     churn: f64,
     duration: u64,
     kills: usize,
+    /// Operator switchovers timed to their first step committed (under load).
+    commands: usize,
     idle_baseline: bool,
     /// `perf record` the leader during the measured window into this file.
     profile: Option<PathBuf>,
@@ -65,7 +72,7 @@ struct Args {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench-scale [--pairs N] [--rate REPORTS_PER_S] [--churn FRACTION_PER_S] [--duration S] [--kills K] [--no-idle] [--profile PERF_DATA] [--keep]"
+        "usage: bench-scale [--pairs N] [--rate REPORTS_PER_S] [--churn FRACTION_PER_S] [--duration S] [--kills K] [--commands C] [--no-idle] [--profile PERF_DATA] [--keep]"
     );
     std::process::exit(2)
 }
@@ -77,6 +84,7 @@ fn parse_args() -> Args {
         churn: 0.01,
         duration: 30,
         kills: 3,
+        commands: 20,
         idle_baseline: true,
         profile: None,
         keep: false,
@@ -90,13 +98,14 @@ fn parse_args() -> Args {
             "--churn" => a.churn = val().parse().unwrap_or_else(|_| usage()),
             "--duration" => a.duration = val().parse().unwrap_or_else(|_| usage()),
             "--kills" => a.kills = val().parse().unwrap_or_else(|_| usage()),
+            "--commands" => a.commands = val().parse().unwrap_or_else(|_| usage()),
             "--no-idle" => a.idle_baseline = false,
             "--profile" => a.profile = Some(val().into()),
             "--keep" => a.keep = true,
             _ => usage(),
         }
     }
-    if a.pairs < a.kills + 1 || a.rate <= 0.0 {
+    if a.pairs < a.kills + a.commands + 1 || a.rate <= 0.0 {
         usage()
     }
     a
@@ -139,6 +148,8 @@ struct Shared {
     latencies: Mutex<Vec<(Instant, Duration)>>,
     /// Pair -> (state, when seen) for every state the watch saw.
     seen: Mutex<HashMap<String, Vec<(String, Instant)>>>,
+    /// Pair -> when the watch first saw a plan step start ("step X started").
+    step_started: Mutex<HashMap<String, Instant>>,
     welcomed: AtomicUsize,
     reports: AtomicU64,
     heartbeats: AtomicU64,
@@ -406,6 +417,14 @@ async fn watch(addrs: Arc<Vec<String>>, tls: ClientTls, shared: Arc<Shared>) {
         let mut s = r.into_inner();
         while let Ok(Some(ev)) = s.message().await {
             let at = Instant::now();
+            if ev.event.starts_with("step ") && ev.event.contains(" started") {
+                shared
+                    .step_started
+                    .lock()
+                    .unwrap()
+                    .entry(ev.pair_id.clone())
+                    .or_insert(at);
+            }
             shared
                 .seen
                 .lock()
@@ -500,7 +519,8 @@ fn raise_fd_limit() {
 
 /// A running cluster and its simulated agents.
 struct Run {
-    _dir: tempfile::TempDir,
+    /// The cluster's directory; `None` once kept (`--keep`: also on a panic).
+    _dir: Option<tempfile::TempDir>,
     procs: Vec<Proc>,
     addrs: Arc<Vec<String>>,
     admin: ClientTls,
@@ -509,12 +529,18 @@ struct Run {
 }
 
 impl Run {
-    async fn start(pairs: usize, rate: f64) -> Run {
+    async fn start(pairs: usize, rate: f64, keep: bool) -> Run {
         let dir = tempfile::Builder::new()
             .prefix("understudy-bench-scale-")
             .tempdir()
             .expect("tempdir");
         let root = dir.path().to_path_buf();
+        let dir = if keep {
+            eprintln!("keeping {}", dir.keep().display());
+            None
+        } else {
+            Some(dir)
+        };
         let pki = Pki::new(&root.join("pki"));
         let addrs: Vec<String> = (0..3)
             .map(|_| format!("127.0.0.1:{}", free_port()))
@@ -551,11 +577,23 @@ impl Run {
                 ),
             )
             .expect("write controller config");
-            procs.push(spawn_controller(
-                &path,
-                &root.join(format!("controller-{}.log", i + 1)),
-                i,
-            ));
+            let log = root.join(format!("controller-{}.log", i + 1));
+            procs.push(match std::env::var_os("BENCH_HEAPTRACK") {
+                // A heap profile of every controller (heaptrack's own process
+                // is then the one measured: use it for the profile only).
+                Some(out) => Proc::spawn(
+                    &format!("controller {} (heaptrack)", i + 1),
+                    std::process::Command::new("heaptrack")
+                        .arg("-o")
+                        .arg(PathBuf::from(&out).join(format!("controller-{}", i + 1)))
+                        .arg(bin("understudy-controller"))
+                        .arg("--config")
+                        .arg(&path)
+                        .env("RUST_LOG", "info,openraft=warn"),
+                    &log,
+                ),
+                None => spawn_controller(&path, &log, i),
+            });
         }
         let t = Instant::now();
         let certs: Vec<(PathBuf, PathBuf)> = (0..pairs)
@@ -680,13 +718,53 @@ impl Run {
         (t0, suspect, failing)
     }
 
-    fn stop(self, keep: bool) {
+    /// An operator switchover of pair `i` (to its backup) through the
+    /// `OperatorService.Command` RPC on the leader: (the RPC answered, the
+    /// plan's first step seen committed as started on the Watch stream).
+    async fn switchover(&self, i: usize) -> (Option<Duration>, Option<Duration>) {
+        use understudy_proto::operator_command_request::Command;
+        use understudy_proto::{OperatorCommandRequest, SwitchoverCommand};
+        let id = pair_id(i);
+        self.shared.step_started.lock().unwrap().remove(&id);
+        let (leader, _, _) = self.leader_pid().await;
+        let addr = &self.addrs[leader as usize - 1];
+        let Ok(ch) = understudy_controller::raft::network::channel(
+            addr,
+            Duration::from_secs(2),
+            Some(&self.admin),
+        ) else {
+            return (None, None);
+        };
+        let mut c = OperatorServiceClient::new(ch);
+        let t0 = Instant::now();
+        let r = c
+            .command(OperatorCommandRequest {
+                pair_id: id.clone(),
+                command: Some(Command::Switchover(SwitchoverCommand {
+                    to: server_id(i, true),
+                    at_unix_ms: 0,
+                })),
+            })
+            .await;
+        let answered = t0.elapsed();
+        if let Err(e) = r {
+            eprintln!("switchover of {id} refused: {}", e.message());
+            return (None, None);
+        }
+        let deadline = t0 + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(at) = self.shared.step_started.lock().unwrap().get(&id) {
+                return (Some(answered), Some(*at - t0));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (Some(answered), None)
+    }
+
+    fn stop(self) {
         self.shared.stop.store(true, Ordering::Relaxed);
         for p in self.procs {
             p.kill();
-        }
-        if keep {
-            eprintln!("kept {}", self._dir.keep().display());
         }
     }
 }
@@ -724,7 +802,7 @@ async fn main() {
     let mut idle = Vec::new();
     if args.idle_baseline {
         eprintln!("idle baseline: one pair, no churn");
-        let run = Run::start(args.kills.max(1) + 1, args.rate).await;
+        let run = Run::start(args.kills.max(1) + 1, args.rate, false).await;
         for k in 0..args.kills.max(1) {
             let (_, s, f) = run.kill(k).await;
             eprintln!(
@@ -734,7 +812,7 @@ async fn main() {
             );
             idle.push((s, f));
         }
-        run.stop(false);
+        run.stop();
     }
 
     eprintln!(
@@ -744,10 +822,16 @@ async fn main() {
         args.rate,
         args.churn
     );
-    let run = Run::start(args.pairs, args.rate).await;
+    let run = Run::start(args.pairs, args.rate, args.keep).await;
     let self_pid = std::process::id() as i32;
     // The first `kills` pairs are kept out of the churn: they are killed.
-    churn_task(run.sims.clone(), args.churn, args.kills, run.shared.clone());
+    // And the next `commands` pairs too: they are switched over.
+    churn_task(
+        run.sims.clone(),
+        args.churn,
+        args.kills + args.commands,
+        run.shared.clone(),
+    );
     // Warm up: let the churn reach its steady state.
     tokio::time::sleep(Duration::from_secs(5)).await;
     run.shared.latencies.lock().unwrap().clear();
@@ -799,6 +883,24 @@ async fn main() {
         rss.push(rss_mb(pid));
     }
     let wall = t0.elapsed().as_secs_f64();
+    let cpu = (cpu_seconds(pid) - cpu0) / wall;
+    let self_cpu = (cpu_seconds(self_pid) - self0) / wall;
+    let (leader2, _, idx1) = run.leader_pid().await;
+    let reports = run.shared.reports.load(Ordering::Relaxed) - rep0;
+    let heartbeats = run.shared.heartbeats.load(Ordering::Relaxed) - hb0;
+    let lat = run.shared.latencies.lock().unwrap().clone();
+    // Operator commands, still under the agents' load (after the CPU window:
+    // their plans would count in it otherwise).
+    let (mut cmd_rpc, mut cmd_step) = (Vec::new(), Vec::new());
+    for k in 0..args.commands {
+        let (rpc, step) = run.switchover(args.kills + k).await;
+        cmd_rpc.extend(rpc);
+        match step {
+            Some(d) => cmd_step.push(d),
+            None => eprintln!("switchover {k}: no step started within 10 s"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     if let Some(mut p) = perf {
         let _ = p.wait();
         eprintln!(
@@ -806,12 +908,6 @@ async fn main() {
             args.profile.as_ref().unwrap().display()
         );
     }
-    let cpu = (cpu_seconds(pid) - cpu0) / wall;
-    let self_cpu = (cpu_seconds(self_pid) - self0) / wall;
-    let (leader2, _, idx1) = run.leader_pid().await;
-    let reports = run.shared.reports.load(Ordering::Relaxed) - rep0;
-    let heartbeats = run.shared.heartbeats.load(Ordering::Relaxed) - hb0;
-    let lat = run.shared.latencies.lock().unwrap().clone();
     let mut all: Vec<Duration> = lat.iter().map(|(_, d)| *d).collect();
     // Changes of other pairs committed within 5 s after a failover started.
     let mut during: Vec<Duration> = lat
@@ -892,6 +988,19 @@ async fn main() {
         ms(pct(&mut load_f, 0.5)),
         ms(pct(&mut load_f, 1.0))
     );
+    println!(
+        "| operator switchover -> RPC answered p50 / p99 ({} commands) | {} / {} |",
+        cmd_rpc.len(),
+        ms(pct(&mut cmd_rpc, 0.5)),
+        ms(pct(&mut cmd_rpc, 0.99))
+    );
+    println!(
+        "| operator switchover -> first step committed p50 / p99 ({} of {}) | {} / {} |",
+        cmd_step.len(),
+        args.commands,
+        ms(pct(&mut cmd_step, 0.5)),
+        ms(pct(&mut cmd_step, 0.99))
+    );
     println!("(latencies as seen on the leader's Watch stream by this process)");
-    run.stop(args.keep);
+    run.stop();
 }
