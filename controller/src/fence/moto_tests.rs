@@ -19,6 +19,7 @@ fn fencer(cloud: Arc<dyn Cloud>, from: &CloudServer, to: &CloudServer, ms: u64) 
         from: from.clone(),
         to: to.clone(),
         deadline: Duration::from_millis(ms),
+        retry_for: Duration::ZERO,
         forced_stop_deadline: Duration::from_secs(10),
     }
 }
