@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::ec2::ApiFault;
 use crate::nscluster::{
     serving_ok, InvariantReport, Invariants, NfsClient, NsCluster, NsOptions, SpareOptions,
     WriteRecord, Writer, PAIR,
@@ -179,6 +180,15 @@ pub enum Action {
     ExpectCut(usize),
     /// `understudyctl ARGS PAIR`.
     Operator(&'static [&'static str]),
+    /// The EC2 API (the fault proxy in front of moto) does this from now on;
+    /// needs [`NsOptions::ec2`].
+    Ec2Api(ApiFault),
+    /// No fence may be done yet (every EC2 call fails): no Fence step done, no
+    /// failover finished, the backup not promoted.
+    ExpectNotFenced,
+    /// The API fault met the fence: the proxy faulted a call the fence makes
+    /// after the last [`Action::KillHost`] (else the scenario missed its point).
+    ExpectFenceMetFault,
 }
 
 impl Action {
@@ -195,6 +205,8 @@ impl Action {
                 | Action::ExpectServing(_)
                 | Action::ExpectCut(_)
                 | Action::Operator(_)
+                | Action::ExpectNotFenced
+                | Action::ExpectFenceMetFault
         )
     }
 }
@@ -547,11 +559,75 @@ fn clock_jump(r: &mut SplitMix64) -> Schedule {
     }
 }
 
+/// The EC2 calls the fence makes (the controllers make others too: preflight's
+/// `DescribeVolumes`, the signals' `DescribeInstanceStatus`).
+const FENCE_CALLS: [&str; 6] = [
+    "DescribeInstances",
+    "DescribeNetworkInterfaces",
+    "AssignPrivateIpAddresses",
+    "UnassignPrivateIpAddresses",
+    "StopInstances",
+    "ModifyNetworkInterfaceAttribute",
+];
+
+/// The EC2 API slows down (every call delayed by a seeded 0.5-3 s; the
+/// backend's call timeout is 2 s) just before fsa dies, for a seeded window
+/// that covers the fence, then answers at full speed again.
+fn ec2_api_slow(r: &mut SplitMix64) -> Schedule {
+    Schedule {
+        setup: Vec::new(),
+        faults: vec![
+            Action::Sleep(r.range(0, 2000)),
+            Action::Ec2Api(ApiFault::Delay(r.range(500, 3000))),
+            Action::Sleep(r.range(0, 500)),
+            Action::KillHost(0),
+            Action::Sleep(r.range(5000, 12000)),
+            Action::Ec2Api(ApiFault::Pass),
+            Action::ExpectFenceMetFault,
+            Action::WaitFailover(90),
+        ],
+        heal: vec![Action::ReviveHost(0), Action::Operator(&["ack"])],
+    }
+}
+
+/// The EC2 API fails (a seeded EC2 error on every call, or every call hung)
+/// from just before fsa dies, for a seeded window that covers the fence; no
+/// fence may be done meanwhile; then it recovers.
+fn ec2_api_failing(r: &mut SplitMix64) -> Schedule {
+    let fault = r.pick(&[
+        ApiFault::Error(503, "RequestLimitExceeded"),
+        ApiFault::Error(503, "ServiceUnavailable"),
+        ApiFault::Error(500, "InternalError"),
+        ApiFault::Hang,
+    ]);
+    Schedule {
+        setup: Vec::new(),
+        faults: vec![
+            Action::Sleep(r.range(0, 2000)),
+            Action::Ec2Api(fault),
+            Action::Sleep(r.range(0, 500)),
+            Action::KillHost(0),
+            Action::Sleep(r.range(5000, 15000)),
+            Action::ExpectNotFenced,
+            Action::Ec2Api(ApiFault::Pass),
+            Action::ExpectFenceMetFault,
+            Action::WaitFailover(90),
+        ],
+        heal: vec![Action::ReviveHost(0), Action::Operator(&["ack"])],
+    }
+}
+
 /// The matrix: every scenario implemented (see ARCHITECTURE.md, "Tests", for
 /// those that are not and why).
 pub fn scenarios() -> Vec<Scenario> {
     fn defaults() -> NsOptions {
         NsOptions::default()
+    }
+    fn ec2() -> NsOptions {
+        NsOptions {
+            ec2: true,
+            ..NsOptions::default()
+        }
     }
     let one = Expect {
         failovers: (1, 1),
@@ -699,6 +775,20 @@ pub fn scenarios() -> Vec<Scenario> {
             about: "one controller restarted with its wall clock minutes off (libfaketime), then the file server killed",
             options: defaults,
             schedule: clock_jump,
+            expect: one.clone(),
+        },
+        Scenario {
+            name: "ec2-api-slow-during-fence",
+            about: "EC2 backend (moto behind a fault proxy): every API call delayed 0.5-3 s from just before the file server is killed, for 5-12 s",
+            options: ec2,
+            schedule: ec2_api_slow,
+            expect: one.clone(),
+        },
+        Scenario {
+            name: "ec2-api-failing-during-fence",
+            about: "EC2 backend (moto behind a fault proxy): every API call answered 503 RequestLimitExceeded / 503 ServiceUnavailable / 500 InternalError, or hung, from just before the file server is killed, for 5-15 s",
+            options: ec2,
+            schedule: ec2_api_failing,
             expect: one.clone(),
         },
     ]
@@ -869,9 +959,18 @@ struct Run<'a> {
     /// Operator commands run: (args, exit code, output).
     commands: Vec<(String, i32)>,
     epoch0: u64,
+    /// When the schedule last killed a host.
+    killed_at: Option<Instant>,
 }
 
 impl Run<'_> {
+    fn ec2(&self) -> &crate::ec2::Ec2Harness {
+        self.c
+            .ec2
+            .as_ref()
+            .expect("an EC2 API action needs NsOptions::ec2")
+    }
+
     fn status(&self) -> Option<Value> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -937,7 +1036,10 @@ impl Run<'_> {
         }
         match a {
             Action::Sleep(ms) => std::thread::sleep(Duration::from_millis(*ms)),
-            Action::KillHost(i) => self.c.kill_host(*i),
+            Action::KillHost(i) => {
+                self.c.kill_host(*i);
+                self.killed_at = Some(Instant::now());
+            }
             Action::FreezeHost(i) => self.c.freeze_host(*i),
             Action::ThawHost(i) => {
                 self.c.signal_host_processes(*i, libc::SIGCONT);
@@ -1092,6 +1194,48 @@ impl Run<'_> {
                     ));
                 }
             }
+            Action::Ec2Api(fault) => self.ec2().proxy.set(*fault),
+            Action::ExpectNotFenced => {
+                let e0 = self.epoch0;
+                match self.status() {
+                    None => self.violations.push("no status to check the fence".into()),
+                    Some(s) => {
+                        let p = pair(&s, PAIR);
+                        let fence_done = p["failover"]["steps"].as_array().is_some_and(|st| {
+                            st.iter()
+                                .any(|x| x["step"] == "Fence" && x["status"] == "done")
+                        });
+                        let finished =
+                            p["epoch"].as_u64().unwrap_or(0) > e0 && p["failover"].is_null();
+                        let fsb = crate::server(&s, PAIR, &format!("{PAIR}-fsb"));
+                        let promoted = fsb["drbd"]["role"] == "Primary";
+                        if fence_done || finished || promoted {
+                            self.violations.push(format!(
+                                "fenced while every EC2 call failed: Fence step done {fence_done}, failover finished {finished}, fsb Primary {promoted}; failover {}",
+                                p["failover"]
+                            ));
+                        }
+                    }
+                }
+            }
+            Action::ExpectFenceMetFault => {
+                let since = self.killed_at;
+                let met = self
+                    .ec2()
+                    .proxy
+                    .log()
+                    .iter()
+                    .filter(|e| e.fault != ApiFault::Pass)
+                    .filter(|e| since.is_none_or(|k| e.at >= k))
+                    .filter(|e| FENCE_CALLS.contains(&e.action.as_str()))
+                    .count();
+                if met == 0 {
+                    self.violations.push(
+                        "the EC2 API fault met no call of the fence: the schedule missed the fence"
+                            .into(),
+                    );
+                }
+            }
             Action::Operator(args) => {
                 let o = self
                     .c
@@ -1228,6 +1372,7 @@ pub fn run(sc: &Scenario, seed: u64) -> Outcome {
             probe: None,
             commands: Vec::new(),
             epoch0,
+            killed_at: None,
         };
         for a in &schedule.setup {
             run.act(a, false);
@@ -1247,6 +1392,7 @@ pub fn run(sc: &Scenario, seed: u64) -> Outcome {
         probe: None,
         commands: Vec::new(),
         epoch0,
+        killed_at: None,
     };
     run.violations = setup;
     for a in &schedule.faults {

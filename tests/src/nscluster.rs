@@ -135,6 +135,10 @@ pub struct NsOptions {
     /// (`"poll_ms = 300\nauto_switchover = true"`); `None`: no section (the
     /// defaults). Scheduled events are injected through [`NsCluster::cloud`].
     pub signals: Option<String>,
+    /// `[cloud] kind = "ec2"` instead of the local cloud: a `moto_server` on
+    /// loopback behind a fault proxy, the world created in it, and a VPC fabric
+    /// applying moto's state to the namespaces ([`crate::ec2`]). No spares.
+    pub ec2: bool,
 }
 
 /// Knobs of the spares of a namespace cluster.
@@ -180,6 +184,7 @@ impl Default for NsOptions {
             spares: None,
             insecure: false,
             signals: None,
+            ec2: false,
         }
     }
 }
@@ -288,6 +293,8 @@ pub struct NsCluster {
     pub cloud: Option<understudy_cloud::local::LocalCloud>,
     /// The CA and certificates (`None`: [`NsOptions::insecure`]).
     pub pki: Option<Pki>,
+    /// [`NsOptions::ec2`]: moto, the fault proxy, the world, the VPC fabric.
+    pub ec2: Option<crate::ec2::Ec2Harness>,
 }
 
 fn check_tools() {
@@ -350,6 +357,30 @@ impl NsCluster {
             opts.spares.is_none() || opts.block_device,
             "spares need block mode (volumes hold the emulator's disk)"
         );
+        assert!(
+            !(opts.ec2 && opts.spares.is_some()),
+            "spares need the local cloud"
+        );
+        // EC2: moto, the proxy, the world (an instance per server with the
+        // host's address, the client IP on fsa's interface) and the fabric.
+        let ec2 = opts.ec2.then(|| {
+            let hosts: Vec<(&'static str, String, String, Ipv4Addr)> = ["fsa", "fsb"]
+                .into_iter()
+                .map(|h| (h, net.ns_name(h), net.root_veth(h), net.addr(h)))
+                .collect();
+            let o = bridge.octets();
+            crate::ec2::Ec2Harness::start(
+                &hosts,
+                &format!("{}.{}.{}.0/24", o[0], o[1], o[2]),
+                client_ip,
+                &root.join("fabric.log"),
+            )
+        });
+        let zone = if ec2.is_some() {
+            crate::ec2::ZONE
+        } else {
+            "zone-a"
+        };
         // With spares, fsa's and fsb's disks are volumes of the local cloud
         // (created and attached through it, as an operator's provisioning would),
         // so a reattach can move fsa's to a spare.
@@ -434,11 +465,13 @@ impl NsCluster {
         let sid = |h: &str| format!("{PAIR}-{h}");
         let server_toml = |h: &str| {
             format!(
-                "{{ id = \"{}\", address = \"{}\", zone = \"zone-a\", instance_id = \"{}\", interface_id = \"{}:eth0\"{} }}",
+                "{{ id = \"{}\", address = \"{}\", zone = \"{zone}\", instance_id = \"{}\", interface_id = \"{}\"{} }}",
                 sid(h),
                 net.addr(h),
-                net.ns_name(h),
-                net.ns_name(h),
+                ec2.as_ref()
+                    .map_or(net.ns_name(h), |e| e.host(h).instance_id.clone()),
+                ec2.as_ref()
+                    .map_or(format!("{}:eth0", net.ns_name(h)), |e| e.host(h).eni_id.clone()),
                 volumes
                     .get(h)
                     .map(|(v, _)| format!(", volumes = [\"{v}\"]"))
@@ -485,18 +518,13 @@ step_pause_ms = {pause}
 result_pause_ms = {rpause}
 {sections}
 [cloud]
-kind = "local"
-netns_prefix = "{prefix}"
-prefix_len = 24
-{root_netns}
-kill_processes = {kill}
-{launch_section}
+{cloud_section}
 [[pairs]]
 id = "{PAIR}"
 resource = "{RESOURCE}"
 client_ip = "{client_ip}"
 client_ip_prefix_len = 24
-zone = "zone-a"
+zone = "{zone}"
 nfs_port = {NFS_PORT}
 export_path = "{PSEUDO}"
 primary = {p}
@@ -506,17 +534,23 @@ backup = {b}
                         Some(p) => p.section(&p.controller(i as u64 + 1, addr)),
                         None => INSECURE_SECTION.into(),
                     },
+                    cloud_section = match &ec2 {
+                        Some(e) => e.cloud_section(),
+                        None => format!(
+                            "kind = \"local\"\nnetns_prefix = \"{prefix}\"\nprefix_len = 24\n{root_netns}\nkill_processes = {kill}\n{launch_section}",
+                            prefix = net.prefix(),
+                            root_netns = root_netns
+                                .as_ref()
+                                .map(|r| format!("root_netns = \"{}\"\n", r.0))
+                                .unwrap_or_default(),
+                            kill = !opts.fence_keeps_processes,
+                        ),
+                    },
                     id = i + 1,
                     http_listen = http[i],
                     data = root.join(format!("controller-{}", i + 1)).display(),
-                    prefix = net.prefix(),
-                    root_netns = root_netns
-                        .as_ref()
-                        .map(|r| format!("root_netns = \"{}\"\n", r.0))
-                        .unwrap_or_default(),
                     pause = opts.step_pause_ms,
                     rpause = opts.result_pause_ms,
-                    kill = !opts.fence_keeps_processes,
                     sections = opts.sections(),
                     p = server_toml("fsa"),
                     b = server_toml("fsb"),
@@ -683,6 +717,7 @@ address = "{}:7789"
             block_registration,
             cloud,
             pki,
+            ec2,
         };
         for i in 0..3 {
             c.start_controller(i);
@@ -843,6 +878,11 @@ address = "{}:7789"
     /// Bring a dead host back (cable, emulator, agent): it rejoins as a Secondary
     /// and resynchronises from the serving host.
     pub fn revive_host(&mut self, i: usize) {
+        if let Some(e) = &self.ec2 {
+            // As an operator: the instance started and its security group
+            // restored in EC2 first, or the VPC (fabric) keeps it off.
+            e.power_on(self.hosts[i].name);
+        }
         self.net.heal(self.hosts[i].name);
         self.start_emulator(i);
         self.start_agent(i);
@@ -1162,6 +1202,8 @@ address = "{}:7789"
 
 impl Drop for NsCluster {
     fn drop(&mut self) {
+        // The fabric first: it must not act on namespaces being removed.
+        drop(self.ec2.take());
         for h in &mut self.hosts {
             h.agent.take();
             h.emu.take();
