@@ -192,11 +192,14 @@ pub enum Action {
 }
 
 impl Action {
-    /// Does something to the cluster (not a wait or a check).
+    /// Does something to the cluster (not a wait or a check). The EC2 API's
+    /// trouble is not: it only matters once a fence needs the API, so time to
+    /// serve again counts from the fault that needs the fence (the kill).
     fn is_fault(&self) -> bool {
         !matches!(
             self,
             Action::Sleep(_)
+                | Action::Ec2Api(_)
                 | Action::WaitStep { .. }
                 | Action::WaitState(..)
                 | Action::WaitFailover(_)
@@ -264,6 +267,9 @@ pub struct Outcome {
     pub logs: Option<String>,
     /// The pair's state and serving server at the end.
     pub end: String,
+    /// What else the run shows: the Fence step's history line(s); with the EC2
+    /// backend, what the fault proxy did with the controllers' calls.
+    pub notes: Vec<String>,
 }
 
 fn fs_kill(r: &mut SplitMix64) -> Schedule {
@@ -1476,6 +1482,14 @@ pub fn run(sc: &Scenario, seed: u64) -> Outcome {
         violations.extend(v);
     }
     let (lines, audit) = history.finish();
+    let mut notes: Vec<String> = lines
+        .iter()
+        .filter(|l| l.starts_with("step Fence "))
+        .cloned()
+        .collect();
+    if let Some(e) = &c.ec2 {
+        notes.push(proxy_summary(&e.proxy.log()));
+    }
     violations.extend(history_violations(&lines, false));
     // Every committed operator command is in the audit log.
     // (By verb: the audit log words a command its own way.)
@@ -1533,6 +1547,7 @@ pub fn run(sc: &Scenario, seed: u64) -> Outcome {
         schedule: format!("{:?}", schedule),
         took: t0.elapsed(),
         logs,
+        notes,
         end: final_status
             .as_ref()
             .map(|s| {
@@ -1544,6 +1559,28 @@ pub fn run(sc: &Scenario, seed: u64) -> Outcome {
             })
             .unwrap_or_default(),
     }
+}
+
+/// How many EC2 requests the fault proxy passed, delayed, failed and hung.
+fn proxy_summary(log: &[crate::ec2::ProxyEntry]) -> String {
+    let mut by: std::collections::BTreeMap<String, usize> = Default::default();
+    for e in log {
+        let k = match e.fault {
+            ApiFault::Pass => "passed".to_string(),
+            ApiFault::Delay(ms) => format!("delayed {ms} ms"),
+            ApiFault::Error(st, code) => format!("answered {st} {code}"),
+            ApiFault::Hang => "hung".to_string(),
+        };
+        *by.entry(k).or_default() += 1;
+    }
+    format!(
+        "EC2 API (fault proxy): {} requests: {}",
+        log.len(),
+        by.iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 /// FNV-1a of a name: each scenario's seed stream differs.
@@ -1576,7 +1613,7 @@ fn secs(d: Option<Duration>) -> String {
 /// One line about a run.
 pub fn describe(o: &Outcome) -> String {
     format!(
-        "{} seed {}: {} failovers, {} violations, serve again {}, longest stall {}, converged {} ({}), writes {}/{} acknowledged, {} IP samples, took {:.0}s; schedule {}",
+        "{} seed {}: {} failovers, {} violations, serve again {}, longest stall {}, converged {} ({}), writes {}/{} acknowledged, {} IP samples, took {:.0}s; schedule {}{}",
         o.scenario,
         o.seed,
         o.failovers,
@@ -1589,7 +1626,11 @@ pub fn describe(o: &Outcome) -> String {
         o.writes_attempted,
         o.ip_samples,
         o.took.as_secs_f64(),
-        o.schedule
+        o.schedule,
+        o.notes
+            .iter()
+            .map(|n| format!("\n  {n}"))
+            .collect::<String>()
     )
 }
 
