@@ -46,4 +46,6 @@ matrix! {
     leader_partitioned => "leader-partitioned",
     leader_kill_during_rebuild => "leader-kill-during-rebuild",
     clock_jump => "clock-jump",
+    ec2_api_slow_during_fence => "ec2-api-slow-during-fence",
+    ec2_api_failing_during_fence => "ec2-api-failing-during-fence",
 }
