@@ -93,6 +93,12 @@ pub enum Proof {
         state: InstanceState,
         /// Why the IP move was not verified.
         ip_failure: String,
+        /// The client IP moved to the backup after the stop (the holders then),
+        /// or why not. Not part of the proof: the instance is stopped, so moving
+        /// is safe, and on EC2 the backup receives nothing for the address until
+        /// the VPC has it on the backup's interface (a stopped instance keeps
+        /// its secondary addresses).
+        moved_after: Result<Vec<String>, String>,
     },
 }
 
@@ -167,11 +173,27 @@ impl fmt::Display for Fenced {
                     write!(f, "; also verified: instance {} {st}", self.instance)?;
                 }
             }
-            Proof::Stopped { state, ip_failure } => write!(
-                f,
-                "verified: instance {} of {s} is {state} (fallback: client IP {ip} NOT verified away: {ip_failure})",
-                self.instance
-            )?,
+            Proof::Stopped {
+                state,
+                ip_failure,
+                moved_after,
+            } => {
+                write!(
+                    f,
+                    "verified: instance {} of {s} is {state} (fallback: client IP {ip} NOT verified away: {ip_failure})",
+                    self.instance
+                )?;
+                match moved_after {
+                    Ok(holders) => write!(
+                        f,
+                        "; then client IP {ip} moved off the stopped {s} (holders now {holders:?})"
+                    )?,
+                    Err(e) => write!(
+                        f,
+                        "; client IP {ip} NOT moved off the stopped {s} either ({e}): the backup's clients may not reach it"
+                    )?,
+                }
+            }
         }
         write!(
             f,
@@ -376,10 +398,24 @@ impl Fencer {
                 (ip, Some(Ended::Ok { value, .. })) => {
                     let ip_failure = ip.failure().unwrap_or_default().to_string();
                     tracing::warn!(%ip_failure, state = %value, "client IP move not verified; fenced by the verified stop");
+                    // Fenced. The address must still reach the backup: the move
+                    // again, within what is left of the fence's time (a refusal
+                    // ends it at once).
+                    let moved_after = match self.verify_ip_moved(give_up).await {
+                        Ended::Ok { value, tries } => {
+                            tracing::info!(holders = ?value, tries, "client IP moved off the stopped old primary");
+                            Ok(value)
+                        }
+                        Ended::Failed(e) | Ended::Refused(e) => {
+                            tracing::warn!(error = %e, "client IP not moved off the stopped old primary");
+                            Err(e)
+                        }
+                    };
                     break Ok(fenced(
                         Proof::Stopped {
                             state: value,
                             ip_failure,
+                            moved_after,
                         },
                         iso_rx.borrow().clone(),
                         round,
@@ -684,7 +720,10 @@ mod tests {
         );
         let run = fencer(&c, 3000).run().await;
         let f = run.result.expect("fenced by the stop");
-        let Proof::Stopped { state, ip_failure } = &f.proof else {
+        let Proof::Stopped {
+            state, ip_failure, ..
+        } = &f.proof
+        else {
             panic!("{f}")
         };
         assert_eq!(*state, InstanceState::Stopped);
@@ -701,7 +740,12 @@ mod tests {
         // long before the deadline.
         assert!(f.took >= Duration::from_millis(200), "{:?}", f.took);
         assert!(f.took < Duration::from_millis(1500), "{:?}", f.took);
-        assert_eq!(c.calls(Op::MoveClientIp), 1);
+        // Once in the fence, once after the stop (refused again, at once).
+        assert_eq!(c.calls(Op::MoveClientIp), 2);
+        assert!(
+            detail.contains("NOT moved off the stopped a either"),
+            "{detail}"
+        );
     }
 
     #[tokio::test]
@@ -713,7 +757,10 @@ mod tests {
         c.inner().fail("move_client_ip", true);
         let run = fencer(&c, 800).run().await;
         let f = run.result.expect("fenced by the stop");
-        let Proof::Stopped { state, ip_failure } = &f.proof else {
+        let Proof::Stopped {
+            state, ip_failure, ..
+        } = &f.proof
+        else {
             panic!("{f}")
         };
         assert_eq!(*state, InstanceState::Terminated);
@@ -981,6 +1028,36 @@ mod tests {
         let FenceError::NotFenced { rounds, .. } = &e;
         assert_eq!(*rounds, 1, "{e}");
         assert_eq!(c.calls(Op::MoveClientIp), 1);
+    }
+
+    #[tokio::test]
+    async fn after_a_stop_proof_the_client_ip_is_still_moved_to_the_backup() {
+        // Every move is too slow for a round (800 ms > 500 ms): the stop proves
+        // the fence; then the move is given the time left, and lands, so the
+        // backup's interface holds the address (EC2 delivers nothing to it
+        // otherwise: a stopped instance keeps its secondary addresses).
+        let c = world();
+        c.inner().stop_completes_after(Duration::from_millis(100));
+        c.inject(
+            Op::MoveClientIp,
+            Fault::Delay(Duration::from_millis(800)),
+            None,
+        );
+        let mut f = fencer(&c, 500);
+        f.retry_for = Duration::from_millis(2000);
+        let run = f.run().await;
+        let fenced = run.result.expect("fenced by the stop");
+        let Proof::Stopped { moved_after, .. } = &fenced.proof else {
+            panic!("{fenced}")
+        };
+        assert_eq!(moved_after, &Ok(vec!["eni-b".to_string()]), "{fenced}");
+        assert!(
+            fenced
+                .to_string()
+                .contains("then client IP 10.0.1.100 moved off the stopped a"),
+            "{fenced}"
+        );
+        assert_eq!(c.inner().ip_holders(IP).await.unwrap(), vec!["eni-b"]);
     }
 
     #[tokio::test]
