@@ -25,7 +25,9 @@
 //! * no serving, `Healthy` pair within the bound after the faults stopped;
 //! * the scenario's own expectations: how many failovers (the epoch's rise)
 //!   it may cause, that serving continued through the fault, that a fenced
-//!   zombie stayed cut off, and that each step it waited for happened.
+//!   zombie stayed cut off, and that each step it waited for happened; with the
+//!   EC2 backend ([`NsOptions::ec2`]), that nothing was fenced while every EC2
+//!   call failed and that the API fault met a call of the fence.
 //!
 //! Time to serve again: from the first fault to the first acknowledged write of
 //! a probe: from the fault on, every 500 ms a fresh `nfs-cp` of a small file
