@@ -341,7 +341,12 @@ impl Fencer {
 
     async fn run_inner(&self) -> FenceRun {
         let t0 = Instant::now();
-        let give_up = t0 + self.retry_for.max(self.deadline);
+        // (Absurd configured times: a year is as good as never.)
+        let far = |d: Duration| {
+            t0.checked_add(d)
+                .unwrap_or(t0 + Duration::from_secs(365 * 86_400))
+        };
+        let give_up = far(self.retry_for.max(self.deadline));
         let forced_stop = self.fire_forced_stop();
         let (iso_tx, mut iso_rx) = watch::channel(Isolation::Running);
         let isolation = self.spawn_isolation(give_up, iso_tx);
@@ -362,7 +367,10 @@ impl Fencer {
         let mut round = 0;
         let result = loop {
             round += 1;
-            let deadline = (Instant::now() + self.deadline).min(give_up);
+            let deadline = Instant::now()
+                .checked_add(self.deadline)
+                .unwrap_or(give_up)
+                .min(give_up);
             let ip = self.verify_ip_moved(deadline);
             let stop = self.verify_stopped(deadline);
             tokio::pin!(ip, stop);
