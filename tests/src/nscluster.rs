@@ -361,6 +361,12 @@ impl NsCluster {
             !(opts.ec2 && opts.spares.is_some()),
             "spares need the local cloud"
         );
+        // The proxy and moto listen on 127.0.0.1 of this namespace: controllers
+        // in namespaces of their own would not reach them.
+        assert!(
+            !(opts.ec2 && opts.controllers_in_namespaces),
+            "the EC2 backend needs the controllers in the root namespace (the proxy is on 127.0.0.1)"
+        );
         // EC2: moto, the proxy, the world (an instance per server with the
         // host's address, the client IP on fsa's interface) and the fabric.
         let ec2 = opts.ec2.then(|| {
