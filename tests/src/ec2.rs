@@ -40,6 +40,8 @@ use understudy_cloud_ec2::aws_sdk_ec2::types::{Filter, InstanceType};
 use understudy_cloud_ec2::aws_sdk_ec2::Client;
 use understudy_cloud_ec2::Ec2Cloud;
 
+// The EC2 backend's own moto helpers (find, start and kill `moto_server`, its
+// client configuration), shared rather than copied.
 #[path = "../../controller/cloud-ec2/tests/support/mod.rs"]
 mod moto_support;
 
