@@ -158,6 +158,34 @@ pub enum Msg {
         /// Sequence number.
         seq: u64,
     },
+    /// Block mode: write / flush `seq` not done: the receiver has no disk
+    /// (detached after an I/O error, or the write itself failed). The
+    /// sender completes it on its own disk and counts its blocks out of
+    /// sync (DRBD's `P_NEG_ACK`).
+    BlkNegAck {
+        /// Sequence number.
+        seq: u64,
+    },
+    /// Block mode: the sender attached its disk while connected: its state
+    /// and bitmap, for the receiver to decide the resync as in a handshake.
+    Attached {
+        /// Disk state after the attach.
+        disk: DiskState,
+        /// Data generation.
+        gen: u64,
+        /// Generation history.
+        history: Vec<u64>,
+        /// Out-of-sync bitmap words.
+        words: Vec<u64>,
+    },
+    /// Answer to `Attached`: the decision from the attaching side's point
+    /// of view and the agreed resync bitmap.
+    AttachReply {
+        /// Resync direction for the receiver of this message.
+        decision: Decision,
+        /// The blocks to resync.
+        words: Vec<u64>,
+    },
     /// Block mode: resync data (payload follows).
     BlkSync {
         /// Byte offset.
@@ -243,7 +271,7 @@ pub struct Side {
 }
 
 /// Outcome of the handshake, from one side's point of view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Decision {
     /// Nothing to resync.
     InSync,
@@ -753,6 +781,78 @@ async fn run_link(sh: &Arc<Shared>, stream: TcpStream) -> Outcome {
     outcome
 }
 
+/// Starts what `decision` (this side's point of view) asks for on a live
+/// connection: SyncSource, SyncTarget, or nothing to resync.
+fn start_resync(c: &mut crate::daemon::Core, decision: Decision) {
+    match decision {
+        Decision::Source => c.start_sync_source(),
+        Decision::Target => c.start_sync_target(),
+        Decision::InSync => {
+            c.repl = Repl::Established;
+            c.recompute_oos();
+        }
+        Decision::SplitBrain => eprintln!(
+            "drbd {}: the data of the attached disk and the peer's have diverged: not resyncing (disconnect and connect --discard-my-data on the victim)",
+            c.cfg.resource
+        ),
+    }
+}
+
+/// The connected peer attached its disk (`Msg::Attached`, with its state
+/// already taken over): decide the resync as a handshake would, with both
+/// bitmaps; returns the `AttachReply` to send (before any resync data) and
+/// this side's decision to start after it. `None` when this host cannot resync anything
+/// (no disk of its own).
+fn peer_attached(c: &mut crate::daemon::Core, theirs: &[u64]) -> Option<(Msg, Decision)> {
+    if !c.attached || c.conn != ConnState::Connected {
+        return None;
+    }
+    let me = Side {
+        node_id: c.cfg.node_id,
+        disk: c.disk(),
+        gen: c.meta.gen,
+        history: c.meta.history.clone(),
+        discard: false,
+    };
+    let them = Side {
+        node_id: c.cfg.peer.node_id,
+        disk: c.peer_disk,
+        gen: c.peer_gen,
+        history: c.peer_history.clone(),
+        discard: false,
+    };
+    let roles = (c.role, c.peer_role);
+    let b = c.blk.as_mut()?;
+    if theirs.len() != b.oos.len() {
+        return None;
+    }
+    let mine = b.handshake_bitmap();
+    let decision = block_decision(decide(&me, &them), &me, &them, roles, &mine, theirs);
+    let target_gen = match decision {
+        Decision::Source => them.gen,
+        _ => me.gen,
+    };
+    if decision != Decision::SplitBrain {
+        b.oos = resync_bitmap(decision, target_gen, &mine, theirs, b.nblocks());
+        if let Err(e) = b.flush_bitmap() {
+            eprintln!("drbd {}: writing the bitmap: {e}", c.cfg.resource);
+        }
+    }
+    let words = b.oos.clone();
+    let theirs_decision = match decision {
+        Decision::Source => Decision::Target,
+        Decision::Target => Decision::Source,
+        d => d,
+    };
+    Some((
+        Msg::AttachReply {
+            decision: theirs_decision,
+            words,
+        },
+        decision,
+    ))
+}
+
 /// Block mode: the blocks to resync after the handshake `decision`. A
 /// resync covers the union of both bitmaps (blocks either side wrote
 /// without the other), **all** blocks when the target never held data
@@ -984,7 +1084,12 @@ impl Receiver {
             } => {
                 let mut c = self.sh.lock();
                 c.peer_role = role;
+                let lost_disk = crate::daemon::peer_has_disk(c.peer_disk)
+                    && matches!(disk, DiskState::Failed | DiskState::Diskless);
                 c.peer_disk = disk;
+                if lost_disk {
+                    c.peer_disk_lost();
+                }
                 let gen_changed = c.peer_gen != gen;
                 c.peer_gen = gen;
                 c.peer_history = history;
@@ -1091,21 +1196,36 @@ impl Receiver {
                 ack_on_receive,
             } => {
                 let p = payload.unwrap_or_default();
-                if ack_on_receive {
+                // protocol B acknowledges on receipt, unless there is no
+                // disk to write to
+                let early = ack_on_receive && self.sh.lock().attached;
+                if early {
                     self.reply(Msg::BlkAck { seq });
                 }
-                crate::block::apply_write(&self.sh, off, &p)?;
-                if !ack_on_receive {
-                    self.reply(Msg::BlkAck { seq });
+                let written = crate::block::apply_write(&self.sh, off, &p)?;
+                if !early {
+                    self.reply(if written {
+                        Msg::BlkAck { seq }
+                    } else {
+                        Msg::BlkNegAck { seq }
+                    });
                 }
             }
             Msg::BlkFlush { seq } => {
-                crate::block::apply_flush(&self.sh)?;
-                self.reply(Msg::BlkAck { seq });
+                let ok = crate::block::apply_flush(&self.sh);
+                self.reply(if ok {
+                    Msg::BlkAck { seq }
+                } else {
+                    Msg::BlkNegAck { seq }
+                });
             }
             Msg::BlkSync { off } => {
                 let p = payload.unwrap_or_default();
-                crate::block::apply_write(&self.sh, off, &p)?;
+                if !crate::block::apply_sync(&self.sh, off, &p)? {
+                    // no disk (any more): the source stops when it sees
+                    // our disk state; the blocks stay out of sync there
+                    return Ok(());
+                }
                 let len = p.len() as u64;
                 {
                     let mut c = self.sh.lock();
@@ -1121,6 +1241,45 @@ impl Receiver {
                     b.acked(seq);
                 }
             }
+            Msg::BlkNegAck { seq } => {
+                let mut c = self.sh.lock();
+                if let Some(b) = c.blk.as_mut() {
+                    b.neg_acked(seq);
+                }
+                c.recompute_oos();
+            }
+            Msg::Attached {
+                disk,
+                gen,
+                history,
+                words,
+            } => {
+                let mut c = self.sh.lock();
+                c.peer_disk = disk;
+                c.peer_gen = gen;
+                c.peer_history = history;
+                if let Some((reply, decision)) = peer_attached(&mut c, &words) {
+                    // the reply goes ahead of any resync data
+                    self.reply(reply);
+                    start_resync(&mut c, decision);
+                }
+                c.publish();
+            }
+            Msg::AttachReply { decision, words } => {
+                let mut c = self.sh.lock();
+                if c.attached && c.conn == ConnState::Connected {
+                    if let Some(b) = c.blk.as_mut() {
+                        if words.len() == b.oos.len() {
+                            b.oos = words;
+                        }
+                        if let Err(e) = b.flush_bitmap() {
+                            eprintln!("drbd {}: writing the bitmap: {e}", c.cfg.resource);
+                        }
+                    }
+                    start_resync(&mut c, decision);
+                    c.publish();
+                }
+            }
             Msg::BlkSyncAck { off, len } => {
                 let mut c = self.sh.lock();
                 if let Some(b) = c.blk.as_mut() {
@@ -1134,6 +1293,10 @@ impl Receiver {
             }
             Msg::SyncDone { gen, history, disk } => {
                 let mut c = self.sh.lock();
+                if !c.attached {
+                    // the disk failed during the resync: still not UpToDate
+                    return Ok(());
+                }
                 if let Some(b) = c.blk.as_mut() {
                     b.clear_oos(0..b.nblocks());
                     // the received blocks must be durable before UpToDate
