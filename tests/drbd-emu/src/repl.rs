@@ -628,7 +628,15 @@ async fn run_link(sh: &Arc<Shared>, stream: TcpStream) -> Outcome {
             history: peer_history.clone(),
             discard: peer_discard,
         };
-        let mut decision = decide(&me, &them);
+        // A side without a disk (Diskless after an I/O error) has nothing to
+        // resync from or to: connected, no resync; the bitmaps are kept.
+        let diskless =
+            !crate::daemon::peer_has_disk(me.disk) || !crate::daemon::peer_has_disk(them.disk);
+        let mut decision = if diskless {
+            Decision::InSync
+        } else {
+            decide(&me, &them)
+        };
         if decision != Decision::SplitBrain && role_conflict(c.role, peer_role) {
             eprintln!(
                 "drbd {}: both nodes are Primary, dropping connection",
@@ -636,16 +644,16 @@ async fn run_link(sh: &Arc<Shared>, stream: TcpStream) -> Outcome {
             );
             decision = Decision::SplitBrain;
         }
-        if let (Some((_, mine)), Some(theirs)) = (&my_bitmap, &peer_bitmap) {
+        if let (Some((_, mine)), Some(theirs), false) = (&my_bitmap, &peer_bitmap, diskless) {
             decision = block_decision(decision, &me, &them, (c.role, peer_role), mine, theirs);
         }
         if decision == Decision::SplitBrain {
             None
         } else {
-            Some(decision)
+            Some((decision, diskless))
         }
     };
-    let Some(decision) = decision else {
+    let Some((decision, diskless)) = decision else {
         // Close gracefully so the peer surely reads our Hello and reaches
         // the same verdict: flush our frames, then wait for its EOF.
         drop(ctrl_tx);
@@ -692,7 +700,12 @@ async fn run_link(sh: &Arc<Shared>, stream: TcpStream) -> Outcome {
                 _ => c.meta.gen,
             };
             let b = c.blk.as_mut().expect("block mode");
-            b.oos = resync_bitmap(decision, target_gen, mine, theirs, b.nblocks());
+            b.oos = if diskless {
+                // still out of sync: whatever either side recorded
+                mine.iter().zip(theirs).map(|(a, b)| a | b).collect()
+            } else {
+                resync_bitmap(decision, target_gen, mine, theirs, b.nblocks())
+            };
             if let Err(e) = b.flush_bitmap() {
                 eprintln!("drbd {}: writing the bitmap: {e}", cfg.resource);
             }
