@@ -465,29 +465,54 @@ fn replication_cut_then_fs_dies(r: &mut SplitMix64) -> Schedule {
 /// The backup's backing storage (a thin disk on a size-limited file system)
 /// runs full while the client writes: DRBD detaches it (`on-io-error
 /// detach`), the file server goes on acknowledging writes on its own disk,
-/// the pair is `Degraded` with fsb Diskless and nothing fails over. Healing,
-/// as an operator: space freed, `drbdadm attach` on fsb (DRBD does not
-/// re-attach by itself, nor does Understudy), which resyncs what fsb missed.
+/// the pair is `Degraded` with fsb Diskless and nothing fails over. In half
+/// the seeds fsa is then killed: the Diskless backup must not be promoted
+/// (S1; the pair stays `Degraded`, nothing serves) until fsa is back.
+/// Healing, as an operator: space freed, `drbdadm attach` on fsb (DRBD does
+/// not re-attach by itself, nor does Understudy), which resyncs what fsb
+/// missed; fsa rebooted (before or after the attach, seeded) when it died.
 fn backup_disk_full(r: &mut SplitMix64) -> Schedule {
-    Schedule {
-        setup: Vec::new(),
-        faults: vec![
-            Action::Sleep(r.range(0, 3000)),
-            Action::FillDisk(1),
-            Action::WaitDisk(1, "Diskless", 30),
-            Action::WaitState("Degraded", 30),
-            Action::ExpectServing(r.range(2000, 6000)),
+    let mut faults = vec![
+        Action::Sleep(r.range(0, 3000)),
+        Action::FillDisk(1),
+        Action::WaitDisk(1, "Diskless", 30),
+        Action::WaitState("Degraded", 30),
+        Action::ExpectServing(r.range(2000, 6000)),
+        Action::ExpectDisk {
+            host: 1,
+            disk: "Diskless",
+            state: "Degraded",
+        },
+    ];
+    let mut heal = vec![Action::Sleep(r.range(0, 3000)), Action::FreeDisk(1)];
+    let attach = Action::DrbdAdm(1, &["attach", crate::RESOURCE]);
+    if r.range(0, 1) == 0 {
+        faults.extend([
+            Action::KillHost(0),
+            Action::Sleep(r.range(3000, 6000)),
+            // no promotion of a backup without a disk
             Action::ExpectDisk {
                 host: 1,
                 disk: "Diskless",
                 state: "Degraded",
             },
-        ],
-        heal: vec![
-            Action::Sleep(r.range(0, 3000)),
-            Action::FreeDisk(1),
-            Action::DrbdAdm(1, &["attach", crate::RESOURCE]),
-        ],
+        ]);
+        if r.range(0, 1) == 0 {
+            heal.extend([Action::ReviveHost(0), Action::WaitConnected(0, 30), attach]);
+        } else {
+            heal.extend([
+                attach,
+                Action::Sleep(r.range(0, 3000)),
+                Action::ReviveHost(0),
+            ]);
+        }
+    } else {
+        heal.push(attach);
+    }
+    Schedule {
+        setup: Vec::new(),
+        faults,
+        heal,
     }
 }
 
@@ -709,7 +734,7 @@ pub fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "backup-disk-full",
-            about: "the backup's backing storage runs full under writes: its disk detached (Diskless), Degraded, serving continues; space freed, attached, resynced",
+            about: "the backup's backing storage runs full under writes: its disk detached (Diskless), Degraded, serving continues (in half the seeds fsa then killed: no promotion); space freed, attached, resynced",
             options: || NsOptions {
                 backup_disk_mib: Some(BACKUP_DISK_MIB),
                 ..NsOptions::default()
