@@ -633,6 +633,11 @@ impl Tmpfs {
         }
         ballast
     }
+
+    /// Removes the ballast.
+    fn free(&self) {
+        std::fs::remove_file(self.0.join("ballast")).unwrap();
+    }
 }
 
 /// (free blocks available, block size) of the file system holding `p`.
@@ -657,6 +662,39 @@ fn allocated(p: &Path) -> u64 {
     std::fs::metadata(p).unwrap().blocks() * 512
 }
 
+/// A synced 8 MiB pair (fs1 Primary) whose fs2 (`on_primary`: fs1) has its
+/// backing file on a 12 MiB tmpfs of its own.
+fn thin_pair(on_primary: bool) -> (BPair, Tmpfs) {
+    let size_mib = 8;
+    let mut bp = BPair::new(
+        size_mib,
+        "ping_interval_ms = 200\nping_timeout_ms = 2500\nconnect_retry_ms = 100",
+        "",
+        "",
+    );
+    let n = if on_primary { &bp.p.a } else { &bp.p.b };
+    let base = n.state_dir.parent().unwrap().to_path_buf();
+    let thin = Tmpfs::mount(&base.join("thin"), 12);
+    let text = std::fs::read_to_string(&n.config).unwrap();
+    let old = format!("backing_file = \"{}\"", base.join("disk.img").display());
+    assert!(text.contains(&old), "{text}");
+    std::fs::write(
+        &n.config,
+        text.replace(
+            &old,
+            &format!("backing_file = \"{}\"", thin.0.join("disk.img").display()),
+        ),
+    )
+    .unwrap();
+    bp.p.a.start();
+    bp.p.b.start();
+    bp.p.a.wait_status(10, "r0 role:Secondary\n  disk:Inconsistent\n  fs2 role:Secondary\n    peer-disk:Inconsistent\n");
+    bp.p.a.adm_ok(&["primary", "--force", "r0"]);
+    bp.p.a.wait_status(60, SYNCED_A);
+    bp.p.b.wait_status(60, SYNCED_B);
+    (bp, thin)
+}
+
 /// DRBD's `on-io-error detach` on the Secondary: its backing file sits on
 /// a small tmpfs that is filled up; the next replicated write fails with
 /// ENOSPC there. The Secondary's disk goes `Failed` then `Diskless`
@@ -668,31 +706,8 @@ fn allocated(p: &Path) -> u64 {
 /// thin backing file thin (zero runs are discarded).
 #[test]
 fn disk_full_on_the_secondary_detaches_and_attach_resyncs() {
-    let size_mib = 8;
-    let mut bp = BPair::new(
-        size_mib,
-        "ping_interval_ms = 200\nping_timeout_ms = 2500\nconnect_retry_ms = 100",
-        "",
-        "",
-    );
-    // fs2's backing file on a 12 MiB tmpfs (the device is 8 MiB)
-    let base_b = bp.p.b.state_dir.parent().unwrap().to_path_buf();
-    let thin = Tmpfs::mount(&base_b.join("thin"), 12);
+    let (bp, thin) = thin_pair(false);
     let thin_file = thin.0.join("disk.img");
-    let text = std::fs::read_to_string(&bp.p.b.config).unwrap();
-    let old = format!("backing_file = \"{}\"", base_b.join("disk.img").display());
-    assert!(text.contains(&old), "{text}");
-    std::fs::write(
-        &bp.p.b.config,
-        text.replace(&old, &format!("backing_file = \"{}\"", thin_file.display())),
-    )
-    .unwrap();
-    bp.p.a.start();
-    bp.p.b.start();
-    bp.p.a.wait_status(10, "r0 role:Secondary\n  disk:Inconsistent\n  fs2 role:Secondary\n    peer-disk:Inconsistent\n");
-    bp.p.a.adm_ok(&["primary", "--force", "r0"]);
-    bp.p.a.wait_status(60, SYNCED_A);
-    bp.p.b.wait_status(60, SYNCED_B);
     let (a, b) = (&bp.p.a, &bp.p.b);
     // the full initial sync sent zeros only: discarded, the file stays thin
     assert!(
@@ -807,4 +822,64 @@ fn disk_full_on_the_secondary_detaches_and_attach_resyncs() {
     write_sync(a, 5 << 20, &d4);
     assert_eq!(read_at(&thin_file, 5 << 20, d4.len()), d4);
     drop(thin);
+}
+
+/// `on-io-error detach` on the Primary: its own thin backing file runs
+/// full. The write that fails returns EIO (it is never acknowledged), the
+/// disk goes `Failed` → `Diskless`, and every read and write of the
+/// Diskless Primary fails with EIO (the emulator does not serve I/O
+/// through the peer's disk); the Secondary stays `UpToDate` with every
+/// acknowledged write. Space freed, `attach`: the Primary becomes
+/// SyncTarget of the peer, then `UpToDate` and writes replicate again.
+#[test]
+fn disk_full_on_the_primary_fails_the_write_and_detaches() {
+    let (bp, thin) = thin_pair(true);
+    let thin_file = thin.0.join("disk.img");
+    let (a, b) = (&bp.p.a, &bp.p.b);
+    let d1 = pattern(64 << 10, 31);
+    write_sync(a, 0, &d1);
+    let mut ev_a = a.events(&["r0"]);
+    ev_a.wait_line(5, "fs1's initial state", |l| l == "exists -");
+    thin.fill();
+    let failed = write_async(a, 1 << 20, pattern(128 << 10, 32))
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the write did not return");
+    let e = failed.expect_err("a write the full disk could not store was acknowledged");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    ev_a.wait_line(10, "fs1 disk:Failed", |l| {
+        l.starts_with("change device name:r0") && l.contains(" disk:Failed")
+    });
+    ev_a.wait_line(10, "fs1 disk:Diskless", |l| {
+        l.starts_with("change device name:r0") && l.contains(" disk:Diskless")
+    });
+    assert!(log(a).contains("Local IO failed in a write"), "{}", log(a));
+    b.wait_status(
+        10,
+        "r0 role:Secondary\n  disk:UpToDate\n  fs1 role:Primary\n    peer-disk:Diskless\n",
+    );
+    // a Diskless Primary: reads and writes fail
+    let w = write_async(a, 2 << 20, pattern(4096, 33))
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the write did not return");
+    assert_eq!(w.expect_err("written").raw_os_error(), Some(libc::EIO));
+    let r = std::fs::File::open(dev_file(a)).and_then(|f| {
+        let mut buf = vec![0u8; 4096];
+        f.read_exact_at(&mut buf, 0)
+    });
+    assert_eq!(r.expect_err("read").raw_os_error(), Some(libc::EIO));
+    // the acknowledged write is on the peer
+    assert_eq!(read_at(&backing(b), 0, d1.len()), d1);
+    // space back, attach: resynced from the peer, UpToDate, writing again
+    thin.free();
+    a.adm_ok(&["attach", "r0"]);
+    a.wait_status(20, SYNCED_A);
+    b.wait_status(20, SYNCED_B);
+    let d4 = pattern(8192, 34);
+    write_sync(a, 3 << 20, &d4);
+    assert_eq!(read_at(&backing(b), 3 << 20, d4.len()), d4);
+    assert_eq!(
+        first_difference(&thin_file, &backing(b)),
+        None,
+        "backing files differ after the resync"
+    );
 }
