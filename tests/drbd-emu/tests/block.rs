@@ -789,6 +789,20 @@ fn disk_full_on_the_secondary_detaches_and_attach_resyncs() {
     // the data fs1 acknowledged is on fs1's disk
     assert_eq!(read_at(&backing(a), 1 << 20, d2.len()), d2);
     assert_eq!(read_at(&backing(a), 3 << 20, d3.len()), d3);
+    // a new handshake with the Diskless side resyncs nothing and forgets
+    // nothing: still Diskless, the same blocks out of sync
+    let oos_before = oos(a);
+    b.adm_ok(&["disconnect", "r0"]);
+    b.adm_ok(&["connect", "r0"]);
+    b.wait_status(
+        10,
+        "r0 role:Secondary\n  disk:Diskless\n  fs1 role:Primary\n    peer-disk:UpToDate\n",
+    );
+    a.wait_status(
+        10,
+        "r0 role:Primary\n  disk:UpToDate\n  fs2 role:Secondary\n    peer-disk:Diskless\n",
+    );
+    assert_eq!(oos(a), oos_before, "out-of-sync after a reconnect");
 
     // space back, attach: fs2 resyncs what it missed
     std::fs::remove_file(&ballast).unwrap();
