@@ -261,6 +261,22 @@ impl Core {
         self.recompute_oos();
     }
 
+    /// Tells the connected peer that the disk is attached (state and
+    /// bitmap): it decides the resync as in a handshake (`repl::Msg::Attached`).
+    pub fn send_attached(&self) {
+        let m = repl::Msg::Attached {
+            disk: self.disk(),
+            gen: self.meta.gen,
+            history: self.meta.history.clone(),
+            words: self
+                .blk
+                .as_ref()
+                .map(|b| b.handshake_bitmap())
+                .unwrap_or_default(),
+        };
+        self.send(m);
+    }
+
     /// Changes and persists the disk state.
     pub fn set_disk(&mut self, d: DiskState) {
         if self.meta.disk != d {
@@ -1559,14 +1575,7 @@ fn attach(sh: &Arc<Shared>) -> Response {
     c.recompute_oos();
     c.publish();
     if c.conn == ConnState::Connected && c.link.is_some() {
-        let words = c.blk.as_ref().map(|b| b.handshake_bitmap());
-        let m = repl::Msg::Attached {
-            disk: c.disk(),
-            gen: c.meta.gen,
-            history: c.meta.history.clone(),
-            words: words.unwrap_or_default(),
-        };
-        c.send(m);
+        c.send_attached();
     }
     Response::ok()
 }

@@ -527,7 +527,7 @@ async fn run_link(sh: &Arc<Shared>, stream: TcpStream) -> Outcome {
     let mut guard = AbortOnDrop(vec![writer.abort_handle()]);
 
     let my_manifest = scan_or_empty(sh);
-    let (hello, discard) = {
+    let (hello, discard, sent_disk) = {
         let c = sh.lock();
         (
             Msg::Hello {
@@ -541,6 +541,7 @@ async fn run_link(sh: &Arc<Shared>, stream: TcpStream) -> Outcome {
                 discard_my_data: c.discard_my_data,
             },
             c.discard_my_data,
+            c.disk(),
         )
     };
     let _ = ctrl_tx.send((hello, None));
@@ -614,9 +615,11 @@ async fn run_link(sh: &Arc<Shared>, stream: TcpStream) -> Outcome {
     let abort = Arc::new(Notify::new());
     let decision = {
         let c = sh.lock();
+        // decided on the disk state the peer got in our Hello (as the peer
+        // decides), so that both sides reach the same decision
         let me = Side {
             node_id: cfg.node_id,
-            disk: c.disk(),
+            disk: sent_disk,
             gen: c.meta.gen,
             history: c.meta.history.clone(),
             discard,
@@ -722,6 +725,15 @@ async fn run_link(sh: &Arc<Shared>, stream: TcpStream) -> Outcome {
                 c.stats.oos_kib = 0;
                 c.recompute_oos();
             }
+        }
+        if diskless
+            && c.attached
+            && c.disk_transient.is_none()
+            && crate::daemon::peer_has_disk(c.peer_disk)
+        {
+            // our disk was attached while the handshake ran (its Hello said
+            // Diskless): negotiate the resync now, as after an attach
+            c.send_attached();
         }
         c.publish();
         c.epoch
