@@ -1330,6 +1330,11 @@ impl Drop for NsCluster {
             h.emu.take();
             crate::netns::kill_netns_pids(&self.net.ns_name(h.name));
         }
+        // Before the temp dir goes (the fields drop after this): a mount
+        // inside it would stop its removal.
+        for h in &mut self.hosts {
+            h.disk_fs.take();
+        }
         for h in &self.hosts {
             let _ = Command::new("umount")
                 .arg("-l")
