@@ -191,6 +191,22 @@ pub enum Action {
     /// The API fault met the fence: the proxy faulted a call the fence makes
     /// after the last [`Action::KillHost`] (else the scenario missed its point).
     ExpectFenceMetFault,
+    /// Fill host `i`'s disk file system with a ballast file
+    /// ([`NsOptions::backup_disk_mib`]): its backing storage is full.
+    FillDisk(usize),
+    /// Remove the ballast: space again on host `i`'s disk file system.
+    FreeDisk(usize),
+    /// `drbdadm ARGS` on host `i`, as its operator would run it (a violation
+    /// unless it exits 0).
+    DrbdAdm(usize, &'static [&'static str]),
+    /// Wait until the status shows host `i`'s DRBD disk in this state.
+    WaitDisk(usize, &'static str, u64),
+    /// The pair's state and host `i`'s DRBD disk must be these now.
+    ExpectDisk {
+        host: usize,
+        disk: &'static str,
+        state: &'static str,
+    },
 }
 
 impl Action {
@@ -212,6 +228,8 @@ impl Action {
                 | Action::Operator(_)
                 | Action::ExpectNotFenced
                 | Action::ExpectFenceMetFault
+                | Action::WaitDisk(..)
+                | Action::ExpectDisk { .. }
         )
     }
 }
@@ -464,6 +482,60 @@ fn replication_cut_then_fs_dies(r: &mut SplitMix64) -> Schedule {
     }
 }
 
+/// The backup's backing storage (a thin disk on a size-limited file system)
+/// runs full while the client writes: DRBD detaches it (`on-io-error
+/// detach`), the file server goes on acknowledging writes on its own disk,
+/// the pair is `Degraded` with fsb Diskless and nothing fails over. In half
+/// the seeds fsa is then killed: the Diskless backup must not be promoted
+/// (S1; the pair stays `Degraded`, nothing serves) until fsa is back.
+/// Healing, as an operator: space freed, `drbdadm attach` on fsb (DRBD does
+/// not re-attach by itself, nor does Understudy), which resyncs what fsb
+/// missed; fsa rebooted (before or after the attach, seeded) when it died.
+fn backup_disk_full(r: &mut SplitMix64) -> Schedule {
+    let mut faults = vec![
+        Action::Sleep(r.range(0, 3000)),
+        Action::FillDisk(1),
+        Action::WaitDisk(1, "Diskless", 30),
+        Action::WaitState("Degraded", 30),
+        Action::ExpectServing(r.range(2000, 6000)),
+        Action::ExpectDisk {
+            host: 1,
+            disk: "Diskless",
+            state: "Degraded",
+        },
+    ];
+    let mut heal = vec![Action::Sleep(r.range(0, 3000)), Action::FreeDisk(1)];
+    let attach = Action::DrbdAdm(1, &["attach", crate::RESOURCE]);
+    if r.range(0, 1) == 0 {
+        faults.extend([
+            Action::KillHost(0),
+            Action::Sleep(r.range(3000, 6000)),
+            // no promotion of a backup without a disk
+            Action::ExpectDisk {
+                host: 1,
+                disk: "Diskless",
+                state: "Degraded",
+            },
+        ]);
+        if r.range(0, 1) == 0 {
+            heal.extend([Action::ReviveHost(0), Action::WaitConnected(0, 30), attach]);
+        } else {
+            heal.extend([
+                attach,
+                Action::Sleep(r.range(0, 3000)),
+                Action::ReviveHost(0),
+            ]);
+        }
+    } else {
+        heal.push(attach);
+    }
+    Schedule {
+        setup: Vec::new(),
+        faults,
+        heal,
+    }
+}
+
 fn backup_then_fs_dies(r: &mut SplitMix64) -> Schedule {
     let fsb_first = r.range(0, 1) == 0;
     Schedule {
@@ -624,6 +696,9 @@ fn ec2_api_failing(r: &mut SplitMix64) -> Schedule {
         heal: vec![Action::ReviveHost(0), Action::Operator(&["ack"])],
     }
 }
+/// The size of fsb's disk file system in `backup-disk-full` (the device is
+/// [`crate::nscluster::BLOCK_SIZE_MIB`]; room for a full sync after the heal).
+const BACKUP_DISK_MIB: u64 = 80;
 
 /// The matrix: every scenario implemented (see ARCHITECTURE.md, "Tests", for
 /// those that are not and why).
@@ -738,6 +813,16 @@ pub fn scenarios() -> Vec<Scenario> {
             about: "the backup killed, then the file server: no failover to a dead backup; both back in a seeded order",
             options: defaults,
             schedule: backup_then_fs_dies,
+            expect: none.clone(),
+        },
+        Scenario {
+            name: "backup-disk-full",
+            about: "the backup's backing storage runs full under writes: its disk detached (Diskless), Degraded, serving continues (in half the seeds fsa then killed: no promotion); space freed, attached, resynced",
+            options: || NsOptions {
+                backup_disk_mib: Some(BACKUP_DISK_MIB),
+                ..NsOptions::default()
+            },
+            schedule: backup_disk_full,
             expect: none.clone(),
         },
         Scenario {
@@ -1242,6 +1327,56 @@ impl Run<'_> {
                         "the EC2 API fault met no call of the fence: the schedule missed the fence"
                             .into(),
                     );
+                }
+            }
+            Action::FillDisk(i) => {
+                self.c.fill_disk(*i);
+            }
+            Action::FreeDisk(i) => self.c.free_disk(*i),
+            Action::DrbdAdm(i, args) => {
+                let o = self.c.drbdadm(*i, args);
+                if !o.status.success() {
+                    self.violations.push(format!(
+                        "drbdadm {} on {} failed ({}): {}",
+                        args.join(" "),
+                        self.c.hosts[*i].name,
+                        o.status,
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    ));
+                }
+            }
+            Action::WaitDisk(i, disk, t) => {
+                let id = self.c.hosts[*i].server_id.clone();
+                self.wait(&format!("{id}'s DRBD disk {disk}"), *t, |s| {
+                    crate::server(s, PAIR, &id)["drbd"]["disk"] == *disk
+                })
+            }
+            Action::ExpectDisk { host, disk, state } => {
+                // The first status with a DRBD report of the host: right after
+                // an agent's new session (a leader that stood down and took
+                // over again) its report is not there yet (`drbd` null).
+                let id = self.c.hosts[*host].server_id.clone();
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let mut last = Value::Null;
+                let judged = loop {
+                    if let Ok(s) = self.c.try_status() {
+                        if !crate::server(&s, PAIR, &id)["drbd"].is_null() {
+                            break Some(s);
+                        }
+                        last = s;
+                    }
+                    if Instant::now() > deadline {
+                        break None;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                };
+                let s = judged.as_ref().unwrap_or(&last);
+                let (p, sv) = (pair(s, PAIR), crate::server(s, PAIR, &id));
+                if p["state"] != *state || sv["drbd"]["disk"] != *disk {
+                    self.violations.push(format!(
+                        "expected the pair {state} with {id}'s DRBD disk {disk}; status: pair {} ({}), {id}'s disk {}",
+                        p["state"], p["state_reason"], sv["drbd"]["disk"]
+                    ));
                 }
             }
             Action::Operator(args) => {

@@ -83,6 +83,127 @@ pub struct NsHost {
     pub drbdsetup: PathBuf,
     pub emu: Option<Proc>,
     pub agent: Option<Proc>,
+    /// [`NsOptions::backup_disk_mib`]: the size-limited file system holding
+    /// this host's backing file (fsb only).
+    pub disk_fs: Option<DiskFs>,
+}
+
+/// A size-limited file system (a tmpfs) the harness mounts for a host's
+/// backing file, as a thin-provisioned disk (DRBD's backing storage) on a
+/// pool that can run full. [`DiskFs::fill`] fills it with a ballast file,
+/// [`DiskFs::free`] removes it. Lazily unmounted on drop (also when the
+/// cluster's start or a test panics); the emulator, in a private mount
+/// namespace copied from the root one, keeps its own reference until it exits.
+pub struct DiskFs {
+    pub mount_point: PathBuf,
+}
+
+impl DiskFs {
+    fn mount(at: &Path, size_mib: u64, tag: &str) -> DiskFs {
+        fs::create_dir_all(at).expect("disk fs mount point");
+        crate::netns::run(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size_mib}m,mode=0700"),
+                &format!("understudy-disk-{tag}"),
+                &at.display().to_string(),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("mount a {size_mib} MiB tmpfs on {}: {e}", at.display()));
+        DiskFs {
+            mount_point: at.to_path_buf(),
+        }
+    }
+
+    fn ballast(&self) -> PathBuf {
+        self.mount_point.join("ballast")
+    }
+
+    /// Bytes free on the file system.
+    pub fn free_bytes(&self) -> u64 {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(self.mount_point.as_os_str().as_bytes())
+            .expect("mount point path");
+        // SAFETY: statvfs writes into the zeroed struct; the path is NUL-terminated.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+        assert_eq!(
+            rc,
+            0,
+            "statvfs {}: {}",
+            self.mount_point.display(),
+            std::io::Error::last_os_error()
+        );
+        st.f_bavail as u64 * st.f_frsize as u64
+    }
+
+    /// Fill the file system: a ballast file as large as the free space
+    /// (`fallocate`), then appended to until the file system answers ENOSPC.
+    /// Returns the ballast's size.
+    pub fn fill(&self) -> u64 {
+        use std::io::Write;
+        let path = self.ballast();
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let free = self.free_bytes();
+        if free > 0 {
+            let len = f.metadata().expect("ballast metadata").len() + free;
+            // SAFETY: fallocate(2) on an open file descriptor; no pointers.
+            let rc = unsafe {
+                libc::fallocate(
+                    std::os::fd::AsRawFd::as_raw_fd(&f),
+                    0,
+                    0,
+                    len as libc::off_t,
+                )
+            };
+            if rc != 0 {
+                let e = std::io::Error::last_os_error();
+                assert_eq!(
+                    e.raw_os_error(),
+                    Some(libc::ENOSPC),
+                    "fallocate {}: {e}",
+                    path.display()
+                );
+            }
+        }
+        let chunk = vec![0x5Au8; 4096];
+        loop {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
+        f.metadata().expect("ballast metadata").len()
+    }
+
+    /// Remove the ballast: the space is free again.
+    pub fn free(&self) {
+        match fs::remove_file(self.ballast()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("{}: {e}", self.ballast().display()),
+        }
+    }
+}
+
+impl Drop for DiskFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.mount_point)
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
 }
 
 /// Knobs of a namespace cluster.
@@ -139,6 +260,12 @@ pub struct NsOptions {
     /// loopback behind a fault proxy, the world created in it, and a VPC fabric
     /// applying moto's state to the namespaces ([`crate::ec2`]). No spares.
     pub ec2: bool,
+    /// Block mode: fsb's backing file on a tmpfs of this many MiB the harness
+    /// mounts (`NsHost::disk_fs`), so that its disk can really run full
+    /// ([`NsCluster::fill_disk`]). The emulator's initial sync keeps the
+    /// sparse backing file thin (zero runs are discarded), so only what the
+    /// file system writes takes space. Not with spares.
+    pub backup_disk_mib: Option<u64>,
 }
 
 /// Knobs of the spares of a namespace cluster.
@@ -185,6 +312,7 @@ impl Default for NsOptions {
             insecure: false,
             signals: None,
             ec2: false,
+            backup_disk_mib: None,
         }
     }
 }
@@ -565,6 +693,10 @@ backup = {b}
             .expect("write controller config");
             configs.push(path);
         }
+        assert!(
+            opts.backup_disk_mib.is_none() || (opts.block_device && opts.spares.is_none()),
+            "backup_disk_mib needs block mode without spares"
+        );
         let mut hosts = Vec::new();
         for (i, name) in names.iter().enumerate() {
             let hdir = root.join(name);
@@ -574,9 +706,18 @@ backup = {b}
             fs::create_dir_all(&export_dir).expect("export dir");
             let peer = names[1 - i];
             let emu_config = hdir.join("drbd-emu.toml");
-            let backing_file = match volumes.get(name) {
-                Some((_, dev)) => dev.join("disk.img"),
-                None => hdir.join("disk.img"),
+            let disk_fs = match opts.backup_disk_mib {
+                Some(mib) if i == 1 => Some(DiskFs::mount(
+                    &hdir.join("disk-fs"),
+                    mib,
+                    &format!("{}-{name}", net.prefix()),
+                )),
+                _ => None,
+            };
+            let backing_file = match (volumes.get(name), &disk_fs) {
+                (Some((_, dev)), _) => dev.join("disk.img"),
+                (None, Some(d)) => d.mount_point.join("disk.img"),
+                (None, None) => hdir.join("disk.img"),
             };
             let device_link = hdir.join("drbd1000");
             fs::write(
@@ -694,6 +835,7 @@ address = "{}:7789"
                 drbdsetup,
                 emu: None,
                 agent: None,
+                disk_fs,
             });
         }
         if cloud.is_some() {
@@ -906,6 +1048,27 @@ address = "{}:7789"
         }
         crate::netns::kill_netns_pids(&self.net.ns_name(h.name));
         self.net.cut(h.name);
+    }
+
+    /// Fill host `i`'s disk file system ([`NsOptions::backup_disk_mib`]) up:
+    /// the emulator's next write of a new block of its backing file fails with
+    /// ENOSPC. Returns the ballast's size.
+    pub fn fill_disk(&self, i: usize) -> u64 {
+        self.disk_fs(i).fill()
+    }
+
+    /// Free host `i`'s disk file system again (the ballast removed).
+    pub fn free_disk(&self, i: usize) {
+        self.disk_fs(i).free()
+    }
+
+    fn disk_fs(&self, i: usize) -> &DiskFs {
+        self.hosts[i].disk_fs.as_ref().unwrap_or_else(|| {
+            panic!(
+                "{} has no disk file system (NsOptions::backup_disk_mib)",
+                self.hosts[i].name
+            )
+        })
     }
 
     /// Freeze host `i`: SIGSTOP every process in its namespace (agent, DRBD
@@ -1214,6 +1377,11 @@ impl Drop for NsCluster {
             h.agent.take();
             h.emu.take();
             crate::netns::kill_netns_pids(&self.net.ns_name(h.name));
+        }
+        // Before the temp dir goes (the fields drop after this): a mount
+        // inside it would stop its removal.
+        for h in &mut self.hosts {
+            h.disk_fs.take();
         }
         for h in &self.hosts {
             let _ = Command::new("umount")

@@ -42,6 +42,7 @@ matrix! {
     short_blips => "short-blips",
     replication_cut_then_fs_dies => "replication-cut-then-fs-dies",
     backup_dies_then_fs_dies => "backup-dies-then-fs-dies",
+    backup_disk_full => "backup-disk-full",
     agent_restart_during_promote => "agent-restart-during-promote",
     leader_partitioned => "leader-partitioned",
     leader_kill_during_rebuild => "leader-kill-during-rebuild",
