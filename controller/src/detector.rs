@@ -782,10 +782,16 @@ fn decide_main(
             format!("witness cleared, but {b_id} is not in sync yet"),
         ),
         PairState::Degraded => match standby.drbd.as_ref().filter(|_| standby_up) {
-            Some(b) if b.connection == "Connected" && b.role == "Secondary" => d(
-                Action::SetState(PairState::Rebuilding),
-                format!("{b_id} is back as a Secondary and connected: resynchronising"),
-            ),
+            Some(b)
+                if b.connection == "Connected"
+                    && b.role == "Secondary"
+                    && !crate::observe::has_no_disk(b) =>
+            {
+                d(
+                    Action::SetState(PairState::Rebuilding),
+                    format!("{b_id} is back as a Secondary and connected: resynchronising"),
+                )
+            }
             _ => d(
                 Action::Nothing,
                 format!("serving from {s_id} without a usable backup"),
@@ -1402,6 +1408,31 @@ mod tests {
                 &cfg(),
             );
             assert_eq!(dec.action, Action::Nothing, "{state}");
+        }
+        // A connected Secondary without a disk (detached after an I/O error)
+        // is no backup: the pair stays Degraded, nothing resynchronises.
+        for disk in ["Diskless", "Failed", "Detaching"] {
+            let diskless = standby(
+                sum(
+                    "Secondary",
+                    disk,
+                    "Connected",
+                    "Established",
+                    "UpToDate",
+                    Some(0),
+                ),
+                None,
+                None,
+            );
+            let dec = decide(
+                &pair(PairState::Degraded),
+                &healthy_views.0,
+                &diskless,
+                NOW,
+                &cfg(),
+            );
+            assert_eq!(dec.action, Action::Nothing, "{disk}: {dec:?}");
+            assert!(dec.reason.contains("without a usable backup"), "{dec:?}");
         }
         // Degraded with both witnesses: nothing to fail over to.
         let dec = decide(

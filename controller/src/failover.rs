@@ -12,8 +12,9 @@
 //!   `Done`, which needs the client IP verified away from the old primary or, as a
 //!   fallback, its instance verified stopped or terminated (`crate::fence`).
 //!   Isolation runs too but is never a fence by itself; a forced stop is fired and
-//!   not awaited. Fence has a deadline; past it the plan fails and the pair is
-//!   `Blocked`.
+//!   not awaited. Fence has a deadline per round; a round that failed only on
+//!   transient cloud errors is repeated until `fence_retry_ms`; past it (or on a
+//!   refusal) the plan fails and the pair is `Blocked`.
 //! - **S4, fencing tokens.** Every agent command carries the leader's Raft term and
 //!   the plan's epoch; agents refuse older ones.
 //! - **S6.** The executor only runs on a leader, and every status change it commits
@@ -50,8 +51,13 @@ use crate::state::{
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExecutorConfig {
-    /// Fence must be verified within this long, else the pair is blocked.
+    /// One round of Fence must be verified within this long.
     pub fence_deadline_ms: u64,
+    /// A round that failed only on transient cloud errors (the API slow,
+    /// throttled, failing, hung) is followed by another until this long after
+    /// Fence started; then (or after a refusal) the plan fails and the pair is
+    /// blocked. 0: a single round.
+    pub fence_retry_ms: u64,
     /// The forced stop of the old primary (fired by Fence, not awaited) is
     /// retried for this long.
     pub forced_stop_deadline_ms: u64,
@@ -76,6 +82,7 @@ impl Default for ExecutorConfig {
     fn default() -> Self {
         Self {
             fence_deadline_ms: 3000,
+            fence_retry_ms: 120_000,
             forced_stop_deadline_ms: 30_000,
             agent_step_timeout_ms: 5000,
             verify_timeout_ms: 10_000,
@@ -621,6 +628,7 @@ impl Executor {
             from: cloud_server(from),
             to: cloud_server(to),
             deadline: Duration::from_millis(self.cfg.fence_deadline_ms),
+            retry_for: Duration::from_millis(self.cfg.fence_retry_ms),
             forced_stop_deadline: Duration::from_millis(self.cfg.forced_stop_deadline_ms),
         };
         // The forced stop and a still-running isolation go on in their own tasks

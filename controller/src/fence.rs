@@ -26,6 +26,15 @@
 //! [`RETRY_FIRST`] doubling up to [`RETRY_MAX`] (the last try [`RETRY_FIRST`]
 //! before the deadline); refusals and unknown ids end that line of work at once.
 //!
+//! A round that ends without a proof because the IP move only met transient
+//! trouble (the cloud API slow, throttling, failing with 5xx, hung, or a move
+//! not applied yet) is followed by another round of the same deadline, until
+//! [`Fencer::retry_for`] has passed since the start: an API outage of seconds
+//! must not leave the pair `Blocked` for an operator, and nothing is promoted
+//! meanwhile (the proof is still required). A refused move (wrong zone, unknown
+//! interface, credentials) ends the fence after its round, as before. The forced
+//! stop is fired once; isolation runs until the last round's end.
+//!
 //! [`Fencer`] needs only a [`Cloud`], so it is tested without a Raft node against
 //! the strict in-memory cloud with injected faults; `failover::Executor::fence`
 //! runs it for a plan's Fence step.
@@ -56,8 +65,11 @@ pub struct Fencer {
     pub from: CloudServer,
     /// The backup that takes the client IP.
     pub to: CloudServer,
-    /// The fence is verified within this long, or it fails.
+    /// One round of the fence: verified within this long, or the round fails.
     pub deadline: Duration,
+    /// Rounds whose IP move failed only on transient errors are repeated until
+    /// this long after the start (`<= deadline`: a single round).
+    pub retry_for: Duration,
     /// How long the forced stop (fired, not awaited) is retried.
     pub forced_stop_deadline: Duration,
 }
@@ -81,6 +93,12 @@ pub enum Proof {
         state: InstanceState,
         /// Why the IP move was not verified.
         ip_failure: String,
+        /// The client IP moved to the backup after the stop (the holders then),
+        /// or why not. Not part of the proof: the instance is stopped, so moving
+        /// is safe, and on EC2 the backup receives nothing for the address until
+        /// the VPC has it on the backup's interface (a stopped instance keeps
+        /// its secondary addresses).
+        moved_after: Result<Vec<String>, String>,
     },
 }
 
@@ -133,6 +151,8 @@ pub struct Fenced {
     pub proof: Proof,
     pub isolation: Isolation,
     pub took: Duration,
+    /// The round that verified it (1: the first; more after transient failures).
+    pub round: u32,
 }
 
 impl fmt::Display for Fenced {
@@ -153,18 +173,42 @@ impl fmt::Display for Fenced {
                     write!(f, "; also verified: instance {} {st}", self.instance)?;
                 }
             }
-            Proof::Stopped { state, ip_failure } => write!(
-                f,
-                "verified: instance {} of {s} is {state} (fallback: client IP {ip} NOT verified away: {ip_failure})",
-                self.instance
-            )?,
+            Proof::Stopped {
+                state,
+                ip_failure,
+                moved_after,
+            } => {
+                write!(
+                    f,
+                    "verified: instance {} of {s} is {state} (fallback: client IP {ip} NOT verified away: {ip_failure})",
+                    self.instance
+                )?;
+                match moved_after {
+                    Ok(holders) => write!(
+                        f,
+                        "; then client IP {ip} moved off the stopped {s} (holders now {holders:?})"
+                    )?,
+                    Err(e) => write!(
+                        f,
+                        "; client IP {ip} NOT moved off the stopped {s} either ({e}): the backup's clients may not reach it"
+                    )?,
+                }
+            }
         }
         write!(
             f,
             "; isolation {}; forced stop fired, not awaited; {} ms",
             self.isolation,
             self.took.as_millis()
-        )
+        )?;
+        if self.round > 1 {
+            write!(
+                f,
+                "; round {} (the rounds before failed on transient cloud errors)",
+                self.round
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -172,7 +216,7 @@ impl fmt::Display for Fenced {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FenceError {
     #[error(
-        "could not fence {server} within {deadline_ms} ms: client IP {client_ip} not verified away from interface {interface} ({ip_failure}); instance {instance} not verified stopped ({stop_failure}); isolation {isolation}. \
+        "could not fence {server} within {deadline_ms} ms ({rounds} rounds): client IP {client_ip} not verified away from interface {interface} ({ip_failure}); instance {instance} not verified stopped ({stop_failure}); isolation {isolation}. \
          Power {server} off by hand (stop instance {instance}) or remove {client_ip} from {interface}, then promote by hand"
     )]
     NotFenced {
@@ -181,6 +225,8 @@ pub enum FenceError {
         interface: String,
         client_ip: String,
         deadline_ms: u128,
+        /// Rounds tried (more than 1 after transient failures).
+        rounds: u32,
         ip_failure: String,
         stop_failure: String,
         isolation: Isolation,
@@ -205,6 +251,18 @@ enum Ended<T> {
     },
     /// Why it ended without success (the last error, or the deadline).
     Failed(String),
+    /// Ended by an error that does not go away by itself (a refusal, an
+    /// unknown id): another round would meet it again.
+    Refused(String),
+}
+
+impl<T> Ended<T> {
+    fn failure(&self) -> Option<&str> {
+        match self {
+            Ended::Ok { .. } => None,
+            Ended::Failed(e) | Ended::Refused(e) => Some(e),
+        }
+    }
 }
 
 /// Whether an error can go away by itself (so a retry may succeed).
@@ -245,7 +303,7 @@ where
                 tracing::debug!(what, tries, error = %e, "retrying");
                 last = Some(format!("{e} (try {tries})"));
             }
-            Ok(Err(e)) => return Ended::Failed(format!("{e} (try {tries}, not retried)")),
+            Ok(Err(e)) => return Ended::Refused(format!("{e} (try {tries}, not retried)")),
             Err(_) => {
                 return Ended::Failed(format!(
                     "no answer before the deadline (try {tries}){}",
@@ -283,31 +341,18 @@ impl Fencer {
 
     async fn run_inner(&self) -> FenceRun {
         let t0 = Instant::now();
-        let deadline = t0 + self.deadline;
+        // (Absurd configured times: a year is as good as never.)
+        let far = |d: Duration| {
+            t0.checked_add(d)
+                .unwrap_or(t0 + Duration::from_secs(365 * 86_400))
+        };
+        let give_up = far(self.retry_for.max(self.deadline));
         let forced_stop = self.fire_forced_stop();
         let (iso_tx, mut iso_rx) = watch::channel(Isolation::Running);
-        let isolation = self.spawn_isolation(deadline, iso_tx);
-
-        let ip = self.verify_ip_moved(deadline);
-        let stop = self.verify_stopped(deadline);
-        tokio::pin!(ip, stop);
-        let (mut ip_res, mut stop_res) = (None, None);
-        loop {
-            tokio::select! {
-                r = &mut ip, if ip_res.is_none() => ip_res = Some(r),
-                r = &mut stop, if stop_res.is_none() => stop_res = Some(r),
-            }
-            match (&ip_res, &stop_res) {
-                // The IP move is the fence of choice (it also gives the backup the
-                // address): wait for it while it may still succeed.
-                (Some(Ended::Ok { .. }), _) => break,
-                (Some(Ended::Failed(_)), Some(_)) => break,
-                _ => {}
-            }
-        }
-        let fenced = |proof, isolation: Isolation| {
+        let isolation = self.spawn_isolation(give_up, iso_tx);
+        let fenced = |proof, isolation: Isolation, round: u32| {
             let took = t0.elapsed();
-            tracing::info!(?took, %isolation, "fence verified");
+            tracing::info!(?took, %isolation, round, "fence verified");
             Fenced {
                 server: self.from.server_id.clone(),
                 instance: self.from.instance_id.clone(),
@@ -316,53 +361,114 @@ impl Fencer {
                 proof,
                 isolation,
                 took,
+                round,
             }
         };
-        let result = match (ip_res.expect("set"), stop_res) {
-            (Ended::Ok { value, tries }, stop) => Ok(fenced(
-                Proof::IpMoved {
-                    holders: value,
-                    tries,
-                    also_stopped: match stop {
-                        Some(Ended::Ok { value, .. }) => Some(value),
-                        _ => None,
-                    },
-                },
-                iso_rx.borrow().clone(),
-            )),
-            (Ended::Failed(ip_failure), Some(Ended::Ok { value, .. })) => {
-                tracing::warn!(%ip_failure, state = %value, "client IP move not verified; fenced by the verified stop");
-                Ok(fenced(
-                    Proof::Stopped {
-                        state: value,
-                        ip_failure,
-                    },
-                    iso_rx.borrow().clone(),
-                ))
+        let mut round = 0;
+        let result = loop {
+            round += 1;
+            let deadline = Instant::now()
+                .checked_add(self.deadline)
+                .unwrap_or(give_up)
+                .min(give_up);
+            let ip = self.verify_ip_moved(deadline);
+            let stop = self.verify_stopped(deadline);
+            tokio::pin!(ip, stop);
+            let (mut ip_res, mut stop_res) = (None, None);
+            loop {
+                tokio::select! {
+                    r = &mut ip, if ip_res.is_none() => ip_res = Some(r),
+                    r = &mut stop, if stop_res.is_none() => stop_res = Some(r),
+                }
+                match (&ip_res, &stop_res) {
+                    // The IP move is the fence of choice (it also gives the backup the
+                    // address): wait for it while it may still succeed.
+                    (Some(Ended::Ok { .. }), _) => break,
+                    (Some(_), Some(_)) => break,
+                    _ => {}
+                }
             }
-            (Ended::Failed(ip_failure), stop) => {
-                let stop_failure = match stop {
-                    Some(Ended::Failed(e)) => e,
-                    _ => "not checked".into(),
-                };
-                // Isolation is bounded by the same deadline: its result is due.
-                let _ = tokio::time::timeout(
-                    Duration::from_millis(100),
-                    iso_rx.wait_for(|s| *s != Isolation::Running),
-                )
-                .await;
-                let e = FenceError::NotFenced {
-                    server: self.from.server_id.clone(),
-                    instance: self.from.instance_id.clone(),
-                    interface: self.from.interface_id.clone(),
-                    client_ip: self.client_ip.clone(),
-                    deadline_ms: self.deadline.as_millis(),
-                    ip_failure,
-                    stop_failure,
-                    isolation: iso_rx.borrow().clone(),
-                };
-                tracing::warn!(took = ?t0.elapsed(), error = %e, "fence failed");
-                Err(e)
+            match (ip_res.expect("set"), stop_res) {
+                (Ended::Ok { value, tries }, stop) => {
+                    break Ok(fenced(
+                        Proof::IpMoved {
+                            holders: value,
+                            tries,
+                            also_stopped: match stop {
+                                Some(Ended::Ok { value, .. }) => Some(value),
+                                _ => None,
+                            },
+                        },
+                        iso_rx.borrow().clone(),
+                        round,
+                    ))
+                }
+                (ip, Some(Ended::Ok { value, .. })) => {
+                    let ip_failure = ip.failure().unwrap_or_default().to_string();
+                    tracing::warn!(%ip_failure, state = %value, "client IP move not verified; fenced by the verified stop");
+                    // Fenced. The address must still reach the backup: the move
+                    // again, within what is left of the fence's time (a refusal
+                    // ends it at once).
+                    let moved_after = match self.verify_ip_moved(give_up).await {
+                        Ended::Ok { value, tries } => {
+                            tracing::info!(holders = ?value, tries, "client IP moved off the stopped old primary");
+                            Ok(value)
+                        }
+                        Ended::Failed(e) | Ended::Refused(e) => {
+                            tracing::warn!(error = %e, "client IP not moved off the stopped old primary");
+                            Err(e)
+                        }
+                    };
+                    break Ok(fenced(
+                        Proof::Stopped {
+                            state: value,
+                            ip_failure,
+                            moved_after,
+                        },
+                        iso_rx.borrow().clone(),
+                        round,
+                    ));
+                }
+                (ip, stop) => {
+                    let ip_failure = ip.failure().unwrap_or_default().to_string();
+                    let stop_failure = stop
+                        .as_ref()
+                        .and_then(|s| s.failure())
+                        .unwrap_or("not checked")
+                        .to_string();
+                    let again = matches!(ip, Ended::Failed(_))
+                        && give_up.saturating_duration_since(Instant::now()) > RETRY_FIRST;
+                    if again {
+                        tracing::warn!(
+                            round,
+                            %ip_failure,
+                            %stop_failure,
+                            left_ms = give_up.saturating_duration_since(Instant::now()).as_millis() as u64,
+                            "fence round failed on transient errors; another round"
+                        );
+                        tokio::time::sleep(RETRY_FIRST).await;
+                        continue;
+                    }
+                    // Isolation is bounded by the same deadline: its result is due.
+                    let _ = tokio::time::timeout(
+                        Duration::from_millis(100),
+                        iso_rx.wait_for(|s| *s != Isolation::Running),
+                    )
+                    .await;
+                    let e = FenceError::NotFenced {
+                        server: self.from.server_id.clone(),
+                        instance: self.from.instance_id.clone(),
+                        interface: self.from.interface_id.clone(),
+                        client_ip: self.client_ip.clone(),
+                        deadline_ms: self.retry_for.max(self.deadline).as_millis(),
+                        rounds: round,
+                        ip_failure,
+                        stop_failure,
+                        isolation: iso_rx.borrow().clone(),
+                    };
+                    tracing::warn!(took = ?t0.elapsed(), error = %e, "fence failed");
+                    break Err(e);
+                }
             }
         };
         FenceRun {
@@ -422,7 +528,7 @@ impl Fencer {
             async move {
                 let out = match retry("force stop", deadline, || cloud.force_stop(&from)).await {
                     Ended::Ok { tries, .. } => StopOutcome::Requested { tries },
-                    Ended::Failed(e) => {
+                    Ended::Failed(e) | Ended::Refused(e) => {
                         StopOutcome::Failed(format!("{e} (forced stop deadline {limit_ms} ms)"))
                     }
                 };
@@ -471,7 +577,7 @@ impl Fencer {
                         tracing::info!("old primary isolated (verified)");
                         Isolation::Verified
                     }
-                    Ended::Failed(e) => {
+                    Ended::Failed(e) | Ended::Refused(e) => {
                         tracing::warn!(error = %e, "isolating the old primary failed");
                         Isolation::Failed(e)
                     }
@@ -523,6 +629,7 @@ mod tests {
             from: srv("a"),
             to: srv("b"),
             deadline: Duration::from_millis(deadline_ms),
+            retry_for: Duration::ZERO,
             forced_stop_deadline: Duration::from_millis(5000),
         }
     }
@@ -621,7 +728,10 @@ mod tests {
         );
         let run = fencer(&c, 3000).run().await;
         let f = run.result.expect("fenced by the stop");
-        let Proof::Stopped { state, ip_failure } = &f.proof else {
+        let Proof::Stopped {
+            state, ip_failure, ..
+        } = &f.proof
+        else {
             panic!("{f}")
         };
         assert_eq!(*state, InstanceState::Stopped);
@@ -638,7 +748,12 @@ mod tests {
         // long before the deadline.
         assert!(f.took >= Duration::from_millis(200), "{:?}", f.took);
         assert!(f.took < Duration::from_millis(1500), "{:?}", f.took);
-        assert_eq!(c.calls(Op::MoveClientIp), 1);
+        // Once in the fence, once after the stop (refused again, at once).
+        assert_eq!(c.calls(Op::MoveClientIp), 2);
+        assert!(
+            detail.contains("NOT moved off the stopped a either"),
+            "{detail}"
+        );
     }
 
     #[tokio::test]
@@ -650,7 +765,10 @@ mod tests {
         c.inner().fail("move_client_ip", true);
         let run = fencer(&c, 800).run().await;
         let f = run.result.expect("fenced by the stop");
-        let Proof::Stopped { state, ip_failure } = &f.proof else {
+        let Proof::Stopped {
+            state, ip_failure, ..
+        } = &f.proof
+        else {
             panic!("{f}")
         };
         assert_eq!(*state, InstanceState::Terminated);
@@ -847,6 +965,107 @@ mod tests {
             (*tries, holders.as_slice()),
             (3, &["eni-b".to_string()][..])
         );
+    }
+
+    #[tokio::test]
+    async fn a_cloud_hung_for_longer_than_a_round_fences_in_a_later_round() {
+        // Every call hangs for 1.2 s (a dead API endpoint), then the API answers
+        // again: rounds of 500 ms fail on "no answer", and the round after the
+        // outage verifies the move. Nothing is claimed before that.
+        let c = world();
+        for op in Op::ALL {
+            c.hang(op);
+        }
+        let c2 = c.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            for op in Op::ALL {
+                c2.clear(op);
+            }
+        });
+        let mut f = fencer(&c, 500);
+        f.retry_for = Duration::from_millis(5000);
+        let run = f.run().await;
+        let fenced = run.result.expect("fenced once the API answers");
+        assert!(matches!(fenced.proof, Proof::IpMoved { .. }), "{fenced}");
+        assert!(fenced.round >= 3, "{fenced}");
+        assert!(fenced.took >= Duration::from_millis(1200), "{fenced}");
+        assert!(fenced.took < Duration::from_millis(2500), "{fenced}");
+        assert!(
+            fenced
+                .to_string()
+                .contains("the rounds before failed on transient cloud errors"),
+            "{fenced}"
+        );
+        assert_eq!(c.inner().ip_holders(IP).await.unwrap(), vec!["eni-b"]);
+    }
+
+    #[tokio::test]
+    async fn transient_failures_past_the_retry_time_fail_with_the_rounds() {
+        let c = world();
+        c.inner().fail("move_client_ip", true);
+        let mut f = fencer(&c, 300);
+        f.retry_for = Duration::from_millis(1000);
+        let t0 = std::time::Instant::now();
+        let e = f.run().await.result.expect_err("not fenced");
+        let took = t0.elapsed();
+        assert!(took >= Duration::from_millis(900), "{took:?}");
+        assert!(took < Duration::from_millis(1500), "{took:?}");
+        let FenceError::NotFenced { rounds, .. } = &e;
+        assert!(*rounds >= 3, "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("could not fence a within 1000 ms ("),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_move_is_not_retried_in_further_rounds() {
+        let c = world();
+        c.inject(Op::MoveClientIp, refused(Op::MoveClientIp, "zone"), None);
+        let mut f = fencer(&c, 400);
+        f.retry_for = Duration::from_millis(10_000);
+        let t0 = std::time::Instant::now();
+        let e = f.run().await.result.expect_err("not fenced");
+        assert!(
+            t0.elapsed() < Duration::from_millis(900),
+            "{:?}",
+            t0.elapsed()
+        );
+        let FenceError::NotFenced { rounds, .. } = &e;
+        assert_eq!(*rounds, 1, "{e}");
+        assert_eq!(c.calls(Op::MoveClientIp), 1);
+    }
+
+    #[tokio::test]
+    async fn after_a_stop_proof_the_client_ip_is_still_moved_to_the_backup() {
+        // Every move is too slow for a round (800 ms > 500 ms): the stop proves
+        // the fence; then the move is given the time left, and lands, so the
+        // backup's interface holds the address (EC2 delivers nothing to it
+        // otherwise: a stopped instance keeps its secondary addresses).
+        let c = world();
+        c.inner().stop_completes_after(Duration::from_millis(100));
+        c.inject(
+            Op::MoveClientIp,
+            Fault::Delay(Duration::from_millis(800)),
+            None,
+        );
+        let mut f = fencer(&c, 500);
+        f.retry_for = Duration::from_millis(2000);
+        let run = f.run().await;
+        let fenced = run.result.expect("fenced by the stop");
+        let Proof::Stopped { moved_after, .. } = &fenced.proof else {
+            panic!("{fenced}")
+        };
+        assert_eq!(moved_after, &Ok(vec!["eni-b".to_string()]), "{fenced}");
+        assert!(
+            fenced
+                .to_string()
+                .contains("then client IP 10.0.1.100 moved off the stopped a"),
+            "{fenced}"
+        );
+        assert_eq!(c.inner().ip_holders(IP).await.unwrap(), vec!["eni-b"]);
     }
 
     #[tokio::test]

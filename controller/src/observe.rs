@@ -82,6 +82,15 @@ pub fn backup_in_sync(b: &DrbdSummary) -> bool {
         && b.out_of_sync_bytes == Some(0)
 }
 
+/// The server's DRBD has no disk under it: `Diskless` (DRBD detached the
+/// backing storage after an I/O error, `on-io-error detach`, or it was never
+/// attached), `Failed` or `Detaching` on the way there. Such a backup holds
+/// no copy at all: it protects nothing and can never be promoted (S1).
+/// (`Attaching` is on the way back, not counted.)
+pub fn has_no_disk(d: &DrbdSummary) -> bool {
+    matches!(d.disk.as_str(), "Diskless" | "Failed" | "Detaching")
+}
+
 /// What a server serves according to its latest report: DRBD `Primary`, the
 /// replicated filesystem mounted, NFS exported, the client IP configured. Empty when
 /// it serves nothing. On the standby, anything here is the S10 evidence.
@@ -234,6 +243,14 @@ pub fn observe(
         }
     }
     alerts.extend(standby_serving_alert(pair, b_id, backup, b_up));
+    for (id, d) in [(p_id, p_drbd), (b_id, b_drbd)] {
+        if let Some(d) = d.filter(|d| has_no_disk(d)) {
+            alerts.push(format!(
+                "{id}'s DRBD disk is {}: its backing storage failed and DRBD detached it (on-io-error detach); fix the storage (a full disk: free space), then `drbdadm attach {}` on {id}",
+                d.disk, pair.spec.resource
+            ));
+        }
+    }
     if let Some(p) = p_drbd {
         if p.role != "Primary" {
             alerts.push(format!(
@@ -261,6 +278,19 @@ pub fn observe(
                 }
             ),
         )),
+        // Connected but without a disk (detached after an I/O error): no
+        // copy at all, and nothing resynchronises until it is attached again.
+        PairState::Healthy | PairState::Rebuilding
+            if b_drbd.is_some_and(|b| b.connection == "Connected" && has_no_disk(b)) =>
+        {
+            Some((
+                PairState::Degraded,
+                format!(
+                    "backup {b_id}'s DRBD disk is {} (its backing storage failed, DRBD detached it): serving from {p_id} without protection until it is attached again",
+                    b_drbd.map(|b| b.disk.as_str()).unwrap_or_default()
+                ),
+            ))
+        }
         PairState::Rebuilding => match b_drbd {
             Some(b) if backup_in_sync(b) => Some((
                 PairState::Healthy,
@@ -444,6 +474,58 @@ mod tests {
                 .any(|a| a.starts_with("replication down, running unprotected")),
             "{:?}",
             o.alerts
+        );
+    }
+
+    #[test]
+    fn a_backup_without_a_disk_degrades_the_pair() {
+        for disk in ["Diskless", "Failed", "Detaching"] {
+            let b = AgentView {
+                drbd: Some(drbd(
+                    "Secondary",
+                    disk,
+                    "Connected",
+                    "Established",
+                    "UpToDate",
+                    0,
+                )),
+                ..backup_ok()
+            };
+            for state in [PairState::Healthy, PairState::Rebuilding] {
+                let o = observe(&pair(state), &primary_ok(), &b, 1000);
+                let (to, why) = o.transition.expect("a transition");
+                assert_eq!(to, PairState::Degraded, "{state} {disk}");
+                assert!(
+                    why.starts_with(&format!("backup b's DRBD disk is {disk}")),
+                    "{why}"
+                );
+                assert!(
+                    o.alerts
+                        .iter()
+                        .any(|a| a.starts_with(&format!("b's DRBD disk is {disk}"))
+                            && a.contains("drbdadm attach")),
+                    "{:?}",
+                    o.alerts
+                );
+            }
+        }
+        // Attaching again: on the way back, resynchronising.
+        let b = AgentView {
+            drbd: Some(drbd(
+                "Secondary",
+                "Inconsistent",
+                "Connected",
+                "SyncTarget",
+                "UpToDate",
+                4096,
+            )),
+            ..backup_ok()
+        };
+        assert_eq!(
+            observe(&pair(PairState::Healthy), &primary_ok(), &b, 1000)
+                .transition
+                .map(|t| t.0),
+            Some(PairState::Rebuilding)
         );
     }
 

@@ -28,6 +28,7 @@ outdate_tolerance_ms = 300
 flap_holdoff_ms = 600000
 [executor]
 fence_deadline_ms = 3000
+fence_retry_ms = 120000
 forced_stop_deadline_ms = 30000
 [probe]
 after_silence_ms = 400
@@ -52,7 +53,7 @@ insecure = true
 "#;
 
 /// Every scalar key of GOOD, as a path (`section.key`, `pairs.0.key`, ...).
-const KEYS: [&str; 31] = [
+const KEYS: [&str; 32] = [
     "node_id",
     "listen",
     "data_dir",
@@ -66,6 +67,7 @@ const KEYS: [&str; 31] = [
     "detector.outdate_tolerance_ms",
     "detector.flap_holdoff_ms",
     "executor.fence_deadline_ms",
+    "executor.fence_retry_ms",
     "executor.forced_stop_deadline_ms",
     "probe.after_silence_ms",
     "probe.interval_ms",

@@ -25,7 +25,9 @@
 //! * no serving, `Healthy` pair within the bound after the faults stopped;
 //! * the scenario's own expectations: how many failovers (the epoch's rise)
 //!   it may cause, that serving continued through the fault, that a fenced
-//!   zombie stayed cut off, and that each step it waited for happened.
+//!   zombie stayed cut off, and that each step it waited for happened; with the
+//!   EC2 backend ([`NsOptions::ec2`]), that nothing was fenced while every EC2
+//!   call failed and that the API fault met a call of the fence.
 //!
 //! Time to serve again: from the first fault to the first acknowledged write of
 //! a probe: from the fault on, every 500 ms a fresh `nfs-cp` of a small file
@@ -42,6 +44,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::ec2::ApiFault;
 use crate::nscluster::{
     serving_ok, InvariantReport, Invariants, NfsClient, NsCluster, NsOptions, SpareOptions,
     WriteRecord, Writer, PAIR,
@@ -179,14 +182,42 @@ pub enum Action {
     ExpectCut(usize),
     /// `understudyctl ARGS PAIR`.
     Operator(&'static [&'static str]),
+    /// The EC2 API (the fault proxy in front of moto) does this from now on;
+    /// needs [`NsOptions::ec2`].
+    Ec2Api(ApiFault),
+    /// No fence may be done yet (every EC2 call fails): no Fence step done, no
+    /// failover finished, the backup not promoted.
+    ExpectNotFenced,
+    /// The API fault met the fence: the proxy faulted a call the fence makes
+    /// after the last [`Action::KillHost`] (else the scenario missed its point).
+    ExpectFenceMetFault,
+    /// Fill host `i`'s disk file system with a ballast file
+    /// ([`NsOptions::backup_disk_mib`]): its backing storage is full.
+    FillDisk(usize),
+    /// Remove the ballast: space again on host `i`'s disk file system.
+    FreeDisk(usize),
+    /// `drbdadm ARGS` on host `i`, as its operator would run it (a violation
+    /// unless it exits 0).
+    DrbdAdm(usize, &'static [&'static str]),
+    /// Wait until the status shows host `i`'s DRBD disk in this state.
+    WaitDisk(usize, &'static str, u64),
+    /// The pair's state and host `i`'s DRBD disk must be these now.
+    ExpectDisk {
+        host: usize,
+        disk: &'static str,
+        state: &'static str,
+    },
 }
 
 impl Action {
-    /// Does something to the cluster (not a wait or a check).
+    /// Does something to the cluster (not a wait or a check). The EC2 API's
+    /// trouble is not: it only matters once a fence needs the API, so time to
+    /// serve again counts from the fault that needs the fence (the kill).
     fn is_fault(&self) -> bool {
         !matches!(
             self,
             Action::Sleep(_)
+                | Action::Ec2Api(_)
                 | Action::WaitStep { .. }
                 | Action::WaitState(..)
                 | Action::WaitFailover(_)
@@ -195,6 +226,10 @@ impl Action {
                 | Action::ExpectServing(_)
                 | Action::ExpectCut(_)
                 | Action::Operator(_)
+                | Action::ExpectNotFenced
+                | Action::ExpectFenceMetFault
+                | Action::WaitDisk(..)
+                | Action::ExpectDisk { .. }
         )
     }
 }
@@ -252,6 +287,9 @@ pub struct Outcome {
     pub logs: Option<String>,
     /// The pair's state and serving server at the end.
     pub end: String,
+    /// What else the run shows: the Fence step's history line(s); with the EC2
+    /// backend, what the fault proxy did with the controllers' calls.
+    pub notes: Vec<String>,
 }
 
 fn fs_kill(r: &mut SplitMix64) -> Schedule {
@@ -444,6 +482,60 @@ fn replication_cut_then_fs_dies(r: &mut SplitMix64) -> Schedule {
     }
 }
 
+/// The backup's backing storage (a thin disk on a size-limited file system)
+/// runs full while the client writes: DRBD detaches it (`on-io-error
+/// detach`), the file server goes on acknowledging writes on its own disk,
+/// the pair is `Degraded` with fsb Diskless and nothing fails over. In half
+/// the seeds fsa is then killed: the Diskless backup must not be promoted
+/// (S1; the pair stays `Degraded`, nothing serves) until fsa is back.
+/// Healing, as an operator: space freed, `drbdadm attach` on fsb (DRBD does
+/// not re-attach by itself, nor does Understudy), which resyncs what fsb
+/// missed; fsa rebooted (before or after the attach, seeded) when it died.
+fn backup_disk_full(r: &mut SplitMix64) -> Schedule {
+    let mut faults = vec![
+        Action::Sleep(r.range(0, 3000)),
+        Action::FillDisk(1),
+        Action::WaitDisk(1, "Diskless", 30),
+        Action::WaitState("Degraded", 30),
+        Action::ExpectServing(r.range(2000, 6000)),
+        Action::ExpectDisk {
+            host: 1,
+            disk: "Diskless",
+            state: "Degraded",
+        },
+    ];
+    let mut heal = vec![Action::Sleep(r.range(0, 3000)), Action::FreeDisk(1)];
+    let attach = Action::DrbdAdm(1, &["attach", crate::RESOURCE]);
+    if r.range(0, 1) == 0 {
+        faults.extend([
+            Action::KillHost(0),
+            Action::Sleep(r.range(3000, 6000)),
+            // no promotion of a backup without a disk
+            Action::ExpectDisk {
+                host: 1,
+                disk: "Diskless",
+                state: "Degraded",
+            },
+        ]);
+        if r.range(0, 1) == 0 {
+            heal.extend([Action::ReviveHost(0), Action::WaitConnected(0, 30), attach]);
+        } else {
+            heal.extend([
+                attach,
+                Action::Sleep(r.range(0, 3000)),
+                Action::ReviveHost(0),
+            ]);
+        }
+    } else {
+        heal.push(attach);
+    }
+    Schedule {
+        setup: Vec::new(),
+        faults,
+        heal,
+    }
+}
+
 fn backup_then_fs_dies(r: &mut SplitMix64) -> Schedule {
     let fsb_first = r.range(0, 1) == 0;
     Schedule {
@@ -547,11 +639,78 @@ fn clock_jump(r: &mut SplitMix64) -> Schedule {
     }
 }
 
+/// The EC2 calls the fence makes (the controllers make others too: preflight's
+/// `DescribeVolumes`, the signals' `DescribeInstanceStatus`).
+const FENCE_CALLS: [&str; 6] = [
+    "DescribeInstances",
+    "DescribeNetworkInterfaces",
+    "AssignPrivateIpAddresses",
+    "UnassignPrivateIpAddresses",
+    "StopInstances",
+    "ModifyNetworkInterfaceAttribute",
+];
+
+/// The EC2 API slows down (every call delayed by a seeded 0.5-3 s; the
+/// backend's call timeout is 2 s) just before fsa dies, for a seeded window
+/// that covers the fence, then answers at full speed again.
+fn ec2_api_slow(r: &mut SplitMix64) -> Schedule {
+    Schedule {
+        setup: Vec::new(),
+        faults: vec![
+            Action::Sleep(r.range(0, 2000)),
+            Action::Ec2Api(ApiFault::Delay(r.range(500, 3000))),
+            Action::Sleep(r.range(0, 500)),
+            Action::KillHost(0),
+            Action::Sleep(r.range(5000, 12000)),
+            Action::Ec2Api(ApiFault::Pass),
+            Action::ExpectFenceMetFault,
+            Action::WaitFailover(90),
+        ],
+        heal: vec![Action::ReviveHost(0), Action::Operator(&["ack"])],
+    }
+}
+
+/// The EC2 API fails (a seeded EC2 error on every call, or every call hung)
+/// from just before fsa dies, for a seeded window that covers the fence; no
+/// fence may be done meanwhile; then it recovers.
+fn ec2_api_failing(r: &mut SplitMix64) -> Schedule {
+    let fault = r.pick(&[
+        ApiFault::Error(503, "RequestLimitExceeded"),
+        ApiFault::Error(503, "ServiceUnavailable"),
+        ApiFault::Error(500, "InternalError"),
+        ApiFault::Hang,
+    ]);
+    Schedule {
+        setup: Vec::new(),
+        faults: vec![
+            Action::Sleep(r.range(0, 2000)),
+            Action::Ec2Api(fault),
+            Action::Sleep(r.range(0, 500)),
+            Action::KillHost(0),
+            Action::Sleep(r.range(5000, 15000)),
+            Action::ExpectNotFenced,
+            Action::Ec2Api(ApiFault::Pass),
+            Action::ExpectFenceMetFault,
+            Action::WaitFailover(90),
+        ],
+        heal: vec![Action::ReviveHost(0), Action::Operator(&["ack"])],
+    }
+}
+/// The size of fsb's disk file system in `backup-disk-full` (the device is
+/// [`crate::nscluster::BLOCK_SIZE_MIB`]; room for a full sync after the heal).
+const BACKUP_DISK_MIB: u64 = 80;
+
 /// The matrix: every scenario implemented (see ARCHITECTURE.md, "Tests", for
 /// those that are not and why).
 pub fn scenarios() -> Vec<Scenario> {
     fn defaults() -> NsOptions {
         NsOptions::default()
+    }
+    fn ec2() -> NsOptions {
+        NsOptions {
+            ec2: true,
+            ..NsOptions::default()
+        }
     }
     let one = Expect {
         failovers: (1, 1),
@@ -657,6 +816,16 @@ pub fn scenarios() -> Vec<Scenario> {
             expect: none.clone(),
         },
         Scenario {
+            name: "backup-disk-full",
+            about: "the backup's backing storage runs full under writes: its disk detached (Diskless), Degraded, serving continues (in half the seeds fsa then killed: no promotion); space freed, attached, resynced",
+            options: || NsOptions {
+                backup_disk_mib: Some(BACKUP_DISK_MIB),
+                ..NsOptions::default()
+            },
+            schedule: backup_disk_full,
+            expect: none.clone(),
+        },
+        Scenario {
             name: "agent-restart-during-promote",
             about: "file server killed; the backup's agent SIGKILLed and restarted while Promote runs",
             options: || NsOptions {
@@ -699,6 +868,20 @@ pub fn scenarios() -> Vec<Scenario> {
             about: "one controller restarted with its wall clock minutes off (libfaketime), then the file server killed",
             options: defaults,
             schedule: clock_jump,
+            expect: one.clone(),
+        },
+        Scenario {
+            name: "ec2-api-slow-during-fence",
+            about: "EC2 backend (moto behind a fault proxy): every API call delayed 0.5-3 s from just before the file server is killed, for 5-12 s",
+            options: ec2,
+            schedule: ec2_api_slow,
+            expect: one.clone(),
+        },
+        Scenario {
+            name: "ec2-api-failing-during-fence",
+            about: "EC2 backend (moto behind a fault proxy): every API call answered 503 RequestLimitExceeded / 503 ServiceUnavailable / 500 InternalError, or hung, from just before the file server is killed, for 5-15 s",
+            options: ec2,
+            schedule: ec2_api_failing,
             expect: one.clone(),
         },
     ]
@@ -869,9 +1052,18 @@ struct Run<'a> {
     /// Operator commands run: (args, exit code, output).
     commands: Vec<(String, i32)>,
     epoch0: u64,
+    /// When the schedule last killed a host.
+    killed_at: Option<Instant>,
 }
 
 impl Run<'_> {
+    fn ec2(&self) -> &crate::ec2::Ec2Harness {
+        self.c
+            .ec2
+            .as_ref()
+            .expect("an EC2 API action needs NsOptions::ec2")
+    }
+
     fn status(&self) -> Option<Value> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -937,7 +1129,10 @@ impl Run<'_> {
         }
         match a {
             Action::Sleep(ms) => std::thread::sleep(Duration::from_millis(*ms)),
-            Action::KillHost(i) => self.c.kill_host(*i),
+            Action::KillHost(i) => {
+                self.c.kill_host(*i);
+                self.killed_at = Some(Instant::now());
+            }
             Action::FreezeHost(i) => self.c.freeze_host(*i),
             Action::ThawHost(i) => {
                 self.c.signal_host_processes(*i, libc::SIGCONT);
@@ -1092,6 +1287,98 @@ impl Run<'_> {
                     ));
                 }
             }
+            Action::Ec2Api(fault) => self.ec2().proxy.set(*fault),
+            Action::ExpectNotFenced => {
+                let e0 = self.epoch0;
+                match self.status() {
+                    None => self.violations.push("no status to check the fence".into()),
+                    Some(s) => {
+                        let p = pair(&s, PAIR);
+                        let fence_done = p["failover"]["steps"].as_array().is_some_and(|st| {
+                            st.iter()
+                                .any(|x| x["step"] == "Fence" && x["status"] == "done")
+                        });
+                        let finished =
+                            p["epoch"].as_u64().unwrap_or(0) > e0 && p["failover"].is_null();
+                        let fsb = crate::server(&s, PAIR, &format!("{PAIR}-fsb"));
+                        let promoted = fsb["drbd"]["role"] == "Primary";
+                        if fence_done || finished || promoted {
+                            self.violations.push(format!(
+                                "fenced while every EC2 call failed: Fence step done {fence_done}, failover finished {finished}, fsb Primary {promoted}; failover {}",
+                                p["failover"]
+                            ));
+                        }
+                    }
+                }
+            }
+            Action::ExpectFenceMetFault => {
+                let since = self.killed_at;
+                let met = self
+                    .ec2()
+                    .proxy
+                    .log()
+                    .iter()
+                    .filter(|e| e.fault != ApiFault::Pass)
+                    .filter(|e| since.is_none_or(|k| e.at >= k))
+                    .filter(|e| FENCE_CALLS.contains(&e.action.as_str()))
+                    .count();
+                if met == 0 {
+                    self.violations.push(
+                        "the EC2 API fault met no call of the fence: the schedule missed the fence"
+                            .into(),
+                    );
+                }
+            }
+            Action::FillDisk(i) => {
+                self.c.fill_disk(*i);
+            }
+            Action::FreeDisk(i) => self.c.free_disk(*i),
+            Action::DrbdAdm(i, args) => {
+                let o = self.c.drbdadm(*i, args);
+                if !o.status.success() {
+                    self.violations.push(format!(
+                        "drbdadm {} on {} failed ({}): {}",
+                        args.join(" "),
+                        self.c.hosts[*i].name,
+                        o.status,
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    ));
+                }
+            }
+            Action::WaitDisk(i, disk, t) => {
+                let id = self.c.hosts[*i].server_id.clone();
+                self.wait(&format!("{id}'s DRBD disk {disk}"), *t, |s| {
+                    crate::server(s, PAIR, &id)["drbd"]["disk"] == *disk
+                })
+            }
+            Action::ExpectDisk { host, disk, state } => {
+                // The first status with a DRBD report of the host: right after
+                // an agent's new session (a leader that stood down and took
+                // over again) its report is not there yet (`drbd` null).
+                let id = self.c.hosts[*host].server_id.clone();
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let mut last = Value::Null;
+                let judged = loop {
+                    if let Ok(s) = self.c.try_status() {
+                        if !crate::server(&s, PAIR, &id)["drbd"].is_null() {
+                            break Some(s);
+                        }
+                        last = s;
+                    }
+                    if Instant::now() > deadline {
+                        break None;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                };
+                let s = judged.as_ref().unwrap_or(&last);
+                let (p, sv) = (pair(s, PAIR), crate::server(s, PAIR, &id));
+                if p["state"] != *state || sv["drbd"]["disk"] != *disk {
+                    self.violations.push(format!(
+                        "expected the pair {state} with {id}'s DRBD disk {disk}; status: pair {} ({}), {id}'s disk {}",
+                        p["state"], p["state_reason"], sv["drbd"]["disk"]
+                    ));
+                }
+            }
             Action::Operator(args) => {
                 let o = self
                     .c
@@ -1228,6 +1515,7 @@ pub fn run(sc: &Scenario, seed: u64) -> Outcome {
             probe: None,
             commands: Vec::new(),
             epoch0,
+            killed_at: None,
         };
         for a in &schedule.setup {
             run.act(a, false);
@@ -1247,6 +1535,7 @@ pub fn run(sc: &Scenario, seed: u64) -> Outcome {
         probe: None,
         commands: Vec::new(),
         epoch0,
+        killed_at: None,
     };
     run.violations = setup;
     for a in &schedule.faults {
@@ -1330,6 +1619,14 @@ pub fn run(sc: &Scenario, seed: u64) -> Outcome {
         violations.extend(v);
     }
     let (lines, audit) = history.finish();
+    let mut notes: Vec<String> = lines
+        .iter()
+        .filter(|l| l.starts_with("step Fence "))
+        .cloned()
+        .collect();
+    if let Some(e) = &c.ec2 {
+        notes.push(proxy_summary(&e.proxy.log()));
+    }
     violations.extend(history_violations(&lines, false));
     // Every committed operator command is in the audit log.
     // (By verb: the audit log words a command its own way.)
@@ -1387,6 +1684,7 @@ pub fn run(sc: &Scenario, seed: u64) -> Outcome {
         schedule: format!("{:?}", schedule),
         took: t0.elapsed(),
         logs,
+        notes,
         end: final_status
             .as_ref()
             .map(|s| {
@@ -1398,6 +1696,28 @@ pub fn run(sc: &Scenario, seed: u64) -> Outcome {
             })
             .unwrap_or_default(),
     }
+}
+
+/// How many EC2 requests the fault proxy passed, delayed, failed and hung.
+fn proxy_summary(log: &[crate::ec2::ProxyEntry]) -> String {
+    let mut by: std::collections::BTreeMap<String, usize> = Default::default();
+    for e in log {
+        let k = match e.fault {
+            ApiFault::Pass => "passed".to_string(),
+            ApiFault::Delay(ms) => format!("delayed {ms} ms"),
+            ApiFault::Error(st, code) => format!("answered {st} {code}"),
+            ApiFault::Hang => "hung".to_string(),
+        };
+        *by.entry(k).or_default() += 1;
+    }
+    format!(
+        "EC2 API (fault proxy): {} requests: {}",
+        log.len(),
+        by.iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 /// FNV-1a of a name: each scenario's seed stream differs.
@@ -1430,7 +1750,7 @@ fn secs(d: Option<Duration>) -> String {
 /// One line about a run.
 pub fn describe(o: &Outcome) -> String {
     format!(
-        "{} seed {}: {} failovers, {} violations, serve again {}, longest stall {}, converged {} ({}), writes {}/{} acknowledged, {} IP samples, took {:.0}s; schedule {}",
+        "{} seed {}: {} failovers, {} violations, serve again {}, longest stall {}, converged {} ({}), writes {}/{} acknowledged, {} IP samples, took {:.0}s; schedule {}{}",
         o.scenario,
         o.seed,
         o.failovers,
@@ -1443,7 +1763,11 @@ pub fn describe(o: &Outcome) -> String {
         o.writes_attempted,
         o.ip_samples,
         o.took.as_secs_f64(),
-        o.schedule
+        o.schedule,
+        o.notes
+            .iter()
+            .map(|n| format!("\n  {n}"))
+            .collect::<String>()
     )
 }
 

@@ -17,6 +17,7 @@
 //! `understudyctl` is called with an admin operator's certificate ([`Creds`]).
 //! [`Cluster::start_insecure`] runs everything in plain text instead.
 
+pub mod ec2;
 pub mod faults;
 pub mod netns;
 pub mod nscluster;

@@ -83,6 +83,127 @@ pub struct NsHost {
     pub drbdsetup: PathBuf,
     pub emu: Option<Proc>,
     pub agent: Option<Proc>,
+    /// [`NsOptions::backup_disk_mib`]: the size-limited file system holding
+    /// this host's backing file (fsb only).
+    pub disk_fs: Option<DiskFs>,
+}
+
+/// A size-limited file system (a tmpfs) the harness mounts for a host's
+/// backing file, as a thin-provisioned disk (DRBD's backing storage) on a
+/// pool that can run full. [`DiskFs::fill`] fills it with a ballast file,
+/// [`DiskFs::free`] removes it. Lazily unmounted on drop (also when the
+/// cluster's start or a test panics); the emulator, in a private mount
+/// namespace copied from the root one, keeps its own reference until it exits.
+pub struct DiskFs {
+    pub mount_point: PathBuf,
+}
+
+impl DiskFs {
+    fn mount(at: &Path, size_mib: u64, tag: &str) -> DiskFs {
+        fs::create_dir_all(at).expect("disk fs mount point");
+        crate::netns::run(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size_mib}m,mode=0700"),
+                &format!("understudy-disk-{tag}"),
+                &at.display().to_string(),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("mount a {size_mib} MiB tmpfs on {}: {e}", at.display()));
+        DiskFs {
+            mount_point: at.to_path_buf(),
+        }
+    }
+
+    fn ballast(&self) -> PathBuf {
+        self.mount_point.join("ballast")
+    }
+
+    /// Bytes free on the file system.
+    pub fn free_bytes(&self) -> u64 {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(self.mount_point.as_os_str().as_bytes())
+            .expect("mount point path");
+        // SAFETY: statvfs writes into the zeroed struct; the path is NUL-terminated.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+        assert_eq!(
+            rc,
+            0,
+            "statvfs {}: {}",
+            self.mount_point.display(),
+            std::io::Error::last_os_error()
+        );
+        st.f_bavail as u64 * st.f_frsize as u64
+    }
+
+    /// Fill the file system: a ballast file as large as the free space
+    /// (`fallocate`), then appended to until the file system answers ENOSPC.
+    /// Returns the ballast's size.
+    pub fn fill(&self) -> u64 {
+        use std::io::Write;
+        let path = self.ballast();
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let free = self.free_bytes();
+        if free > 0 {
+            let len = f.metadata().expect("ballast metadata").len() + free;
+            // SAFETY: fallocate(2) on an open file descriptor; no pointers.
+            let rc = unsafe {
+                libc::fallocate(
+                    std::os::fd::AsRawFd::as_raw_fd(&f),
+                    0,
+                    0,
+                    len as libc::off_t,
+                )
+            };
+            if rc != 0 {
+                let e = std::io::Error::last_os_error();
+                assert_eq!(
+                    e.raw_os_error(),
+                    Some(libc::ENOSPC),
+                    "fallocate {}: {e}",
+                    path.display()
+                );
+            }
+        }
+        let chunk = vec![0x5Au8; 4096];
+        loop {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
+        f.metadata().expect("ballast metadata").len()
+    }
+
+    /// Remove the ballast: the space is free again.
+    pub fn free(&self) {
+        match fs::remove_file(self.ballast()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("{}: {e}", self.ballast().display()),
+        }
+    }
+}
+
+impl Drop for DiskFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.mount_point)
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
 }
 
 /// Knobs of a namespace cluster.
@@ -135,6 +256,16 @@ pub struct NsOptions {
     /// (`"poll_ms = 300\nauto_switchover = true"`); `None`: no section (the
     /// defaults). Scheduled events are injected through [`NsCluster::cloud`].
     pub signals: Option<String>,
+    /// `[cloud] kind = "ec2"` instead of the local cloud: a `moto_server` on
+    /// loopback behind a fault proxy, the world created in it, and a VPC fabric
+    /// applying moto's state to the namespaces ([`crate::ec2`]). No spares.
+    pub ec2: bool,
+    /// Block mode: fsb's backing file on a tmpfs of this many MiB the harness
+    /// mounts (`NsHost::disk_fs`), so that its disk can really run full
+    /// ([`NsCluster::fill_disk`]). The emulator's initial sync keeps the
+    /// sparse backing file thin (zero runs are discarded), so only what the
+    /// file system writes takes space. Not with spares.
+    pub backup_disk_mib: Option<u64>,
 }
 
 /// Knobs of the spares of a namespace cluster.
@@ -180,6 +311,8 @@ impl Default for NsOptions {
             spares: None,
             insecure: false,
             signals: None,
+            ec2: false,
+            backup_disk_mib: None,
         }
     }
 }
@@ -288,6 +421,8 @@ pub struct NsCluster {
     pub cloud: Option<understudy_cloud::local::LocalCloud>,
     /// The CA and certificates (`None`: [`NsOptions::insecure`]).
     pub pki: Option<Pki>,
+    /// [`NsOptions::ec2`]: moto, the fault proxy, the world, the VPC fabric.
+    pub ec2: Option<crate::ec2::Ec2Harness>,
 }
 
 fn check_tools() {
@@ -350,6 +485,36 @@ impl NsCluster {
             opts.spares.is_none() || opts.block_device,
             "spares need block mode (volumes hold the emulator's disk)"
         );
+        assert!(
+            !(opts.ec2 && opts.spares.is_some()),
+            "spares need the local cloud"
+        );
+        // The proxy and moto listen on 127.0.0.1 of this namespace: controllers
+        // in namespaces of their own would not reach them.
+        assert!(
+            !(opts.ec2 && opts.controllers_in_namespaces),
+            "the EC2 backend needs the controllers in the root namespace (the proxy is on 127.0.0.1)"
+        );
+        // EC2: moto, the proxy, the world (an instance per server with the
+        // host's address, the client IP on fsa's interface) and the fabric.
+        let ec2 = opts.ec2.then(|| {
+            let hosts: Vec<(&'static str, String, String, Ipv4Addr)> = ["fsa", "fsb"]
+                .into_iter()
+                .map(|h| (h, net.ns_name(h), net.root_veth(h), net.addr(h)))
+                .collect();
+            let o = bridge.octets();
+            crate::ec2::Ec2Harness::start(
+                &hosts,
+                &format!("{}.{}.{}.0/24", o[0], o[1], o[2]),
+                client_ip,
+                &root.join("fabric.log"),
+            )
+        });
+        let zone = if ec2.is_some() {
+            crate::ec2::ZONE
+        } else {
+            "zone-a"
+        };
         // With spares, fsa's and fsb's disks are volumes of the local cloud
         // (created and attached through it, as an operator's provisioning would),
         // so a reattach can move fsa's to a spare.
@@ -434,11 +599,13 @@ impl NsCluster {
         let sid = |h: &str| format!("{PAIR}-{h}");
         let server_toml = |h: &str| {
             format!(
-                "{{ id = \"{}\", address = \"{}\", zone = \"zone-a\", instance_id = \"{}\", interface_id = \"{}:eth0\"{} }}",
+                "{{ id = \"{}\", address = \"{}\", zone = \"{zone}\", instance_id = \"{}\", interface_id = \"{}\"{} }}",
                 sid(h),
                 net.addr(h),
-                net.ns_name(h),
-                net.ns_name(h),
+                ec2.as_ref()
+                    .map_or(net.ns_name(h), |e| e.host(h).instance_id.clone()),
+                ec2.as_ref()
+                    .map_or(format!("{}:eth0", net.ns_name(h)), |e| e.host(h).eni_id.clone()),
                 volumes
                     .get(h)
                     .map(|(v, _)| format!(", volumes = [\"{v}\"]"))
@@ -485,18 +652,13 @@ step_pause_ms = {pause}
 result_pause_ms = {rpause}
 {sections}
 [cloud]
-kind = "local"
-netns_prefix = "{prefix}"
-prefix_len = 24
-{root_netns}
-kill_processes = {kill}
-{launch_section}
+{cloud_section}
 [[pairs]]
 id = "{PAIR}"
 resource = "{RESOURCE}"
 client_ip = "{client_ip}"
 client_ip_prefix_len = 24
-zone = "zone-a"
+zone = "{zone}"
 nfs_port = {NFS_PORT}
 export_path = "{PSEUDO}"
 primary = {p}
@@ -506,17 +668,23 @@ backup = {b}
                         Some(p) => p.section(&p.controller(i as u64 + 1, addr)),
                         None => INSECURE_SECTION.into(),
                     },
+                    cloud_section = match &ec2 {
+                        Some(e) => e.cloud_section(),
+                        None => format!(
+                            "kind = \"local\"\nnetns_prefix = \"{prefix}\"\nprefix_len = 24\n{root_netns}\nkill_processes = {kill}\n{launch_section}",
+                            prefix = net.prefix(),
+                            root_netns = root_netns
+                                .as_ref()
+                                .map(|r| format!("root_netns = \"{}\"\n", r.0))
+                                .unwrap_or_default(),
+                            kill = !opts.fence_keeps_processes,
+                        ),
+                    },
                     id = i + 1,
                     http_listen = http[i],
                     data = root.join(format!("controller-{}", i + 1)).display(),
-                    prefix = net.prefix(),
-                    root_netns = root_netns
-                        .as_ref()
-                        .map(|r| format!("root_netns = \"{}\"\n", r.0))
-                        .unwrap_or_default(),
                     pause = opts.step_pause_ms,
                     rpause = opts.result_pause_ms,
-                    kill = !opts.fence_keeps_processes,
                     sections = opts.sections(),
                     p = server_toml("fsa"),
                     b = server_toml("fsb"),
@@ -525,6 +693,10 @@ backup = {b}
             .expect("write controller config");
             configs.push(path);
         }
+        assert!(
+            opts.backup_disk_mib.is_none() || (opts.block_device && opts.spares.is_none()),
+            "backup_disk_mib needs block mode without spares"
+        );
         let mut hosts = Vec::new();
         for (i, name) in names.iter().enumerate() {
             let hdir = root.join(name);
@@ -534,9 +706,18 @@ backup = {b}
             fs::create_dir_all(&export_dir).expect("export dir");
             let peer = names[1 - i];
             let emu_config = hdir.join("drbd-emu.toml");
-            let backing_file = match volumes.get(name) {
-                Some((_, dev)) => dev.join("disk.img"),
-                None => hdir.join("disk.img"),
+            let disk_fs = match opts.backup_disk_mib {
+                Some(mib) if i == 1 => Some(DiskFs::mount(
+                    &hdir.join("disk-fs"),
+                    mib,
+                    &format!("{}-{name}", net.prefix()),
+                )),
+                _ => None,
+            };
+            let backing_file = match (volumes.get(name), &disk_fs) {
+                (Some((_, dev)), _) => dev.join("disk.img"),
+                (None, Some(d)) => d.mount_point.join("disk.img"),
+                (None, None) => hdir.join("disk.img"),
             };
             let device_link = hdir.join("drbd1000");
             fs::write(
@@ -654,6 +835,7 @@ address = "{}:7789"
                 drbdsetup,
                 emu: None,
                 agent: None,
+                disk_fs,
             });
         }
         if cloud.is_some() {
@@ -683,6 +865,7 @@ address = "{}:7789"
             block_registration,
             cloud,
             pki,
+            ec2,
         };
         for i in 0..3 {
             c.start_controller(i);
@@ -843,6 +1026,11 @@ address = "{}:7789"
     /// Bring a dead host back (cable, emulator, agent): it rejoins as a Secondary
     /// and resynchronises from the serving host.
     pub fn revive_host(&mut self, i: usize) {
+        if let Some(e) = &self.ec2 {
+            // As an operator: the instance started and its security group
+            // restored in EC2 first, or the VPC (fabric) keeps it off.
+            e.power_on(self.hosts[i].name);
+        }
         self.net.heal(self.hosts[i].name);
         self.start_emulator(i);
         self.start_agent(i);
@@ -860,6 +1048,27 @@ address = "{}:7789"
         }
         crate::netns::kill_netns_pids(&self.net.ns_name(h.name));
         self.net.cut(h.name);
+    }
+
+    /// Fill host `i`'s disk file system ([`NsOptions::backup_disk_mib`]) up:
+    /// the emulator's next write of a new block of its backing file fails with
+    /// ENOSPC. Returns the ballast's size.
+    pub fn fill_disk(&self, i: usize) -> u64 {
+        self.disk_fs(i).fill()
+    }
+
+    /// Free host `i`'s disk file system again (the ballast removed).
+    pub fn free_disk(&self, i: usize) {
+        self.disk_fs(i).free()
+    }
+
+    fn disk_fs(&self, i: usize) -> &DiskFs {
+        self.hosts[i].disk_fs.as_ref().unwrap_or_else(|| {
+            panic!(
+                "{} has no disk file system (NsOptions::backup_disk_mib)",
+                self.hosts[i].name
+            )
+        })
     }
 
     /// Freeze host `i`: SIGSTOP every process in its namespace (agent, DRBD
@@ -1162,10 +1371,17 @@ address = "{}:7789"
 
 impl Drop for NsCluster {
     fn drop(&mut self) {
+        // The fabric first: it must not act on namespaces being removed.
+        drop(self.ec2.take());
         for h in &mut self.hosts {
             h.agent.take();
             h.emu.take();
             crate::netns::kill_netns_pids(&self.net.ns_name(h.name));
+        }
+        // Before the temp dir goes (the fields drop after this): a mount
+        // inside it would stop its removal.
+        for h in &mut self.hosts {
+            h.disk_fs.take();
         }
         for h in &self.hosts {
             let _ = Command::new("umount")

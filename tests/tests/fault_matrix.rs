@@ -42,8 +42,11 @@ matrix! {
     short_blips => "short-blips",
     replication_cut_then_fs_dies => "replication-cut-then-fs-dies",
     backup_dies_then_fs_dies => "backup-dies-then-fs-dies",
+    backup_disk_full => "backup-disk-full",
     agent_restart_during_promote => "agent-restart-during-promote",
     leader_partitioned => "leader-partitioned",
     leader_kill_during_rebuild => "leader-kill-during-rebuild",
     clock_jump => "clock-jump",
+    ec2_api_slow_during_fence => "ec2-api-slow-during-fence",
+    ec2_api_failing_during_fence => "ec2-api-failing-during-fence",
 }

@@ -19,6 +19,7 @@ fn fencer(cloud: Arc<dyn Cloud>, from: &CloudServer, to: &CloudServer, ms: u64) 
         from: from.clone(),
         to: to.clone(),
         deadline: Duration::from_millis(ms),
+        retry_for: Duration::ZERO,
         forced_stop_deadline: Duration::from_secs(10),
     }
 }
@@ -81,7 +82,10 @@ async fn ec2_fence_falls_back_to_the_verified_stop() {
     let run = fencer(cloud.clone(), fs, other, 5000).run().await;
     let f = run.result.expect("fenced by the stop");
     eprintln!("{f}");
-    let Proof::Stopped { state, ip_failure } = &f.proof else {
+    let Proof::Stopped {
+        state, ip_failure, ..
+    } = &f.proof
+    else {
         panic!("{f}")
     };
     assert_eq!(*state, InstanceState::Stopped);

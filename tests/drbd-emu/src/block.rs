@@ -33,7 +33,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::{Config, Protocol, BM_BLOCK, DEVICE_FILE_NAME};
 use crate::daemon::{Core, Shared};
-use crate::model::{ConnState, Repl, Role};
+use crate::model::{ConnState, DiskState, Repl, Role};
 use crate::repl::Msg;
 
 /// Blocks of one resync message at most (64 KiB).
@@ -245,6 +245,25 @@ impl BlockState {
         }
     }
 
+    /// The peer could not write `seq` (no disk): the write is complete
+    /// (it is on the local disk), its blocks are out of sync.
+    pub fn neg_acked(&mut self, seq: u64) {
+        if let Some((r, w)) = self.pending.remove(&seq) {
+            for b in r.clone() {
+                if let Some(n) = self.inflight.get_mut(&b) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.inflight.remove(&b);
+                    }
+                }
+            }
+            self.set_oos(r);
+            if let Some(w) = w {
+                let _ = w.try_send(true);
+            }
+        }
+    }
+
     /// Writes waiting for acknowledgement.
     pub fn pending_count(&self) -> usize {
         self.pending.len()
@@ -282,12 +301,31 @@ impl BlockState {
     }
 }
 
-/// True when writes of the local Primary go to the peer.
+/// True when writes of the local Primary go to the peer (connected, and
+/// the peer has a disk to write them to).
 fn replicating(c: &Core) -> bool {
     c.role == Role::Primary
         && c.link.is_some()
         && c.conn == ConnState::Connected
         && matches!(c.repl, Repl::Established | Repl::SyncSource)
+        && crate::daemon::peer_has_disk(c.peer_disk)
+}
+
+/// A Primary without good local data (Diskless after an I/O error, or
+/// SyncTarget while it attaches again): DRBD would read and write through
+/// the peer's disk; the emulator does not, the I/O fails with `EIO`.
+fn no_local_data(c: &Core) -> bool {
+    c.role == Role::Primary && (!c.attached || c.disk() != DiskState::UpToDate)
+}
+
+/// `on-io-error detach` after a local I/O error on `blocks` (marked out
+/// of sync first, so that the bitmap keeps them).
+fn io_error(sh: &Shared, what: &str, blocks: std::ops::Range<u64>, e: &io::Error, untrusted: bool) {
+    let mut c = sh.lock();
+    if let Some(b) = c.blk.as_mut() {
+        b.set_oos(blocks);
+    }
+    c.detach_on_io_error(what, e, untrusted);
 }
 
 /// A write / fsync lost its peer: waits while I/O is suspended for
@@ -319,7 +357,11 @@ fn enter(sh: &Shared) -> Result<(), i32> {
                 }
                 counted = true;
             }
-            let err = if !c.up || !c.attached {
+            let err = if !c.up {
+                Some(libc::ENXIO)
+            } else if c.role == Role::Primary && no_local_data(&c) {
+                Some(libc::EIO)
+            } else if !c.attached {
                 Some(libc::ENXIO)
             } else if c.role != Role::Primary {
                 Some(libc::EROFS)
@@ -369,11 +411,13 @@ fn write_inner(sh: &Shared, off: u64, data: &[u8]) -> Result<(), i32> {
         }
         let blocks = blocks_of(off, len);
         if let Err(e) = b.persist_marks(blocks.clone()) {
-            eprintln!("drbd {}: writing the bitmap: {e}", sh.cfg().resource);
+            drop(c);
+            io_error(sh, "the bitmap (meta data)", blocks, &e, true);
             return Err(libc::EIO);
         }
         if let Err(e) = b.file.write_all_at(data, off) {
-            eprintln!("drbd {}: local write failed: {e}", sh.cfg().resource);
+            drop(c);
+            io_error(sh, "a write", blocks, &e, false);
             return Err(libc::EIO);
         }
         if repl {
@@ -431,7 +475,8 @@ fn fsync_inner(sh: &Shared) -> Result<(), i32> {
             return Err(libc::EIO);
         };
         if let Err(e) = b.file.sync_data() {
-            eprintln!("drbd {}: local flush failed: {e}", sh.cfg().resource);
+            drop(c);
+            io_error(sh, "a flush", 0..0, &e, true);
             return Err(libc::EIO);
         }
         if repl && proto != Protocol::A {
@@ -579,13 +624,18 @@ impl fuser::Filesystem for DevFs {
     ) {
         let off = offset.max(0) as u64;
         let n = u64::from(size).min(self.size.saturating_sub(off)) as usize;
+        if no_local_data(&self.sh.lock()) {
+            reply.error(libc::EIO);
+            return;
+        }
         let mut buf = vec![0u8; n];
         let mut got = 0;
         while got < n {
             match self.file.read_at(&mut buf[got..], off + got as u64) {
                 Ok(0) => break,
                 Ok(k) => got += k,
-                Err(_) => {
+                Err(e) => {
+                    io_error(&self.sh, "a read", 0..0, &e, false);
                     reply.error(libc::EIO);
                     return;
                 }
@@ -951,7 +1001,8 @@ pub async fn resync_sender(
                                 S::Sent(len as u64)
                             }
                             Err(e) => {
-                                eprintln!("drbd {}: resync read failed: {e}", sh.cfg().resource);
+                                drop(c);
+                                io_error(&sh, "a resync read", 0..0, &e, false);
                                 S::Idle(100)
                             }
                         }
@@ -986,38 +1037,110 @@ pub async fn resync_sender(
     }
 }
 
-/// Writes received data to the backing file (replicated write or resync).
-pub fn apply_write(sh: &Shared, off: u64, data: &[u8]) -> io::Result<()> {
-    let file = {
-        let c = sh.lock();
-        let b = c
-            .blk
-            .as_ref()
-            .ok_or_else(|| io::Error::other("block data in directory mode"))?;
-        if off
-            .checked_add(data.len() as u64)
-            .is_none_or(|e| e > b.size)
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "write beyond the device",
-            ));
-        }
-        b.file.clone()
+/// The backing file, if a disk is attached; `Err` for block data in
+/// directory mode or beyond the device (a protocol error: the link drops).
+fn attached_file(sh: &Shared, off: u64, len: usize) -> io::Result<Option<Arc<File>>> {
+    let c = sh.lock();
+    let b = c
+        .blk
+        .as_ref()
+        .ok_or_else(|| io::Error::other("block data in directory mode"))?;
+    if off.checked_add(len as u64).is_none_or(|e| e > b.size) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "write beyond the device",
+        ));
+    }
+    Ok((c.attached && c.disk_transient.is_none()).then(|| b.file.clone()))
+}
+
+/// Writes a replicated write to the backing file. `Ok(false)`: not written,
+/// there is no disk (Diskless), or writing failed and the disk was detached
+/// (`on-io-error detach`; the blocks marked out of sync here too).
+pub fn apply_write(sh: &Shared, off: u64, data: &[u8]) -> io::Result<bool> {
+    let Some(file) = attached_file(sh, off, data.len())? else {
+        return Ok(false);
     };
-    file.write_all_at(data, off)?;
+    if let Err(e) = file.write_all_at(data, off) {
+        io_error(
+            sh,
+            "a replicated write",
+            blocks_of(off, data.len() as u64),
+            &e,
+            false,
+        );
+        return Ok(false);
+    }
     let mut c = sh.lock();
     c.stats.received_b += data.len() as u64;
     c.stats.written_b += data.len() as u64;
+    Ok(true)
+}
+
+/// Writes resync data. A run of zeros is discarded on the backing file
+/// (a hole punched, `FALLOC_FL_PUNCH_HOLE`; written out where that is not
+/// supported), as DRBD's thin resync (`rs-discard-granularity`) does on a
+/// thin backing device: a thin (sparse) backing file stays thin. Same
+/// results as [`apply_write`].
+pub fn apply_sync(sh: &Shared, off: u64, data: &[u8]) -> io::Result<bool> {
+    let Some(file) = attached_file(sh, off, data.len())? else {
+        return Ok(false);
+    };
+    let r = if data.iter().all(|b| *b == 0) {
+        punch_hole(&file, off, data.len() as u64).or_else(|_| file.write_all_at(data, off))
+    } else {
+        file.write_all_at(data, off)
+    };
+    if let Err(e) = r {
+        io_error(
+            sh,
+            "a resync write",
+            blocks_of(off, data.len() as u64),
+            &e,
+            false,
+        );
+        return Ok(false);
+    }
+    let mut c = sh.lock();
+    c.stats.received_b += data.len() as u64;
+    c.stats.written_b += data.len() as u64;
+    Ok(true)
+}
+
+fn punch_hole(f: &File, off: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fallocate(2) on an open file descriptor; no pointers.
+    let rc = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
     Ok(())
 }
 
-/// fdatasync of the backing file (a replicated flush).
-pub fn apply_flush(sh: &Shared) -> io::Result<()> {
-    let file = sh.lock().blk.as_ref().map(|b| b.file.clone());
-    match file {
-        Some(f) => f.sync_data(),
-        None => Ok(()),
+/// fdatasync of the backing file (a replicated flush). False if it failed
+/// (the disk is detached, and which writes reached it is unknown: the
+/// next attach does a full sync); true without a disk (nothing to flush).
+pub fn apply_flush(sh: &Shared) -> bool {
+    let file = {
+        let c = sh.lock();
+        c.blk
+            .as_ref()
+            .filter(|_| c.attached && c.disk_transient.is_none())
+            .map(|b| b.file.clone())
+    };
+    match file.map(|f| f.sync_data()) {
+        Some(Err(e)) => {
+            io_error(sh, "a replicated flush", 0..0, &e, true);
+            false
+        }
+        _ => true,
     }
 }
 

@@ -45,6 +45,9 @@ pub enum Request {
     ResumeIo,
     /// `drbdadm create-md`
     CreateMd,
+    /// `drbdadm attach` / `drbdsetup attach`: attach the backing disk of a
+    /// Diskless resource (after an I/O error detached it).
+    Attach,
     /// `drbdadm adjust`: re-read the config file and apply it (up if
     /// down; a changed `[peer]`/`listen` tears the connection down and
     /// connects to the new peer; connect if StandAlone).

@@ -75,6 +75,9 @@ pub struct Core {
     pub up: bool,
     /// The backing "disk" is attached.
     pub attached: bool,
+    /// A disk state shown while the disk changes (`Failed` while detaching
+    /// after an I/O error, `Attaching` during `attach`); `None` otherwise.
+    pub disk_transient: Option<DiskState>,
     /// Local role.
     pub role: Role,
     /// Persisted metadata (disk state, generations, peer manifest).
@@ -168,11 +171,110 @@ fn now_us() -> i64 {
 impl Core {
     /// The local disk state as reported (Diskless when not attached).
     pub fn disk(&self) -> DiskState {
-        if self.attached {
+        if let Some(d) = self.disk_transient {
+            d
+        } else if self.attached {
             self.meta.disk
         } else {
             DiskState::Diskless
         }
+    }
+
+    /// DRBD's `on-io-error detach` (the default): an I/O error of the
+    /// backing storage (`what`: the request that failed) takes the disk
+    /// `Failed`, then `Diskless`. The connection stays; the peer learns the
+    /// disk state (a Primary peer then writes to its own disk only and
+    /// counts the blocks out of sync). The metadata (not on the failed
+    /// disk here) records the disk as `Outdated`: it lacks at least the
+    /// write that failed. If the bitmap cannot be written, or `untrusted`
+    /// (a failed flush: which blocks did not reach the disk is unknown),
+    /// the next attach does a full sync.
+    pub fn detach_on_io_error(&mut self, what: &str, err: &std::io::Error, untrusted: bool) {
+        if !self.attached || self.disk_transient.is_some() {
+            return;
+        }
+        let cfg = self.cfg.clone();
+        eprintln!(
+            "drbd {}/0 drbd{}: Local IO failed in {what} ({err}). Detaching...",
+            cfg.resource, cfg.minor
+        );
+        self.disk_transient = Some(DiskState::Failed);
+        if self.repl.is_syncing() {
+            // a resync needs a disk on both sides
+            self.repl = Repl::Established;
+            self.stats.rs_total_kib = 0;
+            self.stats.rs_start = None;
+            if let Some(b) = self.blk.as_mut() {
+                b.rs_inflight.clear();
+            }
+        }
+        self.publish();
+        let m = self.state_msg();
+        self.send(m);
+        let mut full = untrusted;
+        if let Some(b) = self.blk.as_mut() {
+            if let Err(e) = b.flush_bitmap() {
+                eprintln!("drbd {}: writing the bitmap on detach: {e}", cfg.resource);
+                full = true;
+            }
+        }
+        if self.meta.disk.has_good_data() {
+            self.meta.disk = DiskState::Outdated;
+        }
+        if full {
+            self.meta.full_sync = true;
+        }
+        self.persist();
+        self.attached = false;
+        self.disk_transient = None;
+        self.need_new_gen = false;
+        self.recompute_oos();
+        self.publish();
+        let m = self.state_msg();
+        self.send(m);
+    }
+
+    /// The connected peer's disk went away (`Failed`/`Diskless`) while this
+    /// host is Primary on good data: DRBD starts a new current UUID (a new
+    /// data generation) at once, so the peer's data is known older when it
+    /// attaches again; a resync in progress to it ends.
+    pub fn peer_disk_lost(&mut self) {
+        if self.repl.is_syncing() {
+            self.repl = Repl::Established;
+            self.stats.rs_total_kib = 0;
+            self.stats.rs_start = None;
+            if let Some(b) = self.blk.as_mut() {
+                b.rs_inflight.clear();
+            }
+        }
+        if self.role == Role::Primary && self.attached && self.meta.disk == DiskState::UpToDate {
+            self.meta.new_generation();
+            self.need_new_gen = false;
+            self.persist();
+            eprintln!(
+                "drbd {}: new data generation {:016X} (peer disk lost)",
+                self.cfg.resource, self.meta.gen
+            );
+            let m = self.state_msg();
+            self.send(m);
+        }
+        self.recompute_oos();
+    }
+
+    /// Tells the connected peer that the disk is attached (state and
+    /// bitmap): it decides the resync as in a handshake (`repl::Msg::Attached`).
+    pub fn send_attached(&self) {
+        let m = repl::Msg::Attached {
+            disk: self.disk(),
+            gen: self.meta.gen,
+            history: self.meta.history.clone(),
+            words: self
+                .blk
+                .as_ref()
+                .map(|b| b.handshake_bitmap())
+                .unwrap_or_default(),
+        };
+        self.send(m);
     }
 
     /// Changes and persists the disk state.
@@ -321,7 +423,11 @@ impl Core {
 
     /// Re-evaluates resync need after a generation change while connected.
     pub fn maybe_resync(&mut self) {
-        if self.conn != ConnState::Connected || self.repl != Repl::Established {
+        if self.conn != ConnState::Connected
+            || self.repl != Repl::Established
+            || !self.attached
+            || !peer_has_disk(self.peer_disk)
+        {
             return;
         }
         let me = repl::Side {
@@ -515,6 +621,18 @@ impl Core {
     }
 }
 
+/// The peer device has a disk attached (it can store replicated writes).
+pub fn peer_has_disk(d: DiskState) -> bool {
+    !matches!(
+        d,
+        DiskState::Diskless
+            | DiskState::Failed
+            | DiskState::Attaching
+            | DiskState::Detaching
+            | DiskState::DUnknown
+    )
+}
+
 /// Writes kernel-log-like lines for state transitions to stderr.
 fn log_changes(cfg: &Config, old: Option<&Snapshot>, new: Option<&Snapshot>) {
     let r = &cfg.resource;
@@ -700,6 +818,7 @@ pub fn run(config_path: &Path) -> i32 {
             cfg: cfg.clone(),
             up: false,
             attached: false,
+            disk_transient: None,
             role: Role::Secondary,
             meta,
             meta_dirty: false,
@@ -959,7 +1078,7 @@ fn promote(
     }
     let mut forced = false;
     if c.disk() != DiskState::UpToDate {
-        if !force || c.disk() == DiskState::Diskless {
+        if !force || !c.attached || c.disk_transient.is_some() {
             return Ok(state_change_failed(
                 &cfg,
                 -2,
@@ -1056,6 +1175,7 @@ pub async fn handle(sh: &Arc<Shared>, req: Request) -> Response {
             c.persist();
             c.up = false;
             c.attached = false;
+            c.disk_transient = None;
             c.susp_fen = false;
             c.pdsk_fenced = None;
             // a fence-peer handler still running belongs to the old resource
@@ -1212,6 +1332,7 @@ pub async fn handle(sh: &Arc<Shared>, req: Request) -> Response {
             Response::ok()
         }
         Request::Adjust => adjust(sh).await,
+        Request::Attach => attach(sh),
         Request::Show { show_defaults } => {
             let c = sh.lock();
             if !c.up {
@@ -1332,6 +1453,7 @@ fn up(sh: &Arc<Shared>) -> Response {
         // new-resource, new-minor (Diskless), new-peer, new-path
         c.up = true;
         c.attached = false;
+        c.disk_transient = None;
         c.role = Role::Secondary;
         c.conn = ConnState::StandAlone;
         c.want_connect = false;
@@ -1343,6 +1465,7 @@ fn up(sh: &Arc<Shared>) -> Response {
         c.publish();
         // attach
         c.attached = true;
+        apply_full_sync(&mut c);
         c.publish();
         // connect
         c.want_connect = true;
@@ -1350,6 +1473,110 @@ fn up(sh: &Arc<Shared>) -> Response {
         c.publish();
     }
     sh.wake.notify_one();
+    Response::ok()
+}
+
+/// Block mode: metadata marked for a full sync (the bitmap could not be
+/// written when the disk failed): every block out of sync, persisted in
+/// the bitmap; then the mark is no longer needed.
+fn apply_full_sync(c: &mut Core) {
+    if !c.meta.full_sync {
+        return;
+    }
+    let Some(b) = c.blk.as_mut() else {
+        c.meta.full_sync = false;
+        c.persist();
+        return;
+    };
+    b.set_all();
+    match b.flush_bitmap() {
+        Ok(()) => {
+            eprintln!(
+                "drbd {}: the bitmap was not trusted after a failed disk: full sync",
+                c.cfg.resource
+            );
+            c.meta.full_sync = false;
+            c.persist();
+        }
+        Err(e) => eprintln!("drbd {}: writing the bitmap: {e}", c.cfg.resource),
+    }
+}
+
+/// `drbdsetup attach` / `drbdadm attach`: attaches the backing disk of a
+/// Diskless resource (after `on-io-error detach`). The disk goes
+/// `Attaching`, the backing file must open for reading and writing and its
+/// first block read back (else `(104) Can not open backing device`,
+/// exit 10, Diskless again), then the disk state comes from the metadata
+/// (`Outdated` after an I/O error). Connected: the attaching side sends its
+/// state and bitmap and the peer decides the resync as in a handshake
+/// (`repl::Msg::Attached`): normally this host becomes SyncTarget of the
+/// blocks written meanwhile (a full sync if the bitmap was not trusted)
+/// and `UpToDate` when it ends.
+fn attach(sh: &Arc<Shared>) -> Response {
+    let cfg = sh.cfg();
+    {
+        let mut c = sh.lock();
+        if !c.up {
+            return no_such_resource(&cfg);
+        }
+        if c.attached || c.disk_transient.is_some() {
+            return Response::fail(
+                10,
+                format!(
+                    "{}: Failure: (124) Device is attached to a disk (use detach first)",
+                    cfg.resource
+                ),
+            );
+        }
+        c.disk_transient = Some(DiskState::Attaching);
+        c.publish();
+    }
+    // The backing storage must answer; the metadata (in memory, persisted
+    // when the disk was detached) must still be readable.
+    let check = || -> std::io::Result<()> {
+        if cfg.is_block() {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(cfg.backing_file())?;
+            let mut first = [0u8; 4096];
+            f.read_exact_at(&mut first, 0)?;
+        } else {
+            std::fs::read_dir(&cfg.data_dir)?;
+        }
+        Meta::load(&cfg.meta_path())?.map(|_| ()).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no meta data (create-md)")
+        })
+    };
+    let checked = check();
+    let mut c = sh.lock();
+    c.disk_transient = None;
+    if let Err(e) = checked {
+        c.publish();
+        return Response::fail(
+            10,
+            format!(
+                "{}: Failure: (104) Can not open backing device ({}: {e})",
+                cfg.resource,
+                cfg.backing_dev().display()
+            ),
+        );
+    }
+    c.attached = true;
+    apply_full_sync(&mut c);
+    eprintln!(
+        "drbd {}/0 drbd{}: attached to {} (disk {})",
+        cfg.resource,
+        cfg.minor,
+        cfg.backing_dev().display(),
+        c.meta.disk
+    );
+    c.recompute_oos();
+    c.publish();
+    if c.conn == ConnState::Connected && c.link.is_some() {
+        c.send_attached();
+    }
     Response::ok()
 }
 
@@ -1378,6 +1605,17 @@ async fn adjust(sh: &Arc<Shared>) -> Response {
         return up(sh);
     }
     if !peer_changed {
+        // drbdadm adjust attaches a configured disk that is not attached
+        let diskless = {
+            let c = sh.lock();
+            !c.attached && c.disk_transient.is_none()
+        };
+        if diskless {
+            let r = attach(sh);
+            if r.exit != 0 {
+                return r;
+            }
+        }
         {
             let mut c = sh.lock();
             sh.install_cfg(&mut c, new);

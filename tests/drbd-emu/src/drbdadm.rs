@@ -5,7 +5,7 @@
 //! drbdadm primary [--force] RES        drbdadm secondary RES
 //! drbdadm connect [--discard-my-data] RES    drbdadm disconnect RES
 //! drbdadm outdate RES                  drbdadm create-md [--force] RES
-//! drbdadm resume-io RES
+//! drbdadm resume-io RES              drbdadm attach RES
 //! drbdadm status [RES] [--verbose] [--statistics]
 //! drbdadm role|cstate|dstate RES
 //! ```
@@ -32,7 +32,7 @@ use crate::drbdsetup::{self, Args};
 use crate::format::{self, StatusOpts};
 use crate::meta::Meta;
 
-const COMMANDS: &str = "up, down, adjust, primary, secondary, connect, disconnect, outdate, resume-io, create-md, status, role, cstate, dstate";
+const COMMANDS: &str = "up, down, adjust, attach, primary, secondary, connect, disconnect, outdate, resume-io, create-md, status, role, cstate, dstate";
 
 /// Entry point; returns the exit code.
 pub fn main(cfg: Result<Config, String>, args: &[String]) -> i32 {
@@ -117,6 +117,14 @@ pub fn main(cfg: Result<Config, String>, args: &[String]) -> i32 {
         ),
         "outdate" => (Request::Outdate, format!("drbdsetup outdate {minor}")),
         "resume-io" => (Request::ResumeIo, format!("drbdsetup resume-io {minor}")),
+        "attach" => (
+            Request::Attach,
+            format!(
+                "drbdsetup attach {minor} {} {} internal",
+                cfg.backing_dev().display(),
+                cfg.backing_dev().display()
+            ),
+        ),
         "create-md" => (Request::CreateMd, String::new()),
         "adjust" => return adjust(&cfg),
         "role" | "cstate" | "dstate" => {

@@ -7,7 +7,7 @@
 //! drbdsetup connect RES PEER_ID [--discard-my-data]
 //! drbdsetup disconnect RES PEER_ID     drbdsetup outdate RES|MINOR
 //! drbdsetup down RES                   drbdsetup role RES
-//! drbdsetup resume-io MINOR|RES
+//! drbdsetup resume-io MINOR|RES      drbdsetup attach MINOR|RES [LOWER_DEV META_DEV META_IDX]
 //! drbdsetup show [RES|all] [--show-defaults]
 //! ```
 //!
@@ -86,7 +86,7 @@ pub fn snapshot(cfg: &Config, res: &str) -> Result<Option<Snapshot>, i32> {
 pub fn main(cfg: Result<Config, String>, args: &[String]) -> i32 {
     let a = Args::parse(args);
     let Some(cmd) = a.pos.first().cloned() else {
-        eprintln!("USAGE: drbdsetup command {{arguments}} [options]\n(drbd-emu: events2, status, show, primary, secondary, connect, disconnect, outdate, resume-io, down, role)");
+        eprintln!("USAGE: drbdsetup command {{arguments}} [options]\n(drbd-emu: events2, status, show, primary, secondary, connect, disconnect, outdate, resume-io, attach, down, role)");
         return 20;
     };
     let cfg = match cfg {
@@ -105,8 +105,11 @@ pub fn main(cfg: Result<Config, String>, args: &[String]) -> i32 {
                 Err(20)
             }
             Some(r) if r == &cfg.resource => Ok(r.clone()),
-            // `drbdsetup outdate` / `resume-io` take a minor number
-            Some(r) if (cmd == "outdate" || cmd == "resume-io") && r == &cfg.minor.to_string() => {
+            // `drbdsetup outdate` / `resume-io` / `attach` take a minor number
+            Some(r)
+                if matches!(cmd.as_str(), "outdate" | "resume-io" | "attach")
+                    && r == &cfg.minor.to_string() =>
+            {
                 Ok(cfg.resource.clone())
             }
             Some(r) => Err(no_such_resource(r)),
@@ -193,7 +196,8 @@ pub fn main(cfg: Result<Config, String>, args: &[String]) -> i32 {
                 Err(c) => c,
             }
         }
-        "primary" | "secondary" | "connect" | "disconnect" | "outdate" | "resume-io" | "down" => {
+        "primary" | "secondary" | "connect" | "disconnect" | "outdate" | "resume-io" | "attach"
+        | "down" => {
             let res = match need_res() {
                 Ok(r) => r,
                 Err(c) => return c,
@@ -209,6 +213,8 @@ pub fn main(cfg: Result<Config, String>, args: &[String]) -> i32 {
                 "disconnect" => Request::Disconnect,
                 "outdate" => Request::Outdate,
                 "resume-io" => Request::ResumeIo,
+                // the devices given after the minor are the configured ones
+                "attach" => Request::Attach,
                 _ => Request::Down,
             };
             match ctl::call(&cfg, &req) {

@@ -38,6 +38,11 @@ pub struct Meta {
     pub history: Vec<u64>,
     /// What the peer holds, as far as this host knows.
     pub peer_known: BTreeMap<String, Entry>,
+    /// Block mode: the bitmap cannot be trusted (it could not be written
+    /// when the disk was detached after an I/O error): the next attach
+    /// marks every block out of sync (DRBD's `MDF_FULL_SYNC`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub full_sync: bool,
 }
 
 impl Meta {
@@ -49,6 +54,7 @@ impl Meta {
             gen: 0,
             history: Vec::new(),
             peer_known: BTreeMap::new(),
+            full_sync: false,
         }
     }
 

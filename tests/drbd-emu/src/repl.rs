@@ -158,6 +158,34 @@ pub enum Msg {
         /// Sequence number.
         seq: u64,
     },
+    /// Block mode: write / flush `seq` not done: the receiver has no disk
+    /// (detached after an I/O error, or the write itself failed). The
+    /// sender completes it on its own disk and counts its blocks out of
+    /// sync (DRBD's `P_NEG_ACK`).
+    BlkNegAck {
+        /// Sequence number.
+        seq: u64,
+    },
+    /// Block mode: the sender attached its disk while connected: its state
+    /// and bitmap, for the receiver to decide the resync as in a handshake.
+    Attached {
+        /// Disk state after the attach.
+        disk: DiskState,
+        /// Data generation.
+        gen: u64,
+        /// Generation history.
+        history: Vec<u64>,
+        /// Out-of-sync bitmap words.
+        words: Vec<u64>,
+    },
+    /// Answer to `Attached`: the decision from the attaching side's point
+    /// of view and the agreed resync bitmap.
+    AttachReply {
+        /// Resync direction for the receiver of this message.
+        decision: Decision,
+        /// The blocks to resync.
+        words: Vec<u64>,
+    },
     /// Block mode: resync data (payload follows).
     BlkSync {
         /// Byte offset.
@@ -243,7 +271,7 @@ pub struct Side {
 }
 
 /// Outcome of the handshake, from one side's point of view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Decision {
     /// Nothing to resync.
     InSync,
@@ -499,7 +527,7 @@ async fn run_link(sh: &Arc<Shared>, stream: TcpStream) -> Outcome {
     let mut guard = AbortOnDrop(vec![writer.abort_handle()]);
 
     let my_manifest = scan_or_empty(sh);
-    let (hello, discard) = {
+    let (hello, discard, sent_disk) = {
         let c = sh.lock();
         (
             Msg::Hello {
@@ -513,6 +541,7 @@ async fn run_link(sh: &Arc<Shared>, stream: TcpStream) -> Outcome {
                 discard_my_data: c.discard_my_data,
             },
             c.discard_my_data,
+            c.disk(),
         )
     };
     let _ = ctrl_tx.send((hello, None));
@@ -586,9 +615,11 @@ async fn run_link(sh: &Arc<Shared>, stream: TcpStream) -> Outcome {
     let abort = Arc::new(Notify::new());
     let decision = {
         let c = sh.lock();
+        // decided on the disk state the peer got in our Hello (as the peer
+        // decides), so that both sides reach the same decision
         let me = Side {
             node_id: cfg.node_id,
-            disk: c.disk(),
+            disk: sent_disk,
             gen: c.meta.gen,
             history: c.meta.history.clone(),
             discard,
@@ -600,7 +631,15 @@ async fn run_link(sh: &Arc<Shared>, stream: TcpStream) -> Outcome {
             history: peer_history.clone(),
             discard: peer_discard,
         };
-        let mut decision = decide(&me, &them);
+        // A side without a disk (Diskless after an I/O error) has nothing to
+        // resync from or to: connected, no resync; the bitmaps are kept.
+        let diskless =
+            !crate::daemon::peer_has_disk(me.disk) || !crate::daemon::peer_has_disk(them.disk);
+        let mut decision = if diskless {
+            Decision::InSync
+        } else {
+            decide(&me, &them)
+        };
         if decision != Decision::SplitBrain && role_conflict(c.role, peer_role) {
             eprintln!(
                 "drbd {}: both nodes are Primary, dropping connection",
@@ -608,16 +647,16 @@ async fn run_link(sh: &Arc<Shared>, stream: TcpStream) -> Outcome {
             );
             decision = Decision::SplitBrain;
         }
-        if let (Some((_, mine)), Some(theirs)) = (&my_bitmap, &peer_bitmap) {
+        if let (Some((_, mine)), Some(theirs), false) = (&my_bitmap, &peer_bitmap, diskless) {
             decision = block_decision(decision, &me, &them, (c.role, peer_role), mine, theirs);
         }
         if decision == Decision::SplitBrain {
             None
         } else {
-            Some(decision)
+            Some((decision, diskless))
         }
     };
-    let Some(decision) = decision else {
+    let Some((decision, diskless)) = decision else {
         // Close gracefully so the peer surely reads our Hello and reaches
         // the same verdict: flush our frames, then wait for its EOF.
         drop(ctrl_tx);
@@ -664,7 +703,12 @@ async fn run_link(sh: &Arc<Shared>, stream: TcpStream) -> Outcome {
                 _ => c.meta.gen,
             };
             let b = c.blk.as_mut().expect("block mode");
-            b.oos = resync_bitmap(decision, target_gen, mine, theirs, b.nblocks());
+            b.oos = if diskless {
+                // still out of sync: whatever either side recorded
+                mine.iter().zip(theirs).map(|(a, b)| a | b).collect()
+            } else {
+                resync_bitmap(decision, target_gen, mine, theirs, b.nblocks())
+            };
             if let Err(e) = b.flush_bitmap() {
                 eprintln!("drbd {}: writing the bitmap: {e}", cfg.resource);
             }
@@ -681,6 +725,15 @@ async fn run_link(sh: &Arc<Shared>, stream: TcpStream) -> Outcome {
                 c.stats.oos_kib = 0;
                 c.recompute_oos();
             }
+        }
+        if diskless
+            && c.attached
+            && c.disk_transient.is_none()
+            && crate::daemon::peer_has_disk(c.peer_disk)
+        {
+            // our disk was attached while the handshake ran (its Hello said
+            // Diskless): negotiate the resync now, as after an attach
+            c.send_attached();
         }
         c.publish();
         c.epoch
@@ -751,6 +804,78 @@ async fn run_link(sh: &Arc<Shared>, stream: TcpStream) -> Outcome {
     )
     .await;
     outcome
+}
+
+/// Starts what `decision` (this side's point of view) asks for on a live
+/// connection: SyncSource, SyncTarget, or nothing to resync.
+fn start_resync(c: &mut crate::daemon::Core, decision: Decision) {
+    match decision {
+        Decision::Source => c.start_sync_source(),
+        Decision::Target => c.start_sync_target(),
+        Decision::InSync => {
+            c.repl = Repl::Established;
+            c.recompute_oos();
+        }
+        Decision::SplitBrain => eprintln!(
+            "drbd {}: the data of the attached disk and the peer's have diverged: not resyncing (disconnect and connect --discard-my-data on the victim)",
+            c.cfg.resource
+        ),
+    }
+}
+
+/// The connected peer attached its disk (`Msg::Attached`, with its state
+/// already taken over): decide the resync as a handshake would, with both
+/// bitmaps; returns the `AttachReply` to send (before any resync data) and
+/// this side's decision to start after it. `None` when this host cannot resync anything
+/// (no disk of its own).
+fn peer_attached(c: &mut crate::daemon::Core, theirs: &[u64]) -> Option<(Msg, Decision)> {
+    if !c.attached || c.conn != ConnState::Connected {
+        return None;
+    }
+    let me = Side {
+        node_id: c.cfg.node_id,
+        disk: c.disk(),
+        gen: c.meta.gen,
+        history: c.meta.history.clone(),
+        discard: false,
+    };
+    let them = Side {
+        node_id: c.cfg.peer.node_id,
+        disk: c.peer_disk,
+        gen: c.peer_gen,
+        history: c.peer_history.clone(),
+        discard: false,
+    };
+    let roles = (c.role, c.peer_role);
+    let b = c.blk.as_mut()?;
+    if theirs.len() != b.oos.len() {
+        return None;
+    }
+    let mine = b.handshake_bitmap();
+    let decision = block_decision(decide(&me, &them), &me, &them, roles, &mine, theirs);
+    let target_gen = match decision {
+        Decision::Source => them.gen,
+        _ => me.gen,
+    };
+    if decision != Decision::SplitBrain {
+        b.oos = resync_bitmap(decision, target_gen, &mine, theirs, b.nblocks());
+        if let Err(e) = b.flush_bitmap() {
+            eprintln!("drbd {}: writing the bitmap: {e}", c.cfg.resource);
+        }
+    }
+    let words = b.oos.clone();
+    let theirs_decision = match decision {
+        Decision::Source => Decision::Target,
+        Decision::Target => Decision::Source,
+        d => d,
+    };
+    Some((
+        Msg::AttachReply {
+            decision: theirs_decision,
+            words,
+        },
+        decision,
+    ))
 }
 
 /// Block mode: the blocks to resync after the handshake `decision`. A
@@ -984,7 +1109,12 @@ impl Receiver {
             } => {
                 let mut c = self.sh.lock();
                 c.peer_role = role;
+                let lost_disk = crate::daemon::peer_has_disk(c.peer_disk)
+                    && matches!(disk, DiskState::Failed | DiskState::Diskless);
                 c.peer_disk = disk;
+                if lost_disk {
+                    c.peer_disk_lost();
+                }
                 let gen_changed = c.peer_gen != gen;
                 c.peer_gen = gen;
                 c.peer_history = history;
@@ -1091,21 +1221,36 @@ impl Receiver {
                 ack_on_receive,
             } => {
                 let p = payload.unwrap_or_default();
-                if ack_on_receive {
+                // protocol B acknowledges on receipt, unless there is no
+                // disk to write to
+                let early = ack_on_receive && self.sh.lock().attached;
+                if early {
                     self.reply(Msg::BlkAck { seq });
                 }
-                crate::block::apply_write(&self.sh, off, &p)?;
-                if !ack_on_receive {
-                    self.reply(Msg::BlkAck { seq });
+                let written = crate::block::apply_write(&self.sh, off, &p)?;
+                if !early {
+                    self.reply(if written {
+                        Msg::BlkAck { seq }
+                    } else {
+                        Msg::BlkNegAck { seq }
+                    });
                 }
             }
             Msg::BlkFlush { seq } => {
-                crate::block::apply_flush(&self.sh)?;
-                self.reply(Msg::BlkAck { seq });
+                let ok = crate::block::apply_flush(&self.sh);
+                self.reply(if ok {
+                    Msg::BlkAck { seq }
+                } else {
+                    Msg::BlkNegAck { seq }
+                });
             }
             Msg::BlkSync { off } => {
                 let p = payload.unwrap_or_default();
-                crate::block::apply_write(&self.sh, off, &p)?;
+                if !crate::block::apply_sync(&self.sh, off, &p)? {
+                    // no disk (any more): the source stops when it sees
+                    // our disk state; the blocks stay out of sync there
+                    return Ok(());
+                }
                 let len = p.len() as u64;
                 {
                     let mut c = self.sh.lock();
@@ -1121,6 +1266,45 @@ impl Receiver {
                     b.acked(seq);
                 }
             }
+            Msg::BlkNegAck { seq } => {
+                let mut c = self.sh.lock();
+                if let Some(b) = c.blk.as_mut() {
+                    b.neg_acked(seq);
+                }
+                c.recompute_oos();
+            }
+            Msg::Attached {
+                disk,
+                gen,
+                history,
+                words,
+            } => {
+                let mut c = self.sh.lock();
+                c.peer_disk = disk;
+                c.peer_gen = gen;
+                c.peer_history = history;
+                if let Some((reply, decision)) = peer_attached(&mut c, &words) {
+                    // the reply goes ahead of any resync data
+                    self.reply(reply);
+                    start_resync(&mut c, decision);
+                }
+                c.publish();
+            }
+            Msg::AttachReply { decision, words } => {
+                let mut c = self.sh.lock();
+                if c.attached && c.conn == ConnState::Connected {
+                    if let Some(b) = c.blk.as_mut() {
+                        if words.len() == b.oos.len() {
+                            b.oos = words;
+                        }
+                        if let Err(e) = b.flush_bitmap() {
+                            eprintln!("drbd {}: writing the bitmap: {e}", c.cfg.resource);
+                        }
+                    }
+                    start_resync(&mut c, decision);
+                    c.publish();
+                }
+            }
             Msg::BlkSyncAck { off, len } => {
                 let mut c = self.sh.lock();
                 if let Some(b) = c.blk.as_mut() {
@@ -1134,6 +1318,10 @@ impl Receiver {
             }
             Msg::SyncDone { gen, history, disk } => {
                 let mut c = self.sh.lock();
+                if !c.attached {
+                    // the disk failed during the resync: still not UpToDate
+                    return Ok(());
+                }
                 if let Some(b) = c.blk.as_mut() {
                     b.clear_oos(0..b.nblocks());
                     // the received blocks must be durable before UpToDate

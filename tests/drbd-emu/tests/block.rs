@@ -15,7 +15,7 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::blk::{pattern, read_at, require_env, run};
+use common::blk::{first_difference, pattern, read_at, require_env, run};
 use common::*;
 
 /// A pair of block-mode hosts; on drop: daemons killed, then ext4 mounts,
@@ -579,4 +579,321 @@ fn ext4_survives_primary_crash() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// A tmpfs of `size_mib` mounted on `at` (created); lazily unmounted on
+/// drop, also when the test fails.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size_mib: u64) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        run(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size_mib}m"),
+                "drbd-emu-test-thin",
+                &at.display().to_string(),
+            ],
+        );
+        Tmpfs(at.to_path_buf())
+    }
+
+    /// Fills the file system: a ballast file as large as the free space,
+    /// then appended to until the file system says ENOSPC.
+    fn fill(&self) -> PathBuf {
+        let ballast = self.0.join("ballast");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&ballast)
+            .unwrap();
+        let free = {
+            let st = nix_statvfs(&self.0);
+            st.0 * st.1
+        };
+        if free > 0 {
+            run(
+                "fallocate",
+                &["-l", &free.to_string(), &ballast.display().to_string()],
+            );
+        }
+        let chunk = vec![0xA5u8; 4096];
+        loop {
+            use std::io::Write;
+            match (&f).write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling {}: {e}", self.0.display()),
+            }
+        }
+        ballast
+    }
+
+    /// Removes the ballast.
+    fn free(&self) {
+        std::fs::remove_file(self.0.join("ballast")).unwrap();
+    }
+}
+
+/// (free blocks available, block size) of the file system holding `p`.
+fn nix_statvfs(p: &Path) -> (u64, u64) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    // SAFETY: statvfs writes into the zeroed struct; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0, "statvfs");
+    (st.f_bavail as u64, st.f_frsize as u64)
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).output();
+    }
+}
+
+/// Bytes a file really occupies (it is sparse where nothing was written).
+fn allocated(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).unwrap().blocks() * 512
+}
+
+/// A synced 8 MiB pair (fs1 Primary) whose fs2 (`on_primary`: fs1) has its
+/// backing file on a 12 MiB tmpfs of its own.
+fn thin_pair(on_primary: bool) -> (BPair, Tmpfs) {
+    let size_mib = 8;
+    let mut bp = BPair::new(
+        size_mib,
+        "ping_interval_ms = 200\nping_timeout_ms = 2500\nconnect_retry_ms = 100",
+        "",
+        "",
+    );
+    let n = if on_primary { &bp.p.a } else { &bp.p.b };
+    let base = n.state_dir.parent().unwrap().to_path_buf();
+    let thin = Tmpfs::mount(&base.join("thin"), 12);
+    let text = std::fs::read_to_string(&n.config).unwrap();
+    let old = format!("backing_file = \"{}\"", base.join("disk.img").display());
+    assert!(text.contains(&old), "{text}");
+    std::fs::write(
+        &n.config,
+        text.replace(
+            &old,
+            &format!("backing_file = \"{}\"", thin.0.join("disk.img").display()),
+        ),
+    )
+    .unwrap();
+    bp.p.a.start();
+    bp.p.b.start();
+    bp.p.a.wait_status(10, "r0 role:Secondary\n  disk:Inconsistent\n  fs2 role:Secondary\n    peer-disk:Inconsistent\n");
+    bp.p.a.adm_ok(&["primary", "--force", "r0"]);
+    bp.p.a.wait_status(60, SYNCED_A);
+    bp.p.b.wait_status(60, SYNCED_B);
+    (bp, thin)
+}
+
+/// DRBD's `on-io-error detach` on the Secondary: its backing file sits on
+/// a small tmpfs that is filled up; the next replicated write fails with
+/// ENOSPC there. The Secondary's disk goes `Failed` then `Diskless`
+/// (events2, `status --json`), the connection stays `Connected`, the
+/// Primary sees `peer-disk:Diskless`, its writes are acknowledged on its
+/// own disk and counted out of sync; the Diskless backup cannot be
+/// promoted. Space freed, `drbdadm attach` resyncs exactly what it missed
+/// and both disks are UpToDate and identical. The initial sync keeps the
+/// thin backing file thin (zero runs are discarded).
+#[test]
+fn disk_full_on_the_secondary_detaches_and_attach_resyncs() {
+    let (bp, thin) = thin_pair(false);
+    let thin_file = thin.0.join("disk.img");
+    let (a, b) = (&bp.p.a, &bp.p.b);
+    // the full initial sync sent zeros only: discarded, the file stays thin
+    assert!(
+        allocated(&thin_file) < 1 << 20,
+        "the initial sync allocated {} bytes of the thin backing file",
+        allocated(&thin_file)
+    );
+    let d1 = pattern(64 << 10, 21);
+    write_sync(a, 0, &d1);
+    assert_eq!(read_at(&thin_file, 0, d1.len()), d1);
+
+    let mut ev_b = b.events(&["--statistics", "r0"]);
+    let mut ev_a = a.events(&["r0"]);
+    ev_b.wait_line(5, "fs2's initial state", |l| l == "exists -");
+    ev_a.wait_line(5, "fs1's initial state", |l| l == "exists -");
+    let ballast = thin.fill();
+
+    // the next write needs a new block of the thin file: ENOSPC on fs2;
+    // fs1 acknowledges it on its own disk
+    let d2 = pattern(256 << 10, 22);
+    write_sync(a, 1 << 20, &d2);
+    ev_b.wait_line(10, "fs2 disk:Failed", |l| {
+        l.starts_with("change device name:r0") && l.contains(" disk:Failed")
+    });
+    ev_b.wait_line(10, "fs2 disk:Diskless", |l| {
+        l.starts_with("change device name:r0")
+            && l.contains(" disk:Diskless")
+            && l.contains("backing_dev:none")
+    });
+    ev_a.wait_line(10, "fs1 sees peer-disk:Diskless", |l| {
+        l.starts_with("change peer-device name:r0") && l.contains("peer-disk:Diskless")
+    });
+    assert!(
+        log(b).contains("Local IO failed in a replicated write"),
+        "{}",
+        log(b)
+    );
+    // more writes while the backup has no disk: acknowledged, out of sync
+    let d3 = pattern(128 << 10, 23);
+    write_sync(a, 3 << 20, &d3);
+    let jb = b.status_json();
+    assert_eq!(jb[0]["devices"][0]["disk-state"], "Diskless", "{jb}");
+    assert_eq!(
+        jb[0]["connections"][0]["connection-state"], "Connected",
+        "{jb}"
+    );
+    let ja = a.status_json();
+    assert_eq!(ja[0]["devices"][0]["disk-state"], "UpToDate", "{ja}");
+    assert_eq!(
+        ja[0]["connections"][0]["connection-state"], "Connected",
+        "{ja}"
+    );
+    let pa = &ja[0]["connections"][0]["peer_devices"][0];
+    assert_eq!(pa["peer-disk-state"], "Diskless", "{ja}");
+    assert!(
+        pa["out-of-sync"].as_u64().unwrap() >= 256 + 128,
+        "out-of-sync after the writes: {ja}"
+    );
+    assert_eq!(
+        b.status(),
+        "r0 role:Secondary\n  disk:Diskless\n  fs1 role:Primary\n    peer-disk:UpToDate\n"
+    );
+    // the agent's parsers read it
+    for n in [a, b] {
+        let o = n.drbdsetup(&["events2", "--now", "--statistics", "r0"]);
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        for ev in understudy_drbd::events2::parse_lines(&text) {
+            ev.unwrap_or_else(|e| panic!("{}: events2 line not parsed: {e:?}\n{text}", n.name));
+        }
+        let o = n.drbdsetup(&["status", "r0", "--json"]);
+        understudy_drbd::status_json::parse_status_json(&String::from_utf8_lossy(&o.stdout))
+            .unwrap_or_else(|e| panic!("{}: status --json not parsed: {e:?}", n.name));
+    }
+    // a Diskless backup is never promotable, not even forced
+    for args in [&["primary", "r0"][..], &["primary", "--force", "r0"][..]] {
+        let o = b.drbdadm(args);
+        assert_eq!(o.status.code(), Some(11), "drbdadm {args:?}: {o:?}");
+    }
+    // the data fs1 acknowledged is on fs1's disk
+    assert_eq!(read_at(&backing(a), 1 << 20, d2.len()), d2);
+    assert_eq!(read_at(&backing(a), 3 << 20, d3.len()), d3);
+    // a new handshake with the Diskless side resyncs nothing and forgets
+    // nothing: still Diskless, the same blocks out of sync
+    let oos_before = oos(a);
+    b.adm_ok(&["disconnect", "r0"]);
+    b.adm_ok(&["connect", "r0"]);
+    b.wait_status(
+        10,
+        "r0 role:Secondary\n  disk:Diskless\n  fs1 role:Primary\n    peer-disk:UpToDate\n",
+    );
+    a.wait_status(
+        10,
+        "r0 role:Primary\n  disk:UpToDate\n  fs2 role:Secondary\n    peer-disk:Diskless\n",
+    );
+    assert_eq!(oos(a), oos_before, "out-of-sync after a reconnect");
+
+    // space back, attach: fs2 resyncs what it missed
+    std::fs::remove_file(&ballast).unwrap();
+    let rx0 = received(b);
+    b.adm_ok(&["attach", "r0"]);
+    ev_b.wait_line(5, "fs2 disk:Attaching", |l| {
+        l.starts_with("change device name:r0") && l.contains(" disk:Attaching")
+    });
+    ev_b.wait_line(10, "fs2 SyncTarget or done", |l| {
+        (l.starts_with("change device name:r0") && l.contains(" disk:Inconsistent"))
+            || l.contains("replication:SyncTarget")
+    });
+    a.wait_status(20, SYNCED_A);
+    b.wait_status(20, SYNCED_B);
+    ev_b.wait_line(10, "fs2 disk:UpToDate", |l| {
+        l.starts_with("change device name:r0") && l.contains(" disk:UpToDate")
+    });
+    assert_eq!(oos(a), 0);
+    // exactly the blocks written while it had no disk (and the failed one)
+    assert_eq!(received(b) - rx0, 256 + 128, "KiB received by the resync");
+    assert_eq!(
+        first_difference(&backing(a), &thin_file),
+        None,
+        "backing files differ after the resync"
+    );
+    // attached again: a second attach is refused
+    let o = b.drbdadm(&["attach", "r0"]);
+    assert_eq!(o.status.code(), Some(10), "{o:?}");
+    // and replication is synchronous again
+    let d4 = pattern(8192, 24);
+    write_sync(a, 5 << 20, &d4);
+    assert_eq!(read_at(&thin_file, 5 << 20, d4.len()), d4);
+    drop(thin);
+}
+
+/// `on-io-error detach` on the Primary: its own thin backing file runs
+/// full. The write that fails returns EIO (it is never acknowledged), the
+/// disk goes `Failed` → `Diskless`, and every read and write of the
+/// Diskless Primary fails with EIO (the emulator does not serve I/O
+/// through the peer's disk); the Secondary stays `UpToDate` with every
+/// acknowledged write. Space freed, `attach`: the Primary becomes
+/// SyncTarget of the peer, then `UpToDate` and writes replicate again.
+#[test]
+fn disk_full_on_the_primary_fails_the_write_and_detaches() {
+    let (bp, thin) = thin_pair(true);
+    let thin_file = thin.0.join("disk.img");
+    let (a, b) = (&bp.p.a, &bp.p.b);
+    let d1 = pattern(64 << 10, 31);
+    write_sync(a, 0, &d1);
+    let mut ev_a = a.events(&["r0"]);
+    ev_a.wait_line(5, "fs1's initial state", |l| l == "exists -");
+    thin.fill();
+    let failed = write_async(a, 1 << 20, pattern(128 << 10, 32))
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the write did not return");
+    let e = failed.expect_err("a write the full disk could not store was acknowledged");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    ev_a.wait_line(10, "fs1 disk:Failed", |l| {
+        l.starts_with("change device name:r0") && l.contains(" disk:Failed")
+    });
+    ev_a.wait_line(10, "fs1 disk:Diskless", |l| {
+        l.starts_with("change device name:r0") && l.contains(" disk:Diskless")
+    });
+    assert!(log(a).contains("Local IO failed in a write"), "{}", log(a));
+    b.wait_status(
+        10,
+        "r0 role:Secondary\n  disk:UpToDate\n  fs1 role:Primary\n    peer-disk:Diskless\n",
+    );
+    // a Diskless Primary: reads and writes fail
+    let w = write_async(a, 2 << 20, pattern(4096, 33))
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the write did not return");
+    assert_eq!(w.expect_err("written").raw_os_error(), Some(libc::EIO));
+    let r = std::fs::File::open(dev_file(a)).and_then(|f| {
+        let mut buf = vec![0u8; 4096];
+        f.read_exact_at(&mut buf, 0)
+    });
+    assert_eq!(r.expect_err("read").raw_os_error(), Some(libc::EIO));
+    // the acknowledged write is on the peer
+    assert_eq!(read_at(&backing(b), 0, d1.len()), d1);
+    // space back, attach: resynced from the peer, UpToDate, writing again
+    thin.free();
+    a.adm_ok(&["attach", "r0"]);
+    a.wait_status(20, SYNCED_A);
+    b.wait_status(20, SYNCED_B);
+    let d4 = pattern(8192, 34);
+    write_sync(a, 3 << 20, &d4);
+    assert_eq!(read_at(&backing(b), 3 << 20, d4.len()), d4);
+    assert_eq!(
+        first_difference(&thin_file, &backing(b)),
+        None,
+        "backing files differ after the resync"
+    );
 }

@@ -1,5 +1,6 @@
-//! moto's EC2 server on loopback for tests, shared by `cloud-ec2/tests/moto.rs`
-//! and the controller's fence tests (included there with `#[path]`): start a
+//! moto's EC2 server on loopback for tests, shared by `cloud-ec2/tests/moto.rs`,
+//! the controller's fence tests and the namespace cluster's EC2 backend
+//! (`tests/src/ec2.rs`) (included there with `#[path]`): start a
 //! `moto_server` (from the project's venv, see `scripts/install-deps.sh`, or from
 //! PATH) on a free port, killed on drop; a missing `moto_server` fails the test
 //! with the command that installs it, never skips it. Then a world of a VPC,
