@@ -27,7 +27,7 @@ use understudy_proto::{
 
 use crate::auth::Auth;
 use crate::leadership::LeaderView;
-use crate::liveness::Liveness;
+use crate::liveness::{Liveness, SessionItem};
 use crate::raft::store::SharedState;
 
 /// How long a new session may take to say hello.
@@ -129,7 +129,10 @@ pub fn redirect(view: &LeaderView, reason: &str) -> ControllerMessage {
 
 #[tonic::async_trait]
 impl AgentService for AgentGrpc {
-    type SessionStream = ReceiverStream<Result<ControllerMessage, Status>>;
+    type SessionStream = tokio_stream::adapters::Map<
+        ReceiverStream<SessionItem>,
+        fn(SessionItem) -> Result<ControllerMessage, Status>,
+    >;
 
     async fn fence_peer(
         &self,
@@ -177,22 +180,25 @@ impl AgentService for AgentGrpc {
         let view = self.leader.borrow().clone();
         if !view.is_leader {
             let _ = tx
-                .send(Ok(redirect(&view, "this controller is not the leader")))
+                .send(Box::new(Ok(redirect(
+                    &view,
+                    "this controller is not the leader",
+                ))))
                 .await;
-            return Ok(Response::new(ReceiverStream::new(rx)));
+            return Ok(Response::new(session_stream(rx)));
         }
         self.check_hello(&hello)?;
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let server_id = hello.server_id.clone();
         tracing::info!(server = %server_id, pair = %hello.pair_id, session, "agent connected");
         let _ = tx
-            .send(Ok(ControllerMessage {
+            .send(Box::new(Ok(ControllerMessage {
                 msg: Some(Out::Welcome(Welcome {
                     node_id: self.node_id,
                     raft_term: view.term,
                     heartbeat_interval_ms: self.heartbeat_ms,
                 })),
-            }))
+            })))
             .await;
         self.liveness.connected(session, hello, tx.clone());
 
@@ -207,9 +213,9 @@ impl AgentService for AgentGrpc {
                             Msg::Heartbeat(h) => {
                                 liveness.heard(&server_id, session);
                                 // Lets the agent tell a stalled stream (session.rs).
-                                let _ = tx.try_send(Ok(ControllerMessage {
+                                let _ = tx.try_send(Box::new(Ok(ControllerMessage {
                                     msg: Some(Out::HeartbeatAck(HeartbeatAck { seq: h.seq })),
-                                }));
+                                })));
                             }
                             Msg::CommandResult(r) => {
                                 liveness.heard(&server_id, session);
@@ -217,7 +223,7 @@ impl AgentService for AgentGrpc {
                                 liveness.command_result(r);
                             }
                             Msg::Hello(_) => {
-                                let _ = tx.send(Err(Status::invalid_argument("Hello sent twice"))).await;
+                                let _ = tx.send(Box::new(Err(Status::invalid_argument("Hello sent twice")))).await;
                                 break;
                             }
                         },
@@ -231,7 +237,7 @@ impl AgentService for AgentGrpc {
                     changed = leader.changed() => {
                         let view = leader.borrow_and_update().clone();
                         if changed.is_err() || !view.is_leader {
-                            let _ = tx.send(Ok(redirect(&view, "leadership moved"))).await;
+                            let _ = tx.send(Box::new(Ok(redirect(&view, "leadership moved")))).await;
                             break;
                         }
                     }
@@ -240,6 +246,12 @@ impl AgentService for AgentGrpc {
             tracing::info!(server = %server_id, session, "agent session closed");
             liveness.disconnected(&server_id, session);
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(session_stream(rx)))
     }
+}
+
+/// The agent's side of its session: the boxed messages unboxed.
+fn session_stream(rx: mpsc::Receiver<SessionItem>) -> <AgentGrpc as AgentService>::SessionStream {
+    use tokio_stream::StreamExt;
+    ReceiverStream::new(rx).map((|m| *m) as fn(SessionItem) -> Result<ControllerMessage, Status>)
 }

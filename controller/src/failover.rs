@@ -65,6 +65,12 @@ pub struct ExecutorConfig {
     pub agent_step_timeout_ms: u64,
     /// Verify must read through the client IP within this long.
     pub verify_timeout_ms: u64,
+    /// A serving step after the fence (Promote, Mount, Export, ClaimIp, Verify)
+    /// that failed is run again, up to this many attempts in all, with a pause
+    /// of a second times the attempts made: each is idempotent, the old primary
+    /// is fenced, and an export slow to start on a loaded host is no reason to
+    /// leave the pair without a server. Then the pair is `Blocked`. 1: no retry.
+    pub step_attempts: u32,
     /// The NFS read used by Verify: `PROGRAM nfs://IP/PATH?version=4&nfsport=PORT`
     /// (libnfs-utils' `nfs-ls`).
     pub verify_program: String,
@@ -86,11 +92,28 @@ impl Default for ExecutorConfig {
             forced_stop_deadline_ms: 30_000,
             agent_step_timeout_ms: 5000,
             verify_timeout_ms: 10_000,
+            step_attempts: 3,
             verify_program: "nfs-ls".into(),
             step_pause_ms: 0,
             result_pause_ms: 0,
         }
     }
+}
+
+/// The pause before a failed serving step runs again, times its attempts so far.
+const STEP_RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// Whether a failed step runs again: only the serving steps after the fence,
+/// which are idempotent (S7) and safe once the old primary is fenced (S3), and
+/// only while fewer than `max_attempts` were made. Confirm and Check judge
+/// whether to act at all, Fence retries its own rounds, and the rebuild and
+/// reattach steps change the inventory and the cloud: a failure of those ends
+/// the plan at once.
+pub fn run_failed_step_again(step: Step, attempts: u32, max_attempts: u32) -> bool {
+    matches!(
+        step,
+        Step::Promote | Step::Mount | Step::Export | Step::ClaimIp | Step::Verify
+    ) && attempts < max_attempts
 }
 
 /// How long past a command's bound the executor waits for the agent's answer
@@ -194,25 +217,36 @@ impl Executor {
                 return;
             };
             if let StepStatus::Failed { reason, .. } = &rec.status {
-                let state = if matches!(rec.step, Step::Confirm | Step::Check) {
-                    PairState::Suspect
+                if run_failed_step_again(rec.step, rec.attempts, self.cfg.step_attempts) {
+                    span.in_scope(|| {
+                        tracing::warn!(step = %rec.step, attempts = rec.attempts, %reason, "step failed; running it again (idempotent, the old primary is fenced)")
+                    });
+                    tokio::time::sleep(STEP_RETRY_PAUSE * rec.attempts).await;
+                    if !self.leader.borrow().is_leader {
+                        return;
+                    }
+                    // (and on to run it again below)
                 } else {
-                    PairState::Blocked
-                };
-                let r = self
-                    .commit(Request::FinishFailover {
-                        pair_id: pair_id.into(),
-                        epoch: plan.epoch,
-                        state,
-                        reason: format!("failover stopped at step {}: {reason}", rec.step),
-                        at_unix_ms: now_unix_ms(),
-                    })
-                    .instrument(span.clone())
-                    .await;
-                if let Err(e) = r {
-                    span.in_scope(|| tracing::warn!(error = %e, "could not end the plan"));
+                    let state = if matches!(rec.step, Step::Confirm | Step::Check) {
+                        PairState::Suspect
+                    } else {
+                        PairState::Blocked
+                    };
+                    let r = self
+                        .commit(Request::FinishFailover {
+                            pair_id: pair_id.into(),
+                            epoch: plan.epoch,
+                            state,
+                            reason: format!("failover stopped at step {}: {reason}", rec.step),
+                            at_unix_ms: now_unix_ms(),
+                        })
+                        .instrument(span.clone())
+                        .await;
+                    if let Err(e) = r {
+                        span.in_scope(|| tracing::warn!(error = %e, "could not end the plan"));
+                    }
+                    return;
                 }
-                return;
             }
             let step_span = tracing::info_span!(parent: &span, "step", step = %rec.step, attempt = rec.attempts + 1, outcome = tracing::field::Empty, duration_ms = tracing::field::Empty);
             let res = async {
@@ -934,5 +968,85 @@ fn stand_down_command(step: StandDownStep, pair: &PairRecord) -> Cmd {
         StandDownStep::ReconnectServing => Cmd::Connect(DrbdConnect {
             discard_my_data: false,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every step; the match makes a new step a compile error here until it
+    /// is listed (and its retry policy decided).
+    fn all_steps() -> Vec<Step> {
+        let all = vec![
+            Step::Confirm,
+            Step::Fence,
+            Step::Promote,
+            Step::Mount,
+            Step::Export,
+            Step::ClaimIp,
+            Step::Verify,
+            Step::WaitSpare,
+            Step::MoveVolumes,
+            Step::Adopt,
+            Step::BringUp,
+            Step::Repoint,
+            Step::Check,
+            Step::ReleaseOld,
+            Step::UnexportOld,
+            Step::UnmountOld,
+            Step::DemoteOld,
+        ];
+        for s in &all {
+            match s {
+                Step::Confirm
+                | Step::Fence
+                | Step::Promote
+                | Step::Mount
+                | Step::Export
+                | Step::ClaimIp
+                | Step::Verify
+                | Step::WaitSpare
+                | Step::MoveVolumes
+                | Step::Adopt
+                | Step::BringUp
+                | Step::Repoint
+                | Step::Check
+                | Step::ReleaseOld
+                | Step::UnexportOld
+                | Step::UnmountOld
+                | Step::DemoteOld => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn only_the_serving_steps_after_the_fence_run_again_and_only_up_to_the_bound() {
+        let serving = [
+            Step::Promote,
+            Step::Mount,
+            Step::Export,
+            Step::ClaimIp,
+            Step::Verify,
+        ];
+        for step in all_steps() {
+            for max in 0..5u32 {
+                for attempts in 0..7u32 {
+                    let again = run_failed_step_again(step, attempts, max);
+                    let want = serving.contains(&step) && attempts < max;
+                    assert_eq!(again, want, "{step} after {attempts} of {max} attempts");
+                }
+            }
+        }
+        // The default: three attempts in all, so two more after a first failure.
+        let d = ExecutorConfig::default().step_attempts;
+        assert_eq!(d, 3);
+        assert!(run_failed_step_again(Step::Export, 1, d));
+        assert!(run_failed_step_again(Step::Export, 2, d));
+        assert!(!run_failed_step_again(Step::Export, 3, d));
+        // Confirm's failure means "do not act": never repeated.
+        assert!(!run_failed_step_again(Step::Confirm, 1, d));
+        assert!(!run_failed_step_again(Step::Fence, 1, d));
     }
 }

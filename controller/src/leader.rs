@@ -541,7 +541,7 @@ pub async fn leader_duties(
         }
         let view = leader.borrow().clone();
         for tx in liveness.sessions() {
-            let _ = tx.try_send(Ok(redirect(&view, "leadership moved")));
+            let _ = tx.try_send(Box::new(Ok(redirect(&view, "leadership moved"))));
         }
         liveness.clear();
     }

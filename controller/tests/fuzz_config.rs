@@ -29,6 +29,7 @@ flap_holdoff_ms = 600000
 [executor]
 fence_deadline_ms = 3000
 fence_retry_ms = 120000
+step_attempts = 3
 forced_stop_deadline_ms = 30000
 [probe]
 after_silence_ms = 400
@@ -53,7 +54,7 @@ insecure = true
 "#;
 
 /// Every scalar key of GOOD, as a path (`section.key`, `pairs.0.key`, ...).
-const KEYS: [&str; 32] = [
+const KEYS: [&str; 33] = [
     "node_id",
     "listen",
     "data_dir",
@@ -68,6 +69,7 @@ const KEYS: [&str; 32] = [
     "detector.flap_holdoff_ms",
     "executor.fence_deadline_ms",
     "executor.fence_retry_ms",
+    "executor.step_attempts",
     "executor.forced_stop_deadline_ms",
     "probe.after_silence_ms",
     "probe.interval_ms",

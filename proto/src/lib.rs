@@ -5,6 +5,8 @@
 
 #![allow(clippy::large_enum_variant)]
 
+pub mod codec;
+
 /// Messages and services of `understudy.v1`.
 pub mod v1 {
     tonic::include_proto!("understudy.v1");

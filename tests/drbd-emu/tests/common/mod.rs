@@ -100,6 +100,19 @@ impl Node {
         unsafe {
             libc::kill(pid, sig);
         }
+        if sig == libc::SIGSTOP {
+            // kill(2) returns before every thread has stopped: a thread running
+            // on the other CPU may still finish what it was doing (answer a
+            // write, say). Frozen means every thread is in state T.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !all_threads_stopped(pid) {
+                assert!(
+                    Instant::now() < deadline,
+                    "the emulator (pid {pid}) did not stop within 5 s of SIGSTOP"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
     }
 
     pub fn cli(&self, tool: &str, args: &[&str]) -> Output {
@@ -429,4 +442,20 @@ pub fn wait_same_tree(a: &Path, b: &Path, secs: u64) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Every thread of `pid` is stopped (`T` in /proc/PID/task/TID/stat).
+fn all_threads_stopped(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .and_then(|(_, r)| r.split_whitespace().next().map(|st| st == "T"))
+            })
+            .unwrap_or(true)
+    })
 }
