@@ -217,16 +217,7 @@ impl Executor {
                 return;
             };
             if let StepStatus::Failed { reason, .. } = &rec.status {
-                if run_failed_step_again(rec.step, rec.attempts, self.cfg.step_attempts) {
-                    span.in_scope(|| {
-                        tracing::warn!(step = %rec.step, attempts = rec.attempts, %reason, "step failed; running it again (idempotent, the old primary is fenced)")
-                    });
-                    tokio::time::sleep(STEP_RETRY_PAUSE * rec.attempts).await;
-                    if !self.leader.borrow().is_leader {
-                        return;
-                    }
-                    // (and on to run it again below)
-                } else {
+                if !run_failed_step_again(rec.step, rec.attempts, self.cfg.step_attempts) {
                     let state = if matches!(rec.step, Step::Confirm | Step::Check) {
                         PairState::Suspect
                     } else {
@@ -247,6 +238,14 @@ impl Executor {
                     }
                     return;
                 }
+                span.in_scope(|| {
+                    tracing::warn!(step = %rec.step, attempts = rec.attempts, %reason, "step failed; running it again (idempotent, the old primary is fenced)")
+                });
+                tokio::time::sleep(STEP_RETRY_PAUSE * rec.attempts).await;
+                if !self.leader.borrow().is_leader {
+                    return;
+                }
+                // (and on to run it again below)
             }
             let step_span = tracing::info_span!(parent: &span, "step", step = %rec.step, attempt = rec.attempts + 1, outcome = tracing::field::Empty, duration_ms = tracing::field::Empty);
             let res = async {

@@ -95,7 +95,7 @@ pub async fn run(
     let raft_rt = RaftRuntime::start()?;
     let node_id = cfg.node_id;
     let raft = raft_rt
-        .handle
+        .handle()
         .spawn(async move { Raft::new(node_id, Arc::new(raft_cfg), network, log, sm).await })
         .await
         .map_err(|e| ControllerError::RaftFatal(e.to_string()))?
@@ -214,7 +214,7 @@ pub async fn run(
 /// block one while the other keeps the heartbeats going); dropping this shuts
 /// it down with everything still spawned on it.
 struct RaftRuntime {
-    handle: tokio::runtime::Handle,
+    /// `None` only while dropping.
     rt: Option<tokio::runtime::Runtime>,
 }
 
@@ -226,10 +226,11 @@ impl RaftRuntime {
             .enable_all()
             .build()
             .map_err(|source| ControllerError::RaftRuntime { source })?;
-        Ok(RaftRuntime {
-            handle: rt.handle().clone(),
-            rt: Some(rt),
-        })
+        Ok(RaftRuntime { rt: Some(rt) })
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.rt.as_ref().expect("running until dropped").handle()
     }
 }
 
