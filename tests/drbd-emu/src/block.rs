@@ -1058,23 +1058,9 @@ fn attached_file(sh: &Shared, off: u64, len: usize) -> io::Result<Option<Arc<Fil
 /// there is no disk (Diskless), or writing failed and the disk was detached
 /// (`on-io-error detach`; the blocks marked out of sync here too).
 pub fn apply_write(sh: &Shared, off: u64, data: &[u8]) -> io::Result<bool> {
-    let Some(file) = attached_file(sh, off, data.len())? else {
-        return Ok(false);
-    };
-    if let Err(e) = file.write_all_at(data, off) {
-        io_error(
-            sh,
-            "a replicated write",
-            blocks_of(off, data.len() as u64),
-            &e,
-            false,
-        );
-        return Ok(false);
-    }
-    let mut c = sh.lock();
-    c.stats.received_b += data.len() as u64;
-    c.stats.written_b += data.len() as u64;
-    Ok(true)
+    apply(sh, off, data, "a replicated write", |file| {
+        file.write_all_at(data, off)
+    })
 }
 
 /// Writes resync data. A run of zeros is discarded on the backing file
@@ -1083,22 +1069,30 @@ pub fn apply_write(sh: &Shared, off: u64, data: &[u8]) -> io::Result<bool> {
 /// thin backing device: a thin (sparse) backing file stays thin. Same
 /// results as [`apply_write`].
 pub fn apply_sync(sh: &Shared, off: u64, data: &[u8]) -> io::Result<bool> {
+    apply(sh, off, data, "a resync write", |file| {
+        if data.iter().all(|b| *b == 0) {
+            punch_hole(file, off, data.len() as u64).or_else(|_| file.write_all_at(data, off))
+        } else {
+            file.write_all_at(data, off)
+        }
+    })
+}
+
+/// A peer's write of `data` at `off` to the attached backing file by `write`:
+/// `Ok(false)` when no disk is attached or the write failed (then detached,
+/// `io_error`), counted in the statistics when it succeeded.
+fn apply(
+    sh: &Shared,
+    off: u64,
+    data: &[u8],
+    what: &str,
+    write: impl FnOnce(&File) -> io::Result<()>,
+) -> io::Result<bool> {
     let Some(file) = attached_file(sh, off, data.len())? else {
         return Ok(false);
     };
-    let r = if data.iter().all(|b| *b == 0) {
-        punch_hole(&file, off, data.len() as u64).or_else(|_| file.write_all_at(data, off))
-    } else {
-        file.write_all_at(data, off)
-    };
-    if let Err(e) = r {
-        io_error(
-            sh,
-            "a resync write",
-            blocks_of(off, data.len() as u64),
-            &e,
-            false,
-        );
+    if let Err(e) = write(&file) {
+        io_error(sh, what, blocks_of(off, data.len() as u64), &e, false);
         return Ok(false);
     }
     let mut c = sh.lock();
