@@ -4,6 +4,8 @@
 //! - `report`: turns that picture into the wire report;
 //! - `session`: keeps a gRPC session open with the controller leader, sending
 //!   reports on change and heartbeats in between;
+//! - `redial`: the jittered, growing pause before dialling again after a
+//!   failed session (thousands of agents must not re-dial in step);
 //! - `probe`: answers the leader's direct liveness probes (UDP);
 //! - `epoch`: the persisted highest fencing token (S4);
 //! - `commands`: runs the controller's commands (checked against the token);
@@ -25,6 +27,7 @@ pub mod fence_peer;
 pub mod net_options;
 pub mod observer;
 pub mod probe;
+pub mod redial;
 pub mod report;
 pub mod selfcheck;
 pub mod session;

@@ -5,7 +5,9 @@
 //! whenever what it observes changes and a `Heartbeat` every interval the leader
 //! asked for. A broken stream (leader killed), a silent one (leader frozen: HTTP/2
 //! keepalive notices within about 2 s) or a redirect (leadership moved) ends the
-//! session and the agent dials again at once.
+//! session and the agent dials again: at once after a redirect to a known leader,
+//! otherwise after a jittered pause that grows while dials keep failing
+//! ([`crate::redial`]).
 //!
 //! The leader acknowledges every heartbeat (`HeartbeatAck`). Once it has, a
 //! session that then carries nothing from the leader for `stall_ms` is stalled
@@ -34,6 +36,7 @@ use crate::commands::Handler;
 use crate::config::{AgentConfig, Role};
 use crate::error::AgentError;
 use crate::probe::ProbeState;
+use crate::redial::Redial;
 
 /// How long a new session waits for a fresh read of the host state before its
 /// first report.
@@ -73,6 +76,7 @@ pub async fn run(
     // A session that fails before the leader's Welcome may be a refused
     // certificate that TLS 1.3 reports as a reset: probe now and then, and say so.
     let diagnosis = understudy_tls::Diagnosis::new(Duration::from_secs(10));
+    let mut redial = Redial::new();
     loop {
         let addr = match redirect_to.take() {
             Some(a) => a,
@@ -82,7 +86,8 @@ pub async fn run(
                 a
             }
         };
-        match session(
+        let mut welcomed = false;
+        let ended = session(
             &cfg,
             tls.as_ref(),
             &diagnosis,
@@ -90,17 +95,26 @@ pub async fn run(
             drbd.clone(),
             handler.clone(),
             &probes,
+            &mut welcomed,
         )
-        .await
-        {
+        .await;
+        if welcomed {
+            redial.established();
+        }
+        match ended {
             Ended::Redirect(Some(leader)) if redirects_in_a_row < 5 => {
                 tracing::info!(from = %addr, to = %leader, "following the controller leader");
                 redirects_in_a_row += 1;
                 redirect_to = Some(leader);
             }
-            Ended::Redirect(_) => {
+            Ended::Redirect(None) => {
                 redirects_in_a_row = 0;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(redial.awaiting_leader()).await;
+            }
+            Ended::Redirect(Some(_)) => {
+                // Redirected in circles (leadership moving): a failure.
+                redirects_in_a_row = 0;
+                tokio::time::sleep(redial.after_failure()).await;
             }
             Ended::Refused(why) => {
                 tracing::error!(controller = %addr, reason = %why, "controller refused this agent");
@@ -113,8 +127,9 @@ pub async fn run(
             }
             Ended::Broken(e) => {
                 redirects_in_a_row = 0;
-                tracing::debug!(error = %e, "controller session ended");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                let pause = redial.after_failure();
+                tracing::debug!(error = %e, failures = redial.failures(), pause_ms = pause.as_millis() as u64, "controller session ended");
+                tokio::time::sleep(pause).await;
             }
         }
     }
@@ -135,6 +150,9 @@ fn refused_or_broken(st: &tonic::Status, broken: impl Fn(String) -> Ended) -> En
     }
 }
 
+/// One session: dial `addr`, say `Hello`, and serve until it ends; `welcomed`
+/// is set once the leader answered (the re-dial back-off starts afresh).
+#[allow(clippy::too_many_arguments)]
 async fn session(
     cfg: &AgentConfig,
     tls: Option<&ClientTls>,
@@ -143,6 +161,7 @@ async fn session(
     mut drbd: watch::Receiver<DrbdStatus>,
     handler: Arc<Handler>,
     probes: &ProbeState,
+    welcomed: &mut bool,
 ) -> Ended {
     let mut host = handler.host_status();
     let highest_epoch = handler.token().epoch;
@@ -220,6 +239,7 @@ async fn session(
         },
     };
     tracing::info!(controller = %addr, node = welcome.node_id, term = welcome.raft_term, "session open with the controller leader");
+    *welcomed = true;
     probes.heard_controller(unix_ms());
     // Stall detection starts with the leader's first heartbeat acknowledgement
     // (a leader of an older version never sends one).

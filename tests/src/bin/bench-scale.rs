@@ -40,6 +40,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
+use understudy_agent::redial::Redial;
 use understudy_controller::auth::Role;
 use understudy_proto::agent_message::Msg;
 use understudy_proto::agent_service_client::AgentServiceClient;
@@ -215,7 +216,12 @@ async fn agent(
     let period = Duration::from_secs_f64(1.0 / rate);
     // Spread the reports of all agents over the period.
     let phase = period.mul_f64(((i * 2 + backup as usize) % 997) as f64 / 997.0);
+    // The agent's own re-dial policy (jittered, growing after failures).
+    let mut redial = Redial::new();
+    // Pause before the next dial, if the last session ended badly.
+    let mut pause = Duration::ZERO;
     while !shared.stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(std::mem::take(&mut pause)).await;
         let permit = dial.acquire().await.expect("semaphore");
         let ch = match understudy_tls::endpoint(&addr, Some(&tls)) {
             Ok(e) => {
@@ -233,7 +239,7 @@ async fn agent(
             Ok(c) => c,
             Err(_) => {
                 drop(permit);
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                pause = redial.after_failure();
                 addr = addrs[(i + seq as usize) % addrs.len()].clone();
                 seq += 1;
                 continue;
@@ -263,7 +269,7 @@ async fn agent(
         let mut inbound = match resp {
             Ok(r) => r.into_inner(),
             Err(_) => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                pause = redial.after_failure();
                 continue;
             }
         };
@@ -274,18 +280,22 @@ async fn agent(
                     if !r.leader_addr.is_empty() {
                         addr = r.leader_addr;
                     } else {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        pause = redial.awaiting_leader();
                     }
                     continue;
                 }
-                _ => continue,
+                _ => {
+                    pause = redial.after_failure();
+                    continue;
+                }
             },
             _ => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                pause = redial.after_failure();
                 continue;
             }
         };
         shared.welcomed.fetch_add(1, Ordering::Relaxed);
+        redial.established();
         let mut hb = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         let mut rep = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
         hb.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -329,12 +339,17 @@ async fn agent(
                             Some(Out::Redirect(r)) => {
                                 if !r.leader_addr.is_empty() {
                                     addr = r.leader_addr;
+                                } else {
+                                    pause = redial.awaiting_leader();
                                 }
                                 break;
                             }
                             _ => continue,
                         },
-                        _ => break,
+                        _ => {
+                            pause = redial.after_failure();
+                            break;
+                        }
                     }
                 }
             };
@@ -376,6 +391,7 @@ async fn agent(
                 }
             };
             if tx.send(AgentMessage { msg: Some(msg) }).await.is_err() {
+                pause = redial.after_failure();
                 break;
             }
         }
