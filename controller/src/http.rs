@@ -51,6 +51,8 @@ pub struct Http {
     pub op: Arc<OperatorGrpc>,
     /// Every member's HTTP address, by node id (for redirects).
     pub peers: Arc<std::collections::BTreeMap<u64, String>>,
+    /// The gRPC listener's TLS handshake counters (`None` without TLS).
+    pub handshakes: Option<Arc<crate::acceptor::AdmissionStats>>,
 }
 
 /// The router (also used by tests on an ephemeral port).
@@ -384,6 +386,10 @@ async fn metrics(State(h): State<Http>) -> Response {
     let text = crate::metrics::render(&crate::metrics::Inputs {
         raft: &raft,
         agent_sessions: h.op.liveness.sessions().len(),
+        handshakes: h.handshakes.as_ref().map(|s| {
+            let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+            (n(&s.admitted), n(&s.shed), n(&s.failed))
+        }),
         pairs: &data.state.pairs,
         status: status.as_ref(),
     });

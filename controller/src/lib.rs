@@ -20,10 +20,13 @@
 //! - `signals`: cloud signals (scheduled events, failed status checks) and the
 //!   switchover they propose or schedule;
 //! - `node`: wiring, cluster bootstrap, who leads (with the lease);
+//! - `acceptor`: the gRPC listener's TLS handshakes, admitted a few at a time
+//!   (thousands of agents dialling at once must not starve each other);
 //! - `auth`, `certs`: who calls (mutual TLS certificate names) and what they
 //!   may do; the cluster's CA and certificates (`understudyctl certs`);
 //! - `config`, `error`: the TOML configuration and the error type.
 
+pub mod acceptor;
 pub mod agents;
 pub mod auth;
 pub mod certs;

@@ -38,6 +38,9 @@ pub struct Inputs<'a> {
     pub raft: &'a RaftFigures,
     /// Agent sessions open on this node (only the leader keeps them).
     pub agent_sessions: usize,
+    /// TLS handshakes: `(admitted, shed, failed)` since the start; `None`
+    /// without TLS.
+    pub handshakes: Option<(u64, u64, u64)>,
     pub pairs: &'a BTreeMap<String, std::sync::Arc<PairRecord>>,
     /// The leader's status (per-server figures); `None` on a follower.
     pub status: Option<&'a GetStatusResponse>,
@@ -216,6 +219,17 @@ pub fn render(i: &Inputs) -> String {
         "Agent sessions open on this node (agents stream to the leader).",
     )
     .value(&node_l, i.agent_sessions as f64);
+    if let Some((admitted, shed, failed)) = i.handshakes {
+        let mut f = family(
+            &mut out,
+            "understudy_tls_handshakes_total",
+            "counter",
+            "Incoming TLS handshakes by outcome: admitted (handed to gRPC), shed (closed unanswered after waiting too long for a turn: too many clients dialling at once), failed (refused certificate, client gone, timed out).",
+        );
+        for (outcome, n) in [("admitted", admitted), ("shed", shed), ("failed", failed)] {
+            f.value(&[("node", node.as_str()), ("outcome", outcome)], n as f64);
+        }
+    }
 
     pair_metrics(&mut out, i.pairs);
     if let Some(st) = i.status {
@@ -567,11 +581,13 @@ mod tests {
         let text = render(&Inputs {
             raft: &raft,
             agent_sessions: 2,
+            handshakes: Some((7, 2, 1)),
             pairs: &pairs,
             status: None,
         });
         let has = |line: &str| assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         has("understudy_raft_apply_lag_entries{node=\"2\"} 2");
+        has("understudy_tls_handshakes_total{node=\"2\",outcome=\"shed\"} 2");
         has("understudy_raft_replication_lag_entries{node=\"2\",peer=\"3\"} 40");
         has(&format!(
             "understudy_pair_state{{pair=\"{id}\",state=\"Degraded\"}} 1"

@@ -52,16 +52,11 @@ pub async fn run(
             (None, None, Auth::default())
         }
     };
+    // TLS handshakes are run by `acceptor`, a few at a time, not by tonic.
     let mut server = tonic::transport::Server::builder().tcp_nodelay(true);
-    if let Some(t) = server_tls {
-        server = server.tls_config(t).map_err(|e| ControllerError::Config {
-            path: "[tls]".into(),
-            reason: format!(
-                "{}; check that cert and key belong together and are PEM files from `understudyctl certs issue`",
-                understudy_tls::error_chain(&e)
-            ),
-        })?;
-    }
+    let handshakes = server_tls
+        .as_ref()
+        .map(|_| Arc::new(crate::acceptor::AdmissionStats::default()));
     std::fs::create_dir_all(&cfg.data_dir).map_err(|source| ControllerError::DataDir {
         path: cfg.data_dir.clone(),
         source,
@@ -186,6 +181,7 @@ pub async fn run(
         let h = crate::http::Http {
             op: operator.clone(),
             peers: Arc::new(peers),
+            handshakes: handshakes.clone(),
         };
         tokio::spawn(async move {
             if let Err(e) = crate::http::serve(http.clone(), h).await {
@@ -194,16 +190,32 @@ pub async fn run(
         });
     }
     let members = cfg.members.iter().map(|m| m.id).collect();
-    let served = server
+    let router = server
         .add_service(RaftServiceServer::new(RaftGrpc::new(
             raft.clone(),
             auth,
             members,
         )))
         .add_service(AgentServiceServer::new(agents))
-        .add_service(OperatorServiceServer::from_arc(operator.clone()))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await;
+        .add_service(OperatorServiceServer::from_arc(operator.clone()));
+    let served = match (server_tls, handshakes) {
+        (Some(tls), Some(stats)) => {
+            let incoming = crate::acceptor::tls_incoming(
+                listener,
+                Arc::new(tls),
+                crate::acceptor::Admission::default(),
+                stats,
+            );
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+        _ => {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .await
+        }
+    };
     tracing::info!(node = cfg.node_id, "shutting down Raft");
     let _ = raft.shutdown().await;
     drop(raft_rt);

@@ -25,7 +25,7 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 /// The `[tls]` section of a controller's or an agent's configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -79,6 +79,8 @@ pub enum TlsError {
     },
     #[error("bad controller address {addr:?}: {reason}; use host:port")]
     Address { addr: String, reason: String },
+    #[error("cannot serve TLS with [tls] cert, key and ca: {reason}; check that cert and key belong together and are PEM files from `understudyctl certs issue`")]
+    Server { reason: String },
 }
 
 impl TlsSection {
@@ -149,16 +151,39 @@ impl TlsFiles {
     }
 
     /// The server side (controllers): present this certificate and require
-    /// every client to present one the CA signed (not optional).
-    pub fn server(&self) -> Result<ServerTlsConfig, TlsError> {
+    /// every client to present one the CA signed (not optional); HTTP/2 only.
+    /// The controller runs the handshakes itself (admitted a few at a time),
+    /// so this is rustls' configuration, not tonic's.
+    pub fn server(&self) -> Result<rustls::ServerConfig, TlsError> {
         let ca = read_certs("CA certificate", &self.ca)?;
         let cert = read_certs("certificate", &self.cert)?;
         let key = read_key(&self.key)?;
-        Ok(ServerTlsConfig::new()
-            .identity(Identity::from_pem(cert, key))
-            .client_ca_root(Certificate::from_pem(ca))
-            .client_auth_optional(false)
-            .timeout(Duration::from_secs(5)))
+        let bad = |reason: String| TlsError::Server { reason };
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(&ca) {
+            roots
+                .add(c.map_err(|e| bad(e.to_string()))?)
+                .map_err(|e| bad(format!("CA certificate: {e}")))?;
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.into(),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| bad(e.to_string()))?;
+        let chain = CertificateDer::pem_slice_iter(&cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(e.to_string()))?;
+        let key = PrivateKeyDer::from_pem_slice(&key).map_err(|e| bad(e.to_string()))?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| bad(e.to_string()))?;
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(cfg)
     }
 }
 
