@@ -69,11 +69,14 @@ struct Args {
     profile: Option<PathBuf>,
     /// Keep the cluster's directory (configurations, logs) after the run.
     keep: bool,
+    /// The controllers' `[timing] agent_heartbeat_ms` (default 200), with the
+    /// detector's bounds scaled to it.
+    heartbeat_ms: u64,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench-scale [--pairs N] [--rate REPORTS_PER_S] [--churn FRACTION_PER_S] [--duration S] [--kills K] [--commands C] [--no-idle] [--profile PERF_DATA] [--keep]"
+        "usage: bench-scale [--pairs N] [--rate REPORTS_PER_S] [--churn FRACTION_PER_S] [--duration S] [--kills K] [--commands C] [--heartbeat-ms MS] [--no-idle] [--profile PERF_DATA] [--keep]"
     );
     std::process::exit(2)
 }
@@ -89,6 +92,7 @@ fn parse_args() -> Args {
         idle_baseline: true,
         profile: None,
         keep: false,
+        heartbeat_ms: 200,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -103,10 +107,11 @@ fn parse_args() -> Args {
             "--no-idle" => a.idle_baseline = false,
             "--profile" => a.profile = Some(val().into()),
             "--keep" => a.keep = true,
+            "--heartbeat-ms" => a.heartbeat_ms = val().parse().unwrap_or_else(|_| usage()),
             _ => usage(),
         }
     }
-    if a.pairs < a.kills + a.commands + 1 || a.rate <= 0.0 {
+    if a.pairs < a.kills + a.commands + 1 || a.rate <= 0.0 || a.heartbeat_ms < 50 {
         usage()
     }
     a
@@ -545,7 +550,7 @@ struct Run {
 }
 
 impl Run {
-    async fn start(pairs: usize, rate: f64, keep: bool) -> Run {
+    async fn start(pairs: usize, rate: f64, keep: bool, heartbeat_ms: u64) -> Run {
         let dir = tempfile::Builder::new()
             .prefix("understudy-bench-scale-")
             .tempdir()
@@ -580,6 +585,20 @@ impl Run {
                 b = server_id(i, true),
             ));
         }
+        // Another agent heartbeat: the detector's bounds in the same
+        // proportions to it as the defaults to 200 ms.
+        let timing = if heartbeat_ms == 200 {
+            String::new()
+        } else {
+            let h = heartbeat_ms;
+            format!(
+                "[timing]\nagent_heartbeat_ms = {h}\n[detector]\nagent_timeout_ms = {}\nprimary_silence_ms = {}\noutdate_tolerance_ms = {}\n[probe]\nafter_silence_ms = {}\n",
+                h * 5,
+                h * 5,
+                h * 3 / 2,
+                h * 2
+            )
+        };
         let mut procs = Vec::new();
         for (i, addr) in addrs.iter().enumerate() {
             let path = root.join(format!("controller-{}.toml", i + 1));
@@ -587,7 +606,7 @@ impl Run {
             fs::write(
                 &path,
                 format!(
-                    "node_id = {id}\nlisten = \"{addr}\"\ndata_dir = \"{data}\"\nmembers = [ {members} ]\n{inventory}{tls}",
+                    "node_id = {id}\nlisten = \"{addr}\"\ndata_dir = \"{data}\"\nmembers = [ {members} ]\n{timing}{inventory}{tls}",
                     id = i + 1,
                     data = root.join(format!("controller-{}", i + 1)).display(),
                 ),
@@ -818,7 +837,7 @@ async fn main() {
     let mut idle = Vec::new();
     if args.idle_baseline {
         eprintln!("idle baseline: one pair, no churn");
-        let run = Run::start(args.kills.max(1) + 1, args.rate, false).await;
+        let run = Run::start(args.kills.max(1) + 1, args.rate, false, args.heartbeat_ms).await;
         for k in 0..args.kills.max(1) {
             let (_, s, f) = run.kill(k).await;
             eprintln!(
@@ -838,7 +857,7 @@ async fn main() {
         args.rate,
         args.churn
     );
-    let run = Run::start(args.pairs, args.rate, args.keep).await;
+    let run = Run::start(args.pairs, args.rate, args.keep, args.heartbeat_ms).await;
     let self_pid = std::process::id() as i32;
     // The first `kills` pairs are kept out of the churn: they are killed.
     // And the next `commands` pairs too: they are switched over.
@@ -944,10 +963,11 @@ async fn main() {
 
     println!();
     println!(
-        "bench-scale: {} pairs ({} agent streams), {} report/s per agent, churn {}/s ({:.0} resyncs/s), {:.0} s measured",
+        "bench-scale: {} pairs ({} agent streams), {} report/s per agent, heartbeat every {} ms, churn {}/s ({:.0} resyncs/s), {:.0} s measured",
         args.pairs,
         args.pairs * 2,
         args.rate,
+        args.heartbeat_ms,
         args.churn,
         args.churn * args.pairs as f64,
         wall
