@@ -4,37 +4,50 @@
 //! stands down. Dialling again after a fixed pause makes them arrive in step:
 //! each wave of TLS handshakes keeps the new leader busy enough to time some
 //! of them out, and those come back with the next wave (at 2000 pairs, 79 000
-//! sessions in 600 s once, without settling). So consecutive failures back
-//! off exponentially, and every pause is jittered over its upper half:
+//! sessions in 600 s once, without settling). But a leader change must stay
+//! quick: the new leader counts an agent silent from its own election, and
+//! takes a backup silent for `agent_timeout_ms` (1 s) for gone.
 //!
-//! | failures in a row | pause |
+//! So for the first [`QUICK`] of a streak of failures (an election, a
+//! redirect to the leader that just died) the agent dials again every
+//! 50–100 ms. Past it, consecutive failures back off exponentially, each pause
+//! jittered over its upper half:
+//!
+//! | failures past the first 3 s | pause |
 //! | --- | --- |
-//! | 1 | 50–100 ms |
-//! | 2 | 100–200 ms |
-//! | 3 | 200–400 ms |
-//! | … | … |
-//! | 7 and more | 2–4 s (the cap) |
+//! | 1 | 100–200 ms |
+//! | 2 | 200–400 ms |
+//! | 3 | 400–800 ms |
+//! | 4 and more | 0.5–1 s (the cap) |
 //!
-//! A session that reached the leader's `Welcome` resets the count: after a
-//! healthy session broke (the leader was killed) the next dial is quick, and
-//! so is the one after it (that controller is down too). Waiting for an
-//! election (a follower knows no leader yet) pauses 50–150 ms each time and
-//! does not count as a failure: the first agents should reach the new leader
-//! within a heartbeat of its election.
+//! Any answer from a controller ends the streak: the leader's `Welcome`, or a
+//! follower's redirect. Waiting for an election (a follower knows no leader
+//! yet) pauses 50–150 ms each time.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// The first pause after a failure (its upper bound).
+/// The pause's upper bound while quick, and the unit of the back-off.
 pub const BASE: Duration = Duration::from_millis(100);
-/// The longest pause between two dials.
-pub const CAP: Duration = Duration::from_secs(4);
+/// The longest pause between two dials: short, because after the controllers
+/// come back (all of them restarted, say) the new leader gives an agent it has
+/// not heard from `agent_timeout_ms` (1 s) from its election before it counts
+/// the server gone. The controller sheds what it cannot handshake in time
+/// (`acceptor.rs`), cheaply; this spreads the dials.
+pub const CAP: Duration = Duration::from_secs(1);
+/// How long a streak of failures dials again quickly: an election and the
+/// redirects around it (a follower may still name the dead leader).
+pub const QUICK: Duration = Duration::from_secs(3);
 
 /// Consecutive failed dials, and the pause before the next.
 #[derive(Debug)]
 pub struct Redial {
     failures: u32,
+    /// Failures after the quick phase.
+    slow: u32,
+    /// When the streak's first failure was.
+    streak: Option<Instant>,
     random: Random,
 }
 
@@ -48,13 +61,18 @@ impl Redial {
     pub fn new() -> Self {
         Redial {
             failures: 0,
+            slow: 0,
+            streak: None,
             random: Random::new(),
         }
     }
 
-    /// The session reached the leader: the next failure pauses briefly again.
-    pub fn established(&mut self) {
+    /// A controller answered (the leader's `Welcome`, a follower's redirect):
+    /// the streak of failures is over.
+    pub fn answered(&mut self) {
         self.failures = 0;
+        self.slow = 0;
+        self.streak = None;
     }
 
     /// Failed dials since the last session that reached the leader.
@@ -62,11 +80,23 @@ impl Redial {
         self.failures
     }
 
-    /// The pause after one more failure: the upper half of
-    /// `min(CAP, BASE × 2^(failures - 1))`, at random.
+    /// The pause after one more failure.
     pub fn after_failure(&mut self) -> Duration {
-        let upper = Self::upper_bound(self.failures);
+        self.after_failure_at(Instant::now())
+    }
+
+    /// The pause after one more failure at `now`: 50–100 ms within [`QUICK`]
+    /// of the streak's first failure, then the upper half of
+    /// `min(CAP, BASE × 2^slow failures)`, at random.
+    pub fn after_failure_at(&mut self, now: Instant) -> Duration {
+        let since = *self.streak.get_or_insert(now);
         self.failures = self.failures.saturating_add(1);
+        let upper = if now.saturating_duration_since(since) < QUICK {
+            BASE
+        } else {
+            self.slow = self.slow.saturating_add(1);
+            Self::upper_bound(self.slow)
+        };
         upper / 2 + self.random.below(upper / 2)
     }
 
@@ -75,9 +105,9 @@ impl Redial {
         Duration::from_millis(50) + self.random.below(Duration::from_millis(100))
     }
 
-    /// The upper bound of the pause after `failures` earlier failures.
-    pub fn upper_bound(failures: u32) -> Duration {
-        BASE.saturating_mul(1u32 << failures.min(16)).min(CAP)
+    /// The upper bound of the pause after `slow` failures past the quick phase.
+    pub fn upper_bound(slow: u32) -> Duration {
+        BASE.saturating_mul(1u32 << slow.min(16)).min(CAP)
     }
 }
 
@@ -115,65 +145,81 @@ impl Random {
 mod tests {
     use super::*;
 
+    fn within(d: Duration, lo_ms: u64, hi_ms: u64) -> bool {
+        d >= Duration::from_millis(lo_ms) && d < Duration::from_millis(hi_ms)
+    }
+
     #[test]
-    fn pauses_double_up_to_the_cap_within_their_upper_half() {
+    fn quick_for_the_first_seconds_of_a_streak_then_doubling_up_to_the_cap() {
         let mut r = Redial::new();
-        let mut upper = Duration::from_millis(100);
-        for n in 0..12 {
-            let d = r.after_failure();
+        let t0 = Instant::now();
+        // An election with redirects to the dead leader: 2.9 s of failures,
+        // every pause 50-100 ms.
+        let mut t = t0;
+        while t < t0 + Duration::from_millis(2900) {
+            let d = r.after_failure_at(t);
+            assert!(within(d, 50, 100), "{d:?} at {:?}", t - t0);
+            t += d + Duration::from_millis(20);
+        }
+        // Past 3 s: 100-200, 200-400, then 0.5-1 s, and there it stays.
+        let mut upper = Duration::from_millis(200);
+        for n in 1..=10u32 {
+            let d = r.after_failure_at(t0 + Duration::from_secs(3) + Duration::from_secs(n as u64));
             assert!(
                 d >= upper / 2 && d < upper,
-                "failure {}: {d:?} not in [{:?}, {upper:?})",
-                n + 1,
-                upper / 2
+                "slow failure {n}: {d:?}, bound {upper:?}"
             );
             upper = (upper * 2).min(CAP);
         }
-        assert_eq!(r.failures(), 12);
-        assert_eq!(Redial::upper_bound(6), CAP);
+        assert_eq!(Redial::upper_bound(4), CAP);
         assert_eq!(Redial::upper_bound(u32::MAX), CAP);
     }
 
     #[test]
-    fn a_session_that_reached_the_leader_resets_the_back_off() {
+    fn an_answer_from_a_controller_ends_the_streak() {
         let mut r = Redial::new();
-        for _ in 0..8 {
-            r.after_failure();
+        let t0 = Instant::now();
+        for n in 0..8 {
+            r.after_failure_at(t0 + Duration::from_secs(n));
         }
-        r.established();
+        assert_eq!(r.failures(), 8);
+        r.answered();
         assert_eq!(r.failures(), 0);
-        let d = r.after_failure();
-        assert!(d >= Duration::from_millis(50) && d < BASE, "{d:?}");
+        // The next streak starts quick again, hours later or not.
+        let d = r.after_failure_at(t0 + Duration::from_secs(3600));
+        assert!(within(d, 50, 100), "{d:?}");
     }
 
     #[test]
     fn waiting_for_an_election_neither_grows_nor_counts() {
         let mut r = Redial::new();
         for _ in 0..50 {
-            let d = r.awaiting_leader();
-            assert!(d >= Duration::from_millis(50) && d < Duration::from_millis(150));
+            assert!(within(r.awaiting_leader(), 50, 150));
         }
         assert_eq!(r.failures(), 0);
     }
 
     #[test]
-    fn many_agents_failing_together_spread_their_next_dials() {
-        // 4000 agents after their fourth failure in a row: the dials fall over
-        // 400–800 ms; no 10 ms slice holds more than a few percent of them.
+    fn many_agents_failing_for_long_spread_their_next_dials() {
+        // 4000 agents whose dials kept failing for 5 s (a leader too busy to
+        // handshake): their fourth slow pause falls over 0.5-1 s, and no
+        // 20 ms slice holds more than a few percent of them.
+        let t0 = Instant::now();
         let mut slices = [0u32; 40];
         for _ in 0..4000 {
             let mut r = Redial::new();
-            for _ in 0..3 {
-                r.after_failure();
+            r.after_failure_at(t0);
+            for n in 1..=3u64 {
+                r.after_failure_at(t0 + Duration::from_secs(3 + n));
             }
-            let d = r.after_failure();
-            assert!(d >= Duration::from_millis(400) && d < Duration::from_millis(800));
-            slices[((d.as_millis() - 400) / 10) as usize] += 1;
+            let d = r.after_failure_at(t0 + Duration::from_secs(8));
+            assert!(within(d, 500, 1000), "{d:?}");
+            slices[((d.as_millis() - 500) / 20) as usize] += 1;
         }
         let max = *slices.iter().max().unwrap();
         assert!(
-            max < 200,
-            "{max} of 4000 dials in one 10 ms slice: {slices:?}"
+            max < 250,
+            "{max} of 4000 dials in one 20 ms slice: {slices:?}"
         );
     }
 }

@@ -98,8 +98,8 @@ pub async fn run(
             &mut welcomed,
         )
         .await;
-        if welcomed {
-            redial.established();
+        if welcomed || matches!(ended, Ended::Redirect(_)) {
+            redial.answered();
         }
         match ended {
             Ended::Redirect(Some(leader)) if redirects_in_a_row < 5 => {
@@ -151,7 +151,7 @@ fn refused_or_broken(st: &tonic::Status, broken: impl Fn(String) -> Ended) -> En
 }
 
 /// One session: dial `addr`, say `Hello`, and serve until it ends; `welcomed`
-/// is set once the leader answered (the re-dial back-off starts afresh).
+/// is set once the leader answered (the streak of failed dials is over).
 #[allow(clippy::too_many_arguments)]
 async fn session(
     cfg: &AgentConfig,

@@ -282,6 +282,7 @@ async fn agent(
             Ok(Some(m)) => match m.msg {
                 Some(Out::Welcome(w)) => Duration::from_millis(w.heartbeat_interval_ms.max(10)),
                 Some(Out::Redirect(r)) => {
+                    redial.answered();
                     if !r.leader_addr.is_empty() {
                         addr = r.leader_addr;
                     } else {
@@ -300,7 +301,7 @@ async fn agent(
             }
         };
         shared.welcomed.fetch_add(1, Ordering::Relaxed);
-        redial.established();
+        redial.answered();
         let mut hb = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         let mut rep = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
         hb.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -388,32 +388,54 @@ pub fn write_file(path: &Path, len: usize, seed: u64) {
     std::fs::write(path, buf).unwrap();
 }
 
-/// Relative path -> (kind, mode, contents) of a tree, for comparison.
+/// Relative path -> (kind, mode, contents) of a tree, for comparison. The tree
+/// may be changing (a resync writing it): an entry that vanishes between the
+/// directory listing and its read is left out, and callers compare again
+/// ([`wait_same_tree`]) until the trees hold still.
 pub fn tree(root: &Path) -> std::collections::BTreeMap<String, (String, u32, Vec<u8>)> {
     use std::os::unix::fs::PermissionsExt;
     let mut out = std::collections::BTreeMap::new();
+    fn gone(e: &std::io::Error) -> bool {
+        e.kind() == std::io::ErrorKind::NotFound
+    }
     fn walk(
         root: &Path,
         dir: &Path,
         out: &mut std::collections::BTreeMap<String, (String, u32, Vec<u8>)>,
     ) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let e = e.unwrap();
-            let p = e.path();
+        let entries = match std::fs::read_dir(dir) {
+            Err(e) if gone(&e) => return,
+            r => r.unwrap(),
+        };
+        for e in entries {
+            let p = match e {
+                Err(e) if gone(&e) => continue,
+                r => r.unwrap().path(),
+            };
             let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-            let md = std::fs::symlink_metadata(&p).unwrap();
+            let md = match std::fs::symlink_metadata(&p) {
+                Err(e) if gone(&e) => continue,
+                r => r.unwrap(),
+            };
             let mode = md.permissions().mode() & 0o7777;
             if md.is_dir() {
                 out.insert(rel, ("dir".into(), mode, Vec::new()));
                 walk(root, &p, out);
             } else if md.file_type().is_symlink() {
-                let t = std::fs::read_link(&p).unwrap();
+                let t = match std::fs::read_link(&p) {
+                    Err(e) if gone(&e) => continue,
+                    r => r.unwrap(),
+                };
                 out.insert(
                     rel,
                     ("link".into(), 0, t.to_string_lossy().as_bytes().to_vec()),
                 );
             } else {
-                out.insert(rel, ("file".into(), mode, std::fs::read(&p).unwrap()));
+                let data = match std::fs::read(&p) {
+                    Err(e) if gone(&e) => continue,
+                    r => r.unwrap(),
+                };
+                out.insert(rel, ("file".into(), mode, data));
             }
         }
     }
