@@ -161,9 +161,15 @@ mod tests {
     use tokio_stream::StreamExt;
     use understudy_tls::TlsFiles;
 
-    /// A CA, a controller's server configuration, and a client configuration
-    /// presenting an agent's certificate.
-    fn pki(dir: &std::path::Path) -> (rustls::ServerConfig, Arc<rustls::ClientConfig>) {
+    /// A CA, a controller's server configuration, and two client
+    /// configurations: one presenting an agent's certificate, one anonymous.
+    struct Pki {
+        server: rustls::ServerConfig,
+        agent: Arc<rustls::ClientConfig>,
+        anonymous: Arc<rustls::ClientConfig>,
+    }
+
+    fn pki(dir: &std::path::Path) -> Pki {
         let ca = dir.join("ca");
         init_ca(&ca, 30).unwrap();
         let out = dir.join("out");
@@ -193,22 +199,47 @@ mod tests {
         }
         .server()
         .unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_file(ca.join(CA_CERT)).unwrap())
-            .unwrap();
-        let chain = vec![CertificateDer::from_pem_file(&agent.cert).unwrap()];
-        let key = PrivateKeyDer::from_pem_file(&agent.key).unwrap();
-        let mut client = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .unwrap();
-        client.alpn_protocols = vec![b"h2".to_vec()];
-        (server, Arc::new(client))
+        let client = |identity: Option<(&std::path::Path, &std::path::Path)>| {
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(CertificateDer::from_pem_file(ca.join(CA_CERT)).unwrap())
+                .unwrap();
+            let b = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+            let mut c = match identity {
+                Some((cert, key)) => b
+                    .with_client_auth_cert(
+                        vec![CertificateDer::from_pem_file(cert).unwrap()],
+                        PrivateKeyDer::from_pem_file(key).unwrap(),
+                    )
+                    .unwrap(),
+                None => b.with_no_client_auth(),
+            };
+            c.alpn_protocols = vec![b"h2".to_vec()];
+            Arc::new(c)
+        };
+        Pki {
+            server,
+            agent: client(Some((&agent.cert, &agent.key))),
+            anonymous: client(None),
+        }
+    }
+
+    /// The gate on an ephemeral loopback port.
+    type Incoming = ReceiverStream<Result<TlsStream<TcpStream>, io::Error>>;
+    async fn serve(
+        server: rustls::ServerConfig,
+        admission: Admission,
+    ) -> (SocketAddr, Arc<AdmissionStats>, Incoming) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stats = Arc::new(AdmissionStats::default());
+        let incoming = tls_incoming(listener, Arc::new(server), admission, stats.clone());
+        (addr, stats, incoming)
     }
 
     /// With one handshake allowed at a time: a client that connects and says
@@ -219,20 +250,16 @@ mod tests {
     #[tokio::test]
     async fn one_at_a_time_the_late_are_shed_and_a_real_client_is_admitted() {
         let dir = tempfile::tempdir().unwrap();
-        let (server, client) = pki(dir.path());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stats = Arc::new(AdmissionStats::default());
-        let mut incoming = tls_incoming(
-            listener,
-            Arc::new(server),
+        let pki = pki(dir.path());
+        let (addr, stats, mut incoming) = serve(
+            pki.server,
             Admission {
                 handshakes: 1,
                 queue_ms: 200,
                 handshake_ms: 800,
             },
-            stats.clone(),
-        );
+        )
+        .await;
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
 
         let silent = TcpStream::connect(addr).await.unwrap();
@@ -258,7 +285,7 @@ mod tests {
         drop(silent);
 
         let tcp = TcpStream::connect(addr).await.unwrap();
-        let connector = tokio_rustls::TlsConnector::from(client);
+        let connector = tokio_rustls::TlsConnector::from(pki.agent);
         let tls = connector
             .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
             .await
@@ -288,31 +315,12 @@ mod tests {
     #[tokio::test]
     async fn a_client_without_a_certificate_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let (server, _) = pki(dir.path());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stats = Arc::new(AdmissionStats::default());
-        let mut incoming = tls_incoming(
-            listener,
-            Arc::new(server),
-            Admission::default(),
-            stats.clone(),
-        );
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_file(dir.path().join("ca").join(CA_CERT)).unwrap())
-            .unwrap();
-        let anonymous = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let pki = pki(dir.path());
+        let (addr, stats, mut incoming) = serve(pki.server, Admission::default()).await;
         let tcp = TcpStream::connect(addr).await.unwrap();
         // TLS 1.3: the client may finish its side before the refusal arrives;
         // reading then fails.
-        if let Ok(mut s) = tokio_rustls::TlsConnector::from(Arc::new(anonymous))
+        if let Ok(mut s) = tokio_rustls::TlsConnector::from(pki.anonymous)
             .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
             .await
         {
