@@ -159,12 +159,7 @@ impl TlsFiles {
         let cert = read_certs("certificate", &self.cert)?;
         let key = read_key(&self.key)?;
         let bad = |reason: String| TlsError::Server { reason };
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(&ca) {
-            roots
-                .add(c.map_err(|e| bad(e.to_string()))?)
-                .map_err(|e| bad(format!("CA certificate: {e}")))?;
-        }
+        let roots = root_store(&ca).map_err(bad)?;
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
             roots.into(),
@@ -172,10 +167,7 @@ impl TlsFiles {
         )
         .build()
         .map_err(|e| bad(e.to_string()))?;
-        let chain = CertificateDer::pem_slice_iter(&cert)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad(e.to_string()))?;
-        let key = PrivateKeyDer::from_pem_slice(&key).map_err(|e| bad(e.to_string()))?;
+        let (chain, key) = identity_der(&cert, &key).map_err(bad)?;
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| bad(e.to_string()))?
@@ -185,6 +177,29 @@ impl TlsFiles {
         cfg.alpn_protocols = vec![b"h2".to_vec()];
         Ok(cfg)
     }
+}
+
+/// The CA certificates of a PEM file, as rustls' trust roots.
+fn root_store(ca_pem: &[u8]) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem) {
+        roots
+            .add(c.map_err(|e| e.to_string())?)
+            .map_err(|e| format!("CA certificate: {e}"))?;
+    }
+    Ok(roots)
+}
+
+/// A certificate chain and its private key, from PEM, for rustls.
+fn identity_der(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| e.to_string())?;
+    Ok((chain, key))
 }
 
 /// What a client needs to dial a controller over TLS (PEM).
@@ -223,12 +238,7 @@ impl ClientTls {
 
     /// The same configuration for rustls directly ([`diagnose`]).
     fn rustls_config(&self) -> Result<rustls::ClientConfig, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(&self.ca) {
-            roots
-                .add(c.map_err(|e| e.to_string())?)
-                .map_err(|e| e.to_string())?;
-        }
+        let roots = root_store(&self.ca)?;
         let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -237,10 +247,7 @@ impl ClientTls {
         .with_root_certificates(roots);
         let mut cfg = match &self.identity {
             Some((cert, key)) => {
-                let chain = CertificateDer::pem_slice_iter(cert)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| e.to_string())?;
-                let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| e.to_string())?;
+                let (chain, key) = identity_der(cert, key)?;
                 builder
                     .with_client_auth_cert(chain, key)
                     .map_err(|e| e.to_string())?
