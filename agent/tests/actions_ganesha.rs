@@ -365,3 +365,55 @@ async fn a_frozen_ganesha_is_not_counted_as_exporting_and_export_restarts_it() {
     );
     b.unexport().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_export_cut_short_mid_start_is_resumed_not_restarted() {
+    // On an overloaded server ganesha has needed 12 s to open its port. The
+    // controller stops waiting for an Export step after its bound and retries;
+    // the retry must wait for the ganesha already starting, not take it for a
+    // frozen one (it does not answer yet) and kill it: that loop never ends.
+    let mut s = setup();
+    let real = find_executable(Path::new("ganesha.nfsd")).unwrap();
+    let slow = s.export_dir.parent().unwrap().join("slow-ganesha.nfsd");
+    std::fs::write(
+        &slow,
+        format!("#!/bin/sh\nsleep 2\nexec {} \"$@\"\n", real.display()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&slow, std::fs::Permissions::from_mode(0o755)).unwrap();
+    s.cfg.ganesha_nfsd = slow;
+    std::fs::write(s.export_dir.join("hello.bin"), payload()).unwrap();
+    let spec = ExportSpec::new(&s.export_dir, "/data");
+    let mut b = NfsBackend::new(&NfsConfig::Ganesha(s.cfg.clone()), &spec).unwrap();
+    let cut = tokio::time::timeout(Duration::from_millis(700), b.export(&spec)).await;
+    assert!(
+        cut.is_err(),
+        "the slow start finished within 700 ms: {cut:?}"
+    );
+    let starting = ganesha(&mut b)
+        .running_pid()
+        .expect("the ganesha being started is still running");
+    assert!(!answers(s.cfg.port), "its port is not open yet");
+    let t0 = Instant::now();
+    b.export(&spec).await.unwrap();
+    assert_eq!(
+        ganesha(&mut b).running_pid(),
+        Some(starting),
+        "the ganesha that was starting was replaced"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "the resumed start took {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(
+        nfs_cat(&nfs_url(s.cfg.port, "/data", "hello.bin")).unwrap(),
+        payload()
+    );
+    // Once serving, the next export is the usual no-op.
+    b.export(&spec).await.unwrap();
+    assert_eq!(ganesha(&mut b).running_pid(), Some(starting));
+    b.unexport().await.unwrap();
+    assert!(!answers(s.cfg.port));
+}

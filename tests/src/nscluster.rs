@@ -999,6 +999,12 @@ address = "{}:7789"
         }
     }
 
+    /// Start host `i`'s agent. Each host has a blkid cache of its own
+    /// (`BLKID_FILE`, inherited by ganesha and `mount`): the emulated hosts
+    /// share one file system, and with the host's shared `/run/blkid/blkid.tab`
+    /// nfs-ganesha's start on the backup verified every cached device with the
+    /// same file-system UUID, the peer's replica included, and blocked in a
+    /// read of a frozen peer's loop device until that peer was killed (12-24 s).
     pub fn start_agent(&mut self, i: usize) {
         let h = &self.hosts[i];
         let mut cmd = self
@@ -1006,7 +1012,8 @@ address = "{}:7789"
             .cmd(h.name, bin("understudy-agent").to_str().expect("utf8 path"));
         cmd.arg("--config")
             .arg(&h.agent_config)
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info")
+            .env("BLKID_FILE", h.dir.join("blkid.tab"));
         let p = Proc::spawn(
             &format!("agent {}", h.name),
             &mut cmd,
@@ -1550,7 +1557,8 @@ DRBD_EMU_CONFIG=%s/drbd-emu.toml exec %s %s "$@"
 ' "$D" "{emu}" "$t" > "$D/$t"
   chmod 755 "$D/$t"
 done
-{issue}RUST_LOG=info exec "{agent}" --config "$D/agent.toml" >> "$D/agent.log" 2>&1
+{issue}export BLKID_FILE="$D/blkid.tab"
+RUST_LOG=info exec "{agent}" --config "$D/agent.toml" >> "$D/agent.log" 2>&1
 "#,
         root = root.display(),
         emu = bin("drbd-emu").display(),

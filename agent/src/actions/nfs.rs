@@ -200,7 +200,10 @@ fn default_log_level() -> String {
     "NIV_EVENT".into()
 }
 fn default_start_timeout() -> u64 {
-    10
+    // Generous: a start is resumed by the next export rather than restarted,
+    // and an overloaded server has been seen to need 12 s (a slow rpcbind
+    // registration), so only a start that is truly stuck is killed.
+    30
 }
 fn default_stop_timeout() -> u64 {
     10
@@ -517,6 +520,20 @@ pub struct GaneshaBackend {
     /// The last NFS NULL call's outcome for a pid, taken by the next
     /// `self_checks` so one status refresh asks ganesha once, not twice.
     last_null: Option<(u32, Result<(), String>)>,
+    /// A ganesha spawned here whose port has not answered yet.
+    starting: Option<Starting>,
+}
+
+/// A ganesha start in progress: it outlives an `export` call that the
+/// controller's step bound cut short, so the next call resumes the wait.
+#[derive(Debug)]
+struct Starting {
+    pid: u32,
+    since: Instant,
+    /// ganesha.log's length at the spawn: what it logged since is its own.
+    log_start: u64,
+    /// The configuration it was started with.
+    config: String,
 }
 
 impl GaneshaBackend {
@@ -526,6 +543,7 @@ impl GaneshaBackend {
             cfg,
             child: None,
             last_null: None,
+            starting: None,
         })
     }
 
@@ -581,7 +599,19 @@ impl GaneshaBackend {
             })?;
         }
         let conf = self.cfg.config_path();
-        if let Some(pid) = self.running_pid() {
+        let running = self.running_pid();
+        if let Some(st) = self.starting.take() {
+            if running == Some(st.pid) && st.config == text {
+                tracing::info!(
+                    pid = st.pid,
+                    started_ms_ago = st.since.elapsed().as_millis() as u64,
+                    "nfs-ganesha is still starting: waiting for it"
+                );
+                self.starting = Some(st);
+                return self.finish_start().await;
+            }
+        }
+        if let Some(pid) = running {
             let same = std::fs::read_to_string(&conf)
                 .map(|t| t == text)
                 .unwrap_or(false);
@@ -619,36 +649,41 @@ impl GaneshaBackend {
         self.start().await
     }
 
+    /// ganesha's startup failure, with what it logged since `log_start`.
+    fn start_error(&self, log_start: u64, reason: String) -> ActionError {
+        let log = self.cfg.log_path();
+        let new_log = std::fs::read(&log)
+            .map(|b| String::from_utf8_lossy(&b[(log_start as usize).min(b.len())..]).into_owned())
+            .unwrap_or_default();
+        let out = std::fs::read_to_string(self.cfg.out_path()).unwrap_or_default();
+        let mut log_tail = tail(&new_log, 25);
+        if !out.trim().is_empty() {
+            log_tail.push_str(&format!("\n(stdout/stderr:) {}", tail(&out, 10)));
+        }
+        if log_tail.trim().is_empty() {
+            log_tail = "(nothing)".into();
+        }
+        ActionError::GaneshaStart {
+            addr: self.cfg.probe_addr().to_string(),
+            reason,
+            log,
+            log_tail,
+        }
+    }
+
     async fn start(&mut self) -> Result<(), ActionError> {
         let addr = self.cfg.probe_addr();
-        let log = self.cfg.log_path();
-        let log_start = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-        let start_err = |reason: String| {
-            let new_log = std::fs::read(&log)
-                .map(|b| {
-                    String::from_utf8_lossy(&b[(log_start as usize).min(b.len())..]).into_owned()
-                })
-                .unwrap_or_default();
-            let out = std::fs::read_to_string(self.cfg.out_path()).unwrap_or_default();
-            let mut log_tail = tail(&new_log, 25);
-            if !out.trim().is_empty() {
-                log_tail.push_str(&format!("\n(stdout/stderr:) {}", tail(&out, 10)));
-            }
-            if log_tail.trim().is_empty() {
-                log_tail = "(nothing)".into();
-            }
-            ActionError::GaneshaStart {
-                addr: addr.to_string(),
-                reason,
-                log: log.clone(),
-                log_tail,
-            }
-        };
+        let log_start = std::fs::metadata(self.cfg.log_path())
+            .map(|m| m.len())
+            .unwrap_or(0);
         if port_answers(addr).await {
-            return Err(start_err(format!(
-                "another process already listens on {addr} (see `ss -ltnp sport = :{}`)",
-                addr.port()
-            )));
+            return Err(self.start_error(
+                log_start,
+                format!(
+                    "another process already listens on {addr} (see `ss -ltnp sport = :{}`)",
+                    addr.port()
+                ),
+            ));
         }
         let out = std::fs::File::create(self.cfg.out_path()).map_err(|source| ActionError::Io {
             context: format!("cannot create {}", self.cfg.out_path().display()),
@@ -659,8 +694,8 @@ impl GaneshaBackend {
             source,
         })?;
         let cmd = ganesha_command(&self.cfg);
-        let t0 = Instant::now();
-        let mut child = tokio::process::Command::new(&cmd.program)
+        let since = Instant::now();
+        let child = tokio::process::Command::new(&cmd.program)
             .args(&cmd.args)
             .current_dir(&self.cfg.state_dir)
             .stdin(Stdio::null())
@@ -673,28 +708,76 @@ impl GaneshaBackend {
                 program: cmd.program.clone(),
                 source,
             })?;
-        let deadline = t0 + Duration::from_secs(self.cfg.start_timeout_secs);
+        // Remembered before the first wait: when the controller's bound for
+        // this step runs out, this future is dropped mid-start, and the next
+        // export must find the start in progress and wait for it, not take a
+        // ganesha that is still starting for a frozen one and kill it.
+        self.starting = child.id().map(|pid| Starting {
+            pid,
+            since,
+            log_start,
+            config: std::fs::read_to_string(self.cfg.config_path()).unwrap_or_default(),
+        });
+        self.child = Some(child);
+        self.finish_start().await
+    }
+
+    /// Wait for the ganesha in `self.starting` until its port accepts
+    /// connections, within `start_timeout_secs` of its spawn; past that it
+    /// is killed.
+    async fn finish_start(&mut self) -> Result<(), ActionError> {
+        let Some(st) = self
+            .starting
+            .as_ref()
+            .map(|s| (s.pid, s.since, s.log_start))
+        else {
+            return Ok(());
+        };
+        let (pid, since, log_start) = st;
+        let addr = self.cfg.probe_addr();
+        let deadline = since + Duration::from_secs(self.cfg.start_timeout_secs);
+        let exited = |b: &mut Self| match &mut b.child {
+            Some(c) if c.id() == Some(pid) || c.id().is_none() => match c.try_wait() {
+                Ok(Some(status)) => Some(status.to_string()),
+                _ => None,
+            },
+            _ => (!proc_alive(pid)).then(|| "gone".to_string()),
+        };
         loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(start_err(format!("it exited during startup ({status})")));
+            if let Some(status) = exited(self) {
+                self.starting = None;
+                self.child = None;
+                return Err(
+                    self.start_error(log_start, format!("it exited during startup ({status})"))
+                );
             }
             if port_answers(addr).await {
                 break;
             }
             if Instant::now() >= deadline {
-                let _ = child.start_kill();
-                let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-                return Err(start_err(format!(
-                    "its port did not accept connections within {}s; it was killed",
-                    self.cfg.start_timeout_secs
-                )));
+                self.starting = None;
+                if let Some(c) = &mut self.child {
+                    let _ = c.start_kill();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), c.wait()).await;
+                }
+                self.child = None;
+                return Err(self.start_error(
+                    log_start,
+                    format!(
+                        "its port did not accept connections within {}s; it was killed",
+                        self.cfg.start_timeout_secs
+                    ),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(start_err(format!("it exited during startup ({status})")));
+        if let Some(status) = exited(self) {
+            self.starting = None;
+            self.child = None;
+            return Err(self.start_error(log_start, format!("it exited during startup ({status})")));
         }
-        let new_log = std::fs::read(&log)
+        self.starting = None;
+        let new_log = std::fs::read(self.cfg.log_path())
             .map(|b| String::from_utf8_lossy(&b[(log_start as usize).min(b.len())..]).into_owned())
             .unwrap_or_default();
         for l in new_log.lines() {
@@ -709,12 +792,11 @@ impl GaneshaBackend {
             }
         }
         tracing::info!(
-            pid = child.id(),
+            pid,
             %addr,
-            elapsed_ms = t0.elapsed().as_millis() as u64,
+            elapsed_ms = since.elapsed().as_millis() as u64,
             "nfs-ganesha is serving"
         );
-        self.child = Some(child);
         Ok(())
     }
 
