@@ -15,8 +15,9 @@ if [ "$(printf '%s\n%s\n' "$need_rust" "$have" | sort -V | head -1)" != "$need_r
     exit 1
 fi
 
-# Debian packages the build, the tests and the demo use.
-pkgs=(ca-certificates gcc libc6-dev python3 python3-pip python3-venv iproute2 iptables arping iputils-ping procps mount
+# Debian packages the build, the tests and the demo use (gcc and make: jemalloc,
+# the controller's allocator, is built from C).
+pkgs=(ca-certificates gcc libc6-dev make python3 python3-pip python3-venv iproute2 iptables arping iputils-ping procps mount
       nfs-ganesha nfs-ganesha-vfs libnfs-utils
       chromium chromium-driver  # the dashboard's browser test (headless)
       util-linux e2fsprogs fuse3  # the DRBD emulator's block mode: losetup, mkfs.ext4 (tests), fusermount3 for manual cleanup

@@ -47,7 +47,7 @@ fn same_but_numbers(a: &str, b: &str) -> bool {
 /// run failover plans ([`Executor`]).
 pub async fn leader_duties(
     raft: Raft,
-    cfg: ControllerConfig,
+    cfg: Arc<ControllerConfig>,
     shared: SharedState,
     liveness: Arc<Liveness>,
     executor: Arc<Executor>,

@@ -35,6 +35,8 @@ pub async fn run(
     cfg: ControllerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControllerError> {
+    // One copy, shared: the inventory in it is megabytes at thousands of pairs.
+    let cfg = Arc::new(cfg);
     // Mutual TLS (the same certificate serves and dials peers), or explicitly
     // none; the files are read first, so a wrong path stops nothing half-started.
     let tls_err = |e: understudy_tls::TlsError| ControllerError::Config {
@@ -272,7 +274,7 @@ fn inventory_servers(cfg: &ControllerConfig) -> Vec<understudy_cloud::CloudServe
 /// timeout, after which the others may elect a new leader). Past it, everything
 /// that follows `is_leader` stops: agent sessions are redirected and closed,
 /// the leader loop and executor stop, no command is sent, no read is answered.
-async fn follow_leader(raft: Raft, cfg: ControllerConfig, tx: watch::Sender<LeaderView>) {
+async fn follow_leader(raft: Raft, cfg: Arc<ControllerConfig>, tx: watch::Sender<LeaderView>) {
     let mut metrics = raft.metrics();
     let lease = Duration::from_millis(cfg.timing.election_timeout_min_ms);
     let mut tick = tokio::time::interval(Duration::from_millis(25));
@@ -332,7 +334,7 @@ async fn follow_leader(raft: Raft, cfg: ControllerConfig, tx: watch::Sender<Lead
 
 /// On the very first start, the member with the lowest id initializes the cluster
 /// with the configured membership; every later start recovers it from disk.
-async fn bootstrap(raft: Raft, cfg: ControllerConfig) {
+async fn bootstrap(raft: Raft, cfg: Arc<ControllerConfig>) {
     let lowest = cfg.members.iter().map(|m| m.id).min();
     if lowest != Some(cfg.node_id) {
         return;

@@ -38,7 +38,7 @@ pub use crate::leadership::LEADER_METADATA;
 /// The operator-facing gRPC service of one controller node.
 pub struct OperatorGrpc {
     pub raft: Raft,
-    pub cfg: ControllerConfig,
+    pub cfg: Arc<ControllerConfig>,
     pub leader: watch::Receiver<LeaderView>,
     pub liveness: Arc<Liveness>,
     pub state: SharedState,

@@ -33,6 +33,7 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -620,6 +621,7 @@ impl Run {
                 Some(out) => Proc::spawn(
                     &format!("controller {} (heaptrack)", i + 1),
                     std::process::Command::new("heaptrack")
+                        .process_group(0)
                         .arg("-o")
                         .arg(PathBuf::from(&out).join(format!("controller-{}", i + 1)))
                         .arg(bin("understudy-controller"))
@@ -797,8 +799,26 @@ impl Run {
         (Some(answered), None)
     }
 
-    fn stop(self) {
+    fn stop(mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
+        if std::env::var_os("BENCH_HEAPTRACK").is_some() {
+            // heaptrack runs the controller as its child: SIGTERM the group,
+            // so the controller exits and heaptrack finishes its profile
+            // (killing heaptrack alone left the controller running).
+            for p in &self.procs {
+                // SAFETY: a plain kill(2) of the process group heaptrack leads.
+                unsafe { libc::kill(-p.pid(), libc::SIGTERM) };
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            for p in &mut self.procs {
+                // heaptrack exits once its profile is written.
+                while Instant::now() < deadline && matches!(p.child.try_wait(), Ok(None)) {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                // SAFETY: as above; whatever of the group is left.
+                unsafe { libc::kill(-p.pid(), libc::SIGKILL) };
+            }
+        }
         for p in self.procs {
             p.kill();
         }
