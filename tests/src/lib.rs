@@ -53,13 +53,50 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// A free TCP port on 127.0.0.1 (bound then released).
+/// A free TCP port, for a daemon a test starts to bind.
+///
+/// Taken below the kernel's ephemeral range (`ip_local_port_range`): a port
+/// that `bind(0)` hands out, released, can be taken by any outgoing
+/// connection's source port before the daemon it was meant for binds it (an
+/// `ns_dashboard` run failed with "Address already in use" on a controller's
+/// HTTP port). Free means bindable on every address, and a port is handed out
+/// once per test process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind 127.0.0.1:0")
-        .local_addr()
-        .expect("local addr")
-        .port()
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<std::collections::HashSet<u16>>> = Mutex::new(None);
+    let low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (first, last) = (10_000u16, low.saturating_sub(1));
+    if last <= first + 1000 {
+        // An unusual ephemeral range: the kernel's choice it is.
+        return TcpListener::bind("127.0.0.1:0")
+            .expect("bind 127.0.0.1:0")
+            .local_addr()
+            .expect("local addr")
+            .port();
+    }
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let given = given.get_or_insert_with(Default::default);
+    // A different start in each process (tests may run in several at once).
+    let span = u32::from(last - first);
+    let seed = std::process::id().wrapping_mul(2_654_435_761)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+    for i in 0..span {
+        let p = first + ((seed.wrapping_add(i.wrapping_mul(7_919))) % span) as u16;
+        if given.contains(&p) {
+            continue;
+        }
+        if TcpListener::bind(("0.0.0.0", p)).is_ok() {
+            given.insert(p);
+            return p;
+        }
+    }
+    panic!("no free TCP port in {first}..={last}");
 }
 
 /// A free UDP port on 127.0.0.1 (bound then released).
