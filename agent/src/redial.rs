@@ -75,7 +75,7 @@ impl Redial {
         self.streak = None;
     }
 
-    /// Failed dials since the last session that reached the leader.
+    /// Failed dials since a controller last answered.
     pub fn failures(&self) -> u32 {
         self.failures
     }

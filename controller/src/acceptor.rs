@@ -155,11 +155,10 @@ async fn handshake(
 mod tests {
     use super::*;
     use crate::certs::{init_ca, issue, Leaf, CA_CERT};
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use rustls::pki_types::ServerName;
     use tokio::io::AsyncReadExt;
     use tokio_stream::StreamExt;
-    use understudy_tls::TlsFiles;
+    use understudy_tls::{ClientTls, TlsFiles};
 
     /// A CA, a controller's server configuration, and two client
     /// configurations: one presenting an agent's certificate, one anonymous.
@@ -199,28 +198,10 @@ mod tests {
         }
         .server()
         .unwrap();
+        // The client configurations `understudyctl` and agents' diagnosis use.
         let client = |identity: Option<(&std::path::Path, &std::path::Path)>| {
-            let mut roots = rustls::RootCertStore::empty();
-            roots
-                .add(CertificateDer::from_pem_file(ca.join(CA_CERT)).unwrap())
-                .unwrap();
-            let b = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots);
-            let mut c = match identity {
-                Some((cert, key)) => b
-                    .with_client_auth_cert(
-                        vec![CertificateDer::from_pem_file(cert).unwrap()],
-                        PrivateKeyDer::from_pem_file(key).unwrap(),
-                    )
-                    .unwrap(),
-                None => b.with_no_client_auth(),
-            };
-            c.alpn_protocols = vec![b"h2".to_vec()];
-            Arc::new(c)
+            let tls = ClientTls::load(&ca.join(CA_CERT), identity).unwrap();
+            Arc::new(tls.rustls_config().unwrap())
         };
         Pki {
             server,

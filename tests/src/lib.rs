@@ -62,8 +62,9 @@ pub fn bin(name: &str) -> PathBuf {
 /// HTTP port). Free means bindable on every address, and a port is handed out
 /// once per test process.
 pub fn free_port() -> u16 {
+    use std::collections::BTreeSet;
     use std::sync::Mutex;
-    static GIVEN: Mutex<Option<std::collections::HashSet<u16>>> = Mutex::new(None);
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     let low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
@@ -78,7 +79,6 @@ pub fn free_port() -> u16 {
             .port();
     }
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-    let given = given.get_or_insert_with(Default::default);
     // A different start in each process (tests may run in several at once).
     let span = u32::from(last - first);
     let seed = std::process::id().wrapping_mul(2_654_435_761)

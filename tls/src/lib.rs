@@ -236,8 +236,9 @@ impl ClientTls {
         self.identity.is_some()
     }
 
-    /// The same configuration for rustls directly ([`diagnose`]).
-    fn rustls_config(&self) -> Result<rustls::ClientConfig, String> {
+    /// The same configuration for rustls directly ([`diagnose`], and tests
+    /// that speak TLS to a controller below gRPC).
+    pub fn rustls_config(&self) -> Result<rustls::ClientConfig, String> {
         let roots = root_store(&self.ca)?;
         let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
             rustls::crypto::ring::default_provider(),

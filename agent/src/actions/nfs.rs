@@ -201,8 +201,9 @@ fn default_log_level() -> String {
 }
 fn default_start_timeout() -> u64 {
     // Generous: a start is resumed by the next export rather than restarted,
-    // and an overloaded server has been seen to need 12 s (a slow rpcbind
-    // registration), so only a start that is truly stuck is killed.
+    // and ganesha has been seen to need 12-24 s (it reads block devices while
+    // loading its exports, and one did not answer), so only a start that is
+    // truly stuck is killed.
     30
 }
 fn default_stop_timeout() -> u64 {
@@ -600,17 +601,17 @@ impl GaneshaBackend {
         }
         let conf = self.cfg.config_path();
         let running = self.running_pid();
-        if let Some(st) = self.starting.take() {
+        if let Some(st) = &self.starting {
             if running == Some(st.pid) && st.config == text {
                 tracing::info!(
                     pid = st.pid,
                     started_ms_ago = st.since.elapsed().as_millis() as u64,
                     "nfs-ganesha is still starting: waiting for it"
                 );
-                self.starting = Some(st);
                 return self.finish_start().await;
             }
         }
+        self.starting = None;
         if let Some(pid) = running {
             let same = std::fs::read_to_string(&conf)
                 .map(|t| t == text)
@@ -646,15 +647,19 @@ impl GaneshaBackend {
                 context: format!("cannot write {}", conf.display()),
                 source,
             })?;
-        self.start().await
+        self.start(text).await
+    }
+
+    /// What ganesha.log holds past byte `log_start`.
+    fn log_since(&self, log_start: u64) -> String {
+        std::fs::read(self.cfg.log_path())
+            .map(|b| String::from_utf8_lossy(&b[(log_start as usize).min(b.len())..]).into_owned())
+            .unwrap_or_default()
     }
 
     /// ganesha's startup failure, with what it logged since `log_start`.
     fn start_error(&self, log_start: u64, reason: String) -> ActionError {
-        let log = self.cfg.log_path();
-        let new_log = std::fs::read(&log)
-            .map(|b| String::from_utf8_lossy(&b[(log_start as usize).min(b.len())..]).into_owned())
-            .unwrap_or_default();
+        let new_log = self.log_since(log_start);
         let out = std::fs::read_to_string(self.cfg.out_path()).unwrap_or_default();
         let mut log_tail = tail(&new_log, 25);
         if !out.trim().is_empty() {
@@ -666,12 +671,13 @@ impl GaneshaBackend {
         ActionError::GaneshaStart {
             addr: self.cfg.probe_addr().to_string(),
             reason,
-            log,
+            log: self.cfg.log_path(),
             log_tail,
         }
     }
 
-    async fn start(&mut self) -> Result<(), ActionError> {
+    /// Start ganesha with `config`, the configuration just written.
+    async fn start(&mut self, config: String) -> Result<(), ActionError> {
         let addr = self.cfg.probe_addr();
         let log_start = std::fs::metadata(self.cfg.log_path())
             .map(|m| m.len())
@@ -716,7 +722,7 @@ impl GaneshaBackend {
             pid,
             since,
             log_start,
-            config: std::fs::read_to_string(self.cfg.config_path()).unwrap_or_default(),
+            config,
         });
         self.child = Some(child);
         self.finish_start().await
@@ -726,32 +732,32 @@ impl GaneshaBackend {
     /// connections, within `start_timeout_secs` of its spawn; past that it
     /// is killed.
     async fn finish_start(&mut self) -> Result<(), ActionError> {
-        let Some(st) = self
-            .starting
-            .as_ref()
-            .map(|s| (s.pid, s.since, s.log_start))
+        let Some(&Starting {
+            pid,
+            since,
+            log_start,
+            ..
+        }) = self.starting.as_ref()
         else {
             return Ok(());
         };
-        let (pid, since, log_start) = st;
         let addr = self.cfg.probe_addr();
         let deadline = since + Duration::from_secs(self.cfg.start_timeout_secs);
-        let exited = |b: &mut Self| match &mut b.child {
-            Some(c) if c.id() == Some(pid) || c.id().is_none() => match c.try_wait() {
-                Ok(Some(status)) => Some(status.to_string()),
-                _ => None,
-            },
-            _ => (!proc_alive(pid)).then(|| "gone".to_string()),
-        };
         loop {
-            if let Some(status) = exited(self) {
+            let answers = port_answers(addr).await;
+            // Checked after the port too: another process may hold it.
+            let exited = match &mut self.child {
+                Some(c) => c.try_wait().ok().flatten().map(|s| s.to_string()),
+                None => (!proc_alive(pid)).then(|| "gone".to_string()),
+            };
+            if let Some(status) = exited {
                 self.starting = None;
                 self.child = None;
                 return Err(
                     self.start_error(log_start, format!("it exited during startup ({status})"))
                 );
             }
-            if port_answers(addr).await {
+            if answers {
                 break;
             }
             if Instant::now() >= deadline {
@@ -771,16 +777,8 @@ impl GaneshaBackend {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        if let Some(status) = exited(self) {
-            self.starting = None;
-            self.child = None;
-            return Err(self.start_error(log_start, format!("it exited during startup ({status})")));
-        }
         self.starting = None;
-        let new_log = std::fs::read(self.cfg.log_path())
-            .map(|b| String::from_utf8_lossy(&b[(log_start as usize).min(b.len())..]).into_owned())
-            .unwrap_or_default();
-        for l in new_log.lines() {
+        for l in self.log_since(log_start).lines() {
             if l.contains("Unknown parameter")
                 || l.contains("validation error")
                 || l.contains("Errors processing block")
