@@ -9,7 +9,12 @@
 //! otherwise after a jittered pause that grows while dials keep failing
 //! ([`crate::redial`]).
 //!
-//! The leader acknowledges every heartbeat (`HeartbeatAck`). Once it has, a
+//! A heartbeat is due one interval after the agent's last message of any kind:
+//! a report is a sign of life too, and at thousands of agents every message
+//! the leader does not have to read counts (ARCHITECTURE.md, Scale). The
+//! `Hello` carries the agent's `stall_ms`; the leader acknowledges the agent's
+//! messages (`HeartbeatAck`) often enough for it: every other heartbeat with
+//! the defaults (`controller/src/agents.rs::AckPacer`). Once it has, a
 //! session that then carries nothing from the leader for `stall_ms` is stalled
 //! (typically TCP retransmission back-off after a sub-second network blip, which
 //! can keep an intact connection silent for seconds): the agent dials the same
@@ -210,6 +215,7 @@ async fn session(
         } as i32,
         agent_version: env!("CARGO_PKG_VERSION").into(),
         highest_epoch,
+        stall_ms: cfg.stall_ms,
     };
     let _ = tx
         .send(AgentMessage {
@@ -250,6 +256,7 @@ async fn session(
     } else {
         cfg.heartbeat_ms
     });
+    let stall = Duration::from_millis(cfg.stall_ms);
     let mut beat = tokio::time::interval(period);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq = 0u64;
@@ -277,6 +284,7 @@ async fn session(
     if tx.send(first).await.is_err() {
         return broken("stream closed".into());
     }
+    beat.reset();
     loop {
         tokio::select! {
             m = inbound.message() => match m {
@@ -309,6 +317,7 @@ async fn session(
                 if tx.send(msg).await.is_err() {
                     return broken("stream closed".into());
                 }
+                beat.reset();
             }
             r = host.changed() => {
                 if r.is_err() {
@@ -319,6 +328,7 @@ async fn session(
                 if tx.send(msg).await.is_err() {
                     return broken("stream closed".into());
                 }
+                beat.reset();
             }
             _ = async {
                 match refresh.as_mut() {
@@ -333,12 +343,14 @@ async fn session(
                 if tx.send(msg).await.is_err() {
                     return broken("stream closed".into());
                 }
+                beat.reset();
+            }
+            // Its own timer, not the heartbeat's: reports arriving faster than
+            // the interval postpone every heartbeat.
+            _ = tokio::time::sleep_until(last_in + stall), if acked => {
+                return Ended::Stalled(last_in.elapsed().as_millis() as u64);
             }
             _ = beat.tick() => {
-                let silent = last_in.elapsed();
-                if acked && silent >= Duration::from_millis(cfg.stall_ms) {
-                    return Ended::Stalled(silent.as_millis() as u64);
-                }
                 seq += 1;
                 let hb = AgentMessage { msg: Some(Msg::Heartbeat(Heartbeat { seq, sent_at_unix_ms: unix_ms() })) };
                 if tx.send(hb).await.is_err() {

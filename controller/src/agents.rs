@@ -12,7 +12,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -116,6 +116,54 @@ impl AgentGrpc {
     }
 }
 
+/// Which of a session's messages to acknowledge: enough for the agent's stall
+/// bound, not every one. An acknowledgement is a TLS record and a `write`
+/// system call on the leader, and at thousands of agents those are most of
+/// its CPU (ARCHITECTURE.md, Scale). The agent sends something at least every
+/// heartbeat interval (a heartbeat, or a report: it counts its interval from
+/// its last message of any kind), and answering the first message that comes
+/// `stall_ms / 4` or more after the last answer keeps the longest gap the agent
+/// sees within `stall_ms / 4` plus one interval: at most `3/4 × stall_ms`,
+/// since an agent's `stall_ms` is at least twice its interval
+/// (`agent/src/config.rs`). With the defaults (200 ms, 1 s): every other
+/// heartbeat. An agent that gave no bound (0, an older agent) has every
+/// message answered.
+#[derive(Debug)]
+pub struct AckPacer {
+    every: Duration,
+    last: Option<Instant>,
+}
+
+impl AckPacer {
+    pub fn new(stall_ms: u64) -> Self {
+        Self {
+            every: Duration::from_millis(stall_ms / 4),
+            last: None,
+        }
+    }
+
+    /// A heartbeat arrived at `now`: answer it?
+    pub fn due(&mut self, now: Instant) -> bool {
+        let due = self
+            .last
+            .is_none_or(|l| now.duration_since(l) >= self.every);
+        if due {
+            self.last = Some(now);
+        }
+        due
+    }
+}
+
+/// Answer the agent's message `seq` if its pacer says one is due: lets the
+/// agent tell a stalled stream (agent/src/session.rs).
+fn acknowledge(tx: &mpsc::Sender<SessionItem>, acks: &mut AckPacer, seq: u64) {
+    if acks.due(Instant::now()) {
+        let _ = tx.try_send(Box::new(Ok(ControllerMessage {
+            msg: Some(Out::HeartbeatAck(HeartbeatAck { seq })),
+        })));
+    }
+}
+
 /// The redirect to send when this node is not (or no longer) the leader.
 pub fn redirect(view: &LeaderView, reason: &str) -> ControllerMessage {
     ControllerMessage {
@@ -200,6 +248,7 @@ impl AgentService for AgentGrpc {
                 })),
             })))
             .await;
+        let mut acks = AckPacer::new(hello.stall_ms);
         self.liveness.connected(session, hello, tx.clone());
 
         let liveness = self.liveness.clone();
@@ -209,16 +258,18 @@ impl AgentService for AgentGrpc {
                 tokio::select! {
                     msg = inbound.message() => match msg {
                         Ok(Some(AgentMessage { msg: Some(m) })) => match m {
-                            Msg::Report(r) => liveness.report(&server_id, session, r),
+                            Msg::Report(r) => {
+                                let seq = r.seq;
+                                liveness.report(&server_id, session, r);
+                                acknowledge(&tx, &mut acks, seq);
+                            }
                             Msg::Heartbeat(h) => {
                                 liveness.heard(&server_id, session);
-                                // Lets the agent tell a stalled stream (session.rs).
-                                let _ = tx.try_send(Box::new(Ok(ControllerMessage {
-                                    msg: Some(Out::HeartbeatAck(HeartbeatAck { seq: h.seq })),
-                                })));
+                                acknowledge(&tx, &mut acks, h.seq);
                             }
                             Msg::CommandResult(r) => {
                                 liveness.heard(&server_id, session);
+                                acknowledge(&tx, &mut acks, 0);
                                 tracing::info!(server = %server_id, command = r.command_id, ok = r.ok, error = %r.error, "command result");
                                 liveness.command_result(r);
                             }
@@ -254,4 +305,71 @@ impl AgentService for AgentGrpc {
 fn session_stream(rx: mpsc::Receiver<SessionItem>) -> <AgentGrpc as AgentService>::SessionStream {
     use tokio_stream::StreamExt;
     ReceiverStream::new(rx).map((|m| *m) as fn(SessionItem) -> Result<ControllerMessage, Status>)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AckPacer;
+    use std::time::{Duration, Instant};
+
+    /// The acknowledgements `AckPacer` gives heartbeats that arrive at these
+    /// offsets (ms), and the longest time the agent waits between two.
+    fn run(stall_ms: u64, arrivals: &[u64]) -> (Vec<u64>, u64) {
+        let t0 = Instant::now();
+        let mut p = AckPacer::new(stall_ms);
+        let acked: Vec<u64> = arrivals
+            .iter()
+            .copied()
+            .filter(|&a| p.due(t0 + Duration::from_millis(a)))
+            .collect();
+        let gap = acked.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+        (acked, gap)
+    }
+
+    #[test]
+    fn with_the_default_bounds_every_other_heartbeat_is_answered() {
+        let beats: Vec<u64> = (0..10).map(|i| i * 200).collect();
+        let (acked, gap) = run(1000, &beats);
+        assert_eq!(acked, vec![0, 400, 800, 1200, 1600]);
+        assert_eq!(gap, 400);
+    }
+
+    #[test]
+    fn an_agent_without_a_bound_has_every_heartbeat_answered() {
+        let beats: Vec<u64> = (0..10).map(|i| i * 200).collect();
+        assert_eq!(run(0, &beats).0, beats);
+        // The tightest bound an agent may have (twice its interval): every one.
+        assert_eq!(run(400, &beats).0, beats);
+    }
+
+    #[test]
+    fn the_gap_stays_within_three_quarters_of_the_bound_whatever_the_timing() {
+        // The agent sends something (heartbeat, report, result) at most one
+        // interval after its last message; reports can come much closer.
+        // Over a grid of intervals and bounds, with pseudo-random spacing in
+        // (0, interval], the agent never waits more than bound / 4 plus one
+        // interval between two answers: at most 3/4 of its bound.
+        for interval in [50u64, 100, 200, 500] {
+            for stall in [2 * interval, 3 * interval, 5 * interval, 10 * interval] {
+                for seed in 0..50u64 {
+                    let mut x = seed;
+                    let mut t = 0;
+                    let mut arrivals = Vec::new();
+                    for _ in 0..500 {
+                        arrivals.push(t);
+                        x = x
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        t += 1 + (x >> 33) % interval;
+                    }
+                    let (acked, gap) = run(stall, &arrivals);
+                    assert!(acked.len() > 1);
+                    assert!(
+                        gap <= stall / 4 + interval && gap * 4 <= stall * 3,
+                        "interval {interval}, stall {stall}, seed {seed}: gap {gap}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -276,6 +276,7 @@ fn hello(server: &'static str) -> impl Strategy<Value = Hello> {
         role,
         agent_version: String::new(),
         highest_epoch: epoch,
+        stall_ms: 0,
     })
 }
 

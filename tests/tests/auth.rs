@@ -109,6 +109,7 @@ fn an_agent_certificate_cannot_report_or_fence_for_another_server() {
                     role: ServerRole::Backup as i32,
                     agent_version: "impostor".into(),
                     highest_epoch: 0,
+                    stall_ms: 0,
                 }),
                 Msg::Report(Report {
                     seq: 1,

@@ -4,8 +4,10 @@
 //! certificate per server) whose inventory holds `--pairs` pairs, then simulates
 //! their 2 × pairs agents from this process: each opens its own TLS connection
 //! and `AgentService.Session` stream (following redirects to the leader), says
-//! hello, heartbeats at the interval the controller asks for, sends a full
-//! report `--rate` times a second, and answers commands. Churn: every second,
+//! hello (with the agent's default stall bound, 1 s), heartbeats as the agent
+//! does (the interval the controller asks for, counted from its last message
+//! of any kind), sends a full report `--rate` times a second, and answers
+//! commands. Churn: every second,
 //! `--churn` × pairs backups start a resync (SyncTarget, out-of-sync bytes
 //! falling over three reports, then UpToDate again), so the pair goes
 //! `Healthy -> Rebuilding -> Healthy` through Raft.
@@ -160,6 +162,8 @@ struct Shared {
     welcomed: AtomicUsize,
     reports: AtomicU64,
     heartbeats: AtomicU64,
+    /// Heartbeat acknowledgements received.
+    acks: AtomicU64,
     commands: AtomicU64,
     /// Stop every agent (end of the run).
     stop: AtomicBool,
@@ -264,6 +268,7 @@ async fn agent(
                     } as i32,
                     agent_version: "bench-scale".into(),
                     highest_epoch: 0,
+                    stall_ms: 1000,
                 })),
             })
             .await;
@@ -351,6 +356,10 @@ async fn agent(
                                 }
                                 break;
                             }
+                            Some(Out::HeartbeatAck(_)) => {
+                                shared.acks.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
                             _ => continue,
                         },
                         _ => {
@@ -397,9 +406,15 @@ async fn agent(
                     Msg::Report(report(seq, sum))
                 }
             };
+            // As the agent does: a heartbeat is due a full interval after the
+            // last message of any kind (a report is a sign of life too).
+            let beat = matches!(msg, Msg::Heartbeat(_));
             if tx.send(AgentMessage { msg: Some(msg) }).await.is_err() {
                 pause = redial.after_failure();
                 break;
+            }
+            if !beat {
+                hb.reset();
             }
         }
     }
@@ -894,9 +909,10 @@ async fn main() {
     let (leader, pid, idx0) = run.leader_pid().await;
     let t0 = Instant::now();
     let (cpu0, self0) = (cpu_seconds(pid), cpu_seconds(self_pid));
-    let (rep0, hb0) = (
+    let (rep0, hb0, ack0) = (
         run.shared.reports.load(Ordering::Relaxed),
         run.shared.heartbeats.load(Ordering::Relaxed),
+        run.shared.acks.load(Ordering::Relaxed),
     );
     let mut rss = Vec::new();
     let mut cpu_max: f64 = 0.0;
@@ -944,6 +960,7 @@ async fn main() {
     let (leader2, _, idx1) = run.leader_pid().await;
     let reports = run.shared.reports.load(Ordering::Relaxed) - rep0;
     let heartbeats = run.shared.heartbeats.load(Ordering::Relaxed) - hb0;
+    let acks = run.shared.acks.load(Ordering::Relaxed) - ack0;
     let lat = run.shared.latencies.lock().unwrap().clone();
     // Operator commands, still under the agents' load (after the CPU window:
     // their plans would count in it otherwise).
@@ -1006,6 +1023,10 @@ async fn main() {
         "| agent messages sent | {:.0} reports/s, {:.0} heartbeats/s |",
         reports as f64 / wall,
         heartbeats as f64 / wall
+    );
+    println!(
+        "| heartbeat acknowledgements received | {:.0} /s |",
+        acks as f64 / wall
     );
     println!(
         "| Raft commits (applied entries) | {:.1} /s |",
