@@ -75,7 +75,7 @@ pub async fn run(
     handler: Arc<Handler>,
     probes: Arc<ProbeState>,
 ) {
-    let mut next = 0usize;
+    let mut next = first_controller(&cfg.server_id, cfg.controllers.len());
     let mut redirect_to: Option<String> = None;
     let mut redirects_in_a_row = 0u32;
     // A session that fails before the leader's Welcome may be a refused
@@ -138,6 +138,18 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Which of the `n` configured controllers this server dials first: spread
+/// over all of them by a hash of its id, not all on the first one, since any
+/// controller serves an agent session (a follower relays it to the leader,
+/// `controller/src/relay.rs`) and the connections are most of a node's load.
+fn first_controller(server_id: &str, n: usize) -> usize {
+    // FNV-1a: stable across builds and processes (std's hasher is not).
+    let h = server_id.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    });
+    (h % n.max(1) as u64) as usize
 }
 
 /// A refusal (this agent's certificate or its server) ends the session as
@@ -358,5 +370,28 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_controller;
+
+    #[test]
+    fn servers_spread_their_first_dial_over_the_controllers() {
+        let mut count = [0usize; 3];
+        for i in 0..3000 {
+            let id = format!("fs{i}-{}", if i % 2 == 0 { "a" } else { "b" });
+            let k = first_controller(&id, 3);
+            assert_eq!(k, first_controller(&id, 3), "stable");
+            count[k] += 1;
+        }
+        // Each controller gets about a third (1000 ± 15 %).
+        assert!(
+            count.iter().all(|&c| (850..=1150).contains(&c)),
+            "{count:?}"
+        );
+        assert_eq!(first_controller("fs1-a", 1), 0);
+        assert_eq!(first_controller("fs1-a", 0), 0);
     }
 }

@@ -10,12 +10,14 @@
 //! a `Hello` for another server, or a `FencePeer` request for another server,
 //! is refused with `PERMISSION_DENIED` before anything is recorded.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use understudy_proto::agent_message::Msg;
 use understudy_proto::agent_service_server::AgentService;
@@ -25,10 +27,11 @@ use understudy_proto::{
     Redirect, ServerRole, Welcome,
 };
 
-use crate::auth::Auth;
+use crate::auth::{Auth, Caller};
 use crate::leadership::LeaderView;
 use crate::liveness::{Liveness, SessionItem};
 use crate::raft::store::SharedState;
+use crate::relay::{NotRelayed, Relay};
 
 /// How long a new session may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,6 +46,8 @@ pub struct AgentGrpc {
     pub heartbeat_ms: u64,
     /// Who may report for which server.
     pub auth: Auth,
+    /// Relay sessions to the leader while a follower (`None`: redirect them).
+    pub relay: Option<Arc<Relay>>,
     next_session: AtomicU64,
 }
 
@@ -55,6 +60,7 @@ impl AgentGrpc {
         state: SharedState,
         heartbeat_ms: u64,
         auth: Auth,
+        relay: Option<Arc<Relay>>,
     ) -> Self {
         Self {
             raft,
@@ -64,6 +70,7 @@ impl AgentGrpc {
             state,
             heartbeat_ms,
             auth,
+            relay,
             next_session: AtomicU64::new(1),
         }
     }
@@ -177,10 +184,8 @@ pub fn redirect(view: &LeaderView, reason: &str) -> ControllerMessage {
 
 #[tonic::async_trait]
 impl AgentService for AgentGrpc {
-    type SessionStream = tokio_stream::adapters::Map<
-        ReceiverStream<SessionItem>,
-        fn(SessionItem) -> Result<ControllerMessage, Status>,
-    >;
+    type SessionStream =
+        Pin<Box<dyn Stream<Item = Result<ControllerMessage, Status>> + Send + 'static>>;
 
     async fn fence_peer(
         &self,
@@ -202,14 +207,18 @@ impl AgentService for AgentGrpc {
         req: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let caller = self.auth.caller(&req)?;
-        if !matches!(
-            caller,
-            crate::auth::Caller::Agent { .. } | crate::auth::Caller::Insecure
-        ) {
-            return Err(Status::permission_denied(format!(
-                "{} may not open an agent session; agents use certificates from `understudyctl certs issue --agent SERVER_ID`",
-                caller.identity()
-            )));
+        let relayed_by = crate::relay::relayed_by(&req);
+        match (&caller, relayed_by) {
+            (Caller::Agent { .. } | Caller::Insecure, _) => {}
+            // A follower relaying an agent's session: it checked the agent's
+            // certificate (below) before it opened this one.
+            (Caller::Peer { node_id }, Some(via)) if *node_id == via => {}
+            _ => {
+                return Err(Status::permission_denied(format!(
+                    "{} may not open an agent session; agents use certificates from `understudyctl certs issue --agent SERVER_ID`",
+                    caller.identity()
+                )))
+            }
         }
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
@@ -221,12 +230,37 @@ impl AgentService for AgentGrpc {
         };
         // The certificate decides which server this agent speaks for: nothing
         // of a Hello for another server is recorded.
-        Auth::agent_allowed(&caller, &hello.server_id).inspect_err(|e| {
-            tracing::warn!(error = %e.message(), "agent session refused");
-        })?;
+        if !matches!(caller, Caller::Peer { .. }) {
+            Auth::agent_allowed(&caller, &hello.server_id).inspect_err(|e| {
+                tracing::warn!(error = %e.message(), "agent session refused");
+            })?;
+        }
         let (tx, rx) = mpsc::channel(64);
         let view = self.leader.borrow().clone();
         if !view.is_leader {
+            // Relay it to the leader if this node knows another one (and the
+            // session is not relayed already), else redirect the agent.
+            if let (Some(relay), None, Some(addr), true) = (
+                &self.relay,
+                relayed_by,
+                view.leader_addr.as_ref(),
+                view.leader_id.is_some_and(|l| l != self.node_id),
+            ) {
+                let server = hello.server_id.clone();
+                let first = AgentMessage {
+                    msg: Some(Msg::Hello(hello)),
+                };
+                match relay.open(addr, first, inbound).await {
+                    Ok(up) => {
+                        tracing::debug!(server = %server, leader = %addr, "agent session relayed to the leader");
+                        return Ok(Response::new(Box::pin(up)));
+                    }
+                    Err(NotRelayed::Refused(st)) => return Err(st),
+                    Err(NotRelayed::Unreachable(why)) => {
+                        tracing::info!(server = %server, reason = %why, "agent session not relayed: redirecting the agent to the leader");
+                    }
+                }
+            }
             let _ = tx
                 .send(Box::new(Ok(redirect(
                     &view,
@@ -238,7 +272,7 @@ impl AgentService for AgentGrpc {
         self.check_hello(&hello)?;
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let server_id = hello.server_id.clone();
-        tracing::info!(server = %server_id, pair = %hello.pair_id, session, "agent connected");
+        tracing::info!(server = %server_id, pair = %hello.pair_id, session, relayed_by, "agent connected");
         let _ = tx
             .send(Box::new(Ok(ControllerMessage {
                 msg: Some(Out::Welcome(Welcome {
@@ -304,7 +338,7 @@ impl AgentService for AgentGrpc {
 /// The agent's side of its session: the boxed messages unboxed.
 fn session_stream(rx: mpsc::Receiver<SessionItem>) -> <AgentGrpc as AgentService>::SessionStream {
     use tokio_stream::StreamExt;
-    ReceiverStream::new(rx).map((|m| *m) as fn(SessionItem) -> Result<ControllerMessage, Status>)
+    Box::pin(ReceiverStream::new(rx).map(|m| *m))
 }
 
 #[cfg(test)]

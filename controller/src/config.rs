@@ -151,6 +151,26 @@ pub struct ControllerConfig {
     /// switchover they call for (`crate::signals`).
     #[serde(default)]
     pub signals: crate::signals::SignalsConfig,
+    /// `[agents]`: how agent sessions reach the leader.
+    #[serde(default)]
+    pub agents: AgentsConfig,
+}
+
+/// `[agents]`: how agent sessions reach the leader.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentsConfig {
+    /// A follower relays the sessions of agents that dial it to the leader,
+    /// over its one connection to the leader (`crate::relay`), instead of
+    /// redirecting them: the leader then holds a connection per follower, not
+    /// one per agent. `false`: followers redirect every agent to the leader.
+    pub relay: bool,
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        Self { relay: true }
+    }
 }
 
 /// Which cloud backend fences and moves the client IP.

@@ -12,6 +12,8 @@
 //!   that the service modules depend on instead of `node`;
 //! - `detector`, `failover`: the pure failure detector and the plan executor;
 //! - `agents`, `operator`: the agent-session and operator gRPC services;
+//! - `relay`: a follower's relay of the agent sessions it is dialled on to the
+//!   leader (one connection to the leader instead of one per agent);
 //! - `fence_peer`: DRBD fence-peer requests from a Primary's handler (S1);
 //! - `fence`: S3, the fence of an old primary through a cloud (no Raft needed);
 //! - `probe`: the leader's direct UDP liveness probes to agents;
@@ -51,6 +53,7 @@ pub mod preflight;
 pub mod probe;
 pub mod raft;
 pub mod redundancy;
+pub mod relay;
 pub mod resync;
 pub mod signals;
 pub mod state;

@@ -83,6 +83,10 @@ pub async fn run(
         path: "timing".into(),
         reason: e.to_string(),
     })?;
+    let relay = cfg
+        .agents
+        .relay
+        .then(|| Arc::new(crate::relay::Relay::new(cfg.node_id, client_tls.clone())));
     let network = Network { tls: client_tls };
     // Raft's core, its replication streams (the clients dialled to the peers)
     // and the state machine run on a runtime of their own, on threads of their own:
@@ -161,6 +165,7 @@ pub async fn run(
         shared.clone(),
         cfg.timing.agent_heartbeat_ms,
         auth.clone(),
+        relay,
     );
     let operator = Arc::new(OperatorGrpc {
         raft: raft.clone(),

@@ -582,3 +582,124 @@ fn vote_with_term(term: u64) -> RaftMessage {
         data: serde_json::to_vec(&req).unwrap(),
     }
 }
+
+/// Open an agent session at `addr` with `tls`, saying hello as `server`;
+/// `relayed_by` adds the relay header a follower sets.
+async fn open_session(
+    addr: &str,
+    tls: &ClientTls,
+    server: &str,
+    relayed_by: Option<u64>,
+) -> (
+    tokio::sync::mpsc::Sender<AgentMessage>,
+    Result<tonic::Streaming<understudy_proto::ControllerMessage>, tonic::Status>,
+) {
+    let ch = channel(addr, Duration::from_secs(2), Some(tls)).unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(AgentMessage {
+        msg: Some(Msg::Hello(Hello {
+            server_id: server.into(),
+            pair_id: "fs1".into(),
+            role: ServerRole::Backup as i32,
+            agent_version: "test".into(),
+            highest_epoch: 0,
+            stall_ms: 0,
+        })),
+    })
+    .await
+    .unwrap();
+    let mut req = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(id) = relayed_by {
+        req.metadata_mut().insert(
+            understudy_controller::relay::RELAYED_BY,
+            id.to_string().parse().unwrap(),
+        );
+    }
+    let r = AgentServiceClient::new(ch).session(req).await;
+    (tx, r.map(|r| r.into_inner()))
+}
+
+#[test]
+fn a_follower_relays_an_agent_session_to_the_leader_but_never_a_relayed_one() {
+    use understudy_proto::controller_message::Msg as Out;
+    let mut c = Cluster::start(3);
+    let _logs = c.keep_logs_on_panic();
+    let s = c.wait_status("pair healthy", Duration::from_secs(60), pair_healthy);
+    let leader = Cluster::leader_index(&s).expect("a leader");
+    let (follower, other) = ((leader + 1) % 3, (leader + 2) % 3);
+    // fs1-b's own agent stops: the session below is then fs1-b's only one.
+    c.hosts[1].agent.take().expect("fs1-b's agent").kill();
+    c.wait_status("fs1-b's agent gone", Duration::from_secs(10), |s| {
+        server(s, "fs1", "fs1-b")["connected"] == false
+    });
+    let pki = pki(&c).clone();
+    let agent = client(&pki, Some(&issued(&pki, "agent-fs1-b")));
+    let addrs = c.controllers.addrs.clone();
+    // One runtime for the whole test: the channels' tasks live on it.
+    let rt = rt();
+    let (tx, inbound) = rt.block_on(open_session(&addrs[follower], &agent, "fs1-b", None));
+    let mut inbound = inbound.expect("the follower takes the session");
+    // The leader's Welcome comes back through the follower, and the leader
+    // acknowledges a heartbeat (every one: this hello gave no stall bound).
+    rt.block_on(async {
+        match inbound.message().await.unwrap().and_then(|m| m.msg) {
+            Some(Out::Welcome(w)) => assert_eq!(w.node_id, leader as u64 + 1, "{w:?}"),
+            other => panic!("expected the leader's Welcome, got {other:?}"),
+        }
+        tx.send(AgentMessage {
+            msg: Some(Msg::Heartbeat(understudy_proto::Heartbeat {
+                seq: 7,
+                sent_at_unix_ms: 1,
+            })),
+        })
+        .await
+        .unwrap();
+        match inbound.message().await.unwrap().and_then(|m| m.msg) {
+            Some(Out::HeartbeatAck(a)) => assert_eq!(a.seq, 7),
+            other => panic!("expected the acknowledgement, got {other:?}"),
+        }
+    });
+    // The leader holds the session, relayed by the follower.
+    c.wait_status(
+        "fs1-b connected through the follower",
+        Duration::from_secs(5),
+        |s| server(s, "fs1", "fs1-b")["connected"] == true,
+    );
+    let log = c.dir.path().join(format!("controller-{}.log", leader + 1));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.lines().any(|l| l.contains("agent connected")
+            && l.contains("fs1-b")
+            && l.contains(&format!("relayed_by={}", follower + 1))),
+        "{}",
+        log.display()
+    );
+    // The agent's stream ends: the relayed session closes on the leader.
+    // (Inside the runtime, which runs the connection's tasks only there.)
+    rt.block_on(async {
+        drop(tx);
+        drop(inbound);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    });
+    c.wait_status("fs1-b disconnected again", Duration::from_secs(5), |s| {
+        server(s, "fs1", "fs1-b")["connected"] == false
+    });
+
+    // A controller's certificate opens no session of its own at the leader,
+    // and a session already relayed is redirected, never relayed again.
+    let peer = client(
+        &pki,
+        Some(&issued(&pki, &format!("controller-{}", follower + 1))),
+    );
+    rt.block_on(async {
+        let (_tx, r) = open_session(&addrs[leader], &peer, "fs1-b", None).await;
+        let e = r.expect_err("a controller is not an agent");
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+        let (_tx, r) = open_session(&addrs[other], &peer, "fs1-b", Some(follower as u64 + 1)).await;
+        let mut inbound = r.expect("answered");
+        match inbound.message().await.unwrap().and_then(|m| m.msg) {
+            Some(Out::Redirect(r)) => assert_eq!(r.leader_id, Some(leader as u64 + 1)),
+            other => panic!("expected a redirect, got {other:?}"),
+        }
+    });
+}

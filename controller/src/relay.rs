@@ -1,0 +1,130 @@
+//! A follower's relay of agent sessions to the leader.
+//!
+//! An agent may dial any controller. The leader serves its session itself; a
+//! follower that knows the leader opens the same `AgentService.Session` on the
+//! leader for it, over the follower's one connection to the leader (HTTP/2
+//! streams share it), and pipes both directions unchanged: the agent's `Hello`,
+//! reports, heartbeats and command results up, the leader's `Welcome`,
+//! acknowledgements, commands and redirects down. The leader therefore holds
+//! one connection per follower, not one per agent: at thousands of agents the
+//! TLS and HTTP/2 state of their connections was most of the leader's memory
+//! and its `write` calls most of its CPU (ARCHITECTURE.md, Scale), and now
+//! the followers carry two thirds of it.
+//!
+//! Nothing about the session changes meaning: the leader decides, records and
+//! acknowledges as for a direct session, so the agent's stall detection still
+//! measures the whole path to the leader, and a leader that loses its
+//! leadership redirects relayed sessions like direct ones. The follower issues
+//! nothing of its own (S6): it forwards what the leader sent on the stream the
+//! leader answered. A relayed request carries [`RELAYED_BY`]; a node never relays
+//! one again (no loops when followers disagree about who leads), and the leader
+//! accepts a session from a controller's certificate only with it, the
+//! follower having checked the agent's own certificate first.
+//!
+//! When the leader cannot be reached through the follower (no connection, no
+//! answer within [`OPEN_TIMEOUT`]), the agent is redirected to it instead, as
+//! without the relay.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status, Streaming};
+use understudy_proto::agent_service_client::AgentServiceClient;
+use understudy_proto::{AgentMessage, ControllerMessage};
+use understudy_tls::ClientTls;
+
+/// Request metadata naming the follower that relays a session.
+pub const RELAYED_BY: &str = "understudy-relayed-by";
+
+/// How long a follower waits for the leader to take a relayed session before
+/// it redirects the agent instead (the agent waits 2 s for an answer).
+pub const OPEN_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// The follower's side: one lazily connected channel to the current leader.
+pub struct Relay {
+    node_id: u64,
+    tls: Option<ClientTls>,
+    leader: Mutex<Option<(String, AgentServiceClient<Channel>)>>,
+}
+
+/// Why a session could not be relayed.
+pub enum NotRelayed {
+    /// The leader did not take it (unreachable, no answer): redirect the agent.
+    Unreachable(String),
+    /// The leader answered with a refusal: pass it on to the agent.
+    Refused(Status),
+}
+
+impl Relay {
+    pub fn new(node_id: u64, tls: Option<ClientTls>) -> Self {
+        Self {
+            node_id,
+            tls,
+            leader: Mutex::new(None),
+        }
+    }
+
+    /// The client for `addr`, reusing the connection while the leader stays.
+    fn client(&self, addr: &str) -> Result<AgentServiceClient<Channel>, String> {
+        let mut l = self.leader.lock().expect("relay lock");
+        if let Some((a, c)) = l.as_ref() {
+            if a == addr {
+                return Ok(c.clone());
+            }
+        }
+        let ch = crate::raft::network::channel(addr, Duration::from_millis(500), self.tls.as_ref())
+            .map_err(|e| e.to_string())?;
+        let c = AgentServiceClient::new(ch).max_decoding_message_size(16 << 20);
+        *l = Some((addr.to_string(), c.clone()));
+        Ok(c)
+    }
+
+    /// Open `hello`'s session on the leader at `addr` and pipe the agent's
+    /// `inbound` messages to it; the stream returned is the leader's answer.
+    pub async fn open(
+        &self,
+        addr: &str,
+        hello: AgentMessage,
+        inbound: Streaming<AgentMessage>,
+    ) -> Result<Streaming<ControllerMessage>, NotRelayed> {
+        let mut client = self.client(addr).map_err(NotRelayed::Unreachable)?;
+        // The agent's messages until its stream ends or breaks; then the
+        // upstream request ends too and the leader closes the session.
+        let up = tokio_stream::once(hello).chain(inbound.map_while(Result::ok));
+        let mut req = Request::new(up);
+        req.metadata_mut().insert(
+            RELAYED_BY,
+            self.node_id.to_string().parse().expect("a number is ASCII"),
+        );
+        match tokio::time::timeout(OPEN_TIMEOUT, client.session(req)).await {
+            Err(_) => Err(NotRelayed::Unreachable(format!(
+                "the leader at {addr} did not answer within {} ms",
+                OPEN_TIMEOUT.as_millis()
+            ))),
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(st)) if transport(&st) => Err(NotRelayed::Unreachable(format!(
+                "the leader at {addr}: {}",
+                understudy_tls::error_chain(&st)
+            ))),
+            Ok(Err(st)) => Err(NotRelayed::Refused(st)),
+        }
+    }
+}
+
+/// A status that says the leader was not reached (rather than that it refused).
+fn transport(st: &Status) -> bool {
+    matches!(
+        st.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+    )
+}
+
+/// The follower that relays this request, if it is relayed.
+pub fn relayed_by<T>(req: &Request<T>) -> Option<u64> {
+    req.metadata()
+        .get(RELAYED_BY)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
