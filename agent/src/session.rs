@@ -1,7 +1,10 @@
 //! The agent's session with the controller leader.
 //!
-//! The agent dials the configured controllers in turn, says `Hello`, and follows a
-//! `Redirect` straight to the leader. While the session lasts it sends a `Report`
+//! The agent dials the configured controllers in turn (starting with one chosen
+//! by a hash of its server id), says `Hello`, and is served by the leader: directly,
+//! or through the follower it dialled, which relays the session to the leader
+//! (`controller/src/relay.rs`); a `Redirect` (a follower that cannot relay)
+//! it follows straight to the leader. While the session lasts it sends a `Report`
 //! whenever what it observes changes and a `Heartbeat` every interval the leader
 //! asked for. A broken stream (leader killed), a silent one (leader frozen: HTTP/2
 //! keepalive notices within about 2 s) or a redirect (leadership moved) ends the

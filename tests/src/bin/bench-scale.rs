@@ -4,7 +4,7 @@
 //! certificate per server) whose inventory holds `--pairs` pairs, then simulates
 //! their 2 × pairs agents from this process: each opens its own TLS connection
 //! and `AgentService.Session` stream (following redirects to the leader), says
-//! hello (with the agent's default stall bound, 1 s), heartbeats as the agent
+//! hello (with the agent's default stall bound, 5 heartbeats), heartbeats as the agent
 //! does (the interval the controller asks for, counted from its last message
 //! of any kind), sends a full report `--rate` times a second, and answers
 //! commands. Churn: every second,
@@ -219,6 +219,7 @@ async fn agent(
     sim: Arc<PairSim>,
     shared: Arc<Shared>,
     dial: Arc<Semaphore>,
+    stall_ms: u64,
 ) {
     let id = server_id(i, backup);
     let mut addr = addrs[i % addrs.len()].clone();
@@ -268,7 +269,7 @@ async fn agent(
                     } as i32,
                     agent_version: "bench-scale".into(),
                     highest_epoch: 0,
-                    stall_ms: 1000,
+                    stall_ms,
                 })),
             })
             .await;
@@ -704,6 +705,8 @@ impl Run {
                 sims[i].clone(),
                 shared.clone(),
                 dial.clone(),
+                // The agent's default bound is 5 heartbeats (1 s at 200 ms).
+                5 * heartbeat_ms,
             ));
         }
         let run = Run {
@@ -915,6 +918,13 @@ async fn main() {
         run.shared.acks.load(Ordering::Relaxed),
     );
     let mut rss = Vec::new();
+    // The followers too: they carry the agent connections they relay.
+    let followers: Vec<i32> = (0..run.procs.len())
+        .filter(|&k| k as u64 + 1 != leader)
+        .map(|k| run.procs[k].pid())
+        .collect();
+    let fcpu0: Vec<f64> = followers.iter().map(|&p| cpu_seconds(p)).collect();
+    let mut frss: Vec<f64> = Vec::new();
     let mut cpu_max: f64 = 0.0;
     let mut kills = Vec::new();
     let kill_every = args.duration as f64 / (args.kills as f64 + 1.0);
@@ -953,9 +963,15 @@ async fn main() {
         cpu_max = cpu_max.max((c - last.1) / (now - last.0).as_secs_f64());
         last = (now, c);
         rss.push(rss_mb(pid));
+        frss.extend(followers.iter().map(|&p| rss_mb(p)));
     }
     let wall = t0.elapsed().as_secs_f64();
     let cpu = (cpu_seconds(pid) - cpu0) / wall;
+    let fcpu: Vec<f64> = followers
+        .iter()
+        .zip(&fcpu0)
+        .map(|(&p, c0)| (cpu_seconds(p) - c0) / wall)
+        .collect();
     let self_cpu = (cpu_seconds(self_pid) - self0) / wall;
     let (leader2, _, idx1) = run.leader_pid().await;
     let reports = run.shared.reports.load(Ordering::Relaxed) - rep0;
@@ -1018,6 +1034,14 @@ async fn main() {
     println!("| leader CPU (user+sys), average | {cpu:.2} core |");
     println!("| leader CPU, busiest second | {cpu_max:.2} core |");
     println!("| leader resident memory, average / max | {rss_avg:.0} / {rss_max:.0} MB |");
+    println!(
+        "| each follower (relaying the sessions of agents that dial it): CPU average, RSS max | {} core, {:.0} MB |",
+        fcpu.iter()
+            .map(|c| format!("{c:.2}"))
+            .collect::<Vec<_>>()
+            .join(" / "),
+        frss.iter().cloned().fold(0.0, f64::max)
+    );
     println!("| load generator's own CPU (apart) | {self_cpu:.2} core |");
     println!(
         "| agent messages sent | {:.0} reports/s, {:.0} heartbeats/s |",
