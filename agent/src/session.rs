@@ -30,6 +30,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
 use understudy_proto::agent_message::Msg;
 use understudy_proto::agent_service_client::AgentServiceClient;
 use understudy_proto::controller_message::Msg as In;
@@ -85,6 +86,9 @@ pub async fn run(
     // certificate that TLS 1.3 reports as a reset: probe now and then, and say so.
     let diagnosis = understudy_tls::Diagnosis::new(Duration::from_secs(10));
     let mut redial = Redial::new();
+    // The connection of the last session that ended with a redirect (it
+    // works): the next session to the same controller uses it, no handshake.
+    let mut kept: Option<(String, Channel)> = None;
     loop {
         let addr = match redirect_to.take() {
             Some(a) => a,
@@ -94,7 +98,10 @@ pub async fn run(
                 a
             }
         };
-        let mut welcomed = false;
+        let mut out = Outcome {
+            channel: kept.take().filter(|(a, _)| *a == addr).map(|(_, c)| c),
+            ..Outcome::default()
+        };
         let ended = session(
             &cfg,
             tls.as_ref(),
@@ -103,13 +110,28 @@ pub async fn run(
             drbd.clone(),
             handler.clone(),
             &probes,
-            &mut welcomed,
+            &mut out,
         )
         .await;
-        if welcomed || matches!(ended, Ended::Redirect(_)) {
+        if out.welcomed || matches!(ended, Ended::Redirect(_)) {
             redial.answered();
         }
+        if matches!(ended, Ended::Redirect(_)) {
+            kept = out.channel.map(|c| (addr.clone(), c));
+        }
         match ended {
+            // A follower relayed this session and the leader behind it moved
+            // or went: the follower relays the next one to whichever leader it
+            // knows, over the same connection (thousands of agents do not
+            // handshake again with the new leader). If it cannot, it redirects.
+            Ended::Redirect(to) if out.relayed && redirects_in_a_row < 5 => {
+                tracing::info!(via = %addr, leader = ?to, "the leader moved: opening a new session through the same controller");
+                redirects_in_a_row += 1;
+                if to.is_none() {
+                    tokio::time::sleep(redial.awaiting_leader()).await;
+                }
+                redirect_to = Some(addr);
+            }
             Ended::Redirect(Some(leader)) if redirects_in_a_row < 5 => {
                 tracing::info!(from = %addr, to = %leader, "following the controller leader");
                 redirects_in_a_row += 1;
@@ -170,8 +192,20 @@ fn refused_or_broken(st: &tonic::Status, broken: impl Fn(String) -> Ended) -> En
     }
 }
 
-/// One session: dial `addr`, say `Hello`, and serve until it ends; `welcomed`
-/// is set once the leader answered (the streak of failed dials is over).
+/// What a session leaves behind besides how it ended.
+#[derive(Default)]
+struct Outcome {
+    /// The connection to use (in: one kept from the last session to this
+    /// controller, if any; out: the one this session used).
+    channel: Option<Channel>,
+    /// The leader answered (the streak of failed dials is over).
+    welcomed: bool,
+    /// Through a follower that relayed the session (`Welcome.relayed_by`).
+    relayed: bool,
+}
+
+/// One session: dial `addr` (or use the connection in `out`), say `Hello`,
+/// and serve until it ends.
 #[allow(clippy::too_many_arguments)]
 async fn session(
     cfg: &AgentConfig,
@@ -181,7 +215,7 @@ async fn session(
     mut drbd: watch::Receiver<DrbdStatus>,
     handler: Arc<Handler>,
     probes: &ProbeState,
-    welcomed: &mut bool,
+    out: &mut Outcome,
 ) -> Ended {
     let mut host = handler.host_status();
     let highest_epoch = handler.token().epoch;
@@ -207,18 +241,23 @@ async fn session(
             .keep_alive_while_idle(true),
         Err(e) => return Ended::Refused(e.to_string()),
     };
-    let channel = match endpoint.connect().await {
-        Ok(c) => c,
-        Err(e) => match understudy_tls::auth_failure(&e) {
-            Some(why) => return Ended::Refused(why),
-            None => {
-                if let Some(t) = tls {
-                    diagnosis.after_failure(addr, t, Some(&e), "agent session");
+    let kept_connection = out.channel.is_some();
+    let channel = match out.channel.take() {
+        Some(c) => c,
+        None => match endpoint.connect().await {
+            Ok(c) => c,
+            Err(e) => match understudy_tls::auth_failure(&e) {
+                Some(why) => return Ended::Refused(why),
+                None => {
+                    if let Some(t) = tls {
+                        diagnosis.after_failure(addr, t, Some(&e), "agent session");
+                    }
+                    return broken(format!("connect: {}", understudy_tls::error_chain(&e)));
                 }
-                return broken(format!("connect: {}", understudy_tls::error_chain(&e)));
-            }
+            },
         },
     };
+    out.channel = Some(channel.clone());
     let mut client = AgentServiceClient::new(channel);
     let (tx, rx) = mpsc::channel::<AgentMessage>(32);
     let hello = Hello {
@@ -259,8 +298,9 @@ async fn session(
             _ => return broken("unexpected first message from the controller".into()),
         },
     };
-    tracing::info!(controller = %addr, node = welcome.node_id, term = welcome.raft_term, "session open with the controller leader");
-    *welcomed = true;
+    tracing::info!(controller = %addr, node = welcome.node_id, term = welcome.raft_term, relayed_by = welcome.relayed_by, kept_connection, "session open with the controller leader");
+    out.welcomed = true;
+    out.relayed = welcome.relayed_by != 0;
     probes.heard_controller(unix_ms());
     // Stall detection starts with the leader's first heartbeat acknowledgement
     // (a leader of an older version never sends one).

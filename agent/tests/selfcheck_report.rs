@@ -55,6 +55,7 @@ impl AgentService for FakeLeader {
                 node_id: 1,
                 raft_term: 1,
                 heartbeat_interval_ms: 200,
+                relayed_by: 0,
             })),
         }))
         .await

@@ -253,7 +253,7 @@ impl AgentService for AgentGrpc {
                 match relay.open(addr, first, inbound).await {
                     Ok(up) => {
                         tracing::debug!(server = %server, leader = %addr, "agent session relayed to the leader");
-                        return Ok(Response::new(Box::pin(up)));
+                        return Ok(Response::new(Box::pin(crate::relay::downstream(up))));
                     }
                     Err(NotRelayed::Refused(st)) => return Err(st),
                     Err(NotRelayed::Unreachable(why)) => {
@@ -279,6 +279,7 @@ impl AgentService for AgentGrpc {
                     node_id: self.node_id,
                     raft_term: view.term,
                     heartbeat_interval_ms: self.heartbeat_ms,
+                    relayed_by: relayed_by.unwrap_or(0),
                 })),
             })))
             .await;

@@ -23,16 +23,22 @@
 //!
 //! When the leader cannot be reached through the follower (no connection, no
 //! answer within [`OPEN_TIMEOUT`]), the agent is redirected to it instead, as
-//! without the relay.
+//! without the relay. When the leader's connection breaks under a relayed
+//! session, the agent gets a `Redirect` naming no leader ([`downstream`]), and
+//! since its `Welcome` said the session was relayed (`relayed_by`), it opens
+//! the next one through the same follower, on its connection: after an
+//! election only the agents that were connected to the old leader itself
+//! handshake again.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio_stream::StreamExt;
+use tokio_stream::{Stream, StreamExt};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status, Streaming};
 use understudy_proto::agent_service_client::AgentServiceClient;
-use understudy_proto::{AgentMessage, ControllerMessage};
+use understudy_proto::controller_message::Msg as Out;
+use understudy_proto::{AgentMessage, ControllerMessage, Redirect};
 use understudy_tls::ClientTls;
 
 /// Request metadata naming the follower that relays a session.
@@ -104,20 +110,45 @@ impl Relay {
                 OPEN_TIMEOUT.as_millis()
             ))),
             Ok(Ok(r)) => Ok(r.into_inner()),
-            Ok(Err(st)) if transport(&st) => Err(NotRelayed::Unreachable(format!(
+            Ok(Err(st)) if refusal(&st) => Err(NotRelayed::Refused(st)),
+            Ok(Err(st)) => Err(NotRelayed::Unreachable(format!(
                 "the leader at {addr}: {}",
                 understudy_tls::error_chain(&st)
             ))),
-            Ok(Err(st)) => Err(NotRelayed::Refused(st)),
         }
     }
 }
 
-/// A status that says the leader was not reached (rather than that it refused).
-fn transport(st: &Status) -> bool {
+/// The agent's side of a relayed session: the leader's messages as they come.
+/// When the connection to the leader breaks (the leader died, or this node lost
+/// it), the agent gets a `Redirect` naming no leader instead of an error: it
+/// opens its next session through this follower again, on the connection it
+/// has, and this follower relays it to the next leader once it knows it.
+pub fn downstream(
+    up: Streaming<ControllerMessage>,
+) -> impl Stream<Item = Result<ControllerMessage, Status>> + Send + 'static {
+    up.map(|m| match m {
+        Err(st) if !refusal(&st) => Ok(ControllerMessage {
+            msg: Some(Out::Redirect(Redirect {
+                leader_id: None,
+                leader_addr: String::new(),
+                reason: format!(
+                    "the connection to the leader broke: {}",
+                    understudy_tls::error_chain(&st)
+                ),
+            })),
+        }),
+        other => other,
+    })
+}
+
+/// A status the leader's session sends on purpose (a refused certificate,
+/// server or message), passed on to the agent as it is; any other (reset,
+/// unavailable, an HTTP/2 error) says the leader was not reached or lost.
+fn refusal(st: &Status) -> bool {
     matches!(
         st.code(),
-        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+        Code::PermissionDenied | Code::Unauthenticated | Code::InvalidArgument
     )
 }
 

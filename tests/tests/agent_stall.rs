@@ -66,6 +66,7 @@ impl AgentService for FakeLeader {
                 node_id: 1,
                 raft_term: 1,
                 heartbeat_interval_ms: 100,
+                relayed_by: 0,
             })),
         }))
         .await

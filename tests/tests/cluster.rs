@@ -117,3 +117,81 @@ fn inventory_and_pair_state_survive_a_restart_of_all_controllers() {
         pair_healthy,
     );
 }
+
+#[test]
+fn an_agent_relayed_by_a_follower_keeps_its_connection_when_the_leader_dies() {
+    let mut c = Cluster::start(3);
+    let _logs = c.keep_logs_on_panic();
+    let s = c.wait_status("pair healthy", SETTLE, pair_healthy);
+    let old = Cluster::leader_index(&s).expect("a leader");
+    let follower = (old + 1) % 3;
+    // fs1-b's agent knows only the follower: its session is relayed.
+    let b = &mut c.hosts[1];
+    b.agent.take().expect("fs1-b's agent").kill();
+    let cfg = std::fs::read_to_string(&b.agent_config).unwrap();
+    let cfg: String = cfg
+        .lines()
+        .map(|l| {
+            if l.starts_with("controllers") {
+                format!("controllers = [\"{}\"]", c.controllers.addrs[follower])
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&b.agent_config, cfg).unwrap();
+    let log = b.dir.join("agent.log");
+    let _ = std::fs::remove_file(&log);
+    b.start_agent();
+    let relayed = format!("relayed_by={}", follower + 1);
+    understudy_tests::wait_for(
+        "fs1-b's session relayed by the follower",
+        Duration::from_secs(15),
+        || {
+            std::fs::read_to_string(&log)
+                .is_ok_and(|t| {
+                    t.lines()
+                        .any(|l| l.contains("session open") && l.contains(&relayed))
+                })
+                .then_some(())
+        },
+    );
+    c.wait_status("pair healthy again", SETTLE, pair_healthy);
+
+    c.kill_controller(old);
+    c.wait_status(
+        "a new leader, fs1-b reporting to it",
+        Duration::from_secs(15),
+        |s| {
+            Cluster::leader_index(s).is_some_and(|l| l != old)
+                && server(s, "fs1", "fs1-b")["connected"] == true
+                && server(s, "fs1", "fs1-b")["last_report_age_ms"]
+                    .as_u64()
+                    .is_some_and(|a| a < 2000)
+        },
+    );
+    // The follower told the agent that the leader went; the agent opened its
+    // next session through it, on the connection it had: no new handshake.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let after: Vec<&str> = text
+        .lines()
+        .skip_while(|l| {
+            !l.contains("the leader moved: opening a new session through the same controller")
+        })
+        .collect();
+    assert!(
+        !after.is_empty(),
+        "no relayed redirect in {}",
+        log.display()
+    );
+    let reopened = after
+        .iter()
+        .find(|l| l.contains("session open"))
+        .unwrap_or_else(|| panic!("no session after the redirect in {}", log.display()));
+    assert!(reopened.contains("kept_connection=true"), "{reopened}");
+    assert!(
+        reopened.contains(&format!("controller={}", c.controllers.addrs[follower])),
+        "{reopened}"
+    );
+}

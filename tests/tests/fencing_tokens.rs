@@ -54,6 +54,7 @@ impl AgentService for FakeController {
                 node_id: 1,
                 raft_term: 9,
                 heartbeat_interval_ms: 200,
+                relayed_by: 0,
             })),
         }))
         .await
