@@ -299,6 +299,65 @@ pub struct Witnesses {
     pub evidence: String,
 }
 
+/// The longest the leader's loop may leave a pair unexamined when nothing new
+/// is heard from its agents, because time alone cannot change what it decides
+/// before then: the pair is `Healthy` with nothing in flight or on a clock (no
+/// plan, outdated mark, scheduled switchover, maintenance window, hold-off,
+/// spare, rebuild or retired server to terminate), the decision is `Nothing`,
+/// both agents are connected with their DRBD peer connected, and the silence
+/// of each is below the detector's bounds by a margin. `None`: examine it on
+/// every tick. At most `cap`. Any report, connect or disconnect of its agents
+/// wakes the pair anyway (`Liveness::take_changed`); this only saves the
+/// ticks, which at thousands of pairs were a third of the leader's CPU
+/// (ARCHITECTURE.md, Scale).
+pub fn calm_for(
+    pair: &PairRecord,
+    serving: &AgentView,
+    standby: &AgentView,
+    action: &Action,
+    cfg: &DetectorConfig,
+    cap: std::time::Duration,
+) -> Option<std::time::Duration> {
+    if *action != Action::Nothing || !settled(pair, cfg) {
+        return None;
+    }
+    // The first silence bound any rule applies to agents whose peer is
+    // connected: one agent unreachable, or the serving one silent (S2).
+    let bound = cfg.agent_timeout_ms.min(cfg.primary_silence_ms);
+    let mut silent = 0;
+    for v in [serving, standby] {
+        if !v.connected || v.peer_lost_ms.is_some() {
+            return None;
+        }
+        silent = silent.max(v.silent_ms?);
+    }
+    // Looked at again well before the silence can reach the bound (the
+    // loop's tick is 50 ms; two of them spare).
+    let margin = bound.checked_sub(silent + CALM_SPARE_MS)?;
+    (margin >= CALM_SPARE_MS).then(|| std::time::Duration::from_millis(margin).min(cap))
+}
+
+/// The record's half of [`calm_for`]: `Healthy` with nothing in flight or on a
+/// clock. The leader's loop checks it again before it skips a calm pair, so
+/// a record changed since (an operator's switchover, pause, maintenance
+/// window) is looked at on the next tick.
+pub fn settled(pair: &PairRecord, cfg: &DetectorConfig) -> bool {
+    let r = &pair.redundancy;
+    pair.state == PairState::Healthy
+        && pair.failover.is_none()
+        && pair.outdated.is_none()
+        && pair.ops.scheduled.is_none()
+        && pair.ops.maintenance.is_none()
+        && !crate::holdoff::running(pair, cfg.flap_holdoff_ms)
+        && r.spare.is_none()
+        && r.rebuild.is_none()
+        && r.retired.iter().all(|x| x.terminated)
+}
+
+/// What [`calm_for`] keeps between a pair's next look and the first silence
+/// bound, and the shortest calm worth skipping ticks for.
+const CALM_SPARE_MS: u64 = 100;
+
 /// Read both witnesses (S2) from the views of the serving server `s_id` and the
 /// standby `b_id`. A direct probe answered within `primary_silence_ms` means the
 /// primary is not silent, whatever its session stream does (a stream can stay in
@@ -2391,5 +2450,194 @@ mod maintenance_tests {
         assert!(!d.reason.starts_with("maintenance"), "{}", d.reason);
         assert!(!d.alerts.is_empty());
         let _ = p;
+    }
+}
+
+#[cfg(test)]
+mod calm_tests {
+    use super::*;
+    use crate::testutil::{pair, sum};
+    use std::time::Duration;
+
+    const CAP: Duration = Duration::from_secs(1);
+
+    fn view(role: &str, silent: u64, connected: bool, lost: Option<u64>) -> AgentView {
+        let conn = if lost.is_some() {
+            "Connecting"
+        } else {
+            "Connected"
+        };
+        AgentView {
+            connected,
+            silent_ms: Some(silent),
+            drbd: Some(sum(
+                role,
+                "UpToDate",
+                conn,
+                "Established",
+                "UpToDate",
+                Some(0),
+            )),
+            peer_lost_ms: lost,
+            ..Default::default()
+        }
+    }
+
+    fn aged(v: &AgentView, t: u64) -> AgentView {
+        AgentView {
+            silent_ms: v.silent_ms.map(|s| s + t),
+            peer_lost_ms: v.peer_lost_ms.map(|s| s + t),
+            probe_answered_ms: v.probe_answered_ms.map(|s| s + t),
+            ..v.clone()
+        }
+    }
+
+    /// Over every state, connection, peer loss, probe answer and silence on a
+    /// grid: while `calm_for` says a pair may go unexamined, time alone never
+    /// changes what `decide` does with it (the views aged by every 10 ms of the
+    /// calm give the same action), and only a settled `Healthy` pair is calm.
+    #[test]
+    fn a_calm_pair_decides_the_same_for_as_long_as_it_is_calm() {
+        let cfg = DetectorConfig::default();
+        let now = 1_000_000;
+        let states = [
+            PairState::Healthy,
+            PairState::Suspect,
+            PairState::Degraded,
+            PairState::Rebuilding,
+            PairState::Blocked,
+            PairState::Paused,
+        ];
+        let silences = [0, 50, 200, 400, 700, 780, 800, 820, 900, 999, 1000, 1500];
+        let mut calm_seen = 0;
+        for state in states {
+            for &ss in &silences {
+                for &bs in &silences {
+                    for (sc, bc) in [(true, true), (false, true), (true, false)] {
+                        for lost in [None, Some(0), Some(400)] {
+                            for probe in [None, Some(10)] {
+                                let p = pair(state);
+                                let mut sv = view("Primary", ss, sc, None);
+                                sv.probe_answered_ms = probe;
+                                let sb = view("Secondary", bs, bc, lost);
+                                let dec = decide(&p, &sv, &sb, now, &cfg);
+                                let Some(d) = calm_for(&p, &sv, &sb, &dec.action, &cfg, CAP) else {
+                                    continue;
+                                };
+                                calm_seen += 1;
+                                assert_eq!(state, PairState::Healthy);
+                                assert!(d <= CAP);
+                                for t in (0..=d.as_millis() as u64).step_by(10) {
+                                    let later = decide(
+                                        &p,
+                                        &aged(&sv, t),
+                                        &aged(&sb, t),
+                                        now + t as i64,
+                                        &cfg,
+                                    );
+                                    assert_eq!(
+                                        later.action, dec.action,
+                                        "{state} serving {ss} ms {sc}, standby {bs} ms {bc} lost {lost:?}, probe {probe:?}: after {t} ms of a {d:?} calm: {}",
+                                        later.reason
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(calm_seen > 50, "the grid has calm pairs: {calm_seen}");
+    }
+
+    #[test]
+    fn anything_in_flight_or_on_a_clock_is_never_calm() {
+        let cfg = DetectorConfig::default();
+        let (sv, sb) = (
+            view("Primary", 10, true, None),
+            view("Secondary", 10, true, None),
+        );
+        let base = pair(PairState::Healthy);
+        assert_eq!(
+            calm_for(&base, &sv, &sb, &Action::Nothing, &cfg, CAP),
+            Some(Duration::from_millis(1000 - 10 - CALM_SPARE_MS).min(CAP))
+        );
+        let edits: Vec<(&str, Box<dyn Fn(&mut PairRecord)>)> = vec![
+            (
+                "outdated",
+                Box::new(|p| {
+                    p.outdated = Some(crate::state::OutdatedMark {
+                        server: "p-b".into(),
+                        lost_peer_unix_ms: 1,
+                        primary_alive_unix_ms: 2,
+                        source: "test".into(),
+                    })
+                }),
+            ),
+            (
+                "scheduled",
+                Box::new(|p| {
+                    p.ops.scheduled = Some(crate::state::ScheduledSwitchover {
+                        to: "p-b".into(),
+                        at_unix_ms: 5,
+                        by: "alice".into(),
+                    })
+                }),
+            ),
+            (
+                "maintenance",
+                Box::new(|p| {
+                    p.ops.maintenance = Some(crate::state::Maintenance {
+                        until_unix_ms: 10,
+                        reason: "r".into(),
+                        by: "b".into(),
+                    })
+                }),
+            ),
+            (
+                "hold-off",
+                Box::new(|p| p.last_auto_failover_unix_ms = Some(1)),
+            ),
+            (
+                "spare",
+                Box::new(|p| {
+                    p.redundancy.spare = Some(crate::state::SpareRecord {
+                        token: "t".into(),
+                        server_id: "p-s1".into(),
+                        reason: "pre-spin".into(),
+                        requested_unix_ms: 1,
+                        instance: None,
+                        terminating: false,
+                    })
+                }),
+            ),
+        ];
+        for (what, edit) in edits {
+            let mut p = base.clone();
+            edit(&mut p);
+            assert_eq!(
+                calm_for(&p, &sv, &sb, &Action::Nothing, &cfg, CAP),
+                None,
+                "{what}"
+            );
+        }
+        let busy = Action::ResumePlan;
+        assert_eq!(calm_for(&base, &sv, &sb, &busy, &cfg, CAP), None);
+        // Silence near the bound, a disconnected agent, a lost DRBD peer.
+        let near = view("Primary", 850, true, None);
+        assert_eq!(
+            calm_for(&base, &near, &sb, &Action::Nothing, &cfg, CAP),
+            None
+        );
+        let off = view("Secondary", 10, false, None);
+        assert_eq!(
+            calm_for(&base, &sv, &off, &Action::Nothing, &cfg, CAP),
+            None
+        );
+        let lost = view("Secondary", 10, true, Some(0));
+        assert_eq!(
+            calm_for(&base, &sv, &lost, &Action::Nothing, &cfg, CAP),
+            None
+        );
     }
 }

@@ -27,7 +27,8 @@ pub struct HoldoffClock {
     last: HashMap<String, (u64, Instant)>,
 }
 
-fn running(pair: &PairRecord, holdoff_ms: u64) -> bool {
+/// A hold-off (S5) is being measured for `pair`: its clock ticks with time.
+pub fn running(pair: &PairRecord, holdoff_ms: u64) -> bool {
     pair.last_auto_failover_unix_ms.is_some()
         && !pair.flap_acknowledged
         && pair.holdoff_elapsed_ms < holdoff_ms

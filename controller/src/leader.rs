@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::agents::redirect;
 use crate::config::ControllerConfig;
-use crate::detector::{decide, Action};
+use crate::detector::{calm_for, decide, settled, Action};
 use crate::failover::Executor;
 use crate::leadership::{now_unix_ms, write, LeaderView};
 use crate::liveness::Liveness;
@@ -23,6 +23,10 @@ use crate::raft::store::SharedState;
 use crate::raft::Raft;
 use crate::redundancy::Need;
 use crate::state::{OperatorCommand, PairState, Request, Response};
+
+/// How often a tick looks at every pair, calm or not: a new cloud signal or
+/// anything else time brings that `calm_for` does not foresee waits no longer.
+const FULL_SWEEP: Duration = Duration::from_secs(1);
 
 /// Propose a request, logging refusals; `None` if this node cannot commit now.
 async fn propose(raft: &Raft, req: Request) -> Option<crate::state::Response> {
@@ -79,8 +83,12 @@ pub async fn leader_duties(
         let mut signals_poll: Option<(tokio::task::JoinHandle<()>, Instant)> = None;
         let mut signal_said: HashMap<String, String> = HashMap::new();
         // A tick looks at every pair (silence grows with time); a wake-up by
-        // the agents' view only at the pairs whose view changed.
+        // the agents' view only at the pairs whose view changed. A tick skips
+        // a pair that is calm (`detector::calm_for`: time alone cannot change
+        // its decision before then), except once every `FULL_SWEEP`.
         let mut sweep_all = true;
+        let mut calm_until: HashMap<String, Instant> = HashMap::new();
+        let mut last_full = Instant::now();
         loop {
             if !inventory_synced {
                 let current: Vec<_> = shared
@@ -169,13 +177,28 @@ pub async fn leader_duties(
             }
             let now = Instant::now();
             let changed = liveness.take_changed();
+            let full = sweep_all && now.duration_since(last_full) >= FULL_SWEEP;
+            if full {
+                last_full = now;
+            }
             // State changes decided in this pass, proposed together (Raft
             // batches them into one append) once every pair was looked at.
             let mut batch = Vec::new();
             for pair in shared.snapshot().state.pairs.values() {
-                if !sweep_all && !changed.contains(&pair.spec.id) {
-                    continue;
+                if !changed.contains(&pair.spec.id) {
+                    if !sweep_all {
+                        continue;
+                    }
+                    // Calm, and its record did not change in a way that
+                    // matters since (an operator's switchover, say).
+                    if !full
+                        && calm_until.get(&pair.spec.id).is_some_and(|t| now < *t)
+                        && settled(pair, &cfg.detector)
+                    {
+                        continue;
+                    }
                 }
+                calm_until.remove(&pair.spec.id);
                 // S4: an epoch never goes back. An agent that holds a higher one
                 // (the pair was re-added, the controllers restored) raises it.
                 let res = &pair.spec.resource;
@@ -236,6 +259,18 @@ pub async fn leader_duties(
                 let line = executor
                     .signals
                     .status_line(pair, &sb, at_unix_ms, &cfg.signals);
+                // Nothing in flight for it here either (a plan, a spare or
+                // rebuild task), and no cloud signal: then maybe calm.
+                if line.is_empty()
+                    && !running.contains_key(&id)
+                    && provisioning.get(&id).is_none_or(|(h, _)| h.is_finished())
+                {
+                    if let Some(d) =
+                        calm_for(pair, &sv, &sb, &dec.action, &cfg.detector, FULL_SWEEP)
+                    {
+                        calm_until.insert(id.clone(), now + d);
+                    }
+                }
                 if signal_said.get(&id) != Some(&line) {
                     if !line.is_empty() {
                         tracing::warn!(pair = %id, signal = %line, "cloud signal");

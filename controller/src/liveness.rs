@@ -291,7 +291,7 @@ impl Liveness {
         now: Instant,
         leading_since: Instant,
     ) -> crate::observe::AgentView {
-        let probe = self.probe_answer(server_id).map(|(at, _)| at);
+        let probe = self.probe_answered_at(server_id);
         {
             let servers = self.servers.lock().expect("liveness lock");
             if let Some(v) = servers.get(server_id) {
@@ -312,6 +312,29 @@ impl Liveness {
             .expect("liveness lock")
             .insert(server_id.into(), (Instant::now(), reply));
         self.bump();
+    }
+
+    /// When a server last answered a direct probe (the answer is not copied).
+    pub fn probe_answered_at(&self, server_id: &str) -> Option<Instant> {
+        self.probes
+            .lock()
+            .expect("liveness lock")
+            .get(server_id)
+            .map(|(at, _)| *at)
+    }
+
+    /// How long a server's agent has been silent, counted as [`agent_view`]
+    /// counts it (from this node's election at the earliest), read in place:
+    /// the probe watcher asks it of every serving server several times a
+    /// second and needs nothing else of the view.
+    pub fn silent_ms(&self, server_id: &str, now: Instant, leading_since: Instant) -> u64 {
+        let last = self
+            .servers
+            .lock()
+            .expect("liveness lock")
+            .get(server_id)
+            .map_or(leading_since, |v| v.last_seen.max(leading_since));
+        now.saturating_duration_since(last).as_millis() as u64
     }
 
     /// The last direct probe answer of a server, and when it came.
@@ -442,5 +465,51 @@ pub fn agent_view(
         probe_answered_ms: v
             .probe_answered_at
             .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// The in-place readers the sweeps use say what the full view says.
+    #[test]
+    fn silence_and_probe_time_read_in_place_agree_with_the_full_view() {
+        let live = Liveness::default();
+        let since = live.start_leading();
+        let (tx, _rx) = mpsc::channel(1);
+        live.connected(
+            7,
+            Hello {
+                server_id: "fs1-a".into(),
+                pair_id: "fs1".into(),
+                ..Default::default()
+            },
+            tx,
+        );
+        live.probe_answered(
+            "fs1-b",
+            ProbeReply {
+                server_id: "fs1-b".into(),
+                ..Default::default()
+            },
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        live.heard("fs1-a", 7);
+        let now = Instant::now() + Duration::from_millis(300);
+        // Connected, probe-only and unknown servers.
+        for id in ["fs1-a", "fs1-b", "fs1-c"] {
+            let full = agent_view(live.get(id).as_ref(), "r0", now, since);
+            assert_eq!(Some(live.silent_ms(id, now, since)), full.silent_ms, "{id}");
+            let in_place = live.agent_view(id, "r0", now, since);
+            assert_eq!(in_place.silent_ms, full.silent_ms, "{id}");
+            assert_eq!(
+                live.probe_answered_at(id),
+                live.probe_answer(id).map(|(at, _)| at),
+                "{id}"
+            );
+        }
+        assert!(live.silent_ms("fs1-a", now, since) < live.silent_ms("fs1-c", now, since));
     }
 }

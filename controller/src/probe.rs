@@ -30,7 +30,7 @@ use tokio::sync::watch as tokio_watch;
 use understudy_proto::{ProbeReply, ProbeRequest};
 
 use crate::leadership::LeaderView;
-use crate::liveness::{agent_view, Liveness};
+use crate::liveness::Liveness;
 use crate::raft::store::SharedState;
 use crate::state::{PairState, ServerSpec};
 
@@ -285,13 +285,7 @@ pub async fn watch(
             let Some(server) = pair.server(pair.serving_id()) else {
                 continue;
             };
-            let v = agent_view(
-                liveness.get(&server.id).as_ref(),
-                &pair.spec.resource,
-                now,
-                since,
-            );
-            if v.silent_ms.is_none_or(|s| s < cfg.after_silence_ms) {
+            if liveness.silent_ms(&server.id, now, since) < cfg.after_silence_ms {
                 continue;
             }
             if let Err(e) = prober.probe(&pair.spec.id, server).await {
