@@ -26,7 +26,7 @@
 //! Losing the controller changes nothing locally (S6): the agent keeps its DRBD
 //! role and service as they are.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -46,6 +46,11 @@ use crate::config::{AgentConfig, Role};
 use crate::error::AgentError;
 use crate::probe::ProbeState;
 use crate::redial::Redial;
+
+/// How long an agent keeps coming back to a follower that asks it to (it
+/// relays to the leader, and is waiting for the next one): an election takes
+/// about a second; past this the agent tries the other controllers itself.
+const RELAYED_RETRY: Duration = Duration::from_secs(3);
 
 /// How long a new session waits for a fresh read of the host state before its
 /// first report.
@@ -89,6 +94,9 @@ pub async fn run(
     // The connection of the last session that ended with a redirect (it
     // works): the next session to the same controller uses it, no handshake.
     let mut kept: Option<(String, Channel)> = None;
+    // Since when the controller dialled keeps redirecting the agent back to
+    // itself (a follower waiting for the next leader).
+    let mut relayed_since: Option<Instant> = None;
     loop {
         let addr = match redirect_to.take() {
             Some(a) => a,
@@ -117,19 +125,25 @@ pub async fn run(
             redial.answered();
         }
         if matches!(ended, Ended::Redirect(_)) {
-            kept = out.channel.map(|c| (addr.clone(), c));
+            kept = out.channel.take().map(|c| (addr.clone(), c));
+        }
+        // A streak of redirects relayed by the same follower ends with any
+        // other outcome, and with a session that got going.
+        if out.welcomed || !out.relayed {
+            relayed_since = None;
         }
         match ended {
-            // A follower relayed this session and the leader behind it moved
-            // or went: the follower relays the next one to whichever leader it
-            // knows, over the same connection (thousands of agents do not
-            // handshake again with the new leader). If it cannot, it redirects.
-            Ended::Redirect(to) if out.relayed && redirects_in_a_row < 5 => {
+            // A follower relayed this redirect (the leader behind it moved or
+            // went, or the node it relayed to does not lead yet): it relays
+            // the next session to whichever leader it knows by then, over the
+            // same connection (thousands of agents do not handshake again
+            // with the new leader). If it cannot, it redirects unmarked.
+            Ended::Redirect(to)
+                if out.relayed
+                    && relayed_since.get_or_insert_with(Instant::now).elapsed() < RELAYED_RETRY =>
+            {
                 tracing::info!(via = %addr, leader = ?to, "the leader moved: opening a new session through the same controller");
-                redirects_in_a_row += 1;
-                if to.is_none() {
-                    tokio::time::sleep(redial.awaiting_leader()).await;
-                }
+                tokio::time::sleep(redial.awaiting_leader()).await;
                 redirect_to = Some(addr);
             }
             Ended::Redirect(Some(leader)) if redirects_in_a_row < 5 => {
@@ -200,7 +214,8 @@ struct Outcome {
     channel: Option<Channel>,
     /// The leader answered (the streak of failed dials is over).
     welcomed: bool,
-    /// Through a follower that relayed the session (`Welcome.relayed_by`).
+    /// Through a follower that relayed the session (`Welcome.relayed_by`), or
+    /// a redirect it relayed (`Redirect.relayed_by`): come back through it.
     relayed: bool,
 }
 
@@ -293,7 +308,8 @@ async fn session(
         Ok(Ok(Some(m))) => match m.msg {
             Some(In::Welcome(w)) => w,
             Some(In::Redirect(r)) => {
-                return Ended::Redirect((!r.leader_addr.is_empty()).then_some(r.leader_addr))
+                out.relayed = r.relayed_by != 0;
+                return Ended::Redirect((!r.leader_addr.is_empty()).then_some(r.leader_addr));
             }
             _ => return broken("unexpected first message from the controller".into()),
         },
@@ -348,6 +364,7 @@ async fn session(
                     probes.heard_controller(unix_ms());
                     match m.msg {
                     Some(In::Redirect(r)) => {
+                        out.relayed = r.relayed_by != 0;
                         return Ended::Redirect((!r.leader_addr.is_empty()).then_some(r.leader_addr))
                     }
                     Some(In::Command(c)) => {

@@ -178,6 +178,7 @@ pub fn redirect(view: &LeaderView, reason: &str) -> ControllerMessage {
             leader_id: view.leader_id,
             leader_addr: view.leader_addr.clone().unwrap_or_default(),
             reason: reason.into(),
+            relayed_by: 0,
         })),
     }
 }
@@ -253,11 +254,24 @@ impl AgentService for AgentGrpc {
                 match relay.open(addr, first, inbound).await {
                     Ok(up) => {
                         tracing::debug!(server = %server, leader = %addr, "agent session relayed to the leader");
-                        return Ok(Response::new(Box::pin(crate::relay::downstream(up))));
+                        return Ok(Response::new(Box::pin(crate::relay::downstream(
+                            up,
+                            self.node_id,
+                        ))));
                     }
                     Err(NotRelayed::Refused(st)) => return Err(st),
                     Err(NotRelayed::Unreachable(why)) => {
-                        tracing::info!(server = %server, reason = %why, "agent session not relayed: redirecting the agent to the leader");
+                        // The leader just died, most often, and this node does
+                        // not know the next one yet: the agent comes back here
+                        // shortly, on its connection (and after a few seconds
+                        // of this, tries the other controllers itself).
+                        tracing::debug!(server = %server, reason = %why, "agent session not relayed: the agent is asked to come back");
+                        let mut m = redirect(&view, &format!("not relayed: {why}"));
+                        if let Some(Out::Redirect(r)) = m.msg.as_mut() {
+                            r.relayed_by = self.node_id;
+                        }
+                        let _ = tx.send(Box::new(Ok(m))).await;
+                        return Ok(Response::new(session_stream(rx)));
                     }
                 }
             }

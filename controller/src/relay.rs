@@ -126,8 +126,9 @@ impl Relay {
 /// has, and this follower relays it to the next leader once it knows it.
 pub fn downstream(
     up: Streaming<ControllerMessage>,
+    node_id: u64,
 ) -> impl Stream<Item = Result<ControllerMessage, Status>> + Send + 'static {
-    up.map(|m| match m {
+    up.map(move |m| match m {
         Err(st) if !refusal(&st) => Ok(ControllerMessage {
             msg: Some(Out::Redirect(Redirect {
                 leader_id: None,
@@ -136,6 +137,17 @@ pub fn downstream(
                     "the connection to the leader broke: {}",
                     understudy_tls::error_chain(&st)
                 ),
+                relayed_by: node_id,
+            })),
+        }),
+        // A redirect from the node this follower took for the leader (not,
+        // or no longer, leading): marked, so the agent comes back here.
+        Ok(ControllerMessage {
+            msg: Some(Out::Redirect(r)),
+        }) => Ok(ControllerMessage {
+            msg: Some(Out::Redirect(Redirect {
+                relayed_by: node_id,
+                ..r
             })),
         }),
         other => other,
