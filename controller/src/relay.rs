@@ -21,12 +21,14 @@
 //! accepts a session from a controller's certificate only with it, the
 //! follower having checked the agent's own certificate first.
 //!
-//! When the leader cannot be reached through the follower (no connection, no
-//! answer within [`OPEN_TIMEOUT`]), the agent is redirected to it instead, as
-//! without the relay. When the leader's connection breaks under a relayed
-//! session, the agent gets a `Redirect` naming no leader ([`downstream`]), and
-//! since its `Welcome` said the session was relayed (`relayed_by`), it opens
-//! the next one through the same follower, on its connection: after an
+//! When the leader's connection breaks under a relayed session, the agent gets
+//! a `Redirect` naming no leader ([`downstream`]). That one, any redirect the
+//! node behind the follower sends (it stood down, or does not lead yet), and
+//! the follower's own answer when it cannot reach the leader (no connection,
+//! no answer within [`OPEN_TIMEOUT`]: the leader just died, most often) carry
+//! `relayed_by`, and the agent opens its next session through the same
+//! follower, on its connection, after a short pause, for up to 3 s before it
+//! tries the other controllers itself (`agent/src/session.rs`): after an
 //! election only the agents that were connected to the old leader itself
 //! handshake again.
 
@@ -45,7 +47,7 @@ use understudy_tls::ClientTls;
 pub const RELAYED_BY: &str = "understudy-relayed-by";
 
 /// How long a follower waits for the leader to take a relayed session before
-/// it redirects the agent instead (the agent waits 2 s for an answer).
+/// it asks the agent to come back (the agent waits 2 s for an answer).
 pub const OPEN_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// The follower's side: one lazily connected channel to the current leader.
@@ -57,7 +59,8 @@ pub struct Relay {
 
 /// Why a session could not be relayed.
 pub enum NotRelayed {
-    /// The leader did not take it (unreachable, no answer): redirect the agent.
+    /// The leader did not take it (unreachable, no answer): the agent is asked
+    /// to come back.
     Unreachable(String),
     /// The leader answered with a refusal: pass it on to the agent.
     Refused(Status),
