@@ -191,6 +191,13 @@ fn first_controller(server_id: &str, n: usize) -> usize {
     (h % n.max(1) as u64) as usize
 }
 
+/// How a `Redirect` ends a session, before or after the `Welcome`: to the
+/// leader it names (or none known yet), noting whether a follower relayed it.
+fn redirected(r: understudy_proto::Redirect, out: &mut Outcome) -> Ended {
+    out.relayed = r.relayed_by != 0;
+    Ended::Redirect((!r.leader_addr.is_empty()).then_some(r.leader_addr))
+}
+
 /// A refusal (this agent's certificate or its server) ends the session as
 /// `Refused`, logged as an error; anything else is transport trouble.
 fn refused_or_broken(st: &tonic::Status, broken: impl Fn(String) -> Ended) -> Ended {
@@ -307,10 +314,7 @@ async fn session(
         Ok(Ok(None)) => return early("stream closed before Welcome".into()),
         Ok(Ok(Some(m))) => match m.msg {
             Some(In::Welcome(w)) => w,
-            Some(In::Redirect(r)) => {
-                out.relayed = r.relayed_by != 0;
-                return Ended::Redirect((!r.leader_addr.is_empty()).then_some(r.leader_addr));
-            }
+            Some(In::Redirect(r)) => return redirected(r, out),
             _ => return broken("unexpected first message from the controller".into()),
         },
     };
@@ -363,10 +367,7 @@ async fn session(
                     last_in = tokio::time::Instant::now();
                     probes.heard_controller(unix_ms());
                     match m.msg {
-                    Some(In::Redirect(r)) => {
-                        out.relayed = r.relayed_by != 0;
-                        return Ended::Redirect((!r.leader_addr.is_empty()).then_some(r.leader_addr))
-                    }
+                    Some(In::Redirect(r)) => return redirected(r, out),
                     Some(In::Command(c)) => {
                         let (handler, tx) = (handler.clone(), tx.clone());
                         tokio::spawn(async move {

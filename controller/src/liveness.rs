@@ -328,13 +328,13 @@ impl Liveness {
     /// the probe watcher asks it of every serving server several times a
     /// second and needs nothing else of the view.
     pub fn silent_ms(&self, server_id: &str, now: Instant, leading_since: Instant) -> u64 {
-        let last = self
+        let last_seen = self
             .servers
             .lock()
             .expect("liveness lock")
             .get(server_id)
-            .map_or(leading_since, |v| v.last_seen.max(leading_since));
-        now.saturating_duration_since(last).as_millis() as u64
+            .map(|v| v.last_seen);
+        silence(last_seen, now, leading_since)
     }
 
     /// The last direct probe answer of a server, and when it came.
@@ -420,6 +420,14 @@ impl Liveness {
     }
 }
 
+/// Milliseconds an agent last heard at `last_seen` (never: `None`) has been
+/// silent at `now`, counted from this node's election at the earliest (a new
+/// leader knows nothing of the time before it).
+fn silence(last_seen: Option<Instant>, now: Instant, leading_since: Instant) -> u64 {
+    let from = last_seen.map_or(leading_since, |t| t.max(leading_since));
+    now.saturating_duration_since(from).as_millis() as u64
+}
+
 /// Reduce a server's live view to the plain data [`crate::observe::observe`] takes,
 /// picking the DRBD resource of the pair.
 pub fn agent_view(
@@ -430,7 +438,7 @@ pub fn agent_view(
 ) -> crate::observe::AgentView {
     let Some(v) = v else {
         return crate::observe::AgentView {
-            silent_ms: Some(now.saturating_duration_since(leading_since).as_millis() as u64),
+            silent_ms: Some(silence(None, now, leading_since)),
             ..Default::default()
         };
     };
@@ -438,10 +446,7 @@ pub fn agent_view(
     let res = drbd.and_then(|d| d.resources.iter().find(|r| r.name == resource));
     crate::observe::AgentView {
         connected: v.connected,
-        silent_ms: Some(
-            now.saturating_duration_since(v.last_seen.max(leading_since))
-                .as_millis() as u64,
-        ),
+        silent_ms: Some(silence(Some(v.last_seen), now, leading_since)),
         peer_lost_ms: v
             .conn_lost_since
             .get(resource)
