@@ -4,7 +4,11 @@
 //! by a hash of its server id), says `Hello`, and is served by the leader: directly,
 //! or through the follower it dialled, which relays the session to the leader
 //! (`controller/src/relay.rs`); a `Redirect` (a follower that cannot relay)
-//! it follows straight to the leader. While the session lasts it sends a `Report`
+//! it follows straight to the leader. The leader itself hands the agent to a
+//! healthy follower (a `Redirect` naming it in `via_addr`,
+//! `controller/src/handoff.rs`); if that follower does not serve it, the agent
+//! comes back to the leader and declines handoffs for [`HANDOFF_PAUSE`]
+//! (`Hello.handoff_ok`), so the two never bounce it between them. While the session lasts it sends a `Report`
 //! whenever what it observes changes and a `Heartbeat` every interval the leader
 //! asked for. A broken stream (leader killed), a silent one (leader frozen: HTTP/2
 //! keepalive notices within about 2 s) or a redirect (leadership moved) ends the
@@ -52,6 +56,11 @@ use crate::redial::Redial;
 /// about a second; past this the agent tries the other controllers itself.
 const RELAYED_RETRY: Duration = Duration::from_secs(3);
 
+/// How long an agent that a leader handed to a follower which then did not
+/// serve it (relaying off there, or the leader out of its reach) declines
+/// handoffs (`Hello.handoff_ok = false`): the leader serves it itself.
+const HANDOFF_PAUSE: Duration = Duration::from_secs(60);
+
 /// How long a new session waits for a fresh read of the host state before its
 /// first report.
 const FIRST_REPORT_REFRESH: Duration = Duration::from_millis(1000);
@@ -60,6 +69,8 @@ const FIRST_REPORT_REFRESH: Duration = Duration::from_millis(1000);
 enum Ended {
     /// Go to this leader (or wait: none known yet).
     Redirect(Option<String>),
+    /// The leader at `leader` serves this agent through the follower at `via`.
+    Handoff { via: String, leader: String },
     /// The controller said no; retrying soon will not help.
     Refused(String),
     /// Transport trouble; try the next controller.
@@ -97,6 +108,10 @@ pub async fn run(
     // Since when the controller dialled keeps redirecting the agent back to
     // itself (a follower waiting for the next leader).
     let mut relayed_since: Option<Instant> = None;
+    // The follower a leader just handed this agent to, and that leader.
+    let mut handed: Option<(String, String)> = None;
+    // Until when this agent declines handoffs (one did not work).
+    let mut no_handoff_until: Option<Instant> = None;
     loop {
         let addr = match redirect_to.take() {
             Some(a) => a,
@@ -108,6 +123,7 @@ pub async fn run(
         };
         let mut out = Outcome {
             channel: kept.take().filter(|(a, _)| *a == addr).map(|(_, c)| c),
+            handoff_ok: no_handoff_until.is_none_or(|t| Instant::now() >= t),
             ..Outcome::default()
         };
         let ended = session(
@@ -121,8 +137,20 @@ pub async fn run(
             &mut out,
         )
         .await;
-        if out.welcomed || matches!(ended, Ended::Redirect(_)) {
+        if out.welcomed || matches!(ended, Ended::Redirect(_) | Ended::Handoff { .. }) {
             redial.answered();
+        }
+        // The follower this agent was handed to did not serve it (no Welcome,
+        // and not a redirect it relayed): back to the leader, which serves
+        // it itself while this agent declines handoffs.
+        if let Some((via, leader)) = handed.take() {
+            let relayed_redirect = out.relayed && matches!(ended, Ended::Redirect(_));
+            if via == addr && !out.welcomed && !relayed_redirect {
+                tracing::warn!(follower = %via, leader = %leader, pause_s = HANDOFF_PAUSE.as_secs(), "the follower the leader handed this agent to did not serve it: back to the leader, no handoff for a while");
+                no_handoff_until = Some(Instant::now() + HANDOFF_PAUSE);
+                redirect_to = Some(leader);
+                continue;
+            }
         }
         if matches!(ended, Ended::Redirect(_)) {
             kept = out.channel.take().map(|c| (addr.clone(), c));
@@ -133,6 +161,11 @@ pub async fn run(
             relayed_since = None;
         }
         match ended {
+            Ended::Handoff { via, leader } => {
+                tracing::info!(leader = %leader, via = %via, "the leader hands this agent to a follower");
+                handed = Some((via.clone(), leader));
+                redirect_to = Some(via);
+            }
             // A follower relayed this redirect (the leader behind it moved or
             // went, or the node it relayed to does not lead yet): it relays
             // the next session to whichever leader it knows by then, over the
@@ -192,9 +225,16 @@ fn first_controller(server_id: &str, n: usize) -> usize {
 }
 
 /// How a `Redirect` ends a session, before or after the `Welcome`: to the
-/// leader it names (or none known yet), noting whether a follower relayed it.
+/// leader it names (or none known yet), noting whether a follower relayed it;
+/// or, naming a follower too (`via_addr`), the leader's handoff to it.
 fn redirected(r: understudy_proto::Redirect, out: &mut Outcome) -> Ended {
     out.relayed = r.relayed_by != 0;
+    if !r.via_addr.is_empty() && !r.leader_addr.is_empty() {
+        return Ended::Handoff {
+            via: r.via_addr,
+            leader: r.leader_addr,
+        };
+    }
     Ended::Redirect((!r.leader_addr.is_empty()).then_some(r.leader_addr))
 }
 
@@ -224,6 +264,8 @@ struct Outcome {
     /// Through a follower that relayed the session (`Welcome.relayed_by`), or
     /// a redirect it relayed (`Redirect.relayed_by`): come back through it.
     relayed: bool,
+    /// In: whether this agent accepts a handoff to a follower.
+    handoff_ok: bool,
 }
 
 /// One session: dial `addr` (or use the connection in `out`), say `Hello`,
@@ -292,6 +334,7 @@ async fn session(
         agent_version: env!("CARGO_PKG_VERSION").into(),
         highest_epoch,
         stall_ms: cfg.stall_ms,
+        handoff_ok: out.handoff_ok,
     };
     let _ = tx
         .send(AgentMessage {

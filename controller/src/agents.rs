@@ -27,6 +27,8 @@ use understudy_proto::{
     Redirect, ServerRole, Welcome,
 };
 
+use openraft::async_runtime::watch::WatchReceiver;
+
 use crate::auth::{Auth, Caller};
 use crate::leadership::LeaderView;
 use crate::liveness::{Liveness, SessionItem};
@@ -48,6 +50,9 @@ pub struct AgentGrpc {
     pub auth: Auth,
     /// Relay sessions to the leader while a follower (`None`: redirect them).
     pub relay: Option<Arc<Relay>>,
+    /// While leading, hand the agents that dial this node to a follower that
+    /// acknowledged it within this lease (`crate::handoff`; `None`: serve them).
+    pub handoff: Option<Duration>,
     next_session: AtomicU64,
 }
 
@@ -61,6 +66,7 @@ impl AgentGrpc {
         heartbeat_ms: u64,
         auth: Auth,
         relay: Option<Arc<Relay>>,
+        handoff: Option<Duration>,
     ) -> Self {
         Self {
             raft,
@@ -71,6 +77,7 @@ impl AgentGrpc {
             heartbeat_ms,
             auth,
             relay,
+            handoff,
             next_session: AtomicU64::new(1),
         }
     }
@@ -179,6 +186,8 @@ pub fn redirect(view: &LeaderView, reason: &str) -> ControllerMessage {
             leader_addr: view.leader_addr.clone().unwrap_or_default(),
             reason: reason.into(),
             relayed_by: 0,
+            via_addr: String::new(),
+            via_id: 0,
         })),
     }
 }
@@ -284,6 +293,25 @@ impl AgentService for AgentGrpc {
             return Ok(Response::new(session_stream(rx)));
         }
         self.check_hello(&hello)?;
+        // An agent that dialled the leader itself and follows handoffs: to a
+        // healthy follower, which relays it (`crate::handoff`).
+        if let (Some(lease), None, true) = (self.handoff, relayed_by, hello.handoff_ok) {
+            let followers = crate::handoff::healthy_followers(
+                &self.raft.metrics().borrow_watched(),
+                self.node_id,
+                lease,
+            );
+            if let Some(f) = crate::handoff::pick(&hello.server_id, &followers) {
+                tracing::debug!(server = %hello.server_id, via = f.id, "agent handed to a follower");
+                let mut m = redirect(&view, "the leader serves agents through its followers");
+                if let Some(Out::Redirect(r)) = m.msg.as_mut() {
+                    r.via_addr = f.addr.clone();
+                    r.via_id = f.id;
+                }
+                let _ = tx.send(Box::new(Ok(m))).await;
+                return Ok(Response::new(session_stream(rx)));
+            }
+        }
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let server_id = hello.server_id.clone();
         tracing::info!(server = %server_id, pair = %hello.pair_id, session, relayed_by, "agent connected");

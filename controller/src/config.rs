@@ -165,11 +165,19 @@ pub struct AgentsConfig {
     /// redirecting them: the leader then holds a connection per follower, not
     /// one per agent. `false`: followers redirect every agent to the leader.
     pub relay: bool,
+    /// The leader hands the agents that dial it to a healthy follower, which
+    /// relays them (`crate::handoff`), so it serves no agent connection of its
+    /// own. Needs `relay` on the followers: an agent a follower did not serve
+    /// comes back, and the leader serves it itself for a while.
+    pub handoff: bool,
 }
 
 impl Default for AgentsConfig {
     fn default() -> Self {
-        Self { relay: true }
+        Self {
+            relay: true,
+            handoff: true,
+        }
     }
 }
 

@@ -14,6 +14,8 @@
 //! - `agents`, `operator`: the agent-session and operator gRPC services;
 //! - `relay`: a follower's relay of the agent sessions it is dialled on to the
 //!   leader (one connection to the leader instead of one per agent);
+//! - `handoff`: the leader's handoff of the agents that dial it to a healthy
+//!   follower (which relays them);
 //! - `fence_peer`: DRBD fence-peer requests from a Primary's handler (S1);
 //! - `fence`: S3, the fence of an old primary through a cloud (no Raft needed);
 //! - `probe`: the leader's direct UDP liveness probes to agents;
@@ -40,6 +42,7 @@ pub mod error;
 pub mod failover;
 pub mod fence;
 pub mod fence_peer;
+pub mod handoff;
 pub mod holdoff;
 pub mod http;
 pub mod leader;

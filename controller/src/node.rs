@@ -166,6 +166,9 @@ pub async fn run(
         cfg.timing.agent_heartbeat_ms,
         auth.clone(),
         relay,
+        cfg.agents
+            .handoff
+            .then(|| Duration::from_millis(cfg.timing.election_timeout_min_ms)),
     );
     let operator = Arc::new(OperatorGrpc {
         raft: raft.clone(),

@@ -141,6 +141,8 @@ pub fn downstream(
                     understudy_tls::error_chain(&st)
                 ),
                 relayed_by: node_id,
+                via_addr: String::new(),
+                via_id: 0,
             })),
         }),
         // A redirect from the node this follower took for the leader (not,

@@ -277,6 +277,7 @@ fn hello(server: &'static str) -> impl Strategy<Value = Hello> {
         agent_version: String::new(),
         highest_epoch: epoch,
         stall_ms: 0,
+        handoff_ok: false,
     })
 }
 

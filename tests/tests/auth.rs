@@ -110,6 +110,7 @@ fn an_agent_certificate_cannot_report_or_fence_for_another_server() {
                     agent_version: "impostor".into(),
                     highest_epoch: 0,
                     stall_ms: 0,
+                    handoff_ok: false,
                 }),
                 Msg::Report(Report {
                     seq: 1,
@@ -584,12 +585,14 @@ fn vote_with_term(term: u64) -> RaftMessage {
 }
 
 /// Open an agent session at `addr` with `tls`, saying hello as `server`;
-/// `relayed_by` adds the relay header a follower sets.
+/// `relayed_by` adds the relay header a follower sets; `handoff_ok` says the
+/// agent follows a leader's handoff to a follower.
 async fn open_session(
     addr: &str,
     tls: &ClientTls,
     server: &str,
     relayed_by: Option<u64>,
+    handoff_ok: bool,
 ) -> (
     tokio::sync::mpsc::Sender<AgentMessage>,
     Result<tonic::Streaming<understudy_proto::ControllerMessage>, tonic::Status>,
@@ -604,6 +607,7 @@ async fn open_session(
             agent_version: "test".into(),
             highest_epoch: 0,
             stall_ms: 0,
+            handoff_ok,
         })),
     })
     .await
@@ -620,7 +624,7 @@ async fn open_session(
 }
 
 #[test]
-fn a_follower_relays_an_agent_session_to_the_leader_but_never_a_relayed_one() {
+fn followers_relay_agent_sessions_and_the_leader_hands_off_the_ones_it_is_dialled_on() {
     use understudy_proto::controller_message::Msg as Out;
     let mut c = Cluster::start(3);
     let _logs = c.keep_logs_on_panic();
@@ -637,7 +641,7 @@ fn a_follower_relays_an_agent_session_to_the_leader_but_never_a_relayed_one() {
     let addrs = c.controllers.addrs.clone();
     // One runtime for the whole test: the channels' tasks live on it.
     let rt = rt();
-    let (tx, inbound) = rt.block_on(open_session(&addrs[follower], &agent, "fs1-b", None));
+    let (tx, inbound) = rt.block_on(open_session(&addrs[follower], &agent, "fs1-b", None, true));
     let mut inbound = inbound.expect("the follower takes the session");
     // The leader's Welcome comes back through the follower, and the leader
     // acknowledges a heartbeat (every one: this hello gave no stall bound).
@@ -692,14 +696,47 @@ fn a_follower_relays_an_agent_session_to_the_leader_but_never_a_relayed_one() {
         Some(&issued(&pki, &format!("controller-{}", follower + 1))),
     );
     rt.block_on(async {
-        let (_tx, r) = open_session(&addrs[leader], &peer, "fs1-b", None).await;
+        let (_tx, r) = open_session(&addrs[leader], &peer, "fs1-b", None, true).await;
         let e = r.expect_err("a controller is not an agent");
         assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
-        let (_tx, r) = open_session(&addrs[other], &peer, "fs1-b", Some(follower as u64 + 1)).await;
+        let (_tx, r) = open_session(
+            &addrs[other],
+            &peer,
+            "fs1-b",
+            Some(follower as u64 + 1),
+            true,
+        )
+        .await;
         let mut inbound = r.expect("answered");
         match inbound.message().await.unwrap().and_then(|m| m.msg) {
             Some(Out::Redirect(r)) => assert_eq!(r.leader_id, Some(leader as u64 + 1)),
             other => panic!("expected a redirect, got {other:?}"),
+        }
+    });
+
+    // An agent that dials the leader itself and follows handoffs is handed to
+    // a follower (the leader names itself as leader, the follower as `via`);
+    // one that declines them is served by the leader.
+    rt.block_on(async {
+        let (_tx, r) = open_session(&addrs[leader], &agent, "fs1-b", None, true).await;
+        let mut inbound = r.expect("answered");
+        match inbound.message().await.unwrap().and_then(|m| m.msg) {
+            Some(Out::Redirect(r)) => {
+                assert_eq!(r.leader_id, Some(leader as u64 + 1), "{r:?}");
+                assert_eq!(r.leader_addr, addrs[leader], "{r:?}");
+                assert!(r.via_id != 0 && r.via_id != leader as u64 + 1, "{r:?}");
+                assert_eq!(r.via_addr, addrs[r.via_id as usize - 1], "{r:?}");
+            }
+            other => panic!("expected a handoff, got {other:?}"),
+        }
+        let (_tx, r) = open_session(&addrs[leader], &agent, "fs1-b", None, false).await;
+        let mut inbound = r.expect("answered");
+        match inbound.message().await.unwrap().and_then(|m| m.msg) {
+            Some(Out::Welcome(w)) => {
+                assert_eq!(w.node_id, leader as u64 + 1, "{w:?}");
+                assert_eq!(w.relayed_by, 0, "{w:?}");
+            }
+            other => panic!("expected the leader's Welcome, got {other:?}"),
         }
     });
 }

@@ -160,7 +160,7 @@ fn an_agent_relayed_by_a_follower_keeps_its_connection_when_the_leader_dies() {
     c.wait_status("pair healthy again", SETTLE, pair_healthy);
 
     c.kill_controller(old);
-    c.wait_status(
+    let after_kill = c.wait_status(
         "a new leader, fs1-b reporting to it",
         Duration::from_secs(15),
         |s| {
@@ -171,6 +171,7 @@ fn an_agent_relayed_by_a_follower_keeps_its_connection_when_the_leader_dies() {
                     .is_some_and(|a| a < 2000)
         },
     );
+    let new = Cluster::leader_index(&after_kill).expect("a leader");
     // The follower told the agent that the leader went; the agent opened its
     // next session through it, on the connection it had: no new handshake.
     let text = std::fs::read_to_string(&log).unwrap();
@@ -187,11 +188,138 @@ fn an_agent_relayed_by_a_follower_keeps_its_connection_when_the_leader_dies() {
     );
     let reopened = after
         .iter()
-        .find(|l| l.contains("session open"))
+        .find(|l| l.contains("session open") || l.contains("hands this agent to a follower"))
         .unwrap_or_else(|| panic!("no session after the redirect in {}", log.display()));
-    assert!(reopened.contains("kept_connection=true"), "{reopened}");
-    assert!(
-        reopened.contains(&format!("controller={}", c.controllers.addrs[follower])),
-        "{reopened}"
+    if new == follower {
+        // The follower it came back through is the new leader itself: it
+        // hands the agent to the one follower left, which relays it.
+        assert!(reopened.contains("hands this agent"), "{reopened}");
+        let third = 3 - old - follower;
+        let via = after
+            .iter()
+            .find(|l| l.contains("session open"))
+            .unwrap_or_else(|| panic!("no session after the handoff in {}", log.display()));
+        assert!(
+            via.contains(&format!("controller={}", c.controllers.addrs[third]))
+                && via.contains(&format!("relayed_by={}", third + 1)),
+            "{via}"
+        );
+    } else {
+        assert!(reopened.contains("session open"), "{reopened}");
+        assert!(reopened.contains("kept_connection=true"), "{reopened}");
+        assert!(
+            reopened.contains(&format!("controller={}", c.controllers.addrs[follower])),
+            "{reopened}"
+        );
+    }
+}
+
+/// Log lines of `path` containing `what`.
+fn count(path: &std::path::Path, what: &str) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(what))
+        .count()
+}
+
+#[test]
+fn the_leader_hands_an_agent_that_dials_it_to_a_follower_and_serves_it_when_no_follower_relays() {
+    let mut c = Cluster::start(3);
+    let _logs = c.keep_logs_on_panic();
+    let s = c.wait_status("pair healthy", SETTLE, pair_healthy);
+    let leader = Cluster::leader_index(&s).expect("a leader");
+    // fs1-b's agent knows only the leader.
+    let b = &mut c.hosts[1];
+    b.agent.take().expect("fs1-b's agent").kill();
+    let cfg = std::fs::read_to_string(&b.agent_config).unwrap();
+    let only = |addr: &str| -> String {
+        cfg.lines()
+            .map(|l| {
+                if l.starts_with("controllers") {
+                    format!("controllers = [\"{addr}\"]")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    std::fs::write(&b.agent_config, only(&c.controllers.addrs[leader])).unwrap();
+    let log = b.dir.join("agent.log");
+    let _ = std::fs::remove_file(&log);
+    b.start_agent();
+    // Handed to a follower, which relays it: the leader holds no connection
+    // of its own for it.
+    let served = understudy_tests::wait_for(
+        "fs1-b handed to a follower and relayed by it",
+        Duration::from_secs(15),
+        || {
+            let text = std::fs::read_to_string(&log).ok()?;
+            text.lines()
+                .skip_while(|l| !l.contains("the leader hands this agent to a follower"))
+                .find(|l| l.contains("session open"))
+                .map(str::to_owned)
+        },
     );
+    assert!(!served.contains("relayed_by=0"), "{served}");
+    assert!(
+        !served.contains(&format!("controller={}", c.controllers.addrs[leader])),
+        "{served}"
+    );
+    c.wait_status("pair healthy, fs1-b relayed", SETTLE, pair_healthy);
+
+    // No follower relays now (an operator turned relaying off everywhere, but
+    // left the handoff on): the agent is handed off, turned away by the
+    // follower, and comes back to the leader, which serves it. Once: no
+    // bouncing between the two.
+    for i in 0..3 {
+        c.kill_controller(i);
+        let path = c.dir.path().join(format!("controller-{}.toml", i + 1));
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("\n[agents]\nrelay = false\n");
+        std::fs::write(&path, text).unwrap();
+    }
+    for i in 0..3 {
+        c.start_controller(i);
+    }
+    let s = c.wait_status("pair healthy after the restart", SETTLE, |s| {
+        pair_healthy(s) && server(s, "fs1", "fs1-b")["connected"] == true
+    });
+    let leader = Cluster::leader_index(&s).expect("a leader");
+    // The agent may have found the leader through any of them; make it dial
+    // the leader first, as before, and start it afresh.
+    let b = &mut c.hosts[1];
+    b.agent.take().expect("fs1-b's agent").kill();
+    std::fs::write(&b.agent_config, only(&c.controllers.addrs[leader])).unwrap();
+    let _ = std::fs::remove_file(&log);
+    b.start_agent();
+    let direct = understudy_tests::wait_for(
+        "fs1-b back at the leader, served directly",
+        Duration::from_secs(15),
+        || {
+            let text = std::fs::read_to_string(&log).ok()?;
+            text.lines()
+                .skip_while(|l| !l.contains("did not serve it: back to the leader"))
+                .find(|l| l.contains("session open"))
+                .map(str::to_owned)
+        },
+    );
+    assert!(direct.contains("relayed_by=0"), "{direct}");
+    assert!(
+        direct.contains(&format!("controller={}", c.controllers.addrs[leader])),
+        "{direct}"
+    );
+    c.wait_status("pair healthy, fs1-b direct", SETTLE, |s| {
+        pair_healthy(s) && server(s, "fs1", "fs1-b")["connected"] == true
+    });
+    // Still one handoff, one session: nothing bounced meanwhile.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        count(&log, "hands this agent to a follower"),
+        1,
+        "{}",
+        log.display()
+    );
+    assert_eq!(count(&log, "session open"), 1, "{}", log.display());
 }

@@ -160,6 +160,10 @@ struct Shared {
     /// Pair -> when the watch first saw a plan step start ("step X started").
     step_started: Mutex<HashMap<String, Instant>>,
     welcomed: AtomicUsize,
+    /// Sessions opened through a follower (relayed to the leader).
+    relayed: AtomicUsize,
+    /// Handoffs from the leader to a follower.
+    handoffs: AtomicUsize,
     reports: AtomicU64,
     heartbeats: AtomicU64,
     /// Heartbeat acknowledgements received.
@@ -231,6 +235,10 @@ async fn agent(
     let mut redial = Redial::new();
     // Pause before the next dial, if the last session ended badly.
     let mut pause = Duration::ZERO;
+    // The leader that handed this agent to a follower, until it is served;
+    // until when the agent declines handoffs (agent/src/session.rs).
+    let mut handed: Option<String> = None;
+    let mut no_handoff_until = Instant::now();
     while !shared.stop.load(Ordering::Relaxed) {
         tokio::time::sleep(std::mem::take(&mut pause)).await;
         let permit = dial.acquire().await.expect("semaphore");
@@ -270,6 +278,7 @@ async fn agent(
                     agent_version: "bench-scale".into(),
                     highest_epoch: 0,
                     stall_ms,
+                    handoff_ok: Instant::now() >= no_handoff_until,
                 })),
             })
             .await;
@@ -287,9 +296,30 @@ async fn agent(
         };
         let heartbeat = match inbound.message().await {
             Ok(Some(m)) => match m.msg {
-                Some(Out::Welcome(w)) => Duration::from_millis(w.heartbeat_interval_ms.max(10)),
+                Some(Out::Welcome(w)) => {
+                    handed = None;
+                    if w.relayed_by != 0 {
+                        shared.relayed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Duration::from_millis(w.heartbeat_interval_ms.max(10))
+                }
+                // As the agent does: the leader hands it to a follower.
+                Some(Out::Redirect(r)) if !r.via_addr.is_empty() => {
+                    redial.answered();
+                    shared.handoffs.fetch_add(1, Ordering::Relaxed);
+                    handed = Some(r.leader_addr);
+                    addr = r.via_addr;
+                    continue;
+                }
                 Some(Out::Redirect(r)) => {
                     redial.answered();
+                    // The follower it was handed to did not relay: back to
+                    // the leader, no handoff for a while.
+                    if let (Some(leader), 0) = (handed.take(), r.relayed_by) {
+                        no_handoff_until = Instant::now() + Duration::from_secs(60);
+                        addr = leader;
+                        continue;
+                    }
                     if !r.leader_addr.is_empty() {
                         addr = r.leader_addr;
                     } else {
@@ -725,8 +755,10 @@ impl Run {
                 .map(|s| s.pairs.iter().filter(|p| p.state == "Healthy").count())
                 .unwrap_or(0);
             let welcomed = run.shared.welcomed.load(Ordering::Relaxed);
+            let relayed = run.shared.relayed.load(Ordering::Relaxed);
+            let handoffs = run.shared.handoffs.load(Ordering::Relaxed);
             eprintln!(
-                "{:>5.1} s: {welcomed} agent sessions opened, {healthy}/{pairs} pairs Healthy",
+                "{:>5.1} s: {welcomed} agent sessions opened ({relayed} relayed, {handoffs} handoffs), {healthy}/{pairs} pairs Healthy",
                 t.elapsed().as_secs_f64()
             );
             if healthy == pairs {
