@@ -60,13 +60,15 @@ pub struct AdmissionStats {
 }
 
 /// Accept connections on `listener` and run their TLS handshakes through the
-/// gate; the stream yields the connections ready for gRPC. Accepting stops
-/// when the stream is dropped.
+/// gate, on `handshakes` (a runtime of their own in the controller: see
+/// `node.rs`); the stream yields the connections ready for gRPC. Accepting
+/// stops when the stream is dropped.
 pub fn tls_incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
     admission: Admission,
     stats: Arc<AdmissionStats>,
+    handshakes: tokio::runtime::Handle,
 ) -> ReceiverStream<Result<TlsStream<TcpStream>, io::Error>> {
     let (tx, rx) = mpsc::channel(admission.handshakes.max(1));
     let acceptor = TlsAcceptor::from(config);
@@ -95,7 +97,7 @@ pub fn tls_incoming(
             let _ = tcp.set_nodelay(true);
             let (acceptor, gate, tx, stats) =
                 (acceptor.clone(), gate.clone(), tx.clone(), stats.clone());
-            tokio::spawn(async move {
+            handshakes.spawn(async move {
                 if let Some(tls) = handshake(tcp, peer, &acceptor, &gate, admission, &stats).await {
                     let _ = tx.send(Ok(tls)).await;
                 }
@@ -219,7 +221,13 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stats = Arc::new(AdmissionStats::default());
-        let incoming = tls_incoming(listener, Arc::new(server), admission, stats.clone());
+        let incoming = tls_incoming(
+            listener,
+            Arc::new(server),
+            admission,
+            stats.clone(),
+            tokio::runtime::Handle::current(),
+        );
         (addr, stats, incoming)
     }
 

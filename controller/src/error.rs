@@ -26,8 +26,11 @@ pub enum ControllerError {
         source: std::io::Error,
     },
 
-    #[error("cannot start Raft's own runtime: {source}; the controller needs two more threads (check the process and memory limits)")]
-    RaftRuntime { source: std::io::Error },
+    #[error("cannot start the {name} runtime: {source}; the controller needs three threads besides its main ones (check the process and memory limits)")]
+    SideRuntime {
+        name: String,
+        source: std::io::Error,
+    },
 
     #[error("cannot open a UDP socket for liveness probes: {source}; the controller needs one ephemeral UDP port")]
     ProbeSocket { source: std::io::Error },

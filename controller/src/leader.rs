@@ -91,33 +91,24 @@ pub async fn leader_duties(
         let mut last_full = Instant::now();
         loop {
             if !inventory_synced {
-                let current: Vec<_> = shared
-                    .snapshot()
-                    .state
-                    .pairs
-                    .values()
-                    .map(|p| p.spec.clone())
-                    .collect();
+                // What differs from the configuration, a bounded batch of
+                // pairs per entry; synced once every entry committed (a
+                // failed one is computed again on the next pass).
                 let snap = shared.snapshot();
-                let mut wanted: Vec<_> = cfg
-                    .pairs
-                    .iter()
-                    .map(|p| match snap.state.pairs.get(&p.id) {
-                        Some(rec) => crate::state::effective_spec(p, &rec.redundancy),
-                        None => p.clone(),
-                    })
-                    .collect();
-                wanted.sort_by(|a, b| a.id.cmp(&b.id));
-                inventory_synced = current == wanted
-                    || propose(
-                        &raft,
-                        Request::SyncInventory {
-                            pairs: cfg.pairs.clone(),
-                            at_unix_ms: now_unix_ms(),
-                        },
-                    )
-                    .await
-                    .is_some();
+                let patches = crate::state::inventory_patches(
+                    &cfg.pairs,
+                    &snap.state,
+                    crate::state::INVENTORY_BATCH,
+                    now_unix_ms(),
+                );
+                drop(snap);
+                inventory_synced = true;
+                for req in patches {
+                    if propose(&raft, req).await.is_none() {
+                        inventory_synced = false;
+                        break;
+                    }
+                }
             }
             running.retain(|_, h| !h.is_finished());
             // Inventory preflight, every `[preflight] interval_ms` (the first soon

@@ -93,7 +93,15 @@ pub async fn run(
     // thousands of agent sessions (their TLS handshakes above all) on the main
     // runtime cannot delay a heartbeat past the leader's lease (S6) and make it
     // stand down, which would redirect every session and start a reconnect storm.
-    let raft_rt = RaftRuntime::start()?;
+    let raft_rt = SideRuntime::start("understudy-raft", 2)?;
+    // The TLS handshakes of the connections this node accepts run on one
+    // thread of their own too: thousands of them after an election or a
+    // restart are CPU-bound work that, on the main runtime, queued every
+    // other task behind it, the Raft RPCs this node answers among them
+    // (a follower that answers its leader late makes it lose its lease:
+    // ARCHITECTURE.md, Scale). On a thread of their own they compete with
+    // the main runtime's threads for the CPU, fairly, and queue nothing.
+    let tls_rt = SideRuntime::start("understudy-tls", 1)?;
     let node_id = cfg.node_id;
     let raft = raft_rt
         .handle()
@@ -215,6 +223,7 @@ pub async fn run(
                 Arc::new(tls),
                 crate::acceptor::Admission::default(),
                 stats,
+                tls_rt.handle().clone(),
             );
             router
                 .serve_with_incoming_shutdown(incoming, shutdown)
@@ -229,26 +238,31 @@ pub async fn run(
     tracing::info!(node = cfg.node_id, "shutting down Raft");
     let _ = raft.shutdown().await;
     drop(raft_rt);
+    drop(tls_rt);
     served.map_err(ControllerError::from)
 }
 
-/// Raft's own runtime (two worker threads: the state machine's disk writes
-/// block one while the other keeps the heartbeats going); dropping this shuts
-/// it down with everything still spawned on it.
-struct RaftRuntime {
+/// A runtime of its own, on threads of its own: Raft's (two worker threads:
+/// the state machine's disk writes block one while the other keeps the
+/// heartbeats going) and the TLS handshakes' (one); dropping it shuts it down
+/// with everything still spawned on it.
+struct SideRuntime {
     /// `None` only while dropping.
     rt: Option<tokio::runtime::Runtime>,
 }
 
-impl RaftRuntime {
-    fn start() -> Result<RaftRuntime, ControllerError> {
+impl SideRuntime {
+    fn start(name: &str, threads: usize) -> Result<SideRuntime, ControllerError> {
         let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("understudy-raft")
+            .worker_threads(threads)
+            .thread_name(name)
             .enable_all()
             .build()
-            .map_err(|source| ControllerError::RaftRuntime { source })?;
-        Ok(RaftRuntime { rt: Some(rt) })
+            .map_err(|source| ControllerError::SideRuntime {
+                name: name.to_string(),
+                source,
+            })?;
+        Ok(SideRuntime { rt: Some(rt) })
     }
 
     fn handle(&self) -> &tokio::runtime::Handle {
@@ -256,7 +270,7 @@ impl RaftRuntime {
     }
 }
 
-impl Drop for RaftRuntime {
+impl Drop for SideRuntime {
     fn drop(&mut self) {
         // (Called from the main runtime: a blocking shutdown is not allowed there.)
         if let Some(rt) = self.rt.take() {

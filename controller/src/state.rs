@@ -538,8 +538,21 @@ pub struct ClusterState {
 pub enum Request {
     /// Make the inventory match the configuration: add new pairs, update the spec
     /// of existing ones (their state is kept), remove pairs no longer configured.
+    /// (Written by earlier versions, still applied from their logs; the leader
+    /// now proposes [`Request::PatchInventory`].)
     SyncInventory {
         pairs: Vec<PairSpec>,
+        at_unix_ms: i64,
+    },
+    /// Bring part of the inventory in line with the configuration: add or
+    /// update the pairs in `upsert` (an existing pair keeps its state), remove
+    /// the pairs in `remove`. The leader sends only what differs, at most
+    /// [`INVENTORY_BATCH`] pairs per entry (`inventory_patches`): the first
+    /// start of a controller with 10 000 pairs is 40 entries, not one of
+    /// several megabytes, and a restart with an unchanged configuration none.
+    PatchInventory {
+        upsert: Vec<PairSpec>,
+        remove: Vec<String>,
         at_unix_ms: i64,
     },
     /// Move a pair to a new state, if it is still in `expect` (compare-and-set, so
@@ -699,6 +712,12 @@ impl fmt::Display for Request {
             Request::SyncInventory { pairs, .. } => {
                 write!(f, "SyncInventory({} pairs)", pairs.len())
             }
+            Request::PatchInventory { upsert, remove, .. } => write!(
+                f,
+                "PatchInventory({} added or updated, {} removed)",
+                upsert.len(),
+                remove.len()
+            ),
             Request::Redundancy { pair_id, req, .. } => write!(f, "{req} for {pair_id}"),
             Request::Operator {
                 pair_id,
@@ -803,6 +822,11 @@ impl ClusterState {
     pub fn apply(&mut self, req: &Request) -> Response {
         match req {
             Request::SyncInventory { pairs, at_unix_ms } => self.sync_inventory(pairs, *at_unix_ms),
+            Request::PatchInventory {
+                upsert,
+                remove,
+                at_unix_ms,
+            } => self.patch_inventory(upsert, remove, *at_unix_ms),
             Request::Redundancy {
                 pair_id,
                 req,
@@ -1272,37 +1296,7 @@ impl ClusterState {
     fn sync_inventory(&mut self, pairs: &[PairSpec], at: i64) -> Response {
         let (mut added, mut updated, mut removed) = (Vec::new(), Vec::new(), Vec::new());
         for spec in pairs {
-            match self.pairs.get_mut(&spec.id) {
-                Some(rec) if rec.spec == effective_spec(spec, &rec.redundancy) => {}
-                Some(rec) => {
-                    let rec = Arc::make_mut(rec);
-                    rec.spec = effective_spec(spec, &rec.redundancy);
-                    rec.record(at, "inventory updated from configuration".into());
-                    updated.push(spec.id.clone());
-                }
-                None => {
-                    let mut rec = PairRecord {
-                        spec: spec.clone(),
-                        state: PairState::Rebuilding,
-                        state_reason: "new pair: backup not yet seen in sync".into(),
-                        epoch: 0,
-                        state_since_unix_ms: at,
-                        history: Vec::new(),
-                        serving: None,
-                        failover: None,
-                        last_auto_failover_unix_ms: None,
-                        flap_acknowledged: false,
-                        outdated: None,
-                        holdoff_elapsed_ms: 0,
-                        redundancy: Redundancy::default(),
-                        ops: Operations::default(),
-                        stats: Default::default(),
-                    };
-                    rec.record(at, "pair added to the inventory".into());
-                    self.pairs.insert(spec.id.clone(), Arc::new(rec));
-                    added.push(spec.id.clone());
-                }
-            }
+            self.upsert_pair(spec, at, &mut added, &mut updated);
         }
         let keep: std::collections::BTreeSet<&str> = pairs.iter().map(|p| p.id.as_str()).collect();
         self.pairs.retain(|id, _| {
@@ -1318,6 +1312,115 @@ impl ClusterState {
             removed,
         }
     }
+
+    fn patch_inventory(&mut self, upsert: &[PairSpec], remove: &[String], at: i64) -> Response {
+        let (mut added, mut updated) = (Vec::new(), Vec::new());
+        for spec in upsert {
+            self.upsert_pair(spec, at, &mut added, &mut updated);
+        }
+        let removed = remove
+            .iter()
+            .filter(|id| self.pairs.remove(id.as_str()).is_some())
+            .cloned()
+            .collect();
+        Response::Inventory {
+            added,
+            updated,
+            removed,
+        }
+    }
+
+    /// Add `spec`'s pair, or update its spec (its state kept) if it differs.
+    fn upsert_pair(
+        &mut self,
+        spec: &PairSpec,
+        at: i64,
+        added: &mut Vec<String>,
+        updated: &mut Vec<String>,
+    ) {
+        match self.pairs.get_mut(&spec.id) {
+            Some(rec) if rec.spec == effective_spec(spec, &rec.redundancy) => {}
+            Some(rec) => {
+                let rec = Arc::make_mut(rec);
+                rec.spec = effective_spec(spec, &rec.redundancy);
+                rec.record(at, "inventory updated from configuration".into());
+                updated.push(spec.id.clone());
+            }
+            None => {
+                let mut rec = PairRecord {
+                    spec: spec.clone(),
+                    state: PairState::Rebuilding,
+                    state_reason: "new pair: backup not yet seen in sync".into(),
+                    epoch: 0,
+                    state_since_unix_ms: at,
+                    history: Vec::new(),
+                    serving: None,
+                    failover: None,
+                    last_auto_failover_unix_ms: None,
+                    flap_acknowledged: false,
+                    outdated: None,
+                    holdoff_elapsed_ms: 0,
+                    redundancy: Redundancy::default(),
+                    ops: Operations::default(),
+                    stats: Default::default(),
+                };
+                rec.record(at, "pair added to the inventory".into());
+                self.pairs.insert(spec.id.clone(), Arc::new(rec));
+                added.push(spec.id.clone());
+            }
+        }
+    }
+}
+
+/// Most pairs one [`Request::PatchInventory`] entry adds or updates.
+pub const INVENTORY_BATCH: usize = 250;
+
+/// The entries that bring `state`'s inventory in line with the configured
+/// `pairs`: the pairs that are new or whose configured spec differs (as
+/// [`effective_spec`] sees it: a replaced member is not a difference), at most
+/// `batch` per entry, and the pairs no longer configured (in the last entry).
+/// None when nothing differs; pure.
+pub fn inventory_patches(
+    pairs: &[PairSpec],
+    state: &ClusterState,
+    batch: usize,
+    at_unix_ms: i64,
+) -> Vec<Request> {
+    let upsert: Vec<PairSpec> = pairs
+        .iter()
+        .filter(|p| match state.pairs.get(&p.id) {
+            Some(rec) => rec.spec != effective_spec(p, &rec.redundancy),
+            None => true,
+        })
+        .cloned()
+        .collect();
+    let configured: std::collections::BTreeSet<&str> =
+        pairs.iter().map(|p| p.id.as_str()).collect();
+    let remove: Vec<String> = state
+        .pairs
+        .keys()
+        .filter(|id| !configured.contains(id.as_str()))
+        .cloned()
+        .collect();
+    let mut out: Vec<Request> = upsert
+        .chunks(batch.max(1))
+        .map(|c| Request::PatchInventory {
+            upsert: c.to_vec(),
+            remove: Vec::new(),
+            at_unix_ms,
+        })
+        .collect();
+    if !remove.is_empty() {
+        match out.last_mut() {
+            Some(Request::PatchInventory { remove: r, .. }) => *r = remove,
+            _ => out.push(Request::PatchInventory {
+                upsert: Vec::new(),
+                remove,
+                at_unix_ms,
+            }),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -1391,6 +1494,90 @@ mod tests {
             at_unix_ms: 4,
         });
         assert_eq!(st, before);
+    }
+
+    #[test]
+    fn inventory_patches_send_only_what_differs_in_bounded_batches() {
+        let mut st = ClusterState::default();
+        let ip = |i: usize| format!("198.18.{}.{}", i / 250, i % 250);
+        let mut cfg: Vec<PairSpec> = (0..600)
+            .map(|i| spec(&format!("p{i:03}"), &ip(i)))
+            .collect();
+        // A first start: every pair, 250 per entry.
+        let patches = inventory_patches(&cfg, &st, 250, 1);
+        let sizes: Vec<(usize, usize)> = patches
+            .iter()
+            .map(|r| match r {
+                Request::PatchInventory { upsert, remove, .. } => (upsert.len(), remove.len()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(sizes, vec![(250, 0), (250, 0), (100, 0)]);
+        for r in &patches {
+            st.apply(r);
+        }
+        assert_eq!(st.pairs.len(), 600);
+        assert!(st.pairs.values().all(|p| p.state == PairState::Rebuilding));
+        // The same configuration again: nothing to send.
+        assert!(inventory_patches(&cfg, &st, 250, 2).is_empty());
+
+        // One pair in service, its spec changed; one pair whose backup was
+        // replaced by a spare (not a difference); two pairs dropped.
+        st.apply(&Request::SetPairState {
+            pair_id: "p007".into(),
+            expect: PairState::Rebuilding,
+            state: PairState::Healthy,
+            reason: "in sync".into(),
+            at_unix_ms: 3,
+        });
+        cfg[7].client_ip = "198.19.0.7".into();
+        let spare = ServerSpec {
+            id: "spare-1".into(),
+            ..cfg[9].backup.clone()
+        };
+        let p9 = Arc::make_mut(st.pairs.get_mut("p009").unwrap());
+        p9.redundancy.replacements.push(redundancy::Replacement {
+            old: "p009-b".into(),
+            new: spare.clone(),
+        });
+        p9.spec.backup = spare;
+        cfg.retain(|p| p.id != "p100" && p.id != "p200");
+        let patches = inventory_patches(&cfg, &st, 250, 4);
+        assert_eq!(
+            patches,
+            vec![Request::PatchInventory {
+                upsert: vec![cfg[7].clone()],
+                remove: vec!["p100".into(), "p200".into()],
+                at_unix_ms: 4,
+            }]
+        );
+        let r = st.apply(&patches[0]);
+        assert_eq!(
+            r,
+            Response::Inventory {
+                added: vec![],
+                updated: vec!["p007".into()],
+                removed: vec!["p100".into(), "p200".into()],
+            }
+        );
+        assert_eq!(st.pairs["p007"].state, PairState::Healthy, "state kept");
+        assert_eq!(st.pairs["p007"].spec.client_ip, "198.19.0.7");
+        assert_eq!(
+            st.pairs["p009"].spec.backup.id, "spare-1",
+            "replacement kept"
+        );
+        assert_eq!(st.pairs.len(), 598);
+        assert!(inventory_patches(&cfg, &st, 250, 5).is_empty());
+        // Only removals: one entry with no pair to add.
+        let patches = inventory_patches(&cfg[..597], &st, 250, 6);
+        assert_eq!(
+            patches,
+            vec![Request::PatchInventory {
+                upsert: vec![],
+                remove: vec![cfg[597].id.clone()],
+                at_unix_ms: 6,
+            }]
+        );
     }
 
     #[test]

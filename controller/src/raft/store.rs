@@ -338,10 +338,10 @@ fn read_archive(
 /// How many archived history lines are kept per pair (oldest dropped first).
 pub const ARCHIVE_LIMIT: u64 = 10_000;
 
-/// The pair a request changes; `None`: it may change any (inventory sync).
+/// The pair a request changes; `None`: it may change several (inventory).
 fn pair_of(req: &Request) -> Option<&str> {
     match req {
-        Request::SyncInventory { .. } => None,
+        Request::SyncInventory { .. } | Request::PatchInventory { .. } => None,
         Request::SetPairState { pair_id, .. }
         | Request::StartFailover { pair_id, .. }
         | Request::StartReattach { pair_id, .. }
@@ -570,11 +570,18 @@ impl StateMachineStore {
     fn apply_one(&self, data: &mut SmData, dirty: &mut Dirty, req: &Request) -> Response {
         let audit = data.state.audit.len();
         let resp = data.state.apply(req);
-        match pair_of(req) {
-            Some(id) => {
+        match (pair_of(req), req) {
+            (Some(id), _) => {
                 dirty.pairs.insert(id.to_string());
             }
-            None => dirty.all = true,
+            // The pairs it names, no others (a removed one's rows go).
+            (None, Request::PatchInventory { upsert, remove, .. }) => dirty.pairs.extend(
+                upsert
+                    .iter()
+                    .map(|p| p.id.clone())
+                    .chain(remove.iter().cloned()),
+            ),
+            (None, _) => dirty.all = true,
         }
         dirty.audit |= matches!(req, Request::Operator { .. }) || data.state.audit.len() != audit;
         resp
@@ -924,6 +931,39 @@ mod tests {
         // A pair removed from the inventory loses its row.
         n.apply(&[sync(&["p1", "p2"])]);
         assert!(n.row("p3").is_none());
+    }
+
+    /// An inventory patch writes the rows of the pairs it names, no others; a
+    /// pair it removes loses its row.
+    #[tokio::test]
+    async fn an_inventory_patch_writes_only_the_pairs_it_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut n = Node::open(&dir.path().join("raft.redb"));
+        n.apply(&[sync(&["p1", "p2", "p3"])]);
+        let (p1, p2) = (n.row("p1").unwrap(), n.row("p2").unwrap());
+        let patch = Request::PatchInventory {
+            upsert: vec![spec("p4")],
+            remove: vec!["p3".into()],
+            at_unix_ms: 7,
+        };
+        n.apply(&[patch]);
+        assert_eq!(n.sm.last_write().pair_rows, 2, "p4 written, p3 removed");
+        assert!(n.row("p4").is_some());
+        assert!(n.row("p3").is_none());
+        assert_eq!(n.row("p1").unwrap(), p1, "p1's row untouched");
+        assert_eq!(n.row("p2").unwrap(), p2, "p2's row untouched");
+        drop(n);
+        let reopened = Node::open(&dir.path().join("raft.redb"));
+        let ids: Vec<String> = reopened
+            .sm
+            .shared
+            .snapshot()
+            .state
+            .pairs
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(ids, vec!["p1", "p2", "p4"]);
     }
 
     /// A node reopened (after a SIGKILL) has exactly the state it applied:
