@@ -28,6 +28,8 @@
 //!   (thousands of agents dialling at once must not starve each other);
 //! - `auth`, `certs`: who calls (mutual TLS certificate names) and what they
 //!   may do; the cluster's CA and certificates (`understudyctl certs`);
+//! - `transport`: the HTTP/2 settings of the server and of the channels
+//!   between controllers (sized for relayed sessions);
 //! - `config`, `error`: the TOML configuration and the error type.
 
 pub mod acceptor;
@@ -63,6 +65,7 @@ pub mod state;
 pub mod status_json;
 #[cfg(test)]
 mod testutil;
+pub mod transport;
 
 pub use config::ControllerConfig;
 pub use error::ControllerError;

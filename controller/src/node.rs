@@ -55,7 +55,7 @@ pub async fn run(
         }
     };
     // TLS handshakes are run by `acceptor`, a few at a time, not by tonic.
-    let mut server = tonic::transport::Server::builder().tcp_nodelay(true);
+    let mut server = crate::transport::server();
     let handshakes = server_tls
         .as_ref()
         .map(|_| Arc::new(crate::acceptor::AdmissionStats::default()));

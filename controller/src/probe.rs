@@ -92,10 +92,33 @@ struct Pending {
     sent: Instant,
 }
 
+/// The probes in flight by nonce, and their nonces in the order they were
+/// sent: expired ones are dropped from the front, without a pass over all of
+/// them for each probe sent (at thousands of silent servers, a leader's start,
+/// that pass was a third of the leader's CPU).
+#[derive(Default)]
+struct InFlight {
+    by_nonce: HashMap<u64, Pending>,
+    order: std::collections::VecDeque<(Instant, u64)>,
+}
+
+impl InFlight {
+    /// Forget the probes sent `PENDING_FOR` or longer ago.
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(sent, nonce)) = self.order.front() {
+            if now.saturating_duration_since(sent) < PENDING_FOR {
+                break;
+            }
+            self.order.pop_front();
+            self.by_nonce.remove(&nonce);
+        }
+    }
+}
+
 /// The leader's probe socket and the nonces in flight.
 pub struct Prober {
     socket: UdpSocket,
-    pending: Mutex<HashMap<u64, Pending>>,
+    pending: Mutex<InFlight>,
     keys: RandomState,
     counter: AtomicU64,
     liveness: Arc<Liveness>,
@@ -159,15 +182,17 @@ impl Prober {
             padding: vec![0; PADDING],
         };
         {
+            let now = Instant::now();
             let mut pending = self.pending.lock().expect("probe lock");
-            pending.retain(|_, p| p.sent.elapsed() < PENDING_FOR);
-            pending.insert(
+            pending.expire(now);
+            pending.order.push_back((now, nonce));
+            pending.by_nonce.insert(
                 nonce,
                 Pending {
                     pair_id: pair_id.into(),
                     server_id: server.id.clone(),
                     to,
-                    sent: Instant::now(),
+                    sent: now,
                 },
             );
         }
@@ -187,7 +212,7 @@ impl Prober {
     fn accept(&self, datagram: &[u8], from: SocketAddr) -> Option<ProbeReply> {
         let reply = ProbeReply::decode(datagram).ok()?;
         let mut pending = self.pending.lock().expect("probe lock");
-        let p = pending.get(&reply.nonce)?;
+        let p = pending.by_nonce.get(&reply.nonce)?;
         if p.to != from
             || p.pair_id != reply.pair_id
             || p.server_id != reply.server_id
@@ -195,7 +220,8 @@ impl Prober {
         {
             return None;
         }
-        pending.remove(&reply.nonce);
+        // (Its place in `order` goes when it expires.)
+        pending.by_nonce.remove(&reply.nonce);
         Some(reply)
     }
 
@@ -302,6 +328,38 @@ pub async fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probes_in_flight_expire_oldest_first_answered_or_not() {
+        let t0 = Instant::now();
+        let to: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mut f = InFlight::default();
+        for n in 0..5u64 {
+            let sent = t0 + Duration::from_millis(n * 500);
+            f.order.push_back((sent, n));
+            f.by_nonce.insert(
+                n,
+                Pending {
+                    pair_id: "p".into(),
+                    server_id: format!("s{n}"),
+                    to,
+                    sent,
+                },
+            );
+        }
+        // Nonce 1 was answered (accept removes it from the map only).
+        f.by_nonce.remove(&1);
+        f.expire(t0 + Duration::from_millis(1999));
+        assert_eq!(f.by_nonce.len(), 4, "none is 2 s old yet");
+        // At 2.6 s: probes 0 and 1 (sent at 0 and 0.5 s) are 2 s old or more.
+        f.expire(t0 + Duration::from_millis(2600));
+        let mut left: Vec<u64> = f.by_nonce.keys().copied().collect();
+        left.sort();
+        assert_eq!(left, vec![2, 3, 4]);
+        assert_eq!(f.order.len(), 3);
+        f.expire(t0 + Duration::from_secs(60));
+        assert!(f.by_nonce.is_empty() && f.order.is_empty());
+    }
 
     fn server(port: u16) -> ServerSpec {
         ServerSpec {

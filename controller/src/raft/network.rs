@@ -41,6 +41,7 @@ pub fn channel(
 ) -> Result<Channel, understudy_tls::TlsError> {
     Ok(understudy_tls::endpoint(addr, tls)?
         .connect_timeout(connect_timeout)
+        .initial_connection_window_size(crate::transport::CONNECTION_WINDOW)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(1))
         .keep_alive_timeout(Duration::from_secs(2))
