@@ -85,10 +85,7 @@ pub fn pick<'a>(server_id: &str, followers: &'a [Follower]) -> Option<&'a Follow
     }
     let mut sorted: Vec<&Follower> = followers.iter().collect();
     sorted.sort_by_key(|f| f.id);
-    // FNV-1a: stable across builds and processes (std's hasher is not).
-    let h = server_id.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100000001b3)
-    });
+    let h = crate::relay::stable_hash(server_id);
     Some(sorted[(h % sorted.len() as u64) as usize])
 }
 

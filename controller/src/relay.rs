@@ -2,14 +2,15 @@
 //!
 //! An agent may dial any controller. The leader serves its session itself; a
 //! follower that knows the leader opens the same `AgentService.Session` on the
-//! leader for it, over the follower's one connection to the leader (HTTP/2
-//! streams share it), and pipes both directions unchanged: the agent's `Hello`,
-//! reports, heartbeats and command results up, the leader's `Welcome`,
-//! acknowledgements, commands and redirects down. The leader therefore holds
-//! one connection per follower, not one per agent: at thousands of agents the
-//! TLS and HTTP/2 state of their connections was most of the leader's memory
-//! and its `write` calls most of its CPU (ARCHITECTURE.md, Scale), and now
-//! the followers carry two thirds of it.
+//! leader for it, over one of the follower's few connections to the leader
+//! ([`CONNECTIONS`]; HTTP/2 streams share them), and pipes both directions
+//! unchanged: the agent's `Hello`, reports, heartbeats and command results up,
+//! the leader's `Welcome`, acknowledgements, commands and redirects down. The
+//! leader therefore holds a few connections per follower, not one per agent:
+//! at thousands of agents the TLS and HTTP/2 state of their connections was
+//! most of the leader's memory and its `write` calls most of its CPU
+//! (ARCHITECTURE.md, Scale), and now the followers carry it (the leader hands
+//! them the agents that dial it: `crate::handoff`).
 //!
 //! Nothing about the session changes meaning: the leader decides, records and
 //! acknowledges as for a direct session, so the agent's stall detection still
@@ -50,11 +51,28 @@ pub const RELAYED_BY: &str = "understudy-relayed-by";
 /// it asks the agent to come back (the agent waits 2 s for an answer).
 pub const OPEN_TIMEOUT: Duration = Duration::from_millis(1500);
 
-/// The follower's side: one lazily connected channel to the current leader.
+/// How many connections a follower opens to the leader for the sessions it
+/// relays (each session on one of them, by a hash of its server id). One
+/// connection for thousands of sessions is one task on the leader for all of
+/// their frames, and one keepalive, one flow-control window and one set of
+/// h2 guards for all of them: when it goes, every session on it goes
+/// (`crate::transport`). Spread over several, a connection's trouble ends a
+/// share of them, and the leader's threads share the work.
+pub const CONNECTIONS: usize = 8;
+
+/// A relay connection counts as dead when the leader has not answered its
+/// HTTP/2 ping for this long. Longer than the Raft channels' 2 s: liveness is
+/// the agents' own concern (their stall bound measures the whole path to the
+/// leader, in about a second), and a leader that is only late (a start, a
+/// storm) must not lose every relayed session for it, which makes all of
+/// them dial again at once and makes it later still.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The follower's side: lazily connected channels to the current leader.
 pub struct Relay {
     node_id: u64,
     tls: Option<ClientTls>,
-    leader: Mutex<Option<(String, AgentServiceClient<Channel>)>>,
+    leader: Mutex<Option<(String, Vec<AgentServiceClient<Channel>>)>>,
 }
 
 /// Why a session could not be relayed.
@@ -75,18 +93,31 @@ impl Relay {
         }
     }
 
-    /// The client for `addr`, reusing the connection while the leader stays.
-    fn client(&self, addr: &str) -> Result<AgentServiceClient<Channel>, String> {
+    /// The client for `server`'s session to `addr`, reusing the connections
+    /// while the leader stays.
+    fn client(&self, addr: &str, server: &str) -> Result<AgentServiceClient<Channel>, String> {
+        let k = shard(server, CONNECTIONS);
         let mut l = self.leader.lock().expect("relay lock");
         if let Some((a, c)) = l.as_ref() {
             if a == addr {
-                return Ok(c.clone());
+                return Ok(c[k].clone());
             }
         }
-        let ch = crate::raft::network::channel(addr, Duration::from_millis(500), self.tls.as_ref())
-            .map_err(|e| e.to_string())?;
-        let c = AgentServiceClient::new(ch).max_decoding_message_size(16 << 20);
-        *l = Some((addr.to_string(), c.clone()));
+        let clients = (0..CONNECTIONS)
+            .map(|_| {
+                let ch = understudy_tls::endpoint(addr, self.tls.as_ref())
+                    .map_err(|e| e.to_string())?
+                    .connect_timeout(Duration::from_millis(500))
+                    .initial_connection_window_size(crate::transport::CONNECTION_WINDOW)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(1))
+                    .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                    .connect_lazy();
+                Ok(AgentServiceClient::new(ch).max_decoding_message_size(16 << 20))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let c = clients[k].clone();
+        *l = Some((addr.to_string(), clients));
         Ok(c)
     }
 
@@ -98,7 +129,13 @@ impl Relay {
         hello: AgentMessage,
         inbound: Streaming<AgentMessage>,
     ) -> Result<Streaming<ControllerMessage>, NotRelayed> {
-        let mut client = self.client(addr).map_err(NotRelayed::Unreachable)?;
+        let server = match hello.msg.as_ref() {
+            Some(understudy_proto::agent_message::Msg::Hello(h)) => h.server_id.clone(),
+            _ => String::new(),
+        };
+        let mut client = self
+            .client(addr, &server)
+            .map_err(NotRelayed::Unreachable)?;
         // The agent's messages until its stream ends or breaks; then the
         // upstream request ends too and the leader closes the session.
         let up = tokio_stream::once(hello).chain(inbound.map_while(Result::ok));
@@ -167,6 +204,20 @@ fn refusal(st: &Status) -> bool {
         st.code(),
         Code::PermissionDenied | Code::Unauthenticated | Code::InvalidArgument
     )
+}
+
+/// A hash of a server id that is the same in every process and build
+/// (FNV-1a; std's hasher is seeded per process): spreads agents over relay
+/// connections here and over followers in `crate::handoff`.
+pub fn stable_hash(server: &str) -> u64 {
+    server.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// Which of `n` connections carries `server`'s session.
+fn shard(server: &str, n: usize) -> usize {
+    (stable_hash(server) % n.max(1) as u64) as usize
 }
 
 /// The follower that relays this request, if it is relayed.
