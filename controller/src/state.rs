@@ -1866,6 +1866,17 @@ mod tests {
         assert_eq!(p.epoch, 1);
         assert_eq!(p.serving_id(), "p1-b");
         assert_eq!(p.state, PairState::Degraded);
+        // The same through the patches the leader proposes now.
+        changed.nfs_port = 2051;
+        let patches = inventory_patches(std::slice::from_ref(&changed), &st, INVENTORY_BATCH, 31);
+        assert_eq!(patches.len(), 1);
+        let r = st.apply(&patches[0]);
+        assert!(matches!(r, Response::Inventory { ref updated, .. } if updated == &["p1"]));
+        let p = &st.pairs["p1"];
+        assert_eq!(p.spec.nfs_port, 2051);
+        assert_eq!(p.epoch, 1);
+        assert_eq!(p.serving_id(), "p1-b");
+        assert_eq!(p.state, PairState::Degraded);
     }
 
     #[test]
