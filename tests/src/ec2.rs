@@ -407,8 +407,33 @@ impl Ec2Harness {
     /// As an operator brings a fenced server back: start its instance in moto
     /// if it is stopped, give its interface the servers' security group back,
     /// and wait until the fabric has seen it running (it powers it off no
-    /// more); the harness then boots the host.
+    /// more); the harness then boots the host. The fence's forced stop and
+    /// isolation go on in the background after a verified IP move, until the
+    /// fence's deadline (`controller/src/fence.rs`); under a slow EC2 API
+    /// one of them can land after this start and take the server off again,
+    /// so, as an operator would, this starts it again, for up to 30 s.
     pub fn power_on(&self, name: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            self.start_and_unisolate(name);
+            self.fabric.wait_polls(2);
+            if !self.fabric.powered_off(name) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the fabric still has {name} powered off 30 s after it was powered on"
+            );
+            eprintln!(
+                "{name} is powered off again (the fence's background stop or isolation landed after the start): powering it on again"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Start `name`'s instance if it is not running, wait until moto says it
+    /// runs, and give its interface the servers' security group back.
+    fn start_and_unisolate(&self, name: &str) {
         let h = self.host(name).clone();
         let c = &self.client;
         let group = self.servers_group.clone();
@@ -438,11 +463,6 @@ impl Ec2Harness {
                 Ok::<_, String>(())
             })
             .unwrap_or_else(|e| panic!("powering {name} on in moto: {e}"));
-        self.fabric.wait_polls(2);
-        assert!(
-            !self.fabric.powered_off(name),
-            "the fabric still has {name} powered off"
-        );
     }
 
     /// The instance state of host `name` in moto.

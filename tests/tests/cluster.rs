@@ -214,6 +214,18 @@ fn an_agent_relayed_by_a_follower_keeps_its_connection_when_the_leader_dies() {
     }
 }
 
+/// The first "session open" line of the agent log at `path` after the first
+/// line containing `marker`, waited for (15 s) as `what`.
+fn session_after(path: &std::path::Path, marker: &str, what: &str) -> String {
+    understudy_tests::wait_for(what, Duration::from_secs(15), || {
+        let text = std::fs::read_to_string(path).ok()?;
+        text.lines()
+            .skip_while(|l| !l.contains(marker))
+            .find(|l| l.contains("session open"))
+            .map(str::to_owned)
+    })
+}
+
 /// Log lines of `path` containing `what`.
 fn count(path: &std::path::Path, what: &str) -> usize {
     std::fs::read_to_string(path)
@@ -251,16 +263,10 @@ fn the_leader_hands_an_agent_that_dials_it_to_a_follower_and_serves_it_when_no_f
     b.start_agent();
     // Handed to a follower, which relays it: the leader holds no connection
     // of its own for it.
-    let served = understudy_tests::wait_for(
+    let served = session_after(
+        &log,
+        "the leader hands this agent to a follower",
         "fs1-b handed to a follower and relayed by it",
-        Duration::from_secs(15),
-        || {
-            let text = std::fs::read_to_string(&log).ok()?;
-            text.lines()
-                .skip_while(|l| !l.contains("the leader hands this agent to a follower"))
-                .find(|l| l.contains("session open"))
-                .map(str::to_owned)
-        },
     );
     assert!(!served.contains("relayed_by=0"), "{served}");
     assert!(
@@ -294,16 +300,10 @@ fn the_leader_hands_an_agent_that_dials_it_to_a_follower_and_serves_it_when_no_f
     std::fs::write(&b.agent_config, only(&c.controllers.addrs[leader])).unwrap();
     let _ = std::fs::remove_file(&log);
     b.start_agent();
-    let direct = understudy_tests::wait_for(
+    let direct = session_after(
+        &log,
+        "did not serve it: back to the leader",
         "fs1-b back at the leader, served directly",
-        Duration::from_secs(15),
-        || {
-            let text = std::fs::read_to_string(&log).ok()?;
-            text.lines()
-                .skip_while(|l| !l.contains("did not serve it: back to the leader"))
-                .find(|l| l.contains("session open"))
-                .map(str::to_owned)
-        },
     );
     assert!(direct.contains("relayed_by=0"), "{direct}");
     assert!(

@@ -97,6 +97,18 @@ pub fn helper_env(c: &Core) -> Vec<(String, String)> {
 /// `call helper` / `response helper`. Returns the raw wait status
 /// (exit code << 8, or the signal number) as the kernel sees it.
 pub async fn run_helper(sh: &Arc<Shared>, name: &'static str) -> i32 {
+    run_helper_with(sh, name, None).await
+}
+
+/// [`run_helper`] with the environment `decided` built when the call was
+/// decided (as the kernel builds it), not when the task gets to run: a peer
+/// state packet handled in between must not change what the handler is
+/// told (unfence-peer is called because both disks were UpToDate then).
+async fn run_helper_with(
+    sh: &Arc<Shared>,
+    name: &'static str,
+    decided: Option<Vec<(String, String)>>,
+) -> i32 {
     let cfg = sh.cfg();
     let (r, p) = (&cfg.resource, &cfg.peer.hostname);
     let cmd = match name {
@@ -110,7 +122,7 @@ pub async fn run_helper(sh: &Arc<Shared>, name: &'static str) -> i32 {
             name: name.to_string(),
             status: None,
         });
-        helper_env(&c)
+        decided.unwrap_or_else(|| helper_env(&c))
     };
     let raw = match cmd {
         None => {
@@ -322,8 +334,8 @@ pub fn after_sync_source_done(sh: &Arc<Shared>, c: &Core) {
     {
         return;
     }
-    let sh = sh.clone();
+    let (sh, env) = (sh.clone(), helper_env(c));
     tokio::spawn(async move {
-        run_helper(&sh, "unfence-peer").await;
+        run_helper_with(&sh, "unfence-peer", Some(env)).await;
     });
 }
