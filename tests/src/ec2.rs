@@ -410,22 +410,30 @@ impl Ec2Harness {
     /// more); the harness then boots the host. The fence's forced stop and
     /// isolation go on in the background after a verified IP move, until the
     /// fence's deadline (`controller/src/fence.rs`); under a slow EC2 API
-    /// one of them can land after this start and take the server off again,
-    /// so, as an operator would, this starts it again, for up to 30 s.
+    /// one of them can land after this start and take the server off or
+    /// isolate it again, so, as an operator would, this checks for 3 s that
+    /// it stays on and in the servers' group, and starts it again if not,
+    /// for up to 30 s.
     pub fn power_on(&self, name: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             self.start_and_unisolate(name);
-            self.fabric.wait_polls(2);
-            if !self.fabric.powered_off(name) {
+            // Running and in the servers' group, and still so 3 s later.
+            let settled = Instant::now() + Duration::from_secs(3);
+            let mut ok = true;
+            while ok && Instant::now() < settled {
+                self.fabric.wait_polls(1);
+                ok = !self.fabric.powered_off(name) && !self.fabric.isolated(name);
+            }
+            if ok {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "the fabric still has {name} powered off 30 s after it was powered on"
+                "the fabric still has {name} powered off or isolated 30 s after it was powered on"
             );
             eprintln!(
-                "{name} is powered off again (the fence's background stop or isolation landed after the start): powering it on again"
+                "{name} is powered off or isolated again (the fence's background stop or isolation landed after the start): powering it on again"
             );
             std::thread::sleep(Duration::from_millis(500));
         }
@@ -625,6 +633,8 @@ struct FabricState {
     /// Hosts it powered off (their instance stopped or terminated in moto),
     /// until moto reports them running again.
     off: Vec<&'static str>,
+    /// Hosts whose interface was not in the servers' group at the last poll.
+    isolated: Vec<&'static str>,
     /// The last poll's error, if it failed.
     error: Option<String>,
 }
@@ -717,6 +727,12 @@ impl VpcFabric {
     /// Whether the fabric has `name` powered off (its instance stopped in moto).
     pub fn powered_off(&self, name: &str) -> bool {
         self.state.lock().unwrap().off.contains(&name)
+    }
+
+    /// Whether host `name`'s interface was outside the servers' group at the
+    /// last poll (its cable is cut).
+    pub fn isolated(&self, name: &str) -> bool {
+        self.state.lock().unwrap().isolated.contains(&name)
     }
 }
 
@@ -840,7 +856,15 @@ fn apply(
             ));
             state.lock().unwrap().off.retain(|n| *n != h.name);
         }
-        if !v.groups.iter().any(|g| g == servers_group) && crate::nscluster::link_up(&h.veth) {
+        let isolated = !v.groups.iter().any(|g| g == servers_group);
+        {
+            let mut st = state.lock().unwrap();
+            st.isolated.retain(|n| *n != h.name);
+            if isolated {
+                st.isolated.push(h.name);
+            }
+        }
+        if isolated && crate::nscluster::link_up(&h.veth) {
             let c = cut(&h.veth);
             note(format!(
                 "{}: interface {} has groups {:?} in moto, not the servers' group: cable cut ({c:?})",
