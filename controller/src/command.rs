@@ -48,7 +48,7 @@ pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + S
 impl OperatorGrpc {
     fn views(&self, p: &PairRecord) -> (AgentView, AgentView) {
         let now = Instant::now();
-        let since = self.liveness.leading_since();
+        let since = self.liveness.silence_origin();
         let res = &p.spec.resource;
         (
             agent_view(self.liveness.get(p.serving_id()).as_ref(), res, now, since),

@@ -518,7 +518,7 @@ impl Executor {
         pair: &PairRecord,
         plan: &FailoverPlan,
     ) -> (crate::observe::AgentView, crate::observe::AgentView) {
-        let (now, since) = (Instant::now(), self.liveness.leading_since());
+        let (now, since) = (Instant::now(), self.liveness.silence_origin());
         let res = &pair.spec.resource;
         (
             agent_view(self.liveness.get(&plan.from).as_ref(), res, now, since),
@@ -719,7 +719,7 @@ impl Executor {
         plan: &FailoverPlan,
     ) -> Result<String, String> {
         let now = Instant::now();
-        let since = self.liveness.leading_since();
+        let since = self.liveness.silence_origin();
         let res = &pair.spec.resource;
         let from = agent_view(self.liveness.get(&plan.from).as_ref(), res, now, since);
         let to = agent_view(self.liveness.get(&plan.to).as_ref(), res, now, since);

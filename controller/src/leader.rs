@@ -167,6 +167,7 @@ pub async fn leader_duties(
                 ));
             }
             let now = Instant::now();
+            let origin = liveness.silence_origin();
             let changed = liveness.take_changed();
             let full = sweep_all && now.duration_since(last_full) >= FULL_SWEEP;
             if full {
@@ -193,8 +194,8 @@ pub async fn leader_duties(
                 // S4: an epoch never goes back. An agent that holds a higher one
                 // (the pair was re-added, the controllers restored) raises it.
                 let res = &pair.spec.resource;
-                let sv = liveness.agent_view(pair.serving_id(), res, now, leading_since);
-                let sb = liveness.agent_view(pair.standby_id(), res, now, leading_since);
+                let sv = liveness.agent_view(pair.serving_id(), res, now, origin);
+                let sb = liveness.agent_view(pair.standby_id(), res, now, origin);
                 let held = [(pair.serving_id(), &sv), (pair.standby_id(), &sb)]
                     .into_iter()
                     .filter_map(|(id, v)| v.highest_epoch.map(|e| (id, e)))

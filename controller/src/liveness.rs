@@ -55,6 +55,8 @@ pub struct Liveness {
     probes: Mutex<HashMap<String, (Instant, ProbeReply)>>,
     next_command: std::sync::atomic::AtomicU64,
     leading_since: Mutex<Instant>,
+    /// When the first agent session of this leadership opened.
+    first_contact: Mutex<Option<Instant>>,
     changed: watch::Sender<u64>,
     /// Pairs whose agents' view changed since the leader's loop last looked
     /// ([`Liveness::take_changed`]): a session opened or closed, a report that
@@ -71,6 +73,7 @@ impl Default for Liveness {
             probes: Mutex::default(),
             next_command: std::sync::atomic::AtomicU64::new(1),
             leading_since: Mutex::new(Instant::now()),
+            first_contact: Mutex::new(None),
             changed: watch::channel(0).0,
             changed_pairs: Mutex::default(),
         }
@@ -109,6 +112,10 @@ impl Liveness {
         let id = hello.server_id.clone();
         let pair = hello.pair_id.clone();
         let now = Instant::now();
+        self.first_contact
+            .lock()
+            .expect("liveness lock")
+            .get_or_insert(now);
         {
             let mut s = self.servers.lock().expect("liveness lock");
             let e = s.entry(id.clone()).or_insert_with(|| ServerView {
@@ -351,7 +358,25 @@ impl Liveness {
     pub fn start_leading(&self) -> Instant {
         let now = Instant::now();
         *self.leading_since.lock().expect("liveness lock") = now;
+        *self.first_contact.lock().expect("liveness lock") = None;
         now
+    }
+
+    /// From when the silence of an agent this leader has not heard from yet
+    /// is counted: its election, or, once an agent has opened a session, that
+    /// first session. Controllers that started long before their agents (a
+    /// cold start of everything) would otherwise take the second agent of a
+    /// pair for gone the instant the first one connects, tens of milliseconds
+    /// before the second does, and launch a spare for it; with this, every
+    /// agent has `agent_timeout_ms` from the first contact. After an election
+    /// the first agent is back within about 100 ms, so the clock moves by
+    /// that much at most; an agent heard from is unaffected.
+    pub fn silence_origin(&self) -> Instant {
+        let since = self.leading_since();
+        self.first_contact
+            .lock()
+            .expect("liveness lock")
+            .map_or(since, |t| t.max(since))
     }
 
     /// When this node started leading.
@@ -477,6 +502,49 @@ pub fn agent_view(
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// A cold start: controllers leading for a while before any agent. The
+    /// silence of an agent not heard yet counts from the first session, so
+    /// the second agent of a pair is not gone the instant the first connects.
+    #[test]
+    fn silence_of_an_agent_not_heard_yet_counts_from_the_first_contact() {
+        let live = Liveness::default();
+        let since = live.start_leading();
+        assert_eq!(live.silence_origin(), since, "no agent yet: the election");
+        std::thread::sleep(Duration::from_millis(30));
+        let (tx, _rx) = mpsc::channel(1);
+        live.connected(
+            1,
+            Hello {
+                server_id: "fs1-a".into(),
+                pair_id: "fs1".into(),
+                ..Default::default()
+            },
+            tx.clone(),
+        );
+        let origin = live.silence_origin();
+        assert!(origin >= since + Duration::from_millis(30));
+        let now = origin + Duration::from_millis(5);
+        // fs1-b, never heard: 5 ms silent, not 35.
+        assert_eq!(
+            live.agent_view("fs1-b", "r0", now, origin).silent_ms,
+            Some(5)
+        );
+        assert_eq!(live.silent_ms("fs1-b", now, origin), 5);
+        // A second session does not move it; a new leadership resets it.
+        live.connected(
+            2,
+            Hello {
+                server_id: "fs1-b".into(),
+                pair_id: "fs1".into(),
+                ..Default::default()
+            },
+            tx,
+        );
+        assert_eq!(live.silence_origin(), origin);
+        let again = live.start_leading();
+        assert_eq!(live.silence_origin(), again);
+    }
 
     /// The in-place readers the sweeps use say what the full view says.
     #[test]

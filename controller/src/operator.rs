@@ -91,7 +91,7 @@ impl OperatorGrpc {
                 let live_b = self.liveness.get(&p.spec.backup.id);
                 let serving_is_primary = p.serving_id() == p.spec.primary.id;
                 let res = &p.spec.resource;
-                let since = self.liveness.leading_since();
+                let since = self.liveness.silence_origin();
                 let vp = agent_view(live_p.as_ref(), res, now, since);
                 let vb = agent_view(live_b.as_ref(), res, now, since);
                 let (sv, sb) = if serving_is_primary {

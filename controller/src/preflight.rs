@@ -283,7 +283,7 @@ pub async fn run_all(
     only: Option<&str>,
 ) -> Vec<(String, Vec<Finding>)> {
     let now = std::time::Instant::now();
-    let since = liveness.leading_since();
+    let since = liveness.silence_origin();
     let mut out = Vec::new();
     for pair in state.pairs.values() {
         if only.is_some_and(|o| o != pair.spec.id) {

@@ -303,7 +303,7 @@ pub async fn watch(
             continue;
         }
         let now = Instant::now();
-        let since = liveness.leading_since();
+        let since = liveness.silence_origin();
         for pair in state.snapshot().state.pairs.values() {
             if pair.state == PairState::Paused {
                 continue;
