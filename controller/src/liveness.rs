@@ -503,6 +503,15 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// The `Hello` of `server`'s agent, of pair fs1.
+    fn hello(server: &str) -> Hello {
+        Hello {
+            server_id: server.into(),
+            pair_id: "fs1".into(),
+            ..Default::default()
+        }
+    }
+
     /// A cold start: controllers leading for a while before any agent. The
     /// silence of an agent not heard yet counts from the first session, so
     /// the second agent of a pair is not gone the instant the first connects.
@@ -513,15 +522,7 @@ mod tests {
         assert_eq!(live.silence_origin(), since, "no agent yet: the election");
         std::thread::sleep(Duration::from_millis(30));
         let (tx, _rx) = mpsc::channel(1);
-        live.connected(
-            1,
-            Hello {
-                server_id: "fs1-a".into(),
-                pair_id: "fs1".into(),
-                ..Default::default()
-            },
-            tx.clone(),
-        );
+        live.connected(1, hello("fs1-a"), tx.clone());
         let origin = live.silence_origin();
         assert!(origin >= since + Duration::from_millis(30));
         let now = origin + Duration::from_millis(5);
@@ -532,15 +533,7 @@ mod tests {
         );
         assert_eq!(live.silent_ms("fs1-b", now, origin), 5);
         // A second session does not move it; a new leadership resets it.
-        live.connected(
-            2,
-            Hello {
-                server_id: "fs1-b".into(),
-                pair_id: "fs1".into(),
-                ..Default::default()
-            },
-            tx,
-        );
+        live.connected(2, hello("fs1-b"), tx);
         assert_eq!(live.silence_origin(), origin);
         let again = live.start_leading();
         assert_eq!(live.silence_origin(), again);
@@ -552,15 +545,7 @@ mod tests {
         let live = Liveness::default();
         let since = live.start_leading();
         let (tx, _rx) = mpsc::channel(1);
-        live.connected(
-            7,
-            Hello {
-                server_id: "fs1-a".into(),
-                pair_id: "fs1".into(),
-                ..Default::default()
-            },
-            tx,
-        );
+        live.connected(7, hello("fs1-a"), tx);
         live.probe_answered(
             "fs1-b",
             ProbeReply {
