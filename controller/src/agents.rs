@@ -180,15 +180,24 @@ fn acknowledge(tx: &mpsc::Sender<SessionItem>, acks: &mut AckPacer, seq: u64) {
 
 /// The redirect to send when this node is not (or no longer) the leader.
 pub fn redirect(view: &LeaderView, reason: &str) -> ControllerMessage {
+    redirect_message(leader_redirect(view, reason))
+}
+
+/// A `Redirect` naming the leader `view` knows (none yet: empty), for
+/// `reason`; callers mark it relayed or add a follower to go through.
+pub fn leader_redirect(view: &LeaderView, reason: &str) -> Redirect {
+    Redirect {
+        leader_id: view.leader_id,
+        leader_addr: view.leader_addr.clone().unwrap_or_default(),
+        reason: reason.into(),
+        ..Default::default()
+    }
+}
+
+/// `r` as a message down an agent's session.
+pub fn redirect_message(r: Redirect) -> ControllerMessage {
     ControllerMessage {
-        msg: Some(Out::Redirect(Redirect {
-            leader_id: view.leader_id,
-            leader_addr: view.leader_addr.clone().unwrap_or_default(),
-            reason: reason.into(),
-            relayed_by: 0,
-            via_addr: String::new(),
-            via_id: 0,
-        })),
+        msg: Some(Out::Redirect(r)),
     }
 }
 
@@ -275,10 +284,10 @@ impl AgentService for AgentGrpc {
                         // shortly, on its connection (and after a few seconds
                         // of this, tries the other controllers itself).
                         tracing::debug!(server = %server, reason = %why, "agent session not relayed: the agent is asked to come back");
-                        let mut m = redirect(&view, &format!("not relayed: {why}"));
-                        if let Some(Out::Redirect(r)) = m.msg.as_mut() {
-                            r.relayed_by = self.node_id;
-                        }
+                        let m = redirect_message(Redirect {
+                            relayed_by: self.node_id,
+                            ..leader_redirect(&view, &format!("not relayed: {why}"))
+                        });
                         let _ = tx.send(Box::new(Ok(m))).await;
                         return Ok(Response::new(session_stream(rx)));
                     }
@@ -303,11 +312,11 @@ impl AgentService for AgentGrpc {
             );
             if let Some(f) = crate::handoff::pick(&hello.server_id, &followers) {
                 tracing::debug!(server = %hello.server_id, via = f.id, "agent handed to a follower");
-                let mut m = redirect(&view, "the leader serves agents through its followers");
-                if let Some(Out::Redirect(r)) = m.msg.as_mut() {
-                    r.via_addr = f.addr.clone();
-                    r.via_id = f.id;
-                }
+                let m = redirect_message(Redirect {
+                    via_addr: f.addr.clone(),
+                    via_id: f.id,
+                    ..leader_redirect(&view, "the leader serves agents through its followers")
+                });
                 let _ = tx.send(Box::new(Ok(m))).await;
                 return Ok(Response::new(session_stream(rx)));
             }

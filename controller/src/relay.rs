@@ -44,6 +44,8 @@ use understudy_proto::controller_message::Msg as Out;
 use understudy_proto::{AgentMessage, ControllerMessage, Redirect};
 use understudy_tls::ClientTls;
 
+use crate::agents::redirect_message;
+
 /// Request metadata naming the follower that relays a session.
 pub const RELAYED_BY: &str = "understudy-relayed-by";
 
@@ -107,14 +109,13 @@ impl Relay {
         }
         let clients = (0..CONNECTIONS)
             .map(|_| {
-                let ch = understudy_tls::endpoint(addr, self.tls.as_ref())
-                    .map_err(|e| e.to_string())?
-                    .connect_timeout(Duration::from_millis(500))
-                    .initial_connection_window_size(crate::transport::CONNECTION_WINDOW)
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(1))
-                    .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-                    .connect_lazy();
+                let ch = crate::raft::network::channel_with_keepalive(
+                    addr,
+                    Duration::from_millis(500),
+                    self.tls.as_ref(),
+                    KEEPALIVE_TIMEOUT,
+                )
+                .map_err(|e| e.to_string())?;
                 Ok(AgentServiceClient::new(ch).max_decoding_message_size(16 << 20))
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -171,29 +172,22 @@ pub fn downstream(
     node_id: u64,
 ) -> impl Stream<Item = Result<ControllerMessage, Status>> + Send + 'static {
     up.map(move |m| match m {
-        Err(st) if !refusal(&st) => Ok(ControllerMessage {
-            msg: Some(Out::Redirect(Redirect {
-                leader_id: None,
-                leader_addr: String::new(),
-                reason: format!(
-                    "the connection to the leader broke: {}",
-                    understudy_tls::error_chain(&st)
-                ),
-                relayed_by: node_id,
-                via_addr: String::new(),
-                via_id: 0,
-            })),
-        }),
+        Err(st) if !refusal(&st) => Ok(redirect_message(Redirect {
+            reason: format!(
+                "the connection to the leader broke: {}",
+                understudy_tls::error_chain(&st)
+            ),
+            relayed_by: node_id,
+            ..Default::default()
+        })),
         // A redirect from the node this follower took for the leader (not,
         // or no longer, leading): marked, so the agent comes back here.
         Ok(ControllerMessage {
             msg: Some(Out::Redirect(r)),
-        }) => Ok(ControllerMessage {
-            msg: Some(Out::Redirect(Redirect {
-                relayed_by: node_id,
-                ..r
-            })),
-        }),
+        }) => Ok(redirect_message(Redirect {
+            relayed_by: node_id,
+            ..r
+        })),
         other => other,
     })
 }

@@ -39,12 +39,24 @@ pub fn channel(
     connect_timeout: Duration,
     tls: Option<&ClientTls>,
 ) -> Result<Channel, understudy_tls::TlsError> {
+    channel_with_keepalive(addr, connect_timeout, tls, Duration::from_secs(2))
+}
+
+/// [`channel`], counted dead after `keepalive_timeout` without an answer to
+/// its HTTP/2 ping (sent every second): a follower's relay connections wait
+/// longer than Raft's 2 s (`crate::relay::KEEPALIVE_TIMEOUT`).
+pub fn channel_with_keepalive(
+    addr: &str,
+    connect_timeout: Duration,
+    tls: Option<&ClientTls>,
+    keepalive_timeout: Duration,
+) -> Result<Channel, understudy_tls::TlsError> {
     Ok(understudy_tls::endpoint(addr, tls)?
         .connect_timeout(connect_timeout)
         .initial_connection_window_size(crate::transport::CONNECTION_WINDOW)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(1))
-        .keep_alive_timeout(Duration::from_secs(2))
+        .keep_alive_timeout(keepalive_timeout)
         .connect_lazy())
 }
 
