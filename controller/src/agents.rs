@@ -269,7 +269,19 @@ impl AgentService for AgentGrpc {
                 let first = AgentMessage {
                     msg: Some(Msg::Hello(hello)),
                 };
-                match relay.open(addr, first, inbound).await {
+                // Given up as soon as this node learns of another leader
+                // (the one it relays to was cut off and the others elected a
+                // new one): the agent comes back at once and is relayed to
+                // the new leader, instead of waiting out `OPEN_TIMEOUT`.
+                let mut moved = self.leader.clone();
+                let was = view.leader_id;
+                let opened = tokio::select! {
+                    r = relay.open(addr, first, inbound) => r,
+                    _ = moved.wait_for(|v| v.leader_id != was) => Err(NotRelayed::Unreachable(
+                        "this controller learned of another leader".into(),
+                    )),
+                };
+                match opened {
                     Ok(up) => {
                         tracing::debug!(server = %server, leader = %addr, "agent session relayed to the leader");
                         return Ok(Response::new(Box::pin(crate::relay::downstream(
