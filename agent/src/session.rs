@@ -11,7 +11,7 @@
 //! (`Hello.handoff_ok`), so the two never bounce it between them. While the session lasts it sends a `Report`
 //! whenever what it observes changes and a `Heartbeat` every interval the leader
 //! asked for. A broken stream (leader killed), a silent one (leader frozen: HTTP/2
-//! keepalive notices within about 2 s) or a redirect (leadership moved) ends the
+//! keepalive notices within about 2 s with the defaults, [`keepalive`]) or a redirect (leadership moved) ends the
 //! session and the agent dials again: at once after a redirect to a known leader,
 //! otherwise after a jittered pause that grows while dials keep failing
 //! ([`crate::redial`]).
@@ -64,6 +64,29 @@ const HANDOFF_PAUSE: Duration = Duration::from_secs(60);
 /// How long a new session waits for a fresh read of the host state before its
 /// first report.
 const FIRST_REPORT_REFRESH: Duration = Duration::from_millis(1000);
+
+/// The HTTP/2 keepalive of the agent's connection to a controller, from the
+/// agent's stall bound: `(interval, timeout)`.
+///
+/// A ping goes out only after the connection has read nothing for the
+/// interval. Once the leader has acknowledged a message, it acknowledges
+/// again within three quarters of the stall bound (`AckPacer`) and the stall
+/// check ends a silent session at the bound, so the keepalive is the backstop
+/// for a session the leader has not answered yet (a frozen controller: noticed
+/// within interval + timeout, 2 s with the defaults). Its interval is half the
+/// bound, at least 500 ms: in steady state the acknowledgements come sooner
+/// and no ping is sent. With a fixed 500 ms, an agent on a 1 s heartbeat
+/// (acknowledged every 2 s) sent three pings per acknowledgement, each a TLS
+/// record read, answered and read again: at 20 000 agents, 30 000 pings a
+/// second on the followers, more than the heartbeats. Its timeout is the bound,
+/// at least 1.5 s: a busy controller answers a ping as late as it answers a
+/// heartbeat.
+pub fn keepalive(stall: Duration) -> (Duration, Duration) {
+    (
+        (stall / 2).max(Duration::from_millis(500)),
+        stall.max(Duration::from_millis(1500)),
+    )
+}
 
 /// How a session ended.
 enum Ended {
@@ -296,12 +319,13 @@ async fn session(
         }
         broken(reason)
     };
+    let (ping_every, ping_timeout) = keepalive(Duration::from_millis(cfg.stall_ms));
     let endpoint = match understudy_tls::endpoint(addr, tls) {
         Ok(e) => e
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_millis(500))
-            .keep_alive_timeout(Duration::from_millis(1500))
+            .http2_keep_alive_interval(ping_every)
+            .keep_alive_timeout(ping_timeout)
             .keep_alive_while_idle(true),
         Err(e) => return Ended::Refused(e.to_string()),
     };
@@ -479,7 +503,30 @@ async fn session(
 
 #[cfg(test)]
 mod tests {
-    use super::first_controller;
+    use super::{first_controller, keepalive};
+    use std::time::Duration;
+
+    #[test]
+    fn the_keepalive_follows_the_stall_bound_and_pings_no_acknowledged_session() {
+        let ms = Duration::from_millis;
+        // The defaults (stall 1 s): a frozen controller noticed within 2 s.
+        assert_eq!(keepalive(ms(1000)), (ms(500), ms(1500)));
+        // Never tighter than that, whatever the bound.
+        assert_eq!(keepalive(ms(200)), (ms(500), ms(1500)));
+        assert_eq!(keepalive(ms(5000)), (ms(2500), ms(5000)));
+        // In steady state the leader acknowledges within stall/4 plus one
+        // heartbeat (`AckPacer`): whenever the heartbeat is under a quarter
+        // of the bound (the defaults: a fifth), that is before the interval,
+        // and an acknowledged session sends no ping.
+        for stall in (400..=20_000).step_by(100) {
+            for heartbeat in (50..(stall + 3) / 4).step_by(10) {
+                let gap = ms(stall / 4 + heartbeat);
+                let (interval, timeout) = keepalive(ms(stall));
+                assert!(gap < interval, "stall {stall} heartbeat {heartbeat}");
+                assert!(timeout >= ms(stall), "a busy leader gets the bound");
+            }
+        }
+    }
 
     #[test]
     fn servers_spread_their_first_dial_over_the_controllers() {

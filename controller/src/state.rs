@@ -468,6 +468,28 @@ impl StepRecord {
 }
 
 impl PairRecord {
+    /// A pair as it enters the inventory at `at`: epoch 0, `Rebuilding` until
+    /// its backup is seen in sync, nothing in flight, no history.
+    pub fn new(spec: PairSpec, at: i64) -> Self {
+        PairRecord {
+            spec,
+            state: PairState::Rebuilding,
+            state_reason: "new pair: backup not yet seen in sync".into(),
+            epoch: 0,
+            state_since_unix_ms: at,
+            history: Vec::new(),
+            serving: None,
+            failover: None,
+            last_auto_failover_unix_ms: None,
+            flap_acknowledged: false,
+            outdated: None,
+            holdoff_elapsed_ms: 0,
+            redundancy: Redundancy::default(),
+            ops: Operations::default(),
+            stats: Default::default(),
+        }
+    }
+
     /// An automatic plan may start: none in flight (S5), and the pair is still
     /// in the state and at the epoch the decision saw.
     fn may_start_plan(&self, expect: PairState, expect_epoch: u64) -> Result<(), Response> {
@@ -1347,23 +1369,7 @@ impl ClusterState {
                 updated.push(spec.id.clone());
             }
             None => {
-                let mut rec = PairRecord {
-                    spec: spec.clone(),
-                    state: PairState::Rebuilding,
-                    state_reason: "new pair: backup not yet seen in sync".into(),
-                    epoch: 0,
-                    state_since_unix_ms: at,
-                    history: Vec::new(),
-                    serving: None,
-                    failover: None,
-                    last_auto_failover_unix_ms: None,
-                    flap_acknowledged: false,
-                    outdated: None,
-                    holdoff_elapsed_ms: 0,
-                    redundancy: Redundancy::default(),
-                    ops: Operations::default(),
-                    stats: Default::default(),
-                };
+                let mut rec = PairRecord::new(spec.clone(), at);
                 rec.record(at, "pair added to the inventory".into());
                 self.pairs.insert(spec.id.clone(), Arc::new(rec));
                 added.push(spec.id.clone());

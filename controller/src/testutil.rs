@@ -12,29 +12,22 @@ pub fn pair(state: PairState) -> PairRecord {
         ..Default::default()
     };
     PairRecord {
-        spec: PairSpec {
-            id: "p".into(),
-            resource: "r0".into(),
-            client_ip: "198.18.0.100".into(),
-            zone: "z".into(),
-            primary: s("a"),
-            backup: s("b"),
-            ..Default::default()
-        },
         state,
         state_reason: "because".into(),
         epoch: 3,
         state_since_unix_ms: 0,
-        history: vec![],
-        serving: None,
-        failover: None,
-        last_auto_failover_unix_ms: None,
-        flap_acknowledged: false,
-        outdated: None,
-        holdoff_elapsed_ms: 0,
-        redundancy: Default::default(),
-        ops: Default::default(),
-        stats: Default::default(),
+        ..PairRecord::new(
+            PairSpec {
+                id: "p".into(),
+                resource: "r0".into(),
+                client_ip: "198.18.0.100".into(),
+                zone: "z".into(),
+                primary: s("a"),
+                backup: s("b"),
+                ..Default::default()
+            },
+            0,
+        )
     }
 }
 

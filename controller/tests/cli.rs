@@ -113,3 +113,85 @@ fn ctl_reports_unreachable_controllers_with_exit_1() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("pass --ca, --cert and --key"), "{err}");
 }
+
+/// A controller process, killed when the test ends, failed or not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `understudyctl status` reads an answer larger than tonic's default 4 MB:
+/// at 10 000 pairs (about 5.5 MB) it used to fail with "decoded message
+/// length too large".
+#[test]
+fn ctl_reads_the_status_of_ten_thousand_pairs() {
+    const PAIRS: usize = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut text = format!(
+        "node_id = 1\nlisten = \"{addr}\"\ndata_dir = \"{}\"\nmembers = [ {{ id = 1, addr = \"{addr}\" }} ]\n[tls]\ninsecure = true\n",
+        dir.path().join("data").display()
+    );
+    for i in 0..PAIRS {
+        text.push_str(&format!(
+            "\n[[pairs]]\nid = \"p{i:05}\"\nresource = \"r0\"\nclient_ip = \"198.18.{}.{}\"\nzone = \"z\"\nprimary = {{ id = \"p{i:05}-a\", address = \"198.19.{}.{}\", zone = \"z\" }}\nbackup = {{ id = \"p{i:05}-b\", address = \"198.19.{}.{}\", zone = \"z\" }}\n",
+            i / 250,
+            i % 250 + 1,
+            i / 125,
+            i % 125 * 2 + 1,
+            i / 125,
+            i % 125 * 2 + 2,
+        ));
+    }
+    let cfg = dir.path().join("controller.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let log = std::fs::File::create(dir.path().join("controller.log")).unwrap();
+    let _controller = Killed(
+        Command::new(env!("CARGO_BIN_EXE_understudy-controller"))
+            .arg("--config")
+            .arg(&cfg)
+            .env("RUST_LOG", "warn")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_understudyctl"))
+            .args([
+                "--controllers",
+                &addr,
+                "--insecure",
+                "--timeout-ms",
+                "10000",
+            ])
+            .args(["--output", "json", "status"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!err.contains("too large"), "{err}");
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let n = v["pairs"].as_array().map_or(0, |p| p.len());
+            if n == PAIRS {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no status of {PAIRS} pairs within 120 s: {err}; log in {}",
+            dir.path().display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}

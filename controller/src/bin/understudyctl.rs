@@ -306,6 +306,12 @@ async fn check(
 
 type Client = OperatorServiceClient<tonic::transport::Channel>;
 
+/// The largest answer read from a controller. tonic's default, 4 MB, is a
+/// status of about 7 000 pairs (about 550 bytes each, more with long
+/// histories): at 10 000 pairs `status` failed with "decoded message length
+/// too large". 256 MB is a status of several hundred thousand pairs.
+const MAX_ANSWER: usize = 256 << 20;
+
 /// Call the leader: try the controllers in turn, follow redirects. A refusal
 /// of the credentials ends it at once: every controller would refuse them.
 pub async fn leader_call<T, F, Fut>(
@@ -330,7 +336,7 @@ where
                 continue;
             }
         };
-        let client = OperatorServiceClient::new(ch);
+        let client = OperatorServiceClient::new(ch).max_decoding_message_size(MAX_ANSWER);
         match tokio::time::timeout(timeout, call(client)).await {
             Ok(Ok(r)) => return Ok(r.into_inner()),
             Ok(Err(st)) => {

@@ -239,6 +239,9 @@ async fn agent(
     // until when the agent declines handoffs (agent/src/session.rs).
     let mut handed: Option<String> = None;
     let mut no_handoff_until = Instant::now();
+    // The agent's keepalive for its stall bound.
+    let (ping_every, ping_timeout) =
+        understudy_agent::session::keepalive(Duration::from_millis(stall_ms));
     while !shared.stop.load(Ordering::Relaxed) {
         tokio::time::sleep(std::mem::take(&mut pause)).await;
         let permit = dial.acquire().await.expect("semaphore");
@@ -246,8 +249,8 @@ async fn agent(
             Ok(e) => {
                 e.connect_timeout(Duration::from_secs(5))
                     .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_millis(500))
-                    .keep_alive_timeout(Duration::from_millis(1500))
+                    .http2_keep_alive_interval(ping_every)
+                    .keep_alive_timeout(ping_timeout)
                     .keep_alive_while_idle(true)
                     .connect()
                     .await
@@ -522,13 +525,16 @@ async fn status(addrs: &[String], tls: &ClientTls) -> Option<GetStatusResponse> 
             continue;
         };
         let mut c = OperatorServiceClient::new(ch).max_decoding_message_size(1 << 30);
-        if let Ok(Ok(r)) =
-            tokio::time::timeout(Duration::from_secs(20), c.get_status(GetStatusRequest {})).await
+        match tokio::time::timeout(Duration::from_secs(20), c.get_status(GetStatusRequest {})).await
         {
-            let r = r.into_inner();
-            if r.cluster.as_ref().is_some_and(|c| c.leader_id.is_some()) {
-                return Some(r);
+            Ok(Ok(r)) => {
+                let r = r.into_inner();
+                if r.cluster.as_ref().is_some_and(|c| c.leader_id.is_some()) {
+                    return Some(r);
+                }
             }
+            Ok(Err(e)) => eprintln!("status from {addr}: {e}"),
+            Err(_) => eprintln!("status from {addr}: no answer within 20 s"),
         }
     }
     None
