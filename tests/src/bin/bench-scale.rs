@@ -29,6 +29,14 @@
 //! `cargo build --release --workspace --bins`). `BENCH_HEAPTRACK=DIR` runs every
 //! controller under heaptrack (its files in DIR; `heaptrack_print` reads them).
 //!
+//! One process may hold only so many connections (its open files limit:
+//! 20 000 on this machine, and not raisable without `CAP_SYS_RESOURCE`): past
+//! that, the agents of the later pairs run in worker processes of this binary
+//! (`--worker`, started and stopped by the bench), which report their
+//! counters and the changes they cause on their stdout; the generator's CPU
+//! is theirs and this process's together. `BENCH_AGENTS_PER_PROCESS=N` sets the
+//! split, to try it at a small size.
+//!
 //! Operator commands: after the window, `--commands` switchovers (each of a
 //! pair kept out of the churn), timed from the RPC sent to its answer and to
 //! the plan's first step seen committed as started.
@@ -45,6 +53,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use understudy_agent::redial::Redial;
 use understudy_controller::auth::Role;
+use understudy_controller::certs::Leaf;
 use understudy_proto::agent_message::Msg;
 use understudy_proto::agent_service_client::AgentServiceClient;
 use understudy_proto::controller_message::Msg as Out;
@@ -75,6 +84,18 @@ struct Args {
     /// The controllers' `[timing] agent_heartbeat_ms` (default 200), with the
     /// detector's bounds scaled to it.
     heartbeat_ms: u64,
+    /// Run as a worker of another bench-scale: the agents of pairs
+    /// `first..first + count` (see [`worker`]).
+    worker: Option<Worker>,
+}
+
+/// What a worker process is given by the bench that starts it.
+#[derive(Debug, Clone)]
+struct Worker {
+    first: usize,
+    count: usize,
+    addrs: Vec<String>,
+    pki: PathBuf,
 }
 
 fn usage() -> ! {
@@ -96,6 +117,7 @@ fn parse_args() -> Args {
         profile: None,
         keep: false,
         heartbeat_ms: 200,
+        worker: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -111,8 +133,21 @@ fn parse_args() -> Args {
             "--profile" => a.profile = Some(val().into()),
             "--keep" => a.keep = true,
             "--heartbeat-ms" => a.heartbeat_ms = val().parse().unwrap_or_else(|_| usage()),
+            // Internal: how the bench starts its workers.
+            "--worker" => {
+                let (first, count) = (val(), val());
+                a.worker = Some(Worker {
+                    first: first.parse().unwrap_or_else(|_| usage()),
+                    count: count.parse().unwrap_or_else(|_| usage()),
+                    addrs: val().split(',').map(String::from).collect(),
+                    pki: val().into(),
+                });
+            }
             _ => usage(),
         }
+    }
+    if a.worker.is_some() {
+        return a;
     }
     if a.pairs < a.kills + a.commands + 1 || a.rate <= 0.0 || a.heartbeat_ms < 50 {
         usage()
@@ -171,6 +206,9 @@ struct Shared {
     commands: AtomicU64,
     /// Stop every agent (end of the run).
     stop: AtomicBool,
+    /// This process is a worker: the changes it expects go to its stdout,
+    /// for the bench that watches them.
+    worker: bool,
 }
 
 fn summary(role: &str, disk: &str, conn: &str, repl: &str, oos: u64) -> DrbdSummary {
@@ -455,6 +493,10 @@ async fn agent(
 }
 
 fn expect(shared: &Shared, i: usize, want: &'static str) {
+    if shared.worker {
+        println!("expect {} {want} {}", pair_id(i), now_ms());
+        return;
+    }
     shared.pending.lock().unwrap().insert(
         pair_id(i),
         Pending {
@@ -599,12 +641,212 @@ struct Run {
     procs: Vec<Proc>,
     addrs: Arc<Vec<String>>,
     admin: ClientTls,
+    /// The simulated DRBD of the pairs whose agents this process runs (the
+    /// first ones; the others' are in the workers).
     sims: Vec<Arc<PairSim>>,
     shared: Arc<Shared>,
+    workers: Vec<WorkerProc>,
+}
+
+/// A worker process of the bench: the agents of some of the pairs, in a
+/// process of their own because one process may hold only so many
+/// connections (`RLIMIT_NOFILE`, 20 000 here and not raisable without
+/// `CAP_SYS_RESOURCE`), and 10 000 pairs are 20 000 agent connections.
+/// Killed when dropped, and it exits by itself when its stdin closes.
+struct WorkerProc {
+    child: std::process::Child,
+}
+
+impl WorkerProc {
+    fn spawn(
+        root: &std::path::Path,
+        k: usize,
+        first: usize,
+        count: usize,
+        addrs: &[String],
+        args: &Args,
+        shared: Arc<Shared>,
+    ) -> WorkerProc {
+        use std::io::BufRead;
+        let log = fs::File::create(root.join(format!("worker-{k}.log"))).expect("worker log");
+        let mut child = std::process::Command::new(std::env::current_exe().expect("current_exe"))
+            .arg("--worker")
+            .arg(first.to_string())
+            .arg(count.to_string())
+            .arg(addrs.join(","))
+            .arg(root.join("pki"))
+            .args(["--rate", &args.rate.to_string()])
+            .args(["--churn", &args.churn.to_string()])
+            .args(["--heartbeat-ms", &args.heartbeat_ms.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start a bench-scale worker");
+        let out = child.stdout.take().expect("worker stdout");
+        // Its lines: the changes its agents caused (latency samples, as
+        // `expect` here), and its counters, added to this process's.
+        std::thread::spawn(move || {
+            let mut last = [0u64; 7];
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let f: Vec<&str> = line.split_whitespace().collect();
+                match f.as_slice() {
+                    ["expect", pair, want, at] => {
+                        let want = match *want {
+                            "Rebuilding" => "Rebuilding",
+                            "Healthy" => "Healthy",
+                            _ => continue,
+                        };
+                        let ago = now_ms() - at.parse::<i64>().unwrap_or_else(|_| now_ms());
+                        let since = Instant::now()
+                            .checked_sub(Duration::from_millis(ago.max(0) as u64))
+                            .unwrap_or_else(Instant::now);
+                        shared
+                            .pending
+                            .lock()
+                            .unwrap()
+                            .insert(pair.to_string(), Pending { since, want });
+                    }
+                    ["counts", rest @ ..] if rest.len() == last.len() => {
+                        let now: Vec<u64> = rest.iter().map(|v| v.parse().unwrap_or(0)).collect();
+                        let d = |k: usize| now[k].saturating_sub(last[k]);
+                        shared.welcomed.fetch_add(d(0) as usize, Ordering::Relaxed);
+                        shared.relayed.fetch_add(d(1) as usize, Ordering::Relaxed);
+                        shared.handoffs.fetch_add(d(2) as usize, Ordering::Relaxed);
+                        shared.reports.fetch_add(d(3), Ordering::Relaxed);
+                        shared.heartbeats.fetch_add(d(4), Ordering::Relaxed);
+                        shared.acks.fetch_add(d(5), Ordering::Relaxed);
+                        shared.commands.fetch_add(d(6), Ordering::Relaxed);
+                        last.copy_from_slice(&now);
+                    }
+                    _ => {}
+                }
+            }
+        });
+        WorkerProc { child }
+    }
+
+    /// Tell the worker to start its pairs' churn.
+    fn churn(&mut self) {
+        use std::io::Write;
+        if let Some(stdin) = self.child.stdin.as_mut() {
+            let _ = writeln!(stdin, "churn");
+            let _ = stdin.flush();
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How many agent connections one process of the bench may hold: its open
+/// files limit, less room for everything else it opens
+/// (`BENCH_AGENTS_PER_PROCESS` sets it, to try the workers at a small size).
+fn agents_per_process() -> usize {
+    if let Some(n) = std::env::var("BENCH_AGENTS_PER_PROCESS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return n;
+    }
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2) into a local.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
+    (r.rlim_cur as usize).saturating_sub(1024).max(1024)
+}
+
+/// A worker: the agents of pairs `first..first + count`, against the cluster
+/// its bench started; counters every second and expected changes on stdout;
+/// the churn once its stdin says so; gone when its stdin closes.
+async fn worker(w: Worker, args: Args) {
+    let shared = Arc::new(Shared {
+        worker: true,
+        ..Default::default()
+    });
+    let pki = Pki { dir: w.pki.clone() };
+    let addrs = Arc::new(w.addrs.clone());
+    let dial = Arc::new(Semaphore::new(64));
+    let mut sims = Vec::new();
+    for i in w.first..w.first + w.count {
+        let sim: Arc<PairSim> = Arc::default();
+        for backup in [false, true] {
+            let stem = Leaf::Agent {
+                server_id: server_id(i, backup),
+            }
+            .stem();
+            let tls = ClientTls::load(
+                &pki.ca(),
+                Some((
+                    &pki.dir.join(format!("{stem}.pem")),
+                    &pki.dir.join(format!("{stem}.key")),
+                )),
+            )
+            .expect("agent TLS");
+            tokio::spawn(agent(
+                i,
+                backup,
+                addrs.clone(),
+                tls,
+                args.rate,
+                sim.clone(),
+                shared.clone(),
+                dial.clone(),
+                5 * args.heartbeat_ms,
+            ));
+        }
+        sims.push(sim);
+    }
+    let (tx, mut rx) = mpsc::channel::<String>(4);
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.blocking_send(line);
+        }
+        // The bench is gone: so is this worker.
+        std::process::exit(0);
+    });
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let l = |a: &AtomicUsize| a.load(Ordering::Relaxed) as u64;
+                let q = |a: &AtomicU64| a.load(Ordering::Relaxed);
+                println!(
+                    "counts {} {} {} {} {} {} {}",
+                    l(&shared.welcomed),
+                    l(&shared.relayed),
+                    l(&shared.handoffs),
+                    q(&shared.reports),
+                    q(&shared.heartbeats),
+                    q(&shared.acks),
+                    q(&shared.commands),
+                );
+            }
+            line = rx.recv() => match line.as_deref() {
+                Some("churn") => churn_task(sims.clone(), args.churn, 0, shared.clone()),
+                Some(_) => {}
+                None => std::process::exit(0),
+            }
+        }
+    }
 }
 
 impl Run {
-    async fn start(pairs: usize, rate: f64, keep: bool, heartbeat_ms: u64) -> Run {
+    async fn start(pairs: usize, args: &Args, keep: bool) -> Run {
+        let (rate, heartbeat_ms) = (args.rate, args.heartbeat_ms);
         let dir = tempfile::Builder::new()
             .prefix("understudy-bench-scale-")
             .tempdir()
@@ -685,6 +927,10 @@ impl Run {
                 None => spawn_controller(&path, &log, i),
             });
         }
+        // The agents of the first `own` pairs run here, the others' in
+        // workers of at most as many pairs each.
+        let processes = (2 * pairs).div_ceil(agents_per_process());
+        let own = pairs.div_ceil(processes);
         let t = Instant::now();
         let certs: Vec<(PathBuf, PathBuf)> = (0..pairs)
             .flat_map(|i| [server_id(i, false), server_id(i, true)])
@@ -701,14 +947,24 @@ impl Run {
             } => ClientTls::load(&ca, Some((&c, &k))).expect("admin TLS"),
             _ => unreachable!("the PKI issues TLS credentials"),
         };
-        let tlss: Vec<ClientTls> = certs
+        let tlss: Vec<ClientTls> = certs[..2 * own]
             .iter()
             .map(|(c, k)| ClientTls::load(&pki.ca(), Some((c, k))).expect("agent TLS"))
             .collect();
         eprintln!(
-            "{} agent certificates issued and loaded in {} ms",
+            "{} agent certificates issued, {} loaded in {} ms{}",
+            certs.len(),
             tlss.len(),
-            t.elapsed().as_millis()
+            t.elapsed().as_millis(),
+            if processes > 1 {
+                format!(
+                    "; the other agents in {} worker processes (at most {} connections per process)",
+                    processes - 1,
+                    agents_per_process()
+                )
+            } else {
+                String::new()
+            }
         );
         let addrs = Arc::new(addrs);
         // The inventory is replicated by the leader once elected.
@@ -727,7 +983,7 @@ impl Run {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         let shared = Arc::new(Shared::default());
-        let sims: Vec<Arc<PairSim>> = (0..pairs).map(|_| Arc::default()).collect();
+        let sims: Vec<Arc<PairSim>> = (0..own).map(|_| Arc::default()).collect();
         tokio::spawn(watch(addrs.clone(), admin.clone(), shared.clone()));
         let dial = Arc::new(Semaphore::new(64));
         for (k, tls) in tlss.into_iter().enumerate() {
@@ -745,6 +1001,13 @@ impl Run {
                 5 * heartbeat_ms,
             ));
         }
+        let workers = (1..processes)
+            .map(|k| {
+                let first = k * own;
+                let count = own.min(pairs - first);
+                WorkerProc::spawn(&root, k, first, count, &addrs, args, shared.clone())
+            })
+            .collect();
         let run = Run {
             _dir: dir,
             procs,
@@ -752,6 +1015,7 @@ impl Run {
             admin,
             sims,
             shared,
+            workers,
         };
         let t = Instant::now();
         loop {
@@ -908,13 +1172,17 @@ fn churn_task(run_sims: Vec<Arc<PairSim>>, churn: f64, skip: usize, stop: Arc<Sh
 async fn main() {
     let args = parse_args();
     raise_fd_limit();
+    if let Some(w) = args.worker.clone() {
+        worker(w, args).await;
+        return;
+    }
     let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     assert!(tick > 0);
 
     let mut idle = Vec::new();
     if args.idle_baseline {
         eprintln!("idle baseline: one pair, no churn");
-        let run = Run::start(args.kills.max(1) + 1, args.rate, false, args.heartbeat_ms).await;
+        let run = Run::start(args.kills.max(1) + 1, &args, false).await;
         for k in 0..args.kills.max(1) {
             let (_, s, f) = run.kill(k).await;
             eprintln!(
@@ -934,8 +1202,16 @@ async fn main() {
         args.rate,
         args.churn
     );
-    let run = Run::start(args.pairs, args.rate, args.keep, args.heartbeat_ms).await;
-    let self_pid = std::process::id() as i32;
+    let mut run = Run::start(args.pairs, &args, args.keep).await;
+    // The generator: this process and its workers.
+    let gen_pids: Vec<i32> = std::iter::once(std::process::id() as i32)
+        .chain(run.workers.iter().map(|w| w.pid()))
+        .collect();
+    let gen_cpu = || gen_pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>();
+    assert!(
+        run.sims.len() > args.kills + args.commands,
+        "the killed and switched-over pairs are this process's"
+    );
     // The first `kills` pairs are kept out of the churn: they are killed.
     // And the next `commands` pairs too: they are switched over.
     churn_task(
@@ -944,12 +1220,15 @@ async fn main() {
         args.kills + args.commands,
         run.shared.clone(),
     );
+    for w in &mut run.workers {
+        w.churn();
+    }
     // Warm up: let the churn reach its steady state.
     tokio::time::sleep(Duration::from_secs(5)).await;
     run.shared.latencies.lock().unwrap().clear();
     let (leader, pid, idx0) = run.leader_pid().await;
     let t0 = Instant::now();
-    let (cpu0, self0) = (cpu_seconds(pid), cpu_seconds(self_pid));
+    let (cpu0, self0) = (cpu_seconds(pid), gen_cpu());
     let (rep0, hb0, ack0) = (
         run.shared.reports.load(Ordering::Relaxed),
         run.shared.heartbeats.load(Ordering::Relaxed),
@@ -1010,7 +1289,7 @@ async fn main() {
         .zip(&fcpu0)
         .map(|(&p, c0)| (cpu_seconds(p) - c0) / wall)
         .collect();
-    let self_cpu = (cpu_seconds(self_pid) - self0) / wall;
+    let self_cpu = (gen_cpu() - self0) / wall;
     let (leader2, _, idx1) = run.leader_pid().await;
     let reports = run.shared.reports.load(Ordering::Relaxed) - rep0;
     let heartbeats = run.shared.heartbeats.load(Ordering::Relaxed) - hb0;
