@@ -385,7 +385,9 @@ impl AgentService for AgentGrpc {
                     },
                     changed = leader.changed() => {
                         let view = leader.borrow_and_update().clone();
-                        if changed.is_err() || !view.is_leader {
+                        // Kept through a short lapse of the lease
+                        // (`leadership::holds_sessions`).
+                        if changed.is_err() || !view.holds_sessions {
                             let _ = tx.send(Box::new(Ok(redirect(&view, "leadership moved")))).await;
                             break;
                         }

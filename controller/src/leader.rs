@@ -566,7 +566,23 @@ pub async fn leader_duties(
         if let Some((h, _)) = signals_poll.take() {
             h.abort();
         }
-        let view = leader.borrow().clone();
+        // The agents' sessions stay while the lease may come back
+        // (`leadership::holds_sessions`): if it does, this node leads again
+        // with what they told it meanwhile.
+        let view = loop {
+            let view = leader.borrow_and_update().clone();
+            if view.is_leader || !view.holds_sessions || leader.changed().await.is_err() {
+                break view;
+            }
+        };
+        if view.is_leader {
+            tracing::info!(
+                node = cfg.node_id,
+                term = view.term,
+                "lease back within the grace: leading again, agent sessions kept"
+            );
+            continue;
+        }
         for tx in liveness.sessions() {
             let _ = tx.try_send(Box::new(Ok(redirect(&view, "leadership moved"))));
         }

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::{BasicNode, ServerState, SnapshotPolicy};
@@ -294,14 +294,18 @@ fn inventory_servers(cfg: &ControllerConfig) -> Vec<understudy_cloud::CloudServe
 /// its peers (it only fails new proposals). Here a leader counts as leading only
 /// while a quorum acknowledged it within the lease (the minimum election
 /// timeout, after which the others may elect a new leader). Past it, everything
-/// that follows `is_leader` stops: agent sessions are redirected and closed,
-/// the leader loop and executor stop, no command is sent, no read is answered.
+/// that follows `is_leader` stops: the leader loop and executor stop, no
+/// command is sent, no read is answered. Agent sessions are redirected and
+/// closed one lease later unless the lease is back by then
+/// ([`crate::leadership::holds_sessions`]), at once if another term is seen.
 async fn follow_leader(raft: Raft, cfg: Arc<ControllerConfig>, tx: watch::Sender<LeaderView>) {
     let mut metrics = raft.metrics();
     let lease = Duration::from_millis(cfg.timing.election_timeout_min_ms);
     let mut tick = tokio::time::interval(Duration::from_millis(25));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lease_lost = false;
+    // Since when the lease is lapsed (this node still the Raft leader).
+    let mut lapsed_since: Option<Instant> = None;
     loop {
         let view = {
             let m = metrics.borrow_watched();
@@ -318,6 +322,17 @@ async fn follow_leader(raft: Raft, cfg: Arc<ControllerConfig>, tx: watch::Sender
                 tracing::warn!(node = cfg.node_id, term = m.current_term, lease_ms = lease.as_millis() as u64, "no quorum acknowledged this leader within its lease: standing down (sessions redirected, no commands)");
             }
             lease_lost = raft_leader && !lease_ok;
+            if !lease_lost {
+                lapsed_since = None;
+            } else if lapsed_since.is_none() {
+                lapsed_since = Some(Instant::now());
+            }
+            let holds = crate::leadership::holds_sessions(
+                raft_leader,
+                lease_ok,
+                lapsed_since.map(|t| t.elapsed()),
+                lease,
+            );
             let current_leader = m.current_leader.filter(|_| !lease_lost);
             let leader_addr = current_leader.and_then(|id| {
                 m.membership_config
@@ -329,6 +344,7 @@ async fn follow_leader(raft: Raft, cfg: Arc<ControllerConfig>, tx: watch::Sender
             });
             LeaderView {
                 is_leader: raft_leader && lease_ok,
+                holds_sessions: holds,
                 leader_id: current_leader,
                 leader_addr,
                 term: m.current_term,
