@@ -566,9 +566,14 @@ async fn watch(addrs: Arc<Vec<String>>, tls: ClientTls, shared: Arc<Shared>) {
 
 async fn status(addrs: &[String], tls: &ClientTls) -> Option<GetStatusResponse> {
     for addr in addrs {
-        let Ok(ch) =
-            understudy_controller::raft::network::channel(addr, Duration::from_secs(2), Some(tls))
-        else {
+        // The status of 10 000 pairs is about 5 MB from a busy leader: a
+        // keepalive as long as the call's own bound, not Raft's 2 s.
+        let Ok(ch) = understudy_controller::raft::network::channel_with_keepalive(
+            addr,
+            Duration::from_secs(2),
+            Some(tls),
+            Duration::from_secs(20),
+        ) else {
             continue;
         };
         let mut c = OperatorServiceClient::new(ch).max_decoding_message_size(1 << 30);
@@ -1053,7 +1058,15 @@ impl Run {
     }
 
     async fn leader_pid(&self) -> (u64, i32, u64) {
-        let s = status(&self.addrs, &self.admin).await.expect("status");
+        // A busy leader may take a while with 10 000 pairs' status: retry.
+        let mut tries = 0;
+        let s = loop {
+            match status(&self.addrs, &self.admin).await {
+                Some(s) => break s,
+                None if tries < 10 => tries += 1,
+                None => panic!("no status from any controller, 10 tries"),
+            }
+        };
         let c = s.cluster.expect("cluster");
         let id = c.leader_id.expect("leader");
         (id, self.procs[id as usize - 1].pid(), c.last_applied_index)
