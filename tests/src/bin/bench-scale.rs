@@ -656,6 +656,9 @@ struct Run {
     sims: Vec<Arc<PairSim>>,
     shared: Arc<Shared>,
     workers: Vec<WorkerProc>,
+    /// The leader's address as last seen: commands go there first (a
+    /// follower refers them on), not after a 5 MB status at 10 000 pairs.
+    known_leader: Mutex<Option<String>>,
 }
 
 /// A worker process of the bench: the agents of some of the pairs, in a
@@ -1029,6 +1032,7 @@ impl Run {
             sims,
             shared,
             workers,
+            known_leader: Mutex::new(None),
         };
         let t = Instant::now();
         loop {
@@ -1069,6 +1073,7 @@ impl Run {
         };
         let c = s.cluster.expect("cluster");
         let id = c.leader_id.expect("leader");
+        *self.known_leader.lock().unwrap() = Some(self.addrs[id as usize - 1].clone());
         (id, self.procs[id as usize - 1].pid(), c.last_applied_index)
     }
 
@@ -1105,26 +1110,49 @@ impl Run {
         use understudy_proto::{OperatorCommandRequest, SwitchoverCommand};
         let id = pair_id(i);
         self.shared.step_started.lock().unwrap().remove(&id);
-        let (leader, _, _) = self.leader_pid().await;
-        let addr = &self.addrs[leader as usize - 1];
-        let Ok(ch) = understudy_controller::raft::network::channel(
-            addr,
-            Duration::from_secs(2),
-            Some(&self.admin),
-        ) else {
-            return (None, None);
+        let known = self.known_leader.lock().unwrap().clone();
+        let mut addr = match known {
+            Some(a) => a,
+            None => {
+                let (leader, _, _) = self.leader_pid().await;
+                self.addrs[leader as usize - 1].clone()
+            }
         };
-        let mut c = OperatorServiceClient::new(ch);
         let t0 = Instant::now();
-        let r = c
-            .command(OperatorCommandRequest {
-                pair_id: id.clone(),
-                command: Some(Command::Switchover(SwitchoverCommand {
-                    to: server_id(i, true),
-                    at_unix_ms: 0,
-                })),
-            })
-            .await;
+        // As understudyctl does: a follower's refusal names the leader.
+        let mut hops = 0;
+        let r = loop {
+            let Ok(ch) = understudy_controller::raft::network::channel(
+                &addr,
+                Duration::from_secs(2),
+                Some(&self.admin),
+            ) else {
+                return (None, None);
+            };
+            let r = OperatorServiceClient::new(ch)
+                .command(OperatorCommandRequest {
+                    pair_id: id.clone(),
+                    command: Some(Command::Switchover(SwitchoverCommand {
+                        to: server_id(i, true),
+                        at_unix_ms: 0,
+                    })),
+                })
+                .await;
+            let leader = r.as_ref().err().and_then(|e| {
+                e.metadata()
+                    .get(understudy_controller::leadership::LEADER_METADATA)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            });
+            match leader {
+                Some(l) if hops < 3 => {
+                    hops += 1;
+                    *self.known_leader.lock().unwrap() = Some(l.clone());
+                    addr = l;
+                }
+                _ => break r,
+            }
+        };
         let answered = t0.elapsed();
         if let Err(e) = r {
             eprintln!("switchover of {id} refused: {}", e.message());
