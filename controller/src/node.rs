@@ -303,7 +303,6 @@ async fn follow_leader(raft: Raft, cfg: Arc<ControllerConfig>, tx: watch::Sender
     let lease = Duration::from_millis(cfg.timing.election_timeout_min_ms);
     let mut tick = tokio::time::interval(Duration::from_millis(25));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut lease_lost = false;
     // Since when the lease is lapsed (this node still the Raft leader).
     let mut lapsed_since: Option<Instant> = None;
     loop {
@@ -317,16 +316,16 @@ async fn follow_leader(raft: Raft, cfg: Arc<ControllerConfig>, tx: watch::Sender
                 .as_ref()
                 .is_some_and(|t| openraft::Instant::elapsed(&**t) < lease);
             let lease_ok = alone || acked;
+            let lease_lost = raft_leader && !lease_ok;
             // (Right after an election nothing is acknowledged yet: not worth a warning.)
-            if raft_leader && !lease_ok && !lease_lost && m.last_quorum_acked.is_some() {
-                tracing::warn!(node = cfg.node_id, term = m.current_term, lease_ms = lease.as_millis() as u64, "no quorum acknowledged this leader within its lease: standing down (sessions redirected, no commands)");
+            if lease_lost && lapsed_since.is_none() && m.last_quorum_acked.is_some() {
+                tracing::warn!(node = cfg.node_id, term = m.current_term, lease_ms = lease.as_millis() as u64, "no quorum acknowledged this leader within its lease: standing down (no commands; agent sessions kept one more lease)");
             }
-            lease_lost = raft_leader && !lease_ok;
-            if !lease_lost {
-                lapsed_since = None;
-            } else if lapsed_since.is_none() {
-                lapsed_since = Some(Instant::now());
-            }
+            lapsed_since = match lapsed_since {
+                _ if !lease_lost => None,
+                None => Some(Instant::now()),
+                since => since,
+            };
             let holds = crate::leadership::holds_sessions(
                 raft_leader,
                 lease_ok,
