@@ -100,6 +100,16 @@ pub struct Written {
     pub key: PathBuf,
 }
 
+impl Written {
+    /// Where [`issue`] writes `leaf`'s certificate and key in `dir`.
+    pub fn at(dir: &Path, leaf: &Leaf) -> Written {
+        Written {
+            cert: dir.join(format!("{}.pem", leaf.stem())),
+            key: dir.join(format!("{}.key", leaf.stem())),
+        }
+    }
+}
+
 /// The URI naming `caller` (`None` for [`Caller::Insecure`], which has no name).
 pub fn uri(caller: &Caller) -> Option<String> {
     Some(match caller {
@@ -332,10 +342,7 @@ pub fn issue(ca_dir: &Path, out_dir: &Path, leaf: &Leaf, days: u32) -> Result<Wr
         path: out_dir.to_owned(),
         source,
     })?;
-    let out = Written {
-        cert: out_dir.join(format!("{}.pem", leaf.stem())),
-        key: out_dir.join(format!("{}.key", leaf.stem())),
-    };
+    let out = Written::at(out_dir, leaf);
     write_file(&out.key, &key.serialize_pem(), 0o600)?;
     write_file(&out.cert, &cert.pem(), 0o644)?;
     Ok(out)

@@ -53,7 +53,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use understudy_agent::redial::Redial;
 use understudy_controller::auth::Role;
-use understudy_controller::certs::Leaf;
+use understudy_controller::certs::{Leaf, Written};
 use understudy_proto::agent_message::Msg;
 use understudy_proto::agent_service_client::AgentServiceClient;
 use understudy_proto::controller_message::Msg as Out;
@@ -214,6 +214,35 @@ struct Shared {
     /// This process is a worker: the changes it expects go to its stdout,
     /// for the bench that watches them.
     worker: bool,
+}
+
+impl Shared {
+    /// The counters a worker reports to its bench, in [`Shared::add_counts`]'s
+    /// order.
+    fn counts(&self) -> [u64; 7] {
+        let l = |a: &AtomicUsize| a.load(Ordering::Relaxed) as u64;
+        let q = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            l(&self.welcomed),
+            l(&self.relayed),
+            l(&self.handoffs),
+            q(&self.reports),
+            q(&self.heartbeats),
+            q(&self.acks),
+            q(&self.commands),
+        ]
+    }
+
+    /// Add a worker's counts since its last report ([`Shared::counts`]).
+    fn add_counts(&self, d: [u64; 7]) {
+        self.welcomed.fetch_add(d[0] as usize, Ordering::Relaxed);
+        self.relayed.fetch_add(d[1] as usize, Ordering::Relaxed);
+        self.handoffs.fetch_add(d[2] as usize, Ordering::Relaxed);
+        self.reports.fetch_add(d[3], Ordering::Relaxed);
+        self.heartbeats.fetch_add(d[4], Ordering::Relaxed);
+        self.acks.fetch_add(d[5], Ordering::Relaxed);
+        self.commands.fetch_add(d[6], Ordering::Relaxed);
+    }
 }
 
 fn summary(role: &str, disk: &str, conn: &str, repl: &str, oos: u64) -> DrbdSummary {
@@ -723,16 +752,12 @@ impl WorkerProc {
                             .insert(pair.to_string(), Pending { since, want });
                     }
                     ["counts", rest @ ..] if rest.len() == last.len() => {
-                        let now: Vec<u64> = rest.iter().map(|v| v.parse().unwrap_or(0)).collect();
-                        let d = |k: usize| now[k].saturating_sub(last[k]);
-                        shared.welcomed.fetch_add(d(0) as usize, Ordering::Relaxed);
-                        shared.relayed.fetch_add(d(1) as usize, Ordering::Relaxed);
-                        shared.handoffs.fetch_add(d(2) as usize, Ordering::Relaxed);
-                        shared.reports.fetch_add(d(3), Ordering::Relaxed);
-                        shared.heartbeats.fetch_add(d(4), Ordering::Relaxed);
-                        shared.acks.fetch_add(d(5), Ordering::Relaxed);
-                        shared.commands.fetch_add(d(6), Ordering::Relaxed);
-                        last.copy_from_slice(&now);
+                        let mut now = [0u64; 7];
+                        for (n, v) in now.iter_mut().zip(rest) {
+                            *n = v.parse().unwrap_or(0);
+                        }
+                        shared.add_counts(std::array::from_fn(|k| now[k].saturating_sub(last[k])));
+                        last = now;
                     }
                     _ => {}
                 }
@@ -790,38 +815,13 @@ async fn worker(w: Worker, args: Args) {
         ..Default::default()
     });
     let pki = Pki { dir: w.pki.clone() };
-    let addrs = Arc::new(w.addrs.clone());
-    let dial = Arc::new(Semaphore::new(64));
-    let mut sims = Vec::new();
-    for i in w.first..w.first + w.count {
-        let sim: Arc<PairSim> = Arc::default();
-        for backup in [false, true] {
-            let stem = Leaf::Agent {
-                server_id: server_id(i, backup),
-            }
-            .stem();
-            let tls = ClientTls::load(
-                &pki.ca(),
-                Some((
-                    &pki.dir.join(format!("{stem}.pem")),
-                    &pki.dir.join(format!("{stem}.key")),
-                )),
-            )
-            .expect("agent TLS");
-            tokio::spawn(agent(
-                i,
-                backup,
-                addrs.clone(),
-                tls,
-                args.rate,
-                sim.clone(),
-                shared.clone(),
-                dial.clone(),
-                5 * args.heartbeat_ms,
-            ));
-        }
-        sims.push(sim);
-    }
+    let sims = spawn_agents(
+        w.first..w.first + w.count,
+        &pki,
+        &Arc::new(w.addrs.clone()),
+        &args,
+        &shared,
+    );
     let (tx, mut rx) = mpsc::channel::<String>(4);
     std::thread::spawn(move || {
         use std::io::BufRead;
@@ -836,18 +836,8 @@ async fn worker(w: Worker, args: Args) {
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let l = |a: &AtomicUsize| a.load(Ordering::Relaxed) as u64;
-                let q = |a: &AtomicU64| a.load(Ordering::Relaxed);
-                println!(
-                    "counts {} {} {} {} {} {} {}",
-                    l(&shared.welcomed),
-                    l(&shared.relayed),
-                    l(&shared.handoffs),
-                    q(&shared.reports),
-                    q(&shared.heartbeats),
-                    q(&shared.acks),
-                    q(&shared.commands),
-                );
+                let c = shared.counts().map(|v| v.to_string());
+                println!("counts {}", c.join(" "));
             }
             line = rx.recv() => match line.as_deref() {
                 Some("churn") => churn_task(sims.clone(), args.churn, 0, shared.clone()),
@@ -858,9 +848,48 @@ async fn worker(w: Worker, args: Args) {
     }
 }
 
+/// Start the agents of `pairs` (both of each), with the certificates issued
+/// into `pki`, as [`agent`] simulates them; the pairs' simulated DRBD, in order.
+fn spawn_agents(
+    pairs: std::ops::Range<usize>,
+    pki: &Pki,
+    addrs: &Arc<Vec<String>>,
+    args: &Args,
+    shared: &Arc<Shared>,
+) -> Vec<Arc<PairSim>> {
+    let dial = Arc::new(Semaphore::new(64));
+    pairs
+        .map(|i| {
+            let sim: Arc<PairSim> = Arc::default();
+            for backup in [false, true] {
+                let w = Written::at(
+                    &pki.dir,
+                    &Leaf::Agent {
+                        server_id: server_id(i, backup),
+                    },
+                );
+                let tls = ClientTls::load(&pki.ca(), Some((&w.cert, &w.key))).expect("agent TLS");
+                tokio::spawn(agent(
+                    i,
+                    backup,
+                    addrs.clone(),
+                    tls,
+                    args.rate,
+                    sim.clone(),
+                    shared.clone(),
+                    dial.clone(),
+                    // The agent's default bound is 5 heartbeats (1 s at 200 ms).
+                    5 * args.heartbeat_ms,
+                ));
+            }
+            sim
+        })
+        .collect()
+}
+
 impl Run {
     async fn start(pairs: usize, args: &Args, keep: bool) -> Run {
-        let (rate, heartbeat_ms) = (args.rate, args.heartbeat_ms);
+        let heartbeat_ms = args.heartbeat_ms;
         let dir = tempfile::Builder::new()
             .prefix("understudy-bench-scale-")
             .tempdir()
@@ -945,16 +974,14 @@ impl Run {
         }
         // The agents of the first `own` pairs run here, the others' in
         // workers of at most as many pairs each.
-        let processes = (2 * pairs).div_ceil(agents_per_process());
+        let per_process = agents_per_process();
+        let processes = (2 * pairs).div_ceil(per_process);
         let own = pairs.div_ceil(processes);
         let t = Instant::now();
-        let certs: Vec<(PathBuf, PathBuf)> = (0..pairs)
-            .flat_map(|i| [server_id(i, false), server_id(i, true)])
-            .map(|id| {
-                let w = pki.agent(&id);
-                (w.cert, w.key)
-            })
-            .collect();
+        for i in 0..pairs {
+            pki.agent(&server_id(i, false));
+            pki.agent(&server_id(i, true));
+        }
         let admin = match pki.operator("bench", Role::Admin) {
             Creds::Tls {
                 ca,
@@ -963,20 +990,14 @@ impl Run {
             } => ClientTls::load(&ca, Some((&c, &k))).expect("admin TLS"),
             _ => unreachable!("the PKI issues TLS credentials"),
         };
-        let tlss: Vec<ClientTls> = certs[..2 * own]
-            .iter()
-            .map(|(c, k)| ClientTls::load(&pki.ca(), Some((c, k))).expect("agent TLS"))
-            .collect();
         eprintln!(
-            "{} agent certificates issued, {} loaded in {} ms{}",
-            certs.len(),
-            tlss.len(),
+            "{} agent certificates issued in {} ms{}",
+            2 * pairs,
             t.elapsed().as_millis(),
             if processes > 1 {
                 format!(
-                    "; the other agents in {} worker processes (at most {} connections per process)",
+                    "; the agents of {own} pairs run here, the others' in {} worker processes (at most {per_process} connections per process)",
                     processes - 1,
-                    agents_per_process()
                 )
             } else {
                 String::new()
@@ -999,24 +1020,8 @@ impl Run {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         let shared = Arc::new(Shared::default());
-        let sims: Vec<Arc<PairSim>> = (0..own).map(|_| Arc::default()).collect();
         tokio::spawn(watch(addrs.clone(), admin.clone(), shared.clone()));
-        let dial = Arc::new(Semaphore::new(64));
-        for (k, tls) in tlss.into_iter().enumerate() {
-            let (i, backup) = (k / 2, k % 2 == 1);
-            tokio::spawn(agent(
-                i,
-                backup,
-                addrs.clone(),
-                tls,
-                rate,
-                sims[i].clone(),
-                shared.clone(),
-                dial.clone(),
-                // The agent's default bound is 5 heartbeats (1 s at 200 ms).
-                5 * heartbeat_ms,
-            ));
-        }
+        let sims = spawn_agents(0..own, &pki, &addrs, args, &shared);
         let workers = (1..processes)
             .map(|k| {
                 let first = k * own;
