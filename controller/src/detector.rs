@@ -321,9 +321,6 @@ pub fn calm_for(
     if *action != Action::Nothing || !settled(pair, cfg) {
         return None;
     }
-    // The first silence bound any rule applies to agents whose peer is
-    // connected: one agent unreachable, or the serving one silent (S2).
-    let bound = cfg.agent_timeout_ms.min(cfg.primary_silence_ms);
     let mut silent = 0;
     for v in [serving, standby] {
         if !v.connected || v.peer_lost_ms.is_some() {
@@ -331,9 +328,25 @@ pub fn calm_for(
         }
         silent = silent.max(v.silent_ms?);
     }
+    calm_margin(silent, cfg, cap)
+}
+
+/// The silence half of [`calm_for`]: how long a pair whose agents are both
+/// connected, the longer silent of them for `silent_ms`, stays calm. The
+/// leader's loop also asks it alone when a calm pair's time is up and
+/// nothing was heard of it but heartbeats (`sweep::Sweep`): only the
+/// silence has moved since, so only the silence is read again.
+pub fn calm_margin(
+    silent_ms: u64,
+    cfg: &DetectorConfig,
+    cap: std::time::Duration,
+) -> Option<std::time::Duration> {
+    // The first silence bound any rule applies to agents whose peer is
+    // connected: one agent unreachable, or the serving one silent (S2).
+    let bound = cfg.agent_timeout_ms.min(cfg.primary_silence_ms);
     // Looked at again well before the silence can reach the bound (the
     // loop's tick is 50 ms; two of them spare).
-    let margin = bound.checked_sub(silent + CALM_SPARE_MS)?;
+    let margin = bound.checked_sub(silent_ms + CALM_SPARE_MS)?;
     (margin >= CALM_SPARE_MS).then(|| std::time::Duration::from_millis(margin).min(cap))
 }
 
@@ -2548,6 +2561,68 @@ mod calm_tests {
             }
         }
         assert!(calm_seen > 50, "the grid has calm pairs: {calm_seen}");
+    }
+
+    /// What `sweep::Sweep` relies on to renew a calm from the silence alone:
+    /// a pair calm once, whose agents were heard of since only through
+    /// heartbeats (any silence, any probe answer age, nothing else changed),
+    /// decides the same for as long as `calm_margin` of its new silence says,
+    /// over the same grid.
+    #[test]
+    fn a_calm_pair_renewed_from_its_silence_alone_decides_the_same_for_the_renewal() {
+        let cfg = DetectorConfig::default();
+        let now = 1_000_000;
+        let silences = [0, 50, 200, 400, 700, 780, 800, 820, 900, 999, 1000, 1500];
+        let mut renewed = 0;
+        for &ss in &silences {
+            for &bs in &silences {
+                for probe in [None, Some(10)] {
+                    let p = pair(PairState::Healthy);
+                    let mut sv = view("Primary", ss, true, None);
+                    sv.probe_answered_ms = probe;
+                    let sb = view("Secondary", bs, true, None);
+                    let dec = decide(&p, &sv, &sb, now, &cfg);
+                    if calm_for(&p, &sv, &sb, &dec.action, &cfg, CAP).is_none() {
+                        continue;
+                    }
+                    for &ss2 in &silences {
+                        for &bs2 in &silences {
+                            for probe2 in [None, Some(10), Some(3_000), Some(60_000)] {
+                                let Some(d) = calm_margin(ss2.max(bs2), &cfg, CAP) else {
+                                    continue;
+                                };
+                                renewed += 1;
+                                let sv2 = AgentView {
+                                    silent_ms: Some(ss2),
+                                    probe_answered_ms: probe2,
+                                    ..sv.clone()
+                                };
+                                let sb2 = AgentView {
+                                    silent_ms: Some(bs2),
+                                    ..sb.clone()
+                                };
+                                for t in (0..=d.as_millis() as u64).step_by(10) {
+                                    let t0 = now + 60_000;
+                                    let later = decide(
+                                        &p,
+                                        &aged(&sv2, t),
+                                        &aged(&sb2, t),
+                                        t0 + t as i64,
+                                        &cfg,
+                                    );
+                                    assert_eq!(
+                                        later.action, dec.action,
+                                        "calm at {ss}/{bs} ms, renewed at {ss2}/{bs2} ms, probe {probe2:?}: after {t} ms of {d:?}: {}",
+                                        later.reason
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(renewed > 100, "the grid renews calms: {renewed}");
     }
 
     #[test]

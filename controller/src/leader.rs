@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::agents::redirect;
 use crate::config::ControllerConfig;
-use crate::detector::{calm_for, decide, settled, Action};
+use crate::detector::{calm_for, calm_margin, decide, Action};
 use crate::failover::Executor;
 use crate::leadership::{now_unix_ms, write, LeaderView};
 use crate::liveness::Liveness;
@@ -24,9 +24,9 @@ use crate::raft::Raft;
 use crate::redundancy::Need;
 use crate::state::{OperatorCommand, PairState, Request, Response};
 
-/// How often a tick looks at every pair, calm or not: a new cloud signal or
-/// anything else time brings that `calm_for` does not foresee waits no longer.
-const FULL_SWEEP: Duration = Duration::from_secs(1);
+/// The longest a pair is left calm before its agents' silence is read again
+/// (`crate::sweep`).
+const CALM_CAP: Duration = Duration::from_secs(1);
 
 /// Propose a request, logging refusals; `None` if this node cannot commit now.
 async fn propose(raft: &Raft, req: Request) -> Option<crate::state::Response> {
@@ -82,13 +82,15 @@ pub async fn leader_duties(
         // Cloud signals: the health poll, and the last signal line logged per pair.
         let mut signals_poll: Option<(tokio::task::JoinHandle<()>, Instant)> = None;
         let mut signal_said: HashMap<String, String> = HashMap::new();
-        // A tick looks at every pair (silence grows with time); a wake-up by
-        // the agents' view only at the pairs whose view changed. A tick skips
-        // a pair that is calm (`detector::calm_for`: time alone cannot change
-        // its decision before then), except once every `FULL_SWEEP`.
+        // A tick looks at the pairs that are not calm (`detector::calm_for`:
+        // time alone cannot change their decision before then), a wake-up by
+        // the agents' view only at the pairs whose view changed
+        // (`crate::sweep`). The first tick after a cloud-signal poll
+        // finished looks at every pair.
         let mut sweep_all = true;
-        let mut calm_until: HashMap<String, Instant> = HashMap::new();
-        let mut last_full = Instant::now();
+        let mut sweep = crate::sweep::Sweep::default();
+        let mut signals_swept = true;
+        let mut full_due = false;
         loop {
             if !inventory_synced {
                 // What differs from the configuration, a bounded batch of
@@ -142,6 +144,10 @@ pub async fn leader_duties(
             }
             // Cloud signals: every `[signals] poll_ms`, the health of every server.
             let every = Duration::from_millis(cfg.signals.poll_ms);
+            if !signals_swept && signals_poll.as_ref().is_some_and(|(h, _)| h.is_finished()) {
+                signals_swept = true;
+                full_due = true;
+            }
             if signals_poll
                 .as_ref()
                 .is_none_or(|(h, at)| h.is_finished() && at.elapsed() >= every)
@@ -156,6 +162,7 @@ pub async fn leader_duties(
                     .map(crate::failover::cloud_server)
                     .collect();
                 let limit = Duration::from_millis(cfg.signals.poll_ms.clamp(1000, 10_000));
+                signals_swept = false;
                 signals_poll = Some((
                     tokio::spawn(async move {
                         let all =
@@ -169,28 +176,26 @@ pub async fn leader_duties(
             let now = Instant::now();
             let origin = liveness.silence_origin();
             let changed = liveness.take_changed();
-            let full = sweep_all && now.duration_since(last_full) >= FULL_SWEEP;
+            let full = sweep_all && full_due;
             if full {
-                last_full = now;
+                full_due = false;
             }
+            // A calm pair whose calm is over, nothing heard of it but
+            // heartbeats: calm again if its agents' silence says so.
+            let renew = |p: &crate::state::PairRecord| {
+                let silent = liveness
+                    .silent_ms(p.serving_id(), now, origin)
+                    .max(liveness.silent_ms(p.standby_id(), now, origin));
+                calm_margin(silent, &cfg.detector, CALM_CAP)
+            };
             // State changes decided in this pass, proposed together (Raft
             // batches them into one append) once every pair was looked at.
             let mut batch = Vec::new();
-            for pair in shared.snapshot().state.pairs.values() {
-                if !changed.contains(&pair.spec.id) {
-                    if !sweep_all {
-                        continue;
-                    }
-                    // Calm, and its record did not change in a way that
-                    // matters since (an operator's switchover, say).
-                    if !full
-                        && calm_until.get(&pair.spec.id).is_some_and(|t| now < *t)
-                        && settled(pair, &cfg.detector)
-                    {
-                        continue;
-                    }
-                }
-                calm_until.remove(&pair.spec.id);
+            let snap = shared.snapshot();
+            for crate::sweep::Due { pair, slot } in
+                sweep.due(&snap.state.pairs, &changed, sweep_all, full, now, renew)
+            {
+                sweep.set_calm(slot, None);
                 // S4: an epoch never goes back. An agent that holds a higher one
                 // (the pair was re-added, the controllers restored) raises it.
                 let res = &pair.spec.resource;
@@ -257,10 +262,9 @@ pub async fn leader_duties(
                     && !running.contains_key(&id)
                     && provisioning.get(&id).is_none_or(|(h, _)| h.is_finished())
                 {
-                    if let Some(d) =
-                        calm_for(pair, &sv, &sb, &dec.action, &cfg.detector, FULL_SWEEP)
+                    if let Some(d) = calm_for(pair, &sv, &sb, &dec.action, &cfg.detector, CALM_CAP)
                     {
-                        calm_until.insert(id.clone(), now + d);
+                        sweep.set_calm(slot, Some(now + d));
                     }
                 }
                 if signal_said.get(&id) != Some(&line) {

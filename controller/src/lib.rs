@@ -63,6 +63,7 @@ pub mod resync;
 pub mod signals;
 pub mod state;
 pub mod status_json;
+pub mod sweep;
 #[cfg(test)]
 mod testutil;
 pub mod transport;

@@ -7,7 +7,7 @@
 //! the leader and reconnect to it. Only the decisions taken from this view (pair
 //! state changes) are committed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -47,12 +47,18 @@ pub struct ServerView {
 pub type SessionItem = Box<Result<ControllerMessage, tonic::Status>>;
 pub type SessionTx = mpsc::Sender<SessionItem>;
 
+/// A map keyed by server or pair id, with a fast hasher: the leader looks
+/// these up tens of thousands of times a second at 10 000 pairs.
+pub type IdMap<V> = foldhash::HashMap<String, V>;
+/// A set of pair or server ids ([`IdMap`]'s hasher).
+pub type Ids = foldhash::HashSet<String>;
+
 /// The live view of every agent; cheap to share.
 pub struct Liveness {
-    servers: Mutex<HashMap<String, ServerView>>,
-    sessions: Mutex<HashMap<String, (u64, SessionTx)>>,
+    servers: Mutex<IdMap<ServerView>>,
+    sessions: Mutex<IdMap<(u64, SessionTx)>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<CommandResult>>>,
-    probes: Mutex<HashMap<String, (Instant, ProbeReply)>>,
+    probes: Mutex<IdMap<(Instant, ProbeReply)>>,
     next_command: std::sync::atomic::AtomicU64,
     leading_since: Mutex<Instant>,
     /// When the first agent session of this leadership opened.
@@ -61,7 +67,7 @@ pub struct Liveness {
     /// Pairs whose agents' view changed since the leader's loop last looked
     /// ([`Liveness::take_changed`]): a session opened or closed, a report that
     /// differs from the previous one.
-    changed_pairs: Mutex<HashSet<String>>,
+    changed_pairs: Mutex<Ids>,
 }
 
 impl Default for Liveness {
@@ -97,7 +103,7 @@ impl Liveness {
     }
 
     /// The pairs whose view changed since the last call (and forget them).
-    pub fn take_changed(&self) -> HashSet<String> {
+    pub fn take_changed(&self) -> Ids {
         std::mem::take(&mut *self.changed_pairs.lock().expect("liveness lock"))
     }
 
@@ -344,6 +350,31 @@ impl Liveness {
         silence(last_seen, now, leading_since)
     }
 
+    /// Those of `items` whose server (`id`) has been silent `at_least_ms` or
+    /// more, as [`Liveness::silent_ms`] counts it, read under one lock: the
+    /// probe watcher asks it of every serving server ten times a second.
+    pub fn silent_among<T>(
+        &self,
+        items: impl IntoIterator<Item = T>,
+        id: impl Fn(&T) -> &str,
+        now: Instant,
+        leading_since: Instant,
+        at_least_ms: u64,
+    ) -> Vec<T> {
+        // Nobody can have been silent that long yet: no lookups at all.
+        if silence(None, now, leading_since) < at_least_ms {
+            return Vec::new();
+        }
+        let servers = self.servers.lock().expect("liveness lock");
+        items
+            .into_iter()
+            .filter(|t| {
+                let last_seen = servers.get(id(t)).map(|v| v.last_seen);
+                silence(last_seen, now, leading_since) >= at_least_ms
+            })
+            .collect()
+    }
+
     /// The last direct probe answer of a server, and when it came.
     pub fn probe_answer(&self, server_id: &str) -> Option<(Instant, ProbeReply)> {
         self.probes
@@ -569,5 +600,31 @@ mod tests {
             );
         }
         assert!(live.silent_ms("fs1-a", now, since) < live.silent_ms("fs1-c", now, since));
+        // The probe watcher's reading of many at once says the same, at every
+        // threshold around their silences.
+        let ids = ["fs1-a", "fs1-b", "fs1-c"];
+        let silences: Vec<u64> = ids
+            .iter()
+            .map(|id| live.silent_ms(id, now, since))
+            .collect();
+        for at_least in silences
+            .iter()
+            .flat_map(|s| [s.saturating_sub(1), *s, s + 1])
+        {
+            let one_by_one: Vec<&str> = ids
+                .iter()
+                .copied()
+                .filter(|id| live.silent_ms(id, now, since) >= at_least)
+                .collect();
+            assert_eq!(
+                live.silent_among(ids, |id| id, now, since, at_least),
+                one_by_one,
+                "{at_least} ms"
+            );
+        }
+        // Right after an election nobody can be silent long.
+        assert!(live
+            .silent_among(ids, |id| id, since + Duration::from_millis(5), since, 400)
+            .is_empty());
     }
 }

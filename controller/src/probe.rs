@@ -304,16 +304,21 @@ pub async fn watch(
         }
         let now = Instant::now();
         let since = liveness.silence_origin();
-        for pair in state.snapshot().state.pairs.values() {
-            if pair.state == PairState::Paused {
-                continue;
-            }
+        let snap = state.snapshot();
+        let silent = liveness.silent_among(
+            snap.state
+                .pairs
+                .values()
+                .filter(|p| p.state != PairState::Paused),
+            |p| p.serving_id(),
+            now,
+            since,
+            cfg.after_silence_ms,
+        );
+        for pair in silent {
             let Some(server) = pair.server(pair.serving_id()) else {
                 continue;
             };
-            if liveness.silent_ms(&server.id, now, since) < cfg.after_silence_ms {
-                continue;
-            }
             if let Err(e) = prober.probe(&pair.spec.id, server).await {
                 let e = e.to_string();
                 if warned.get(&server.id) != Some(&e) {
