@@ -301,7 +301,9 @@ pub struct Witnesses {
 
 /// The longest the leader's loop may leave a pair unexamined when nothing new
 /// is heard from its agents, because time alone cannot change what it decides
-/// before then: the pair is `Healthy` with nothing in flight or on a clock (no
+/// before then: the pair is `Healthy`, or `Rebuilding` (its backup
+/// resynchronising: at 10 000 pairs and a 40 s resync, a fifth of the pairs),
+/// with nothing in flight or on a clock (no
 /// plan, outdated mark, scheduled switchover, maintenance window, hold-off,
 /// spare, rebuild or retired server to terminate), the decision is `Nothing`,
 /// both agents are connected with their DRBD peer connected, and the silence
@@ -350,13 +352,13 @@ pub fn calm_margin(
     (margin >= CALM_SPARE_MS).then(|| std::time::Duration::from_millis(margin).min(cap))
 }
 
-/// The record's half of [`calm_for`]: `Healthy` with nothing in flight or on a
-/// clock. The leader's loop checks it again before it skips a calm pair, so
+/// The record's half of [`calm_for`]: `Healthy` or `Rebuilding`, nothing in
+/// flight or on a clock. The leader's loop checks it again before it skips a calm pair, so
 /// a record changed since (an operator's switchover, pause, maintenance
 /// window) is looked at on the next tick.
 pub fn settled(pair: &PairRecord, cfg: &DetectorConfig) -> bool {
     let r = &pair.redundancy;
-    pair.state == PairState::Healthy
+    matches!(pair.state, PairState::Healthy | PairState::Rebuilding)
         && pair.failover.is_none()
         && pair.outdated.is_none()
         && pair.ops.scheduled.is_none()
@@ -2523,22 +2525,31 @@ mod calm_tests {
         ];
         let silences = [0, 50, 200, 400, 700, 780, 800, 820, 900, 999, 1000, 1500];
         let mut calm_seen = 0;
+        let mut rebuilding_calm = 0;
         for state in states {
             for &ss in &silences {
                 for &bs in &silences {
                     for (sc, bc) in [(true, true), (false, true), (true, false)] {
-                        for lost in [None, Some(0), Some(400)] {
-                            for probe in [None, Some(10)] {
+                        for (lost, probe, syncing) in grid_extras() {
+                            {
                                 let p = pair(state);
                                 let mut sv = view("Primary", ss, sc, None);
                                 sv.probe_answered_ms = probe;
-                                let sb = view("Secondary", bs, bc, lost);
+                                let mut sb = view("Secondary", bs, bc, lost);
+                                if syncing {
+                                    resyncing(&mut sv, &mut sb);
+                                }
                                 let dec = decide(&p, &sv, &sb, now, &cfg);
                                 let Some(d) = calm_for(&p, &sv, &sb, &dec.action, &cfg, CAP) else {
                                     continue;
                                 };
                                 calm_seen += 1;
-                                assert_eq!(state, PairState::Healthy);
+                                rebuilding_calm +=
+                                    usize::from(state == PairState::Rebuilding && syncing);
+                                assert!(
+                                    matches!(state, PairState::Healthy | PairState::Rebuilding),
+                                    "{state}"
+                                );
                                 assert!(d <= CAP);
                                 for t in (0..=d.as_millis() as u64).step_by(10) {
                                     let later = decide(
@@ -2550,7 +2561,7 @@ mod calm_tests {
                                     );
                                     assert_eq!(
                                         later.action, dec.action,
-                                        "{state} serving {ss} ms {sc}, standby {bs} ms {bc} lost {lost:?}, probe {probe:?}: after {t} ms of a {d:?} calm: {}",
+                                        "{state} serving {ss} ms {sc}, standby {bs} ms {bc} lost {lost:?}, probe {probe:?}, resync {syncing}: after {t} ms of a {d:?} calm: {}",
                                         later.reason
                                     );
                                 }
@@ -2561,6 +2572,52 @@ mod calm_tests {
             }
         }
         assert!(calm_seen > 50, "the grid has calm pairs: {calm_seen}");
+        assert!(
+            rebuilding_calm > 10,
+            "resyncing pairs are calm too: {rebuilding_calm}"
+        );
+    }
+
+    /// The grid's other axes: the standby's peer loss, the serving server's
+    /// probe answer, and whether the backup is resynchronising.
+    fn grid_extras() -> Vec<(Option<u64>, Option<u64>, bool)> {
+        let mut out = Vec::new();
+        for lost in [None, Some(0), Some(400)] {
+            for probe in [None, Some(10)] {
+                for syncing in [false, true] {
+                    out.push((lost, probe, syncing));
+                }
+            }
+        }
+        out
+    }
+
+    /// Both views as while the backup resynchronises from the serving
+    /// Primary (SyncSource / SyncTarget, 1 MiB to go).
+    fn resyncing(sv: &mut AgentView, sb: &mut AgentView) {
+        let conn = |v: &AgentView| {
+            v.drbd
+                .as_ref()
+                .map(|d| d.connection.clone())
+                .unwrap_or_default()
+        };
+        let (sc, bc) = (conn(sv), conn(sb));
+        sv.drbd = Some(sum(
+            "Primary",
+            "UpToDate",
+            &sc,
+            "SyncSource",
+            "Inconsistent",
+            Some(1 << 20),
+        ));
+        sb.drbd = Some(sum(
+            "Secondary",
+            "Inconsistent",
+            &bc,
+            "SyncTarget",
+            "UpToDate",
+            Some(1 << 20),
+        ));
     }
 
     /// What `sweep::Sweep` relies on to renew a calm from the silence alone:
@@ -2574,13 +2631,22 @@ mod calm_tests {
         let now = 1_000_000;
         let silences = [0, 50, 200, 400, 700, 780, 800, 820, 900, 999, 1000, 1500];
         let mut renewed = 0;
-        for &ss in &silences {
-            for &bs in &silences {
-                for probe in [None, Some(10)] {
-                    let p = pair(PairState::Healthy);
+        for (state, syncing, &ss, &bs, probe) in [PairState::Healthy, PairState::Rebuilding]
+            .into_iter()
+            .flat_map(|st| [(st, false), (st, true)])
+            .flat_map(|(st, sy)| silences.iter().map(move |ss| (st, sy, ss)))
+            .flat_map(|(st, sy, ss)| silences.iter().map(move |bs| (st, sy, ss, bs)))
+            .flat_map(|(st, sy, ss, bs)| [None, Some(10)].map(|pr| (st, sy, ss, bs, pr)))
+        {
+            {
+                {
+                    let p = pair(state);
                     let mut sv = view("Primary", ss, true, None);
                     sv.probe_answered_ms = probe;
-                    let sb = view("Secondary", bs, true, None);
+                    let mut sb = view("Secondary", bs, true, None);
+                    if syncing {
+                        resyncing(&mut sv, &mut sb);
+                    }
                     let dec = decide(&p, &sv, &sb, now, &cfg);
                     if calm_for(&p, &sv, &sb, &dec.action, &cfg, CAP).is_none() {
                         continue;
@@ -2612,7 +2678,7 @@ mod calm_tests {
                                     );
                                     assert_eq!(
                                         later.action, dec.action,
-                                        "calm at {ss}/{bs} ms, renewed at {ss2}/{bs2} ms, probe {probe2:?}: after {t} ms of {d:?}: {}",
+                                        "{state}, resync {syncing}: calm at {ss}/{bs} ms, renewed at {ss2}/{bs2} ms, probe {probe2:?}: after {t} ms of {d:?}: {}",
                                         later.reason
                                     );
                                 }

@@ -253,9 +253,10 @@ pub async fn leader_duties(
                 let at_unix_ms = now_unix_ms();
                 // A cloud signal: log what it proposes when that changes and, with
                 // `auto_switchover`, schedule the switchover once per event.
-                let line = executor
+                let proposal = executor
                     .signals
-                    .status_line(pair, &sb, at_unix_ms, &cfg.signals);
+                    .proposal_for(pair, &sb, at_unix_ms, &cfg.signals);
+                let line = executor.signals.line(pair, &proposal, at_unix_ms);
                 // Nothing in flight for it here either (a plan, a spare or
                 // rebuild task), and no cloud signal: then maybe calm.
                 if line.is_empty()
@@ -273,11 +274,7 @@ pub async fn leader_duties(
                     }
                     signal_said.insert(id.clone(), line);
                 }
-                if let Ok(Some(p)) =
-                    executor
-                        .signals
-                        .proposal_for(pair, &sb, at_unix_ms, &cfg.signals)
-                {
+                if let Ok(Some(p)) = proposal {
                     if let crate::signals::Schedule::At(t) = p.schedule {
                         let r = propose(
                             &raft,

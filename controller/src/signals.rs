@@ -401,14 +401,14 @@ pub struct Observed {
 /// Leader memory: the latest health of each server and the events handled.
 #[derive(Debug, Default)]
 pub struct Signals {
-    health: Mutex<HashMap<String, Observed>>,
+    health: Mutex<crate::liveness::IdMap<Observed>>,
     handled: Mutex<HashSet<EventKey>>,
 }
 
 impl Signals {
     /// Replace every server's health with a new poll's.
     pub fn set_all(&self, all: HashMap<String, Observed>) {
-        *self.health.lock().unwrap() = all;
+        *self.health.lock().unwrap() = all.into_iter().collect();
     }
 
     /// Set one server's health.
@@ -440,12 +440,19 @@ impl Signals {
         now: i64,
         cfg: &SignalsConfig,
     ) -> Result<Option<Proposal>, String> {
-        let Some(serving) = self.get(pair.serving_id()) else {
-            return Ok(None);
+        // Read in place, under one lock: the leader asks this of every pair
+        // it examines.
+        let mut p = {
+            let health = self.health.lock().unwrap();
+            let Some(serving) = health.get(pair.serving_id()) else {
+                return Ok(None);
+            };
+            let serving = serving.health.as_ref().map_err(|e| e.clone())?;
+            let standby = health
+                .get(pair.standby_id())
+                .and_then(|o| o.health.as_ref().ok());
+            proposal(pair, serving, standby, standby_view, now, cfg)
         };
-        let serving = serving.health?;
-        let standby = self.get(pair.standby_id()).and_then(|o| o.health.ok());
-        let mut p = proposal(pair, &serving, standby.as_ref(), standby_view, now, cfg);
         if let Some(p) = p.as_mut().filter(|p| matches!(p.schedule, Schedule::At(_))) {
             if self.handled(&p.key()) {
                 p.schedule = Schedule::Not(
@@ -465,16 +472,31 @@ impl Signals {
         now: i64,
         cfg: &SignalsConfig,
     ) -> String {
-        match self.proposal_for(pair, standby_view, now, cfg) {
+        let proposal = self.proposal_for(pair, standby_view, now, cfg);
+        self.line(pair, &proposal, now)
+    }
+
+    /// [`Signals::status_line`] from the [`Signals::proposal_for`] already
+    /// read.
+    pub fn line(
+        &self,
+        pair: &PairRecord,
+        proposal: &Result<Option<Proposal>, String>,
+        now: i64,
+    ) -> String {
+        match proposal {
             Ok(Some(p)) => p.line(&pair.spec.id),
             Err(e) => format!(
                 "cannot read {}'s instance health: {e}",
                 pair.serving_id()
             ),
             Ok(None) => self
+                .health
+                .lock()
+                .unwrap()
                 .get(pair.standby_id())
-                .and_then(|o| o.health.ok())
-                .and_then(|h| standby_trouble(pair.standby_id(), &h, now))
+                .and_then(|o| o.health.as_ref().ok())
+                .and_then(|h| standby_trouble(pair.standby_id(), h, now))
                 .map(|why| format!("{why} (the standby: no switchover needed; replace it or expect its DRBD to disconnect)"))
                 .unwrap_or_default(),
         }
