@@ -143,10 +143,11 @@ impl std::fmt::Display for OperatorCommand {
 
 impl ClusterState {
     fn audit(&mut self, e: AuditEntry) {
-        self.audit.push(e);
-        if self.audit.len() > AUDIT_LIMIT {
-            let excess = self.audit.len() - AUDIT_LIMIT;
-            self.audit.drain(..excess);
+        let audit = std::sync::Arc::make_mut(&mut self.audit);
+        audit.push(e);
+        if audit.len() > AUDIT_LIMIT {
+            let excess = audit.len() - AUDIT_LIMIT;
+            audit.drain(..excess);
         }
     }
 
