@@ -14,7 +14,7 @@ use std::fmt::Write;
 use understudy_proto::GetStatusResponse;
 
 use crate::state::stats::Histogram;
-use crate::state::{PairRecord, PairState};
+use crate::state::PairState;
 
 /// This node's Raft figures.
 #[derive(Debug, Clone, Default)]
@@ -41,7 +41,7 @@ pub struct Inputs<'a> {
     /// TLS handshakes: `(admitted, shed, failed)` since the start; `None`
     /// without TLS.
     pub handshakes: Option<(u64, u64, u64)>,
-    pub pairs: &'a BTreeMap<String, std::sync::Arc<PairRecord>>,
+    pub pairs: &'a crate::state::Pairs,
     /// The leader's status (per-server figures); `None` on a follower.
     pub status: Option<&'a GetStatusResponse>,
 }
@@ -239,7 +239,7 @@ pub fn render(i: &Inputs) -> String {
 }
 
 /// From the replicated state: the same on every node.
-fn pair_metrics(out: &mut String, pairs: &BTreeMap<String, std::sync::Arc<PairRecord>>) {
+fn pair_metrics(out: &mut String, pairs: &crate::state::Pairs) {
     let mut f = family(
         out,
         "understudy_pair_state",
@@ -565,7 +565,8 @@ mod tests {
             steps: vec![],
         });
         let id = p.spec.id.clone();
-        let pairs = BTreeMap::from([(id.clone(), std::sync::Arc::new(p))]);
+        let pairs: crate::state::Pairs =
+            [(id.clone(), std::sync::Arc::new(p))].into_iter().collect();
         let raft = RaftFigures {
             node_id: 2,
             is_leader: true,

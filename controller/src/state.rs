@@ -9,7 +9,6 @@
 //! `ClusterState::apply` is a pure function of (state, request): every node applies
 //! the same log and reaches the same state.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -543,13 +542,19 @@ impl PairRecord {
     }
 }
 
+/// The pairs by id, in id order: a persistent map (`imbl::OrdMap`), so that
+/// a copy of the state shares the whole tree and a change copies only the
+/// path to the record it changes, as the records themselves are shared
+/// (`Arc`) and copied only when changed. Serialized as a map, as before.
+pub type Pairs = imbl::OrdMap<String, Arc<PairRecord>>;
+
 /// The whole replicated application state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
-    /// Shared records: a copy of the state (what readers hold, what each
-    /// applied batch starts from) copies only pointers; a change copies the
-    /// one record it changes (`Arc::make_mut`).
-    pub pairs: BTreeMap<String, Arc<PairRecord>>,
+    /// Shared map and records: a copy of the state (what readers hold, what
+    /// each applied batch starts from) copies one pointer; a change copies
+    /// the one record it changes (`Arc::make_mut`) and the map's path to it.
+    pub pairs: Pairs,
     /// Every operator command, accepted or refused, with who asked (S8);
     /// the last [`operator::AUDIT_LIMIT`]. Shared like the records: each
     /// applied batch starts from a copy of the state, and a thousand entries
@@ -1325,13 +1330,15 @@ impl ClusterState {
             self.upsert_pair(spec, at, &mut added, &mut updated);
         }
         let keep: std::collections::BTreeSet<&str> = pairs.iter().map(|p| p.id.as_str()).collect();
-        self.pairs.retain(|id, _| {
-            let k = keep.contains(id.as_str());
-            if !k {
-                removed.push(id.clone());
-            }
-            k
-        });
+        removed.extend(
+            self.pairs
+                .keys()
+                .filter(|id| !keep.contains(id.as_str()))
+                .cloned(),
+        );
+        for id in &removed {
+            self.pairs.remove(id);
+        }
         Response::Inventory {
             added,
             updated,

@@ -20,12 +20,11 @@
 //!
 //! A wake-up by the agents (not a tick) examines only the pairs it names.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::liveness::{IdMap, Ids};
-use crate::state::PairRecord;
+use crate::state::{PairRecord, Pairs};
 
 /// Each pair is examined in full at least once every this many passes of the
 /// tick (5 s at 50 ms), calm or not.
@@ -63,7 +62,7 @@ impl Sweep {
     ///   examines it.
     pub fn due<'a>(
         &mut self,
-        pairs: &'a BTreeMap<String, Arc<PairRecord>>,
+        pairs: &'a Pairs,
         changed: &Ids,
         tick: bool,
         all: bool,
@@ -136,7 +135,7 @@ impl Sweep {
 
     /// Whether the slots are still in step with the map: the same pairs in
     /// the same order (a changed record keeps its place; its id is compared).
-    fn aligned(&self, pairs: &BTreeMap<String, Arc<PairRecord>>) -> bool {
+    fn aligned(&self, pairs: &Pairs) -> bool {
         pairs.len() == self.slots.len()
             && pairs
                 .values()
@@ -145,7 +144,7 @@ impl Sweep {
     }
 
     /// New slots for the pairs as they are, none of them calm.
-    fn realign(&mut self, pairs: &BTreeMap<String, Arc<PairRecord>>) {
+    fn realign(&mut self, pairs: &Pairs) {
         self.slots = pairs
             .values()
             .map(|p| Slot {
@@ -167,7 +166,7 @@ mod tests {
     use crate::state::PairState;
     use crate::testutil::pair;
 
-    fn map(ids: &[&str]) -> BTreeMap<String, Arc<PairRecord>> {
+    fn map(ids: &[&str]) -> Pairs {
         ids.iter()
             .map(|id| {
                 let mut p = pair(PairState::Healthy);
@@ -235,7 +234,7 @@ mod tests {
         let d = s.due(&pairs, &none, true, false, t0, |_| None);
         calm_all(&mut s, &d, until);
         // Skip past this pass's slice of full looks: count only what changed.
-        let skip = |s: &mut Sweep, pairs: &BTreeMap<String, Arc<PairRecord>>, ch: &Ids| {
+        let skip = |s: &mut Sweep, pairs: &Pairs, ch: &Ids| {
             let d = s.due(pairs, ch, true, false, t0, |_| None);
             let got: Vec<String> = ids(&d);
             calm_all(s, &d, until);

@@ -674,8 +674,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             + Unpin
             + OptionalSend,
     {
-        // A copy of the map of shared records: the records themselves are
-        // copied only when a request changes them.
+        // A copy that shares everything with what readers hold (`Pairs`,
+        // the audit log): a request copies only what it changes.
         let mut data: SmData = (*self.shared.snapshot()).clone();
         let mut dirty = Dirty::default();
         let mut replies = Vec::new();
