@@ -9,7 +9,6 @@
 //! loss of any leader. Refusals answer `FAILED_PRECONDITION` with the reason.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::Stream;
@@ -506,18 +505,12 @@ pub fn watch_events(
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     tokio::spawn(async move {
         // Lines already there are not sent; only what is committed from now on.
-        // A record not changed since the last look is the same `Arc` (the state
-        // copies a record only when it changes it): skipped at once.
-        type Seen = (Arc<PairRecord>, Option<(i64, String)>);
+        // The pairs as last looked at: the state is a persistent map, so this
+        // is a pointer, and the difference with the next state visits only
+        // the records changed since (the rest of the tree is shared).
         let last = |p: &PairRecord| p.history.last().map(|h| (h.at_unix_ms, h.event.clone()));
         let mut applied = state.subscribe();
-        let mut seen: std::collections::HashMap<String, Seen> = state
-            .snapshot()
-            .state
-            .pairs
-            .iter()
-            .map(|(id, p)| (id.clone(), (p.clone(), last(p))))
-            .collect();
+        let mut seen = state.snapshot().state.pairs.clone();
         loop {
             // Woken by every applied batch (and every 100 ms to notice a
             // change of leader).
@@ -534,15 +527,21 @@ pub fn watch_events(
                 return;
             }
             let snap = state.snapshot();
-            for (id, p) in &snap.state.pairs {
+            let mut changed = Vec::new();
+            for d in seen.diff(&snap.state.pairs) {
+                match d {
+                    imbl::ordmap::DiffItem::Add(id, p) => changed.push((id, p, None)),
+                    imbl::ordmap::DiffItem::Update {
+                        old: (_, before),
+                        new: (id, p),
+                    } => changed.push((id, p, last(before))),
+                    imbl::ordmap::DiffItem::Remove(..) => {}
+                }
+            }
+            for (id, p, prev) in changed {
                 if !only.is_empty() && *id != only {
                     continue;
                 }
-                let prev = match seen.get(id) {
-                    Some((rec, _)) if Arc::ptr_eq(rec, p) => continue,
-                    Some((_, prev)) => prev.as_ref(),
-                    None => None,
-                };
                 // The lines after the last one sent (history is bounded: if that
                 // one was compacted away, the lines after its time).
                 let start = match prev {
@@ -550,12 +549,12 @@ pub fn watch_events(
                     Some((at, ev)) => p
                         .history
                         .iter()
-                        .rposition(|h| h.at_unix_ms == *at && h.event == *ev)
+                        .rposition(|h| h.at_unix_ms == at && h.event == ev)
                         .map(|i| i + 1)
                         .unwrap_or_else(|| {
                             p.history
                                 .iter()
-                                .position(|h| h.at_unix_ms > *at)
+                                .position(|h| h.at_unix_ms > at)
                                 .unwrap_or(p.history.len())
                         }),
                 };
@@ -571,8 +570,8 @@ pub fn watch_events(
                         return;
                     }
                 }
-                seen.insert(id.clone(), (p.clone(), last(p)));
             }
+            seen = snap.state.pairs.clone();
         }
     });
     rx

@@ -130,7 +130,7 @@ pub struct PairSpec {
 }
 
 /// One line of a pair's audit history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {
     pub at_unix_ms: i64,
     pub epoch: u64,
@@ -138,7 +138,7 @@ pub struct HistoryEntry {
 }
 
 /// A pair as replicated: its spec plus its state.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PairRecord {
     pub spec: PairSpec,
     pub state: PairState,
@@ -182,7 +182,7 @@ pub struct PairRecord {
 }
 
 /// Why and since when a standby is known to be outdated (S1).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutdatedMark {
     /// The server whose data may be missing writes.
     pub server: String,
@@ -330,7 +330,7 @@ impl fmt::Display for StandDownStep {
 
 /// Where a stand-down step stands: `Started` is committed before its command is
 /// sent, `Done`/`Failed` after (S10, like S7 for failover steps).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StandDownStatus {
     Started { term: u64 },
     Done { duration_ms: u64, detail: String },
@@ -338,7 +338,7 @@ pub enum StandDownStatus {
 }
 
 /// Where a step stands; committed before it runs and after (S7).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StepStatus {
     Pending,
     /// Started by the leader of `term`; a new leader re-runs it (steps are idempotent).
@@ -357,7 +357,7 @@ pub enum StepStatus {
 }
 
 /// One step of a plan.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepRecord {
     pub step: Step,
     pub status: StepStatus,
@@ -366,7 +366,7 @@ pub struct StepRecord {
 }
 
 /// A failover in flight.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailoverPlan {
     pub epoch: u64,
     /// The server being failed away from (fenced).
@@ -549,7 +549,7 @@ impl PairRecord {
 pub type Pairs = imbl::OrdMap<String, Arc<PairRecord>>;
 
 /// The whole replicated application state.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
     /// Shared map and records: a copy of the state (what readers hold, what
     /// each applied batch starts from) copies one pointer; a change copies
@@ -565,7 +565,7 @@ pub struct ClusterState {
 }
 
 /// A change proposed to the Raft log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Make the inventory match the configuration: add new pairs, update the spec
     /// of existing ones (their state is kept), remove pairs no longer configured.
@@ -721,7 +721,7 @@ impl Request {
 }
 
 /// What applying a request did.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     /// Nothing to say (blank and membership entries).
     None,

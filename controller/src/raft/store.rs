@@ -797,6 +797,73 @@ mod tests {
         }
     }
 
+    /// The Watch stream (`command::watch_events`, also `/api/v1/events`)
+    /// over the applied state: each history line committed after it started,
+    /// once and in order, from the records that changed (found by the
+    /// difference of two copies of the persistent map), a pair added since
+    /// included; filtered to one pair when asked.
+    #[tokio::test]
+    async fn the_watch_stream_sends_each_new_line_once_from_the_records_that_changed() {
+        use crate::leadership::LeaderView;
+        let dir = tempfile::tempdir().unwrap();
+        let mut n = Node::open(&dir.path().join("watch.redb"));
+        n.apply(&[sync(&["p1", "p2"])]);
+        let (_ltx, lrx) = tokio::sync::watch::channel(LeaderView {
+            is_leader: true,
+            ..Default::default()
+        });
+        let mut all = crate::command::watch_events(n.sm.shared(), lrx.clone(), String::new());
+        let mut one = crate::command::watch_events(n.sm.shared(), lrx, "p2".into());
+        // Let both take their first look (lines already there are not sent).
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        for (pair, at) in [("p1", 10), ("p2", 11), ("p2", 12)] {
+            let r = flip(&n.sm, pair, at);
+            n.apply(&[r]);
+        }
+        n.apply(&[sync(&["p1", "p2", "p3"])]);
+        let flip_2 = flip(&n.sm, "p2", 13);
+        n.apply(&[flip_2]);
+        async fn drain(
+            rx: &mut tokio::sync::mpsc::Receiver<
+                Result<understudy_proto::WatchEvent, tonic::Status>,
+            >,
+        ) -> Vec<(String, String)> {
+            let mut out = Vec::new();
+            while let Ok(Some(ev)) =
+                tokio::time::timeout(std::time::Duration::from_millis(400), rx.recv()).await
+            {
+                let ev = ev.expect("a line");
+                out.push((ev.pair_id, ev.event));
+            }
+            out
+        }
+        let got = drain(&mut all).await;
+        let flips: Vec<(&str, &str)> = got
+            .iter()
+            .filter_map(|(p, e)| e.find("flip ").map(|i| (p.as_str(), &e[i..])))
+            .collect();
+        assert_eq!(
+            flips,
+            [
+                ("p1", "flip 10"),
+                ("p2", "flip 11"),
+                ("p2", "flip 12"),
+                ("p2", "flip 13")
+            ],
+            "{got:#?}"
+        );
+        assert!(
+            got.iter().any(|(p, _)| p == "p3"),
+            "the added pair's lines: {got:#?}"
+        );
+        let mut unique = got.clone();
+        unique.dedup();
+        assert_eq!(unique.len(), got.len(), "no line twice: {got:#?}");
+        let only = drain(&mut one).await;
+        assert_eq!(only.len(), 3, "{only:#?}");
+        assert!(only.iter().all(|(p, _)| p == "p2"), "{only:#?}");
+    }
+
     /// openraft's own storage conformance suite, run against the redb store.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn openraft_storage_suite() {

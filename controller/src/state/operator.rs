@@ -12,7 +12,7 @@ use super::{fmt_unix_ms, refused, ClusterState, FailoverPlan, PairState, Respons
 pub const AUDIT_LIMIT: usize = 1000;
 
 /// A pair paused by an operator: no automatic action until resumed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pause {
     /// The state to return to on resume.
     pub from: PairState,
@@ -22,7 +22,7 @@ pub struct Pause {
 
 /// A maintenance window: planned DRBD disconnects are expected, not alarms, and
 /// no automatic failover happens; it ends by itself at `until_unix_ms`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Maintenance {
     pub until_unix_ms: i64,
     pub reason: String,
@@ -30,7 +30,7 @@ pub struct Maintenance {
 }
 
 /// A switchover scheduled for later.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScheduledSwitchover {
     pub at_unix_ms: i64,
     pub to: String,
@@ -38,7 +38,7 @@ pub struct ScheduledSwitchover {
 }
 
 /// Operator state of a pair.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Operations {
     #[serde(default)]
     pub paused: Option<Pause>,
@@ -58,7 +58,7 @@ impl Operations {
 }
 
 /// One line of the audit log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
     pub at_unix_ms: i64,
     pub identity: String,
@@ -69,7 +69,7 @@ pub struct AuditEntry {
 }
 
 /// What an operator asked.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OperatorCommand {
     Pause,
     Resume,

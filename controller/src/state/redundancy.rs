@@ -14,7 +14,7 @@ use super::{refused, ClusterState, PairRecord, PairState, Response, ServerSpec, 
 
 /// A server launched ahead of need (pre-spin, when a pair turns `Suspect`) or to
 /// replace a dead one, not yet a member of the pair.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpareRecord {
     /// The cloud client token of its launch (idempotency across leaders).
     pub token: String,
@@ -39,7 +39,7 @@ pub struct SpareInstance {
 
 /// A member taken out of the pair. Its instance is terminated once the pair is
 /// `Healthy` again; its volumes are kept (tagged) until an operator releases them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetiredServer {
     pub spec: ServerSpec,
     pub replaced_by: String,
@@ -50,7 +50,7 @@ pub struct RetiredServer {
 /// An inventory change the configuration file does not know about yet: the
 /// member `old` was replaced by `new`. Applied over the configured spec, so a
 /// configuration sync never brings a dead server back.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Replacement {
     pub old: String,
     pub new: ServerSpec,
@@ -90,7 +90,7 @@ impl std::fmt::Display for RebuildStep {
 }
 
 /// One step of a rebuild.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RebuildStepRecord {
     pub step: RebuildStep,
     pub status: StepStatus,
@@ -98,7 +98,7 @@ pub struct RebuildStepRecord {
 }
 
 /// A rebuild in flight: the spare becomes the backup in place of `replaces`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RebuildPlan {
     /// Per pair, increasing: names the plan's volumes' client tokens.
     pub id: u64,
@@ -120,7 +120,7 @@ impl RebuildPlan {
 }
 
 /// Everything about restoring redundancy, per pair.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Redundancy {
     #[serde(default)]
     pub spare: Option<SpareRecord>,
@@ -141,7 +141,7 @@ pub struct Redundancy {
 }
 
 /// The requests of this module (wrapped in [`super::Request::Redundancy`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RedundancyRequest {
     /// About to launch a spare with `token` (committed first: a new leader
     /// repeats the launch with the same token). Refused if one is held.

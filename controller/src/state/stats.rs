@@ -20,7 +20,7 @@ pub const STEP_BUCKETS_MS: [u64; 13] = [
 
 /// One histogram: counts per bucket (not cumulative; the last one is `+Inf`),
 /// their sum and count.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Histogram {
     pub buckets: Vec<u64>,
     pub sum_ms: u64,
@@ -68,7 +68,7 @@ impl Histogram {
 }
 
 /// A step of a finished plan, as the timeline draws it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FinishedStep {
     pub step: String,
     /// `done`, `failed`, or `pending` (never ran).
@@ -104,7 +104,7 @@ impl FinishedStep {
 }
 
 /// A finished plan (failover, switchover, promotion, reattach or rebuild).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FinishedPlan {
     /// `failover`, `reattach`, `promote`, `switchover` or `rebuild`.
     pub kind: String,
@@ -123,7 +123,7 @@ pub struct FinishedPlan {
 }
 
 /// Per pair: what its plans did.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PairStats {
     /// Plans finished, keyed `"{kind}/{outcome}"`.
     #[serde(default)]
