@@ -2551,20 +2551,18 @@ mod calm_tests {
                                     "{state}"
                                 );
                                 assert!(d <= CAP);
-                                for t in (0..=d.as_millis() as u64).step_by(10) {
-                                    let later = decide(
-                                        &p,
-                                        &aged(&sv, t),
-                                        &aged(&sb, t),
-                                        now + t as i64,
-                                        &cfg,
-                                    );
-                                    assert_eq!(
-                                        later.action, dec.action,
-                                        "{state} serving {ss} ms {sc}, standby {bs} ms {bc} lost {lost:?}, probe {probe:?}, resync {syncing}: after {t} ms of a {d:?} calm: {}",
-                                        later.reason
-                                    );
-                                }
+                                decides_the_same_while_calm(
+                                    &p,
+                                    &sv,
+                                    &sb,
+                                    now,
+                                    d,
+                                    &dec.action,
+                                    &cfg,
+                                    &|| {
+                                        format!("{state} serving {ss} ms {sc}, standby {bs} ms {bc} lost {lost:?}, probe {probe:?}, resync {syncing}")
+                                    },
+                                );
                             }
                         }
                     }
@@ -2576,6 +2574,31 @@ mod calm_tests {
             rebuilding_calm > 10,
             "resyncing pairs are calm too: {rebuilding_calm}"
         );
+    }
+
+    /// `decide` does `expected` at every 10 ms of a calm of `d` from `t0`,
+    /// the views aged as much; `what` names the case when it does not.
+    #[allow(clippy::too_many_arguments)]
+    fn decides_the_same_while_calm(
+        p: &PairRecord,
+        sv: &AgentView,
+        sb: &AgentView,
+        t0: i64,
+        d: Duration,
+        expected: &Action,
+        cfg: &DetectorConfig,
+        what: &dyn Fn() -> String,
+    ) {
+        for t in (0..=d.as_millis() as u64).step_by(10) {
+            let later = decide(p, &aged(sv, t), &aged(sb, t), t0 + t as i64, cfg);
+            assert_eq!(
+                &later.action,
+                expected,
+                "{}: after {t} ms of a {d:?} calm: {}",
+                what(),
+                later.reason
+            );
+        }
     }
 
     /// The grid's other axes: the standby's peer loss, the serving server's
@@ -2667,21 +2690,18 @@ mod calm_tests {
                                     silent_ms: Some(bs2),
                                     ..sb.clone()
                                 };
-                                for t in (0..=d.as_millis() as u64).step_by(10) {
-                                    let t0 = now + 60_000;
-                                    let later = decide(
-                                        &p,
-                                        &aged(&sv2, t),
-                                        &aged(&sb2, t),
-                                        t0 + t as i64,
-                                        &cfg,
-                                    );
-                                    assert_eq!(
-                                        later.action, dec.action,
-                                        "{state}, resync {syncing}: calm at {ss}/{bs} ms, renewed at {ss2}/{bs2} ms, probe {probe2:?}: after {t} ms of {d:?}: {}",
-                                        later.reason
-                                    );
-                                }
+                                decides_the_same_while_calm(
+                                    &p,
+                                    &sv2,
+                                    &sb2,
+                                    now + 60_000,
+                                    d,
+                                    &dec.action,
+                                    &cfg,
+                                    &|| {
+                                        format!("{state}, resync {syncing}: calm at {ss}/{bs} ms, renewed at {ss2}/{bs2} ms, probe {probe2:?}")
+                                    },
+                                );
                             }
                         }
                     }
