@@ -2531,39 +2531,31 @@ mod calm_tests {
                 for &bs in &silences {
                     for (sc, bc) in [(true, true), (false, true), (true, false)] {
                         for (lost, probe, syncing) in grid_extras() {
-                            {
-                                let p = pair(state);
-                                let mut sv = view("Primary", ss, sc, None);
-                                sv.probe_answered_ms = probe;
-                                let mut sb = view("Secondary", bs, bc, lost);
-                                if syncing {
-                                    resyncing(&mut sv, &mut sb);
-                                }
-                                let dec = decide(&p, &sv, &sb, now, &cfg);
-                                let Some(d) = calm_for(&p, &sv, &sb, &dec.action, &cfg, CAP) else {
-                                    continue;
-                                };
-                                calm_seen += 1;
-                                rebuilding_calm +=
-                                    usize::from(state == PairState::Rebuilding && syncing);
-                                assert!(
-                                    matches!(state, PairState::Healthy | PairState::Rebuilding),
-                                    "{state}"
-                                );
-                                assert!(d <= CAP);
-                                decides_the_same_while_calm(
-                                    &p,
-                                    &sv,
-                                    &sb,
-                                    now,
-                                    d,
-                                    &dec.action,
-                                    &cfg,
-                                    &|| {
-                                        format!("{state} serving {ss} ms {sc}, standby {bs} ms {bc} lost {lost:?}, probe {probe:?}, resync {syncing}")
-                                    },
-                                );
-                            }
+                            let (p, sv, sb) = case(state, (ss, sc), (bs, bc), lost, probe, syncing);
+                            let dec = decide(&p, &sv, &sb, now, &cfg);
+                            let Some(d) = calm_for(&p, &sv, &sb, &dec.action, &cfg, CAP) else {
+                                continue;
+                            };
+                            calm_seen += 1;
+                            rebuilding_calm +=
+                                usize::from(state == PairState::Rebuilding && syncing);
+                            assert!(
+                                matches!(state, PairState::Healthy | PairState::Rebuilding),
+                                "{state}"
+                            );
+                            assert!(d <= CAP);
+                            decides_the_same_while_calm(
+                                &p,
+                                &sv,
+                                &sb,
+                                now,
+                                d,
+                                &dec.action,
+                                &cfg,
+                                &|| {
+                                    format!("{state} serving {ss} ms {sc}, standby {bs} ms {bc} lost {lost:?}, probe {probe:?}, resync {syncing}")
+                                },
+                            );
                         }
                     }
                 }
@@ -2599,6 +2591,26 @@ mod calm_tests {
                 later.reason
             );
         }
+    }
+
+    /// A pair in `state` and its agents' views: the serving and the standby
+    /// agent's (silence, connected), the standby's peer loss, the serving
+    /// one's probe answer, and whether the backup resynchronises.
+    fn case(
+        state: PairState,
+        (ss, sc): (u64, bool),
+        (bs, bc): (u64, bool),
+        lost: Option<u64>,
+        probe: Option<u64>,
+        syncing: bool,
+    ) -> (PairRecord, AgentView, AgentView) {
+        let mut sv = view("Primary", ss, sc, None);
+        sv.probe_answered_ms = probe;
+        let mut sb = view("Secondary", bs, bc, lost);
+        if syncing {
+            resyncing(&mut sv, &mut sb);
+        }
+        (pair(state), sv, sb)
     }
 
     /// The grid's other axes: the standby's peer loss, the serving server's
@@ -2661,49 +2673,39 @@ mod calm_tests {
             .flat_map(|(st, sy, ss)| silences.iter().map(move |bs| (st, sy, ss, bs)))
             .flat_map(|(st, sy, ss, bs)| [None, Some(10)].map(|pr| (st, sy, ss, bs, pr)))
         {
-            {
-                {
-                    let p = pair(state);
-                    let mut sv = view("Primary", ss, true, None);
-                    sv.probe_answered_ms = probe;
-                    let mut sb = view("Secondary", bs, true, None);
-                    if syncing {
-                        resyncing(&mut sv, &mut sb);
-                    }
-                    let dec = decide(&p, &sv, &sb, now, &cfg);
-                    if calm_for(&p, &sv, &sb, &dec.action, &cfg, CAP).is_none() {
-                        continue;
-                    }
-                    for &ss2 in &silences {
-                        for &bs2 in &silences {
-                            for probe2 in [None, Some(10), Some(3_000), Some(60_000)] {
-                                let Some(d) = calm_margin(ss2.max(bs2), &cfg, CAP) else {
-                                    continue;
-                                };
-                                renewed += 1;
-                                let sv2 = AgentView {
-                                    silent_ms: Some(ss2),
-                                    probe_answered_ms: probe2,
-                                    ..sv.clone()
-                                };
-                                let sb2 = AgentView {
-                                    silent_ms: Some(bs2),
-                                    ..sb.clone()
-                                };
-                                decides_the_same_while_calm(
-                                    &p,
-                                    &sv2,
-                                    &sb2,
-                                    now + 60_000,
-                                    d,
-                                    &dec.action,
-                                    &cfg,
-                                    &|| {
-                                        format!("{state}, resync {syncing}: calm at {ss}/{bs} ms, renewed at {ss2}/{bs2} ms, probe {probe2:?}")
-                                    },
-                                );
-                            }
-                        }
+            let (p, sv, sb) = case(state, (ss, true), (bs, true), None, probe, syncing);
+            let dec = decide(&p, &sv, &sb, now, &cfg);
+            if calm_for(&p, &sv, &sb, &dec.action, &cfg, CAP).is_none() {
+                continue;
+            }
+            for &ss2 in &silences {
+                for &bs2 in &silences {
+                    for probe2 in [None, Some(10), Some(3_000), Some(60_000)] {
+                        let Some(d) = calm_margin(ss2.max(bs2), &cfg, CAP) else {
+                            continue;
+                        };
+                        renewed += 1;
+                        let sv2 = AgentView {
+                            silent_ms: Some(ss2),
+                            probe_answered_ms: probe2,
+                            ..sv.clone()
+                        };
+                        let sb2 = AgentView {
+                            silent_ms: Some(bs2),
+                            ..sb.clone()
+                        };
+                        decides_the_same_while_calm(
+                            &p,
+                            &sv2,
+                            &sb2,
+                            now + 60_000,
+                            d,
+                            &dec.action,
+                            &cfg,
+                            &|| {
+                                format!("{state}, resync {syncing}: calm at {ss}/{bs} ms, renewed at {ss2}/{bs2} ms, probe {probe2:?}")
+                            },
+                        );
                     }
                 }
             }
