@@ -549,7 +549,7 @@ impl PairRecord {
 pub type Pairs = imbl::OrdMap<String, Arc<PairRecord>>;
 
 /// The whole replicated application state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
     /// Shared map and records: a copy of the state (what readers hold, what
     /// each applied batch starts from) copies one pointer; a change copies
@@ -565,7 +565,7 @@ pub struct ClusterState {
 }
 
 /// A change proposed to the Raft log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {
     /// Make the inventory match the configuration: add new pairs, update the spec
     /// of existing ones (their state is kept), remove pairs no longer configured.
@@ -721,7 +721,7 @@ impl Request {
 }
 
 /// What applying a request did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Response {
     /// Nothing to say (blank and membership entries).
     None,

@@ -58,7 +58,7 @@ impl Operations {
 }
 
 /// One line of the audit log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {
     pub at_unix_ms: i64,
     pub identity: String,
@@ -69,7 +69,7 @@ pub struct AuditEntry {
 }
 
 /// What an operator asked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum OperatorCommand {
     Pause,
     Resume,

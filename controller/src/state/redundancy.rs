@@ -141,7 +141,7 @@ pub struct Redundancy {
 }
 
 /// The requests of this module (wrapped in [`super::Request::Redundancy`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum RedundancyRequest {
     /// About to launch a spare with `token` (committed first: a new leader
     /// repeats the launch with the same token). Refused if one is held.
