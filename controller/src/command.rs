@@ -527,18 +527,15 @@ pub fn watch_events(
                 return;
             }
             let snap = state.snapshot();
-            let mut changed = Vec::new();
             for d in seen.diff(&snap.state.pairs) {
-                match d {
-                    imbl::ordmap::DiffItem::Add(id, p) => changed.push((id, p, None)),
+                let (id, p, prev) = match d {
+                    imbl::ordmap::DiffItem::Add(id, p) => (id, p, None),
                     imbl::ordmap::DiffItem::Update {
                         old: (_, before),
                         new: (id, p),
-                    } => changed.push((id, p, last(before))),
-                    imbl::ordmap::DiffItem::Remove(..) => {}
-                }
-            }
-            for (id, p, prev) in changed {
+                    } => (id, p, last(before)),
+                    imbl::ordmap::DiffItem::Remove(..) => continue,
+                };
                 if !only.is_empty() && *id != only {
                     continue;
                 }
