@@ -29,7 +29,7 @@
 //! Depends on the small types only (state, the agent view, the cloud's health
 //! types), not on `node`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -38,6 +38,7 @@ use understudy_cloud::health::status;
 use understudy_cloud::{Cloud, CloudServer, InstanceHealth, ScheduledEvent};
 
 use crate::detector::switchover_ready;
+use crate::liveness::IdMap;
 use crate::observe::AgentView;
 use crate::state::{fmt_unix_ms, PairRecord, PairState};
 
@@ -401,14 +402,14 @@ pub struct Observed {
 /// Leader memory: the latest health of each server and the events handled.
 #[derive(Debug, Default)]
 pub struct Signals {
-    health: Mutex<crate::liveness::IdMap<Observed>>,
+    health: Mutex<IdMap<Observed>>,
     handled: Mutex<HashSet<EventKey>>,
 }
 
 impl Signals {
     /// Replace every server's health with a new poll's.
-    pub fn set_all(&self, all: HashMap<String, Observed>) {
-        *self.health.lock().unwrap() = all.into_iter().collect();
+    pub fn set_all(&self, all: IdMap<Observed>) {
+        *self.health.lock().unwrap() = all;
     }
 
     /// Set one server's health.
@@ -565,8 +566,8 @@ pub async fn poll(
     servers: &[CloudServer],
     now: impl Fn() -> i64,
     timeout: Duration,
-) -> HashMap<String, Observed> {
-    let mut out = HashMap::new();
+) -> IdMap<Observed> {
+    let mut out = IdMap::default();
     for s in servers {
         let health = match tokio::time::timeout(timeout, cloud.instance_health(s)).await {
             Ok(Ok(h)) => Ok(h),
