@@ -79,19 +79,24 @@ impl Sweep {
                 })
                 .collect();
         }
-        if !self.aligned(pairs) {
-            self.realign(pairs);
+        self.passes += 1;
+        if pairs.len() != self.slots.len() {
+            return self.realign(pairs);
         }
         for id in changed {
             if let Some(i) = self.slot_of(id) {
                 self.slots[i].calm_until = None;
             }
         }
-        self.passes += 1;
         let look = self.passes % FULL_LOOK_PASSES;
         let mut out = Vec::new();
         for (i, (pair, slot)) in pairs.values().zip(self.slots.iter_mut()).enumerate() {
             let same = Arc::ptr_eq(&slot.rec, pair);
+            // Out of step with the map (a pair removed and another added in
+            // the same breath): start again from the map as it is.
+            if !same && slot.rec.spec.id != pair.spec.id {
+                return self.realign(pairs);
+            }
             let examine = all
                 || !same
                 || i as u64 % FULL_LOOK_PASSES == look
@@ -133,18 +138,11 @@ impl Sweep {
         (self.slots.get(i)?.rec.spec.id == id).then_some(i)
     }
 
-    /// Whether the slots are still in step with the map: the same pairs in
-    /// the same order (a changed record keeps its place; its id is compared).
-    fn aligned(&self, pairs: &Pairs) -> bool {
-        pairs.len() == self.slots.len()
-            && pairs
-                .values()
-                .zip(&self.slots)
-                .all(|(p, s)| Arc::ptr_eq(p, &s.rec) || p.spec.id == s.rec.spec.id)
-    }
-
-    /// New slots for the pairs as they are, none of them calm.
-    fn realign(&mut self, pairs: &Pairs) {
+    /// New slots for the pairs as they are, none of them calm: every pair
+    /// is due. (The slots are in step with the map as long as a record that
+    /// is not the one examined has the same id: a changed record keeps its
+    /// place.)
+    fn realign<'a>(&mut self, pairs: &'a Pairs) -> Vec<Due<'a>> {
         self.slots = pairs
             .values()
             .map(|p| Slot {
@@ -157,6 +155,14 @@ impl Sweep {
             .enumerate()
             .map(|(i, id)| (id.clone(), i))
             .collect();
+        pairs
+            .values()
+            .enumerate()
+            .map(|(i, pair)| Due {
+                pair,
+                slot: Some(i),
+            })
+            .collect()
     }
 }
 
