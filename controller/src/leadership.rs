@@ -64,6 +64,14 @@ pub fn not_leader(view: &LeaderView) -> tonic::Status {
     st
 }
 
+/// The leader's address a [`not_leader`] answer names, for the client to
+/// retry there.
+pub fn referral(st: &tonic::Status) -> Option<&str> {
+    st.metadata()
+        .get(LEADER_METADATA)
+        .and_then(|v| v.to_str().ok())
+}
+
 /// Milliseconds since the Unix epoch, for history records.
 pub fn now_unix_ms() -> i64 {
     SystemTime::now()

@@ -33,8 +33,6 @@ use crate::raft::store::SharedState;
 use crate::raft::Raft;
 use crate::state::StepStatus;
 
-pub use crate::leadership::LEADER_METADATA;
-
 /// The operator-facing gRPC service of one controller node.
 pub struct OperatorGrpc {
     pub raft: Raft,

@@ -35,7 +35,6 @@ use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
 mod ops;
 use understudy_controller::auth::Role;
 use understudy_controller::certs::{self, CertsError, Leaf};
-use understudy_controller::operator::LEADER_METADATA;
 use understudy_controller::raft::network::channel;
 use understudy_controller::status_json::{finding_json, status_json};
 use understudy_proto::operator_service_client::OperatorServiceClient;
@@ -368,11 +367,7 @@ where
                     }
                 }
                 tried.push(format!("{addr}: {}", understudy_tls::error_chain(&st)));
-                if let Some(leader) = st
-                    .metadata()
-                    .get(LEADER_METADATA)
-                    .and_then(|v| v.to_str().ok())
-                {
+                if let Some(leader) = understudy_controller::leadership::referral(&st) {
                     if hops < 3 {
                         hops += 1;
                         queue.insert(0, leader.to_owned());

@@ -1143,12 +1143,10 @@ impl Run {
                     })),
                 })
                 .await;
-            let leader = r.as_ref().err().and_then(|e| {
-                e.metadata()
-                    .get(understudy_controller::leadership::LEADER_METADATA)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-            });
+            let leader = r
+                .as_ref()
+                .err()
+                .and_then(|e| understudy_controller::leadership::referral(e).map(str::to_owned));
             match leader {
                 Some(l) if hops < 3 => {
                     hops += 1;
