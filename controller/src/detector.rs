@@ -353,9 +353,9 @@ pub fn calm_margin(
 }
 
 /// The record's half of [`calm_for`]: `Healthy` or `Rebuilding`, nothing in
-/// flight or on a clock. The leader's loop checks it again before it skips a calm pair, so
-/// a record changed since (an operator's switchover, pause, maintenance
-/// window) is looked at on the next tick.
+/// flight or on a clock. A record changed since (an operator's switchover,
+/// pause, maintenance window) is a new record, which the leader's loop looks
+/// at on the next tick (`sweep::Sweep`).
 pub fn settled(pair: &PairRecord, cfg: &DetectorConfig) -> bool {
     let r = &pair.redundancy;
     matches!(pair.state, PairState::Healthy | PairState::Rebuilding)
